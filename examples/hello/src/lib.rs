@@ -1,0 +1,105 @@
+//! `hello`: the example Berth plugin, and the template to copy.
+//!
+//! Routes:
+//! - `GET  /hello/{name}`          a greeting (the greeting word comes from config)
+//! - `POST /hello/{name}/visits`   count a visit in KV, return the count
+//! - `GET  /hello/{name}/visits`   read the count
+//! - `POST /echo`                  JSON in, JSON out
+//!
+//! Admin commands (`berth run hello ...`): `visits NAME`, `reset NAME`.
+
+use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router, config, kv};
+use serde::{Deserialize, Serialize};
+
+struct Hello;
+
+impl Plugin for Hello {
+    fn info() -> Info {
+        Info::new(
+            "hello",
+            env!("CARGO_PKG_VERSION"),
+            "Greets, counts visits, echoes JSON",
+        )
+        .capabilities(&["kv", "config", "log"])
+    }
+
+    fn router() -> Router {
+        Router::new()
+            .get("hello.greet", "/hello/{name}", greet)
+            .post("hello.visit", "/hello/{name}/visits", visit)
+            .get("hello.visits", "/hello/{name}/visits", visits)
+            .post("hello.echo", "/echo", echo)
+    }
+
+    fn admin(args: Vec<String>) -> Result<String, String> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match args.as_slice() {
+            ["visits", name] => Ok(format!(
+                "{name}: {}",
+                count(name).map_err(|e| berth_sdk::error_text(&e))?
+            )),
+            ["reset", name] => {
+                kv::delete(&visits_key(name)).map_err(|e| berth_sdk::error_text(&e))?;
+                Ok(format!("{name}: visits reset"))
+            }
+            _ => Err("usage: berth run hello visits NAME | reset NAME".to_string()),
+        }
+    }
+}
+
+fn greet(req: &Request) -> HttpResult {
+    let name = req.param("name").unwrap_or("world");
+    let word = config::get("greeting")?.unwrap_or_else(|| "Hello".to_string());
+    Ok(Response::json(
+        200,
+        &serde_json::json!({ "greeting": format!("{word}, {name}!") }),
+    ))
+}
+
+fn visits_key(name: &str) -> String {
+    format!("visits/{name}")
+}
+
+fn count(name: &str) -> Result<i64, berth_sdk::Error> {
+    Ok(kv::get_string(&visits_key(name))?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+#[derive(Serialize)]
+struct Visits<'a> {
+    name: &'a str,
+    visits: i64,
+}
+
+fn visit(req: &Request) -> HttpResult {
+    let name = req.param("name").unwrap_or("world");
+    let visits = kv::increment(&visits_key(name), 1)?;
+    Ok(Response::json(200, &Visits { name, visits }))
+}
+
+fn visits(req: &Request) -> HttpResult {
+    let name = req.param("name").unwrap_or("world");
+    Ok(Response::json(
+        200,
+        &Visits {
+            name,
+            visits: count(name)?,
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+struct EchoIn {
+    message: String,
+}
+
+fn echo(req: &Request) -> HttpResult {
+    let input: EchoIn = req.json()?;
+    Ok(Response::json(
+        200,
+        &serde_json::json!({ "echo": input.message, "length": input.message.chars().count() }),
+    ))
+}
+
+berth_sdk::export!(Hello);

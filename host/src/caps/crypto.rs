@@ -1,0 +1,258 @@
+//! `crypto`: argon2id password hashing, HMAC-SHA256 with host-held keys,
+//! TOTP (RFC 6238) and random tokens, all done natively.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+
+use crate::caps::Capability;
+use crate::runtime::HostState;
+use crate::runtime::bindings::berth::plugin::crypto::{Host, TotpParams};
+use crate::runtime::bindings::berth::plugin::types::Error;
+use crate::store::Store;
+
+type Answer<T> = wasmtime::Result<Result<T, Error>>;
+
+/// HMAC keys per (plugin, key name), created on first use, stored in the
+/// host's metadata table and cached. Their bytes never reach a plugin.
+pub struct KeyVault {
+    db: Arc<Store>,
+    cache: tokio::sync::Mutex<HashMap<(String, String), Arc<[u8; 32]>>>,
+}
+
+impl KeyVault {
+    pub fn new(db: Arc<Store>) -> Self {
+        KeyVault {
+            db,
+            cache: Default::default(),
+        }
+    }
+
+    /// The key `name` of `plugin`, created (durably) if it does not exist.
+    pub async fn key(&self, plugin: &str, name: &str) -> Result<Arc<[u8; 32]>, Error> {
+        if name.is_empty() || name.len() > 128 {
+            return Err(Error::Invalid("key names are 1 to 128 bytes".into()));
+        }
+        // Holding the cache lock across creation makes first use race-free.
+        let mut cache = self.cache.lock().await;
+        let id = (plugin.to_string(), name.to_string());
+        if let Some(key) = cache.get(&id) {
+            return Ok(key.clone());
+        }
+        let ns = format!("hmac-key/{plugin}");
+        let unavailable = |e: crate::store::StoreError| Error::Unavailable(e.to_string());
+        let key: [u8; 32] = match self.db.meta_get(&ns, name).map_err(unavailable)? {
+            Some(bytes) => bytes
+                .try_into()
+                .map_err(|_| Error::Unavailable(format!("stored key `{name}` is corrupt")))?,
+            None => {
+                let mut key = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut key);
+                self.db
+                    .meta_set(&ns, name, key.to_vec())
+                    .await
+                    .map_err(unavailable)?;
+                key
+            }
+        };
+        let key = Arc::new(key);
+        cache.insert(id, key.clone());
+        Ok(key)
+    }
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any size");
+    mac.update(data);
+    mac
+}
+
+/// The HOTP code (RFC 4226) for `counter`.
+pub fn hotp(secret: &[u8], counter: u64, digits: u32) -> String {
+    let mut mac =
+        <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any size");
+    mac.update(&counter.to_be_bytes());
+    let digest = mac.finalize().into_bytes();
+    let offset = (digest[19] & 0x0f) as usize;
+    let binary = u32::from_be_bytes([
+        digest[offset] & 0x7f,
+        digest[offset + 1],
+        digest[offset + 2],
+        digest[offset + 3],
+    ]);
+    let code = binary % 10u32.pow(digits);
+    format!("{code:0width$}", width = digits as usize)
+}
+
+/// The time step whose TOTP code equals `code` within `skew` steps of `now`.
+pub fn totp_match(secret: &[u8], code: &str, params: &TotpParams, now: u64) -> Option<u64> {
+    let step = now / u64::from(params.period);
+    let skew = u64::from(params.skew);
+    (step.saturating_sub(skew)..=step + skew).find(|s| {
+        let expected = hotp(secret, *s, u32::from(params.digits));
+        constant_time_eq(expected.as_bytes(), code.as_bytes())
+    })
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Host for HostState {
+    async fn hash_password(&mut self, password: String) -> Answer<String> {
+        if let Err(e) = self.check(Capability::Crypto) {
+            return Ok(Err(e));
+        }
+        // argon2 takes tens of milliseconds: keep it off the async workers.
+        let hashed = tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await?;
+        Ok(hashed.map_err(|e| Error::Invalid(format!("cannot hash password: {e}"))))
+    }
+
+    async fn verify_password(&mut self, password: String, hash: String) -> Answer<bool> {
+        if let Err(e) = self.check(Capability::Crypto) {
+            return Ok(Err(e));
+        }
+        let verdict = tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&hash)
+                .map_err(|e| Error::Invalid(format!("not a PHC password hash: {e}")))?;
+            Ok(argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok())
+        })
+        .await?;
+        Ok(verdict)
+    }
+
+    async fn sign(&mut self, key_name: String, data: Vec<u8>) -> Answer<Vec<u8>> {
+        if let Err(e) = self.check(Capability::Crypto) {
+            return Ok(Err(e));
+        }
+        let env = self.call.plugin.clone();
+        Ok(env.keys.key(&env.name, &key_name).await.map(|key| {
+            hmac_sha256(&key[..], &data)
+                .finalize()
+                .into_bytes()
+                .to_vec()
+        }))
+    }
+
+    async fn verify(&mut self, key_name: String, data: Vec<u8>, tag: Vec<u8>) -> Answer<bool> {
+        if let Err(e) = self.check(Capability::Crypto) {
+            return Ok(Err(e));
+        }
+        let env = self.call.plugin.clone();
+        Ok(env
+            .keys
+            .key(&env.name, &key_name)
+            .await
+            .map(|key| hmac_sha256(&key[..], &data).verify_slice(&tag).is_ok()))
+    }
+
+    async fn totp_verify(
+        &mut self,
+        secret: Vec<u8>,
+        code: String,
+        params: TotpParams,
+    ) -> Answer<Option<u64>> {
+        if let Err(e) = self.check(Capability::Crypto) {
+            return Ok(Err(e));
+        }
+        if !(6..=8).contains(&params.digits)
+            || params.period == 0
+            || params.skew > 10
+            || secret.is_empty()
+        {
+            return Ok(Err(Error::Invalid(
+                "TOTP needs 6 to 8 digits, a period above 0, a skew of at most 10 and a secret"
+                    .into(),
+            )));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(Ok(totp_match(&secret, &code, &params, now)))
+    }
+
+    async fn random_bytes(&mut self, len: u32) -> Answer<Vec<u8>> {
+        if let Err(e) = self.check(Capability::Crypto) {
+            return Ok(Err(e));
+        }
+        if len > 4096 {
+            return Ok(Err(Error::Invalid(
+                "at most 4096 random bytes per call".into(),
+            )));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Ok(Ok(bytes))
+    }
+
+    async fn random_token(&mut self, bytes: u32) -> Answer<String> {
+        if let Err(e) = self.check(Capability::Crypto) {
+            return Ok(Err(e));
+        }
+        if !(1..=1024).contains(&bytes) {
+            return Ok(Err(Error::Invalid(
+                "tokens are 1 to 1024 random bytes".into(),
+            )));
+        }
+        let mut buf = vec![0u8; bytes as usize];
+        rand::rngs::OsRng.fill_bytes(&mut buf);
+        Ok(Ok(hex::encode(buf)))
+    }
+
+    async fn constant_time_eq(&mut self, a: Vec<u8>, b: Vec<u8>) -> wasmtime::Result<bool> {
+        Ok(constant_time_eq(&a, &b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hotp_matches_rfc4226_vectors() {
+        let secret = b"12345678901234567890";
+        let expected = ["755224", "287082", "359152", "969429", "338314"];
+        for (counter, code) in expected.iter().enumerate() {
+            assert_eq!(hotp(secret, counter as u64, 6), *code);
+        }
+    }
+
+    #[test]
+    fn totp_matches_rfc6238_vector_with_drift() {
+        let secret = b"12345678901234567890";
+        let params = TotpParams {
+            digits: 8,
+            period: 30,
+            skew: 1,
+        };
+        // RFC 6238 appendix B: T = 59 s -> 94287082.
+        assert_eq!(totp_match(secret, "94287082", &params, 59), Some(1));
+        assert_eq!(
+            totp_match(secret, "94287082", &params, 59 + 30),
+            Some(1),
+            "one step late"
+        );
+        assert_eq!(
+            totp_match(secret, "94287082", &params, 59 + 60),
+            None,
+            "two steps late"
+        );
+        assert_eq!(totp_match(secret, "00000000", &params, 59), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! `kv`: the plugin's namespace in the redb file, through the call's
+//! transaction (see `store`).
+
+use crate::caps::Capability;
+use crate::runtime::HostState;
+use crate::runtime::bindings::berth::plugin::kv::{Host, Page};
+use crate::runtime::bindings::berth::plugin::types::Error;
+use crate::store::{Txn, TxnError};
+
+type Answer<T> = wasmtime::Result<Result<T, Error>>;
+
+impl From<TxnError> for Error {
+    fn from(e: TxnError) -> Self {
+        match e {
+            TxnError::Invalid(m) => Error::Invalid(m),
+            TxnError::Conflict(m) => Error::Conflict(m),
+            TxnError::Store(e) => Error::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl HostState {
+    fn txn(&mut self) -> Result<&mut Txn, Error> {
+        self.check(Capability::Kv)?;
+        self.call
+            .txn
+            .as_mut()
+            .ok_or_else(|| Error::Unavailable("storage is not available while describing".into()))
+    }
+}
+
+impl Host for HostState {
+    async fn get(&mut self, key: String) -> Answer<Option<Vec<u8>>> {
+        Ok(self.txn().and_then(|t| Ok(t.get(&key)?)))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Answer<()> {
+        Ok(match self.txn() {
+            Ok(t) => t.set(&key, value).await.map_err(Error::from),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn delete(&mut self, key: String) -> Answer<bool> {
+        Ok(match self.txn() {
+            Ok(t) => t.delete(&key).await.map_err(Error::from),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn list(&mut self, prefix: String, after: Option<String>, limit: u32) -> Answer<Page> {
+        Ok(self.txn().and_then(|t| {
+            let page = t.list(&prefix, after.as_deref(), limit)?;
+            Ok(Page {
+                entries: page.entries,
+                next: page.next,
+            })
+        }))
+    }
+
+    async fn increment(&mut self, key: String, delta: i64) -> Answer<i64> {
+        Ok(match self.txn() {
+            Ok(t) => t.increment(&key, delta).await.map_err(Error::from),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Answer<bool> {
+        Ok(match self.txn() {
+            Ok(t) => t
+                .compare_and_swap(&key, expected, new)
+                .await
+                .map_err(Error::from),
+            Err(e) => Err(e),
+        })
+    }
+}

@@ -1,0 +1,57 @@
+//! `log`: plugin log lines through `tracing`, tagged with plugin and
+//! request id.
+
+use crate::caps::Capability;
+use crate::runtime::HostState;
+use crate::runtime::bindings::berth::plugin::log::{Host, Level};
+
+/// Longest message kept; the rest is cut.
+const MAX_LINE: usize = 8 << 10;
+
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_LINE {
+        return s;
+    }
+    let mut end = MAX_LINE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl Host for HostState {
+    async fn log(
+        &mut self,
+        level: Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        // Logging is a capability like any other; without it lines are dropped.
+        if self.check(Capability::Log).is_err() {
+            return Ok(());
+        }
+        let plugin = self.call.plugin.name.as_str();
+        let request_id = self.call.request_id.as_str();
+        let message = clip(&message);
+        let fields: String = fields.iter().map(|(k, v)| format!(" {k}={v:?}")).collect();
+        let fields = clip(&fields);
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
+        }
+        Ok(())
+    }
+}

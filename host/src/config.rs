@@ -1,0 +1,356 @@
+//! Configuration: embedded defaults, merged with the operator's TOML file,
+//! then with `BERTH_*` environment variables and flags (applied by the CLI).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::caps::Capability;
+
+/// The defaults compiled into the binary; also the documentation of every key.
+pub const DEFAULTS: &str = include_str!("../berth.default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub plugins_dir: PathBuf,
+    pub install_bundled: bool,
+    pub watch_interval_ms: u64,
+    pub admin_token: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub shutdown_grace_ms: u64,
+    pub defaults: PluginDefaults,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// Grants and limits applying to every plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDefaults {
+    pub grants: Vec<String>,
+    #[serde(flatten)]
+    pub limits: LimitsConfig,
+}
+
+/// Limits; in `[plugins.NAME]` every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub memory_mib: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    pub max_body_kib: Option<u64>,
+    pub max_response_mib: Option<u64>,
+}
+
+/// One plugin's section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    #[serde(default)]
+    pub grants: Vec<String>,
+    #[serde(flatten)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+/// Limits in force for one plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    #[serde(with = "millis")]
+    pub deadline: Duration,
+    pub max_concurrent: u32,
+    pub max_body_bytes: u64,
+    pub max_response_bytes: u64,
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+impl Config {
+    /// The defaults alone.
+    pub fn embedded() -> Config {
+        Config::from_toml_str(DEFAULTS, Path::new("<embedded defaults>"))
+            .expect("the embedded defaults are valid")
+    }
+
+    /// Defaults merged with the file at `path`, if any.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::embedded()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml_str(&text, path)
+            }
+        }
+    }
+
+    /// Defaults merged with `text` (the contents of `origin`).
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let syntax = |e: toml::de::Error| ConfigError::Syntax {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        };
+        let mut base: toml::Table = DEFAULTS.parse().map_err(syntax)?;
+        let overlay: toml::Table = text.parse().map_err(syntax)?;
+        merge(&mut base, overlay);
+        let config: Config = toml::Value::Table(base).try_into().map_err(syntax)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let empty = |p: &Path| p.as_os_str().is_empty();
+        if empty(&self.tls_cert) != empty(&self.tls_key) {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key must be given together".to_string(),
+            ));
+        }
+        let grant_lists = std::iter::once(("defaults".to_string(), &self.defaults.grants)).chain(
+            self.plugins
+                .iter()
+                .map(|(n, p)| (format!("plugins.{n}"), &p.grants)),
+        );
+        for (section, grants) in grant_lists {
+            for grant in grants {
+                if grant.parse::<Capability>().is_err() {
+                    return Err(ConfigError::Invalid(format!(
+                        "[{section}] grants unknown capability `{grant}` (known: {})",
+                        Capability::ALL.map(|c| c.name()).join(", ")
+                    )));
+                }
+            }
+        }
+        let limits = std::iter::once(("defaults".to_string(), &self.defaults.limits)).chain(
+            self.plugins
+                .iter()
+                .map(|(n, p)| (format!("plugins.{n}"), &p.limits)),
+        );
+        for (section, l) in limits {
+            let positive = [
+                ("memory_mib", l.memory_mib),
+                ("deadline_ms", l.deadline_ms),
+                ("max_concurrent", l.max_concurrent.map(u64::from)),
+                ("max_response_mib", l.max_response_mib),
+            ];
+            for (key, value) in positive {
+                if value == Some(0) {
+                    return Err(ConfigError::Invalid(format!(
+                        "[{section}] {key} must be above 0"
+                    )));
+                }
+            }
+            if l.memory_mib.is_some_and(|m| m > MAX_MEMORY_MIB) {
+                return Err(ConfigError::Invalid(format!(
+                    "[{section}] memory_mib is at most {MAX_MEMORY_MIB}"
+                )));
+            }
+        }
+        if self.defaults.limits.memory_mib.is_none()
+            || self.defaults.limits.deadline_ms.is_none()
+            || self.defaults.limits.max_concurrent.is_none()
+            || self.defaults.limits.max_body_kib.is_none()
+            || self.defaults.limits.max_response_mib.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "[defaults] must set every limit".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The plugins folder.
+    pub fn plugins_dir(&self) -> PathBuf {
+        if self.plugins_dir.as_os_str().is_empty() {
+            self.data_dir.join("plugins")
+        } else {
+            self.plugins_dir.clone()
+        }
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+
+    /// Whether TLS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        (!self.tls_cert.as_os_str().is_empty()).then_some((&*self.tls_cert, &*self.tls_key))
+    }
+
+    /// Capabilities the operator grants to plugin `name`.
+    pub fn grants(&self, name: &str) -> Vec<Capability> {
+        let own = self
+            .plugins
+            .get(name)
+            .map(|p| p.grants.as_slice())
+            .unwrap_or_default();
+        let mut caps: Vec<Capability> = self
+            .defaults
+            .grants
+            .iter()
+            .chain(own)
+            .filter_map(|g| g.parse().ok())
+            .collect();
+        caps.sort();
+        caps.dedup();
+        caps
+    }
+
+    /// Limits in force for plugin `name`.
+    pub fn limits(&self, name: &str) -> Limits {
+        let d = &self.defaults.limits;
+        let own = self
+            .plugins
+            .get(name)
+            .map(|p| p.limits.clone())
+            .unwrap_or_default();
+        // validate() guarantees every default is set.
+        let pick = |own: Option<u64>, default: Option<u64>| own.or(default).unwrap_or(1);
+        Limits {
+            memory_bytes: pick(own.memory_mib, d.memory_mib) << 20,
+            deadline: Duration::from_millis(pick(own.deadline_ms, d.deadline_ms)),
+            max_concurrent: own.max_concurrent.or(d.max_concurrent).unwrap_or(1),
+            max_body_bytes: pick(own.max_body_kib, d.max_body_kib) << 10,
+            max_response_bytes: pick(own.max_response_mib, d.max_response_mib) << 20,
+        }
+    }
+
+    /// Plugin `name`'s settings as text: strings as they are, other values
+    /// as JSON.
+    pub fn settings(&self, name: &str) -> BTreeMap<String, String> {
+        let Some(plugin) = self.plugins.get(name) else {
+            return BTreeMap::new();
+        };
+        plugin
+            .settings
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => serde_json::to_string(other).unwrap_or_default(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
+}
+
+/// The largest per-plugin memory cap; also the pooling allocator's slot size.
+pub const MAX_MEMORY_MIB: u64 = 4096;
+
+/// Merge `overlay` into `base`: tables recursively, anything else replaced.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let c = Config::embedded();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.plugins_dir(), PathBuf::from("./berth-data/plugins"));
+        assert_eq!(
+            c.grants("hello"),
+            vec![Capability::Kv, Capability::Config, Capability::Log]
+        );
+        assert_eq!(c.grants("other"), vec![Capability::Config, Capability::Log]);
+        assert_eq!(c.limits("x").memory_bytes, 64 << 20);
+        assert_eq!(
+            c.settings("hello").get("greeting").map(String::as_str),
+            Some("Hello")
+        );
+    }
+
+    #[test]
+    fn file_overrides_merge_key_by_key() {
+        let c = parse(
+            "listen = \"127.0.0.1:0\"\n[defaults]\ndeadline_ms = 50\n\
+             [plugins.faults]\ngrants = [\"kv\"]\nmemory_mib = 8\n\
+             [plugins.faults.settings]\nn = 3\nname = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        let l = c.limits("faults");
+        assert_eq!(l.deadline, Duration::from_millis(50));
+        assert_eq!(l.memory_bytes, 8 << 20);
+        assert_eq!(l.max_concurrent, 64);
+        // hello's section from the defaults survives a file that adds another plugin.
+        assert_eq!(
+            c.grants("hello"),
+            vec![Capability::Kv, Capability::Config, Capability::Log]
+        );
+        let s = c.settings("faults");
+        assert_eq!(s["n"], "3");
+        assert_eq!(s["name"], "x");
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let cases = [
+            ("listen = 5", "invalid type"),
+            ("lisen = \"x\"", "unknown field `lisen`"),
+            (
+                "[defaults]\ngrants = [\"root\"]",
+                "unknown capability `root`",
+            ),
+            ("[plugins.a]\nmemory_mib = 0", "memory_mib must be above 0"),
+            (
+                "tls_cert = \"a.pem\"",
+                "tls_cert and tls_key must be given together",
+            ),
+            ("[plugins.a]\nmemory_mib = 100000", "memory_mib is at most"),
+            ("= broken", "not valid TOML"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+}

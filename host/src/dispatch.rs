@@ -1,0 +1,311 @@
+//! From an HTTP request to a plugin call and back: routing, body limits,
+//! concurrency limits, the call, committing its writes, the response.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::App;
+use crate::plugins::Mounted;
+use crate::router::{Found, percent_decode};
+use crate::runtime::{CallCx, CallError, Outcome, Request};
+
+/// Error type of response bodies (streams may fail mid-way).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response.
+pub type Body = BoxBody<Bytes, BoxError>;
+pub type Response = http::Response<Body>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+    let mut response = http::Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The host's own JSON error: `{"error": ..., "request_id": ...}`.
+pub fn error(status: StatusCode, message: &str, request_id: &str) -> Response {
+    json(
+        status,
+        &serde_json::json!({ "error": message, "request_id": request_id }),
+    )
+}
+
+/// Handle one request end to end.
+pub async fn handle(app: Arc<App>, req: http::Request<Incoming>, client: SocketAddr) -> Response {
+    let request_id = app.next_request_id();
+    let mut response = if req.uri().path().starts_with("/_berth/") || req.uri().path() == "/_berth"
+    {
+        crate::admin::handle(&app, &req, &request_id)
+    } else {
+        route(&app, req, client, &request_id).await
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn route(
+    app: &App,
+    req: http::Request<Incoming>,
+    client: SocketAddr,
+    request_id: &str,
+) -> Response {
+    let started = Instant::now();
+    let routing = app.plugins.routing();
+    let method = req.method().as_str().to_string();
+    let (target, route_id, params) = match routing.table.find(&method, req.uri().path()) {
+        Found::Route { route, params } => (route.target.clone(), route.id.clone(), params),
+        Found::MethodNotAllowed { allow } => {
+            app.metrics.unrouted.fetch_add(1, Relaxed);
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{method} is not allowed on {}", req.uri().path()),
+                request_id,
+            );
+            if let Ok(allow) = HeaderValue::from_str(&allow.join(", ")) {
+                r.headers_mut().insert(header::ALLOW, allow);
+            }
+            return r;
+        }
+        Found::NotFound => {
+            app.metrics.unrouted.fetch_add(1, Relaxed);
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no route for {method} {}", req.uri().path()),
+                request_id,
+            );
+        }
+    };
+    drop(routing);
+    let response = call(app, &target, req, client, request_id, route_id, params).await;
+    target
+        .metrics
+        .request(response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn call(
+    app: &App,
+    plugin: &Arc<Mounted>,
+    req: http::Request<Incoming>,
+    client: SocketAddr,
+    request_id: &str,
+    route: String,
+    params: Vec<(String, String)>,
+) -> Response {
+    let limits = plugin.limits;
+    let deadline = tokio::time::Instant::now() + limits.deadline;
+    let (parts, body) = req.into_parts();
+
+    let too_large = || {
+        plugin.metrics.refused.fetch_add(1, Relaxed);
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "request body is larger than this route's limit of {} bytes",
+                limits.max_body_bytes
+            ),
+            request_id,
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return too_large();
+    }
+    let body = match Limited::new(body, limits.max_body_bytes as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return too_large();
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+                request_id,
+            );
+        }
+    };
+
+    let Ok(Ok(_permit)) =
+        tokio::time::timeout_at(deadline, plugin.permits.clone().acquire_owned()).await
+    else {
+        plugin.metrics.refused.fetch_add(1, Relaxed);
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "plugin `{}` is at its limit of {} concurrent calls",
+                plugin.manifest.name, limits.max_concurrent
+            ),
+            request_id,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+
+    let request = Request {
+        id: request_id.to_string(),
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        route,
+        params,
+        query: parts.uri.query().map(parse_query).unwrap_or_default(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+        client: client.to_string(),
+    };
+    let cx = CallCx {
+        plugin: plugin.env.clone(),
+        request_id: request_id.to_string(),
+        txn: Some(plugin.env.db.begin(&plugin.env.name)),
+    };
+    let name = &plugin.manifest.name;
+    let runtime = app.plugins.runtime();
+    match runtime.handle(&plugin.pre, cx, &limits, request).await {
+        Ok(called) => {
+            plugin.metrics.instantiated(called.instantiate);
+            let Outcome::Respond(response) = called.value;
+            if response.body.len() as u64 > limits.max_response_bytes {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!(
+                        "plugin `{name}` returned a {} byte body, over its limit of {} bytes",
+                        response.body.len(),
+                        limits.max_response_bytes
+                    ),
+                    request_id,
+                );
+            }
+            // Durable before the response leaves.
+            if let Some(txn) = called.txn
+                && let Err(e) = txn.commit().await
+            {
+                tracing::error!(plugin = %name, request_id, error = %e, "commit failed");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("storage failed: {e}"),
+                    request_id,
+                );
+            }
+            to_http(name, response, request_id)
+        }
+        Err(CallError::Timeout(d)) => {
+            plugin.metrics.timeouts.fetch_add(1, Relaxed);
+            tracing::warn!(plugin = %name, request_id, "plugin ran past its deadline of {d:?}");
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("plugin `{name}` did not answer within {} ms", d.as_millis()),
+                request_id,
+            )
+        }
+        Err(e) => {
+            plugin.metrics.traps.fetch_add(1, Relaxed);
+            tracing::warn!(plugin = %name, request_id, error = %e, "plugin call failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("plugin `{name}` failed: {e}"),
+                request_id,
+            )
+        }
+    }
+}
+
+/// Headers the host controls: framing and connection management.
+fn reserved(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "upgrade"
+            | "te"
+            | "trailer"
+    )
+}
+
+fn to_http(
+    plugin: &str,
+    r: crate::runtime::bindings::berth::plugin::types::Response,
+    request_id: &str,
+) -> Response {
+    let Ok(status) = StatusCode::from_u16(r.status) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("plugin `{plugin}` returned an invalid status {}", r.status),
+            request_id,
+        );
+    };
+    let mut response = http::Response::new(full(r.body));
+    *response.status_mut() = status;
+    for (name, value) in r.headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(name), Ok(value)) if !reserved(&name) => {
+                response.headers_mut().append(name, value);
+            }
+            (Ok(name), Ok(_)) => {
+                tracing::debug!(plugin, header = %name, "dropped a header the host controls")
+            }
+            _ => tracing::warn!(plugin, header = %name, "dropped an invalid response header"),
+        }
+    }
+    response
+}
+
+/// Parse a query string into decoded pairs (`+` is a space).
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}

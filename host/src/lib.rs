@@ -1,0 +1,127 @@
+//! Berth: a WebAssembly plugin host for container-platform APIs.
+//!
+//! One process owns the HTTP(S) listener, durable storage and every other
+//! outside resource; each API surface is a sandboxed wasm component (a
+//! plugin) that declares its routes and capabilities and handles its own
+//! requests. See DESIGN.md in the repository for the map.
+
+pub mod admin;
+pub mod caps;
+pub mod config;
+pub mod dispatch;
+pub mod metrics;
+pub mod plugins;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod store;
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use rand::RngCore;
+
+use crate::caps::crypto::KeyVault;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::plugins::Plugins;
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+// `BUNDLED`: the plugins built by build.rs and shipped inside the binary.
+include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
+
+/// The running host: configuration, storage, plugins, metrics.
+pub struct App {
+    pub config: Arc<Config>,
+    pub db: Arc<Store>,
+    pub plugins: Arc<Plugins>,
+    pub metrics: Arc<Metrics>,
+    admin_token: String,
+    request_prefix: u32,
+    request_seq: AtomicU64,
+}
+
+impl App {
+    /// Open the data directory, storage and runtime, install the bundled
+    /// plugins on first run, and mount every plugin in the folder.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
+        let config = Arc::new(config);
+        let data = &config.data_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data)
+            .with_context(|| format!("cannot create data directory {}", data.display()))?;
+        let db = Store::open(&data.join("berth.redb"))
+            .with_context(|| format!("cannot open storage in {}", data.display()))?;
+        let admin_token = admin_token(&config)?;
+        let runtime = Arc::new(Runtime::new(Some(data.join("cache")))?);
+        if config.install_bundled {
+            let dir = config.plugins_dir();
+            if plugins::install_bundled(&dir).with_context(|| {
+                format!("cannot install the bundled plugins into {}", dir.display())
+            })? {
+                tracing::info!(dir = %dir.display(), count = BUNDLED.len(), "installed the bundled plugins");
+            }
+        }
+        std::fs::create_dir_all(config.plugins_dir()).with_context(|| {
+            format!(
+                "cannot create plugins folder {}",
+                config.plugins_dir().display()
+            )
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let keys = Arc::new(KeyVault::new(db.clone()));
+        let plugins = Arc::new(Plugins::new(
+            runtime,
+            config.clone(),
+            db.clone(),
+            keys,
+            metrics.clone(),
+        ));
+        plugins.scan(false).await;
+        Ok(Arc::new(App {
+            config,
+            db,
+            plugins,
+            metrics,
+            admin_token,
+            request_prefix: rand::rngs::OsRng.next_u32(),
+            request_seq: AtomicU64::new(0),
+        }))
+    }
+
+    /// A new request id: a per-process random prefix and a sequence number.
+    pub fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-{n:08x}", self.request_prefix)
+    }
+
+    /// Whether `token` is the admin token (constant time).
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        caps::crypto::constant_time_eq(token.as_bytes(), self.admin_token.as_bytes())
+    }
+}
+
+/// The configured admin token, or the one kept in DATA_DIR/admin-token
+/// (created owner-only on first start).
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if !config.admin_token.is_empty() {
+        return Ok(config.admin_token.clone());
+    }
+    let path = config.data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_string());
+    }
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    std::fs::write(&path, format!("{token}\n"))
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated an admin token for /_berth/plugins");
+    Ok(token)
+}

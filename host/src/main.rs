@@ -1,0 +1,332 @@
+//! The `berth` command.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use berth::admin::{AdminRequest, AdminResponse};
+use berth::config::Config;
+
+/// A WebAssembly plugin host for container-platform APIs.
+#[derive(Parser)]
+#[command(name = "berth", version, about)]
+struct Cli {
+    /// TOML config file, merged over the embedded defaults
+    /// (see `berth config`).
+    #[arg(long, global = true, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Data directory (storage, compile cache, admin socket).
+    #[arg(long, global = true, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the plugins (the default address is 127.0.0.1:8080).
+    Serve(ServeArgs),
+    /// List mounted plugins of the running server, or check a .wasm file.
+    Plugins {
+        #[command(subcommand)]
+        command: Option<PluginsCommand>,
+    },
+    /// Run a plugin's admin command on the running server:
+    /// `berth run PLUGIN ARGS...`.
+    Run {
+        /// The plugin's name.
+        plugin: String,
+        /// Arguments passed to the plugin's `admin` export.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print the effective configuration (defaults merged with --config).
+    Config,
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Mounted plugins: versions, routes, capabilities asked and granted,
+    /// refused files.
+    List {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compile, describe and check a .wasm file without serving it.
+    Check { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "BERTH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Plugins folder (default DATA_DIR/plugins).
+    #[arg(long, env = "BERTH_PLUGINS_DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// PEM certificate chain for HTTPS.
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Token for /_berth/plugins (default: DATA_DIR/admin-token).
+    #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(&cli)?;
+    match cli.command {
+        Command::Serve(args) => {
+            if let Some(listen) = args.listen {
+                config.listen = listen;
+            }
+            if let Some(dir) = args.plugins_dir {
+                config.plugins_dir = dir;
+            }
+            if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+                config.tls_cert = cert;
+                config.tls_key = key;
+            }
+            if let Some(token) = args.admin_token {
+                config.admin_token = token;
+            }
+            serve(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins { command } => {
+            match command.unwrap_or(PluginsCommand::List { json: false }) {
+                PluginsCommand::List { json } => {
+                    let answer = ask(&config, &AdminRequest::Plugins).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&answer.output)?);
+                    } else {
+                        print_plugins(&answer.output);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                PluginsCommand::Check { file } => check(&config, &file).await,
+            }
+        }
+        Command::Run { plugin, args } => {
+            let answer = ask(&config, &AdminRequest::Run { plugin, args }).await?;
+            let text = match &answer.output {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if answer.ok {
+                println!("{}", text.trim_end());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{}", text.trim_end());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Config => {
+            println!("{}", toml::to_string_pretty(&config_as_toml(&config)?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn config_as_toml(config: &Config) -> anyhow::Result<toml::Value> {
+    // Config is Deserialize only; show the merged table instead.
+    let _ = config;
+    let base: toml::Value = berth::config::DEFAULTS.parse()?;
+    Ok(base)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let tls = match config.tls() {
+        Some((cert, key)) => Some(berth::server::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let listener = berth::server::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let socket = config.admin_socket();
+    let app = berth::App::start(config).await?;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(app.plugins.clone().watch(stopped.clone()));
+    let admin = tokio::spawn({
+        let app = app.clone();
+        let stopped = stopped.clone();
+        async move {
+            if let Err(e) = berth::admin::serve_socket(app, &socket, stopped).await {
+                tracing::error!(error = %e, "admin socket unavailable: `berth run` and `berth plugins` will not work");
+            }
+        }
+    });
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, plugins = app.plugins.routing().plugins.len(), "berth is serving");
+
+    berth::server::serve(app.clone(), listener, tls, berth::server::signal(), grace).await;
+    let _ = stop.send(true);
+    let _ = watcher.await;
+    let _ = admin.await;
+    drop(Arc::clone(&app));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn ask(config: &Config, request: &AdminRequest) -> anyhow::Result<AdminResponse> {
+    berth::admin::request(&config.admin_socket(), request).await
+}
+
+fn print_plugins(view: &serde_json::Value) {
+    let empty = Vec::new();
+    let plugins = view["plugins"].as_array().unwrap_or(&empty);
+    if plugins.is_empty() {
+        println!(
+            "no plugins mounted from {}",
+            view["plugins_dir"].as_str().unwrap_or("?")
+        );
+    }
+    for p in plugins {
+        let list = |v: &serde_json::Value| {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+        };
+        println!(
+            "{} {} ({})\n  {}\n  asked:   {}\n  granted: {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["version"].as_str().unwrap_or("?"),
+            p["file"].as_str().unwrap_or("?"),
+            p["description"].as_str().unwrap_or(""),
+            list(&p["capabilities"]["asked"]),
+            list(&p["capabilities"]["granted"]),
+        );
+        for r in p["routes"].as_array().unwrap_or(&empty) {
+            println!(
+                "  {:<7} {:<40} {}",
+                r["method"].as_str().unwrap_or("?"),
+                r["path"].as_str().unwrap_or("?"),
+                r["id"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    for f in view["files"].as_array().unwrap_or(&empty) {
+        if let Some(reason) = f["last_refusal"]["reason"].as_str() {
+            println!("refused {}: {reason}", f["file"].as_str().unwrap_or("?"));
+        }
+    }
+}
+
+async fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let wasm = berth::runtime::read_wasm(file)?;
+    let runtime = Arc::new(berth::runtime::Runtime::new(None)?);
+    let prepared = {
+        let runtime = runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.prepare(&wasm)).await?
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}: refused: cannot load: {e:#}", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let dir = tempdir_for_check()?;
+    let db = berth::store::Store::open(&dir.join("check.redb"))?;
+    let env = Arc::new(berth::runtime::PluginEnv {
+        name: "check".into(),
+        asked: Default::default(),
+        granted: Default::default(),
+        settings: Default::default(),
+        keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
+        db,
+    });
+    let manifest = match runtime
+        .describe(&prepared.pre, env, &config.limits(""))
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{}: refused: describe failed: {e}", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(reason) = berth::plugins::check_manifest(&manifest) {
+        eprintln!("{}: refused: {reason}", file.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let granted: Vec<String> = config
+        .grants(&manifest.name)
+        .into_iter()
+        .filter(|c| manifest.capabilities.iter().any(|a| a == c.name()))
+        .map(|c| c.name().to_string())
+        .collect();
+    println!("{}: ok", file.display());
+    println!("  name:    {} {}", manifest.name, manifest.version);
+    println!("  about:   {}", manifest.description);
+    println!("  sha256:  {}", prepared.hash);
+    println!("  asked:   {}", manifest.capabilities.join(", "));
+    println!("  granted: {} (by this config)", granted.join(", "));
+    for r in &manifest.routes {
+        println!("  {:<7} {:<40} {}", r.method, r.path, r.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempdir_for_check() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("berth-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,349 @@
+//! The route table built from every mounted plugin's manifest.
+//!
+//! Patterns are `/` separated segments: literal text, `{name}` (one
+//! segment) or a final `{name...}` (the rest). A trailing slash is ignored
+//! on both sides, so `/service/` and `/service` are the same route. When
+//! several patterns match, the most specific wins: segment by segment,
+//! literal beats parameter beats rest.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+    Rest(String),
+}
+
+impl Segment {
+    fn rank(&self) -> u8 {
+        match self {
+            Segment::Literal(_) => 0,
+            Segment::Param(_) => 1,
+            Segment::Rest(_) => 2,
+        }
+    }
+
+    /// Same shape: literals with the same text, or two captures of one kind.
+    fn same_shape(&self, other: &Segment) -> bool {
+        match (self, other) {
+            (Segment::Literal(a), Segment::Literal(b)) => a == b,
+            (a, b) => a.rank() == b.rank() && a.rank() > 0,
+        }
+    }
+}
+
+/// A parsed route pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+impl Pattern {
+    /// Parse a pattern, saying what is wrong with a bad one.
+    pub fn parse(text: &str) -> Result<Pattern, String> {
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(format!("route path `{text}` must start with `/`"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let mut segments = Vec::new();
+        let mut names = Vec::new();
+        let parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        for (i, part) in parts.iter().enumerate() {
+            let segment = match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                Some(inner) => {
+                    let (name, is_rest) = match inner.strip_suffix("...") {
+                        Some(name) => (name, true),
+                        None => (inner, false),
+                    };
+                    let valid = !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                    if !valid {
+                        return Err(format!("route path `{text}` has a bad parameter `{part}`"));
+                    }
+                    if names.contains(&name) {
+                        return Err(format!(
+                            "route path `{text}` names parameter `{name}` twice"
+                        ));
+                    }
+                    names.push(name);
+                    if is_rest {
+                        if i + 1 != parts.len() {
+                            return Err(format!(
+                                "route path `{text}`: `{part}` must be the last segment"
+                            ));
+                        }
+                        Segment::Rest(name.to_string())
+                    } else {
+                        Segment::Param(name.to_string())
+                    }
+                }
+                None if part.is_empty() => {
+                    return Err(format!("route path `{text}` has an empty segment"));
+                }
+                None if part.contains(['{', '}']) => {
+                    return Err(format!(
+                        "route path `{text}`: a parameter must be a whole segment, not `{part}`"
+                    ));
+                }
+                None => Segment::Literal(part.to_string()),
+            };
+            segments.push(segment);
+        }
+        Ok(Pattern {
+            text: text.to_string(),
+            segments,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether this pattern starts with the literal segment `first`.
+    pub fn starts_with_literal(&self, first: &str) -> bool {
+        matches!(self.segments.first(), Some(Segment::Literal(s)) if s == first)
+    }
+
+    /// Whether both patterns match exactly the same paths.
+    pub fn same_shape(&self, other: &Pattern) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| a.same_shape(b))
+    }
+
+    fn specificity(&self, other: &Pattern) -> Ordering {
+        for (a, b) in self.segments.iter().zip(&other.segments) {
+            match a.rank().cmp(&b.rank()) {
+                Ordering::Equal => continue,
+                unequal => return unequal,
+            }
+        }
+        // Longer patterns first: `/a/{b}` before `/a`.
+        other.segments.len().cmp(&self.segments.len())
+    }
+
+    /// Match a path's segments, returning the captured parameters.
+    fn matches(&self, parts: &[&str]) -> Option<Vec<(String, String)>> {
+        let mut params = Vec::new();
+        for (i, segment) in self.segments.iter().enumerate() {
+            match segment {
+                Segment::Rest(name) => {
+                    params.push((name.clone(), parts.get(i..).unwrap_or_default().join("/")));
+                    return Some(params);
+                }
+                Segment::Literal(text) => {
+                    if parts.get(i) != Some(&text.as_str()) {
+                        return None;
+                    }
+                }
+                Segment::Param(name) => {
+                    let part = parts.get(i)?;
+                    params.push((name.clone(), percent_decode(part)));
+                }
+            }
+        }
+        (parts.len() == self.segments.len()).then_some(params)
+    }
+}
+
+/// Split a request path into segments, ignoring one trailing slash.
+fn split(path: &str) -> Vec<&str> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest.split('/').collect()
+    }
+}
+
+/// Percent-decode a path segment (invalid escapes are kept as they are).
+pub fn percent_decode(input: &str) -> String {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One route of one plugin.
+pub struct Route<T> {
+    pub method: String,
+    pub pattern: Pattern,
+    pub id: String,
+    pub target: Arc<T>,
+}
+
+/// The result of looking a request up.
+pub enum Found<'a, T> {
+    Route {
+        route: &'a Route<T>,
+        params: Vec<(String, String)>,
+    },
+    /// The path exists, but not for this method.
+    MethodNotAllowed {
+        allow: Vec<String>,
+    },
+    NotFound,
+}
+
+/// All routes, most specific first.
+pub struct Table<T> {
+    routes: Vec<Route<T>>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table { routes: Vec::new() }
+    }
+}
+
+impl<T> Table<T> {
+    pub fn new(mut routes: Vec<Route<T>>) -> Table<T> {
+        routes.sort_by(|a, b| a.pattern.specificity(&b.pattern));
+        Table { routes }
+    }
+
+    pub fn routes(&self) -> &[Route<T>] {
+        &self.routes
+    }
+
+    pub fn find(&self, method: &str, path: &str) -> Found<'_, T> {
+        let parts = split(path);
+        let mut allow: Vec<String> = Vec::new();
+        for route in &self.routes {
+            if let Some(params) = route.pattern.matches(&parts) {
+                if route.method == method || route.method == "*" {
+                    // A more specific pattern for another method does not
+                    // shadow this one: keep looking only if methods differ.
+                    return Found::Route { route, params };
+                }
+                if !allow.contains(&route.method) {
+                    allow.push(route.method.clone());
+                }
+            }
+        }
+        if allow.is_empty() {
+            Found::NotFound
+        } else {
+            allow.sort();
+            Found::MethodNotAllowed { allow }
+        }
+    }
+}
+
+/// Whether two routes would take the same requests.
+pub fn conflicts(method_a: &str, a: &Pattern, method_b: &str, b: &Pattern) -> bool {
+    let methods_overlap = method_a == method_b || method_a == "*" || method_b == "*";
+    methods_overlap && a.same_shape(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(routes: &[(&str, &str, &str)]) -> Table<()> {
+        Table::new(
+            routes
+                .iter()
+                .map(|(m, p, id)| Route {
+                    method: m.to_string(),
+                    pattern: Pattern::parse(p).unwrap(),
+                    id: id.to_string(),
+                    target: Arc::new(()),
+                })
+                .collect(),
+        )
+    }
+
+    fn id(t: &Table<()>, method: &str, path: &str) -> String {
+        match t.find(method, path) {
+            Found::Route { route, params } => {
+                let params: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{} {}", route.id, params.join(","))
+            }
+            Found::MethodNotAllowed { allow } => format!("405 {}", allow.join(",")),
+            Found::NotFound => "404".to_string(),
+        }
+    }
+
+    #[test]
+    fn literal_beats_param_beats_rest() {
+        let t = table(&[
+            ("GET", "/d/{rest...}", "rest"),
+            ("GET", "/d/{host}", "param"),
+            ("GET", "/d/list", "literal"),
+            ("GET", "/", "root"),
+        ]);
+        assert_eq!(id(&t, "GET", "/d/list"), "literal ");
+        assert_eq!(id(&t, "GET", "/d/h%20x"), "param host=h x");
+        assert_eq!(
+            id(&t, "GET", "/d/h/containers/json"),
+            "rest rest=h/containers/json"
+        );
+        assert_eq!(id(&t, "GET", "/"), "root ");
+        assert_eq!(id(&t, "GET", "/nope"), "404");
+    }
+
+    #[test]
+    fn trailing_slashes_are_ignored_and_methods_give_405() {
+        let t = table(&[
+            ("GET", "/service/", "list"),
+            ("POST", "/service", "create"),
+            ("*", "/any", "any"),
+        ]);
+        assert_eq!(id(&t, "GET", "/service"), "list ");
+        assert_eq!(id(&t, "POST", "/service/"), "create ");
+        assert_eq!(id(&t, "DELETE", "/service"), "405 GET,POST");
+        assert_eq!(id(&t, "PATCH", "/any"), "any ");
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for (p, why) in [
+            ("hello", "must start with `/`"),
+            ("/a//b", "empty segment"),
+            ("/a/{}", "bad parameter"),
+            ("/a/{x}/{x}", "twice"),
+            ("/a/{r...}/b", "last segment"),
+            ("/a/x{y}", "whole segment"),
+        ] {
+            let err = Pattern::parse(p).unwrap_err();
+            assert!(err.contains(why), "{p}: {err}");
+        }
+    }
+
+    #[test]
+    fn conflicts_ignore_parameter_names() {
+        let a = Pattern::parse("/hello/{name}").unwrap();
+        let b = Pattern::parse("/hello/{who}/").unwrap();
+        let c = Pattern::parse("/hello/world").unwrap();
+        assert!(conflicts("GET", &a, "GET", &b));
+        assert!(conflicts("*", &a, "POST", &b));
+        assert!(!conflicts("GET", &a, "POST", &b));
+        assert!(!conflicts("GET", &a, "GET", &c));
+    }
+}

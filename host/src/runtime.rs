@@ -1,0 +1,368 @@
+//! The wasm runtime: one engine with the pooling allocator, compiled code
+//! cached on disk, one `InstancePre` per plugin version and a fresh `Store`
+//! per call, with a memory cap and a wall-clock deadline enforced by epoch
+//! interruption.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Engine, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::caps::CapSet;
+use crate::caps::crypto::KeyVault;
+use crate::config::{Limits, MAX_MEMORY_MIB};
+use crate::store::{Store as Db, Txn};
+
+/// Bindings generated from `wit/`, the one source of the contract.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+pub use bindings::PluginPre;
+pub use bindings::berth::plugin::types::{Manifest, Outcome, Request};
+
+/// The WIT package version this host implements.
+pub const WIT_PACKAGE: &str = "berth:plugin";
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// How often the epoch ticks; deadlines are checked (and long-running wasm
+/// yields to other tasks) at this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Bytes of a plugin's stderr kept per call (panic messages end up here).
+const STDERR_CAP: usize = 4096;
+
+/// Everything a plugin's calls share: its identity, grants and settings.
+pub struct PluginEnv {
+    pub name: String,
+    pub asked: CapSet,
+    pub granted: CapSet,
+    pub settings: std::collections::BTreeMap<String, String>,
+    pub db: Arc<Db>,
+    pub keys: Arc<KeyVault>,
+}
+
+/// Per-call context the capabilities use.
+pub struct CallCx {
+    pub plugin: Arc<PluginEnv>,
+    pub request_id: String,
+    /// None while describing a plugin (no storage then).
+    pub txn: Option<Txn>,
+}
+
+/// The data of one `Store`: one call of one plugin.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    timed_out: bool,
+    pub call: CallCx,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin ran past its {0:?} deadline")]
+    Timeout(Duration),
+    #[error("cannot instantiate plugin: {0}")]
+    Instantiate(String),
+}
+
+/// What a successful call returns: the value, the call's transaction (to
+/// commit) and how long instantiation took.
+pub struct Called<R> {
+    pub value: R,
+    pub txn: Option<Txn>,
+    pub instantiate: Duration,
+}
+
+/// The engine, the linker and the compile cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// An engine with the pooling allocator and an epoch ticker thread.
+    /// Compiled code is cached under `cache_dir` when given.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(2000)
+            .total_tables(2000)
+            .total_stacks(1000)
+            .max_memory_size((MAX_MEMORY_MIB << 20) as usize)
+            // Keep the first pages of each slot resident between calls:
+            // resetting them with memset beats unmapping and faulting again.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("berth-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })?;
+
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            stop_ticker,
+        })
+    }
+
+    /// Compile `wasm` (or load its cached compilation) and link it against
+    /// the host, checking the WIT version it was built for. Blocking: run
+    /// it off the async workers.
+    pub fn prepare(&self, wasm: &[u8]) -> anyhow::Result<Prepared> {
+        let hash = hex::encode(Sha256::digest(wasm));
+        if !wasm.starts_with(b"\0asm") {
+            anyhow::bail!("not a WebAssembly file (no \\0asm header)");
+        }
+        let component = self.compile(wasm, &hash)?;
+        self.check_contract(&component)?;
+        let pre = self.linker.instantiate_pre(&component)?;
+        let pre = PluginPre::new(pre).map_err(|e| {
+            anyhow::anyhow!("its exports do not match the {WIT_PACKAGE}@{WIT_VERSION} world: {e:#}")
+        })?;
+        Ok(Prepared { pre, hash })
+    }
+
+    fn compile(&self, wasm: &[u8], hash: &str) -> anyhow::Result<Component> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok(Component::new(&self.engine, wasm)?);
+        };
+        let mut settings = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut settings);
+        let path = dir.join(format!("{hash}-{:016x}.cwasm", settings.finish()));
+        if path.exists() {
+            // SAFETY: the cache lives in the owner-only data directory and is
+            // written only by this function from wasmtime's own output;
+            // wasmtime also checks the engine settings it was compiled for.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring a bad compile cache entry")
+                }
+            }
+        }
+        let compiled = self.engine.precompile_component(wasm)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path))?;
+        // SAFETY: these bytes come straight from `precompile_component`.
+        Ok(unsafe { Component::deserialize(&self.engine, &compiled) }?)
+    }
+
+    /// Refuse components built against another version of `berth:plugin`
+    /// with a message that says so, rather than a missing-import error.
+    fn check_contract(&self, component: &Component) -> anyhow::Result<()> {
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if let Some(rest) = name.strip_prefix(&format!("{WIT_PACKAGE}/")) {
+                let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(none)");
+                if version != WIT_VERSION {
+                    anyhow::bail!(
+                        "it was built against {WIT_PACKAGE}@{version} (import `{name}`); \
+                         this host implements {WIT_PACKAGE}@{WIT_VERSION}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn new_store(&self, call: CallCx, limits: &Limits) -> (Store<HostState>, MemoryOutputPipe) {
+        let stderr = MemoryOutputPipe::new(STDERR_CAP);
+        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes as usize)
+                .trap_on_grow_failure(true)
+                .build(),
+            timed_out: false,
+            call,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let deadline = Instant::now() + limits.deadline;
+        // Yield to other tasks every tick; trap once the deadline passes.
+        store.epoch_deadline_callback(move |mut cx| {
+            if Instant::now() >= deadline {
+                cx.data_mut().timed_out = true;
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        (store, stderr)
+    }
+
+    /// Call `describe` on a fresh instance.
+    pub async fn describe(
+        &self,
+        pre: &PluginPre<HostState>,
+        env: Arc<PluginEnv>,
+        limits: &Limits,
+    ) -> Result<Manifest, CallError> {
+        let cx = CallCx {
+            plugin: env,
+            request_id: "describe".into(),
+            txn: None,
+        };
+        let called = self
+            .call(pre, cx, limits, |p, s| Box::pin(p.call_describe(s)))
+            .await?;
+        Ok(called.value)
+    }
+
+    /// Call `handle` on a fresh instance.
+    pub async fn handle(
+        &self,
+        pre: &PluginPre<HostState>,
+        cx: CallCx,
+        limits: &Limits,
+        request: Request,
+    ) -> Result<Called<Outcome>, CallError> {
+        self.call(pre, cx, limits, move |p, s| {
+            Box::pin(async move { p.call_handle(s, &request).await })
+        })
+        .await
+    }
+
+    /// Call `admin` on a fresh instance.
+    pub async fn admin(
+        &self,
+        pre: &PluginPre<HostState>,
+        cx: CallCx,
+        limits: &Limits,
+        args: Vec<String>,
+    ) -> Result<Called<Result<String, String>>, CallError> {
+        self.call(pre, cx, limits, move |p, s| {
+            Box::pin(async move { p.call_admin(s, &args).await })
+        })
+        .await
+    }
+
+    async fn call<R, F>(
+        &self,
+        pre: &PluginPre<HostState>,
+        cx: CallCx,
+        limits: &Limits,
+        f: F,
+    ) -> Result<Called<R>, CallError>
+    where
+        F: for<'a> FnOnce(
+            &'a bindings::Plugin,
+            &'a mut Store<HostState>,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>,
+        >,
+    {
+        let started = Instant::now();
+        let plugin_name = cx.plugin.name.clone();
+        let (mut store, stderr) = self.new_store(cx, limits);
+        let plugin = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let instantiate = started.elapsed();
+        // The epoch callback stops wasm at the deadline; this timeout also
+        // bounds time spent waiting in host calls (locks, storage).
+        let remaining = limits.deadline.saturating_sub(instantiate) + EPOCH_TICK * 2;
+        let result = tokio::time::timeout(remaining, f(&plugin, &mut store)).await;
+        match result {
+            Ok(Ok(value)) => {
+                let txn = store.data_mut().call.txn.take();
+                Ok(Called {
+                    value,
+                    txn,
+                    instantiate,
+                })
+            }
+            Ok(Err(_)) if store.data().timed_out => Err(CallError::Timeout(limits.deadline)),
+            Err(_) => Err(CallError::Timeout(limits.deadline)),
+            Ok(Err(trap)) => {
+                let output = String::from_utf8_lossy(&stderr.contents())
+                    .trim()
+                    .to_string();
+                tracing::warn!(plugin = %plugin_name, stderr = %output, "plugin trapped: {trap:#}");
+                let reason = match trap.downcast_ref::<wasmtime::Trap>() {
+                    Some(t) => t.to_string(),
+                    None => format!("{trap:#}"),
+                };
+                Err(CallError::Trap(reason))
+            }
+        }
+    }
+}
+
+/// A compiled and linked plugin version.
+pub struct Prepared {
+    pub pre: PluginPre<HostState>,
+    /// SHA-256 of the wasm file, hex.
+    pub hash: String,
+}
+
+/// Read a wasm file (helper for the loader and `plugins check`).
+pub fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}

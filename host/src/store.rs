@@ -1,0 +1,584 @@
+//! Durable storage on one redb file: per-plugin KV and host metadata.
+//!
+//! Reads go straight to redb. Writes are buffered per call in a [`Txn`] and
+//! committed by one writer thread that folds every batch waiting at that
+//! moment into a single redb transaction (group commit), so concurrent
+//! requests share fsyncs and are never serialised on storage for their whole
+//! duration. A caller is told its batch is done only once it is durable.
+//!
+//! Writes lock their key (per namespace) until the call's transaction ends,
+//! so read-modify-write operations (increment, compare-and-swap) on one key
+//! are serialised while other keys proceed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use tokio::sync::{OwnedMutexGuard, oneshot};
+
+/// Plugin KV: (namespace, key) -> value.
+const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// Host metadata: (namespace, key) -> value. Namespaces are the host's own
+/// (e.g. `hmac-key/PLUGIN`).
+const META: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("meta");
+
+/// Largest key, in bytes.
+pub const MAX_KEY: usize = 1024;
+/// Largest value, in bytes.
+pub const MAX_VALUE: usize = 4 << 20;
+/// Most bytes one transaction may write.
+pub const MAX_TXN_BYTES: usize = 32 << 20;
+/// Most entries one list call returns.
+pub const MAX_PAGE: u32 = 1000;
+/// Most batches folded into one redb transaction.
+const MAX_GROUP: usize = 512;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("storage writer has stopped")]
+    Closed,
+}
+
+impl StoreError {
+    fn from_redb(e: impl std::fmt::Display) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+/// What a transaction operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Kv,
+    Meta,
+}
+
+struct Write {
+    table: Table,
+    ns: Arc<str>,
+    key: String,
+    value: Option<Vec<u8>>,
+}
+
+struct Batch {
+    writes: Vec<Write>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The database and its writer.
+pub struct Store {
+    db: Arc<Database>,
+    writer: std::sync::mpsc::Sender<Batch>,
+    locks: Arc<KeyLocks>,
+}
+
+impl Store {
+    /// Open (or create) the redb file at `path` and start the writer thread.
+    pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        let tx = db.begin_write().map_err(StoreError::from_redb)?;
+        tx.open_table(KV).map_err(StoreError::from_redb)?;
+        tx.open_table(META).map_err(StoreError::from_redb)?;
+        tx.commit().map_err(StoreError::from_redb)?;
+        let db = Arc::new(db);
+        let (writer, batches) = std::sync::mpsc::channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("berth-store-writer".into())
+            .spawn(move || write_loop(&writer_db, batches))
+            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+        Ok(Arc::new(Store {
+            db,
+            writer,
+            locks: Arc::new(KeyLocks::default()),
+        }))
+    }
+
+    /// A new transaction over plugin `plugin`'s namespace.
+    pub fn begin(self: &Arc<Self>, plugin: &str) -> Txn {
+        Txn {
+            store: self.clone(),
+            ns: Arc::from(plugin),
+            writes: BTreeMap::new(),
+            locks: HashMap::new(),
+            written: 0,
+        }
+    }
+
+    fn get_in(&self, table: Table, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(StoreError::from_redb)?;
+        let t = tx.open_table(def(table)).map_err(StoreError::from_redb)?;
+        let value = t.get((ns, key)).map_err(StoreError::from_redb)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Read host metadata.
+    pub fn meta_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_in(Table::Meta, ns, key)
+    }
+
+    /// Write host metadata durably.
+    pub async fn meta_set(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let write = Write {
+            table: Table::Meta,
+            ns: Arc::from(ns),
+            key: key.to_string(),
+            value: Some(value),
+        };
+        self.commit(vec![write]).await
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.writer
+            .send(Batch { writes, done })
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Committed entries of `ns` with keys starting with `prefix`, after the
+    /// lower bound, at most `limit`.
+    fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        lower: Bound<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(StoreError::from_redb)?;
+        let t = tx.open_table(KV).map_err(StoreError::from_redb)?;
+        let lower = match lower {
+            Bound::Included(k) => Bound::Included((ns, k)),
+            Bound::Excluded(k) => Bound::Excluded((ns, k)),
+            Bound::Unbounded => Bound::Included((ns, "")),
+        };
+        let range = t
+            .range::<(&str, &str)>((lower, Bound::Unbounded))
+            .map_err(StoreError::from_redb)?;
+        let mut out = Vec::new();
+        for entry in range {
+            let (k, v) = entry.map_err(StoreError::from_redb)?;
+            let (kns, key) = k.value();
+            if kns != ns || !key.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((key.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+fn def(table: Table) -> TableDefinition<'static, (&'static str, &'static str), &'static [u8]> {
+    match table {
+        Table::Kv => KV,
+        Table::Meta => META,
+    }
+}
+
+/// The writer thread: take every batch waiting, commit them in one redb
+/// transaction, then tell each caller. Ends when every `Store` is dropped.
+fn write_loop(db: &Database, batches: std::sync::mpsc::Receiver<Batch>) {
+    while let Ok(first) = batches.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match batches.try_recv() {
+                Ok(batch) => group.push(batch),
+                Err(_) => break,
+            }
+        }
+        let result = apply(db, &group);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, batches = group.len(), "group commit failed");
+        }
+        for batch in group {
+            // A caller that gave up (timed out) no longer listens; fine.
+            let _ = batch.done.send(result.clone());
+        }
+    }
+}
+
+fn apply(db: &Database, group: &[Batch]) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(StoreError::from_redb)?;
+    {
+        let mut kv = tx.open_table(KV).map_err(StoreError::from_redb)?;
+        let mut meta = tx.open_table(META).map_err(StoreError::from_redb)?;
+        for write in group.iter().flat_map(|b| &b.writes) {
+            let table = match write.table {
+                Table::Kv => &mut kv,
+                Table::Meta => &mut meta,
+            };
+            let key = (&*write.ns, write.key.as_str());
+            match &write.value {
+                Some(value) => table.insert(key, value.as_slice()).map(drop),
+                None => table.remove(key).map(drop),
+            }
+            .map_err(StoreError::from_redb)?;
+        }
+    }
+    tx.commit().map_err(StoreError::from_redb)
+}
+
+type LockKey = (Arc<str>, String);
+
+/// Per-key locks, created on demand and removed when nobody holds or waits.
+#[derive(Default)]
+struct KeyLocks {
+    map: Mutex<HashMap<LockKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A held key lock; releases (and forgets the key when idle) on drop.
+struct KeyGuard {
+    locks: Arc<KeyLocks>,
+    key: LockKey,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    async fn lock(self: &Arc<Self>, key: LockKey) -> KeyGuard {
+        let mutex = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        let guard = mutex.lock_owned().await;
+        KeyGuard {
+            locks: self.clone(),
+            key,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map's own reference left: nobody holds or waits.
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// One call's view of a plugin's namespace: reads see its own writes; the
+/// writes are committed together by [`Txn::commit`] or dropped with it.
+pub struct Txn {
+    store: Arc<Store>,
+    ns: Arc<str>,
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+    locks: HashMap<String, KeyGuard>,
+    written: usize,
+}
+
+/// One page of a listing.
+pub struct Page {
+    pub entries: Vec<(String, Vec<u8>)>,
+    pub next: Option<String>,
+}
+
+fn check_key(key: &str) -> Result<(), TxnError> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(TxnError::Invalid(format!(
+            "keys must be 1 to {MAX_KEY} bytes; this one is {} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Txn {
+    /// Read a key, seeing this transaction's own writes.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, TxnError> {
+        check_key(key)?;
+        if let Some(pending) = self.writes.get(key) {
+            return Ok(pending.clone());
+        }
+        Ok(self.store.get_in(Table::Kv, &self.ns, key)?)
+    }
+
+    async fn lock(&mut self, key: &str) {
+        if !self.locks.contains_key(key) {
+            let guard = self
+                .store
+                .locks
+                .lock((self.ns.clone(), key.to_string()))
+                .await;
+            self.locks.insert(key.to_string(), guard);
+        }
+    }
+
+    fn put(&mut self, key: &str, value: Option<Vec<u8>>) -> Result<(), TxnError> {
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        if value.as_ref().is_some_and(|v| v.len() > MAX_VALUE) {
+            return Err(TxnError::Invalid(format!(
+                "values are at most {MAX_VALUE} bytes; this one is {} bytes",
+                value.as_ref().map_or(0, Vec::len)
+            )));
+        }
+        if self.written + size > MAX_TXN_BYTES {
+            return Err(TxnError::Invalid(format!(
+                "one call may write at most {MAX_TXN_BYTES} bytes"
+            )));
+        }
+        self.written += size;
+        self.writes.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    /// Write a key.
+    pub async fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), TxnError> {
+        check_key(key)?;
+        self.lock(key).await;
+        self.put(key, Some(value))
+    }
+
+    /// Delete a key; whether it existed.
+    pub async fn delete(&mut self, key: &str) -> Result<bool, TxnError> {
+        check_key(key)?;
+        self.lock(key).await;
+        let existed = self.get(key)?.is_some();
+        self.put(key, None)?;
+        Ok(existed)
+    }
+
+    /// Add `delta` to the decimal integer at `key`.
+    pub async fn increment(&mut self, key: &str, delta: i64) -> Result<i64, TxnError> {
+        check_key(key)?;
+        self.lock(key).await;
+        let current = match self.get(key)? {
+            None => 0,
+            Some(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| {
+                    TxnError::Conflict(format!("value at `{key}` is not a decimal integer"))
+                })?,
+        };
+        let next = current.checked_add(delta).ok_or_else(|| {
+            TxnError::Conflict(format!("incrementing `{key}` by {delta} overflows"))
+        })?;
+        self.put(key, Some(next.to_string().into_bytes()))?;
+        Ok(next)
+    }
+
+    /// Swap `key` to `new` if it is `expected`.
+    pub async fn compare_and_swap(
+        &mut self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, TxnError> {
+        check_key(key)?;
+        self.lock(key).await;
+        if self.get(key)? != expected {
+            return Ok(false);
+        }
+        self.put(key, new)?;
+        Ok(true)
+    }
+
+    /// List keys with `prefix` strictly after `after`, merging committed
+    /// entries with this transaction's writes.
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Page, TxnError> {
+        let limit = match limit {
+            0 => 100,
+            n => n.min(MAX_PAGE),
+        } as usize;
+        let lower = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        // Pending deletes may hide committed entries: read enough to fill
+        // the page anyway.
+        let hidden = self.writes.values().filter(|v| v.is_none()).count();
+        let committed = self
+            .store
+            .scan(&self.ns, prefix, lower, limit + 1 + hidden)?;
+        let pending = self
+            .writes
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix));
+
+        let mut merged: BTreeMap<&str, Option<&[u8]>> = BTreeMap::new();
+        for (k, v) in &committed {
+            merged.insert(k, Some(v));
+        }
+        for (k, v) in pending {
+            merged.insert(k, v.as_deref());
+        }
+        let mut entries: Vec<(String, Vec<u8>)> = merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v.to_vec())))
+            .take(limit + 1)
+            .collect();
+        let next = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        Ok(Page { entries, next })
+    }
+
+    /// Whether this transaction wrote anything.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Commit durably, then release the key locks.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let writes = std::mem::take(&mut self.writes)
+            .into_iter()
+            .map(|(key, value)| Write {
+                table: Table::Kv,
+                ns: self.ns.clone(),
+                key,
+                value,
+            })
+            .collect();
+        self.store.commit(writes).await
+        // `self` (and its locks) drops here, after the commit is durable.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn writes_are_visible_in_their_txn_and_durable_after_commit() {
+        let (dir, store) = store();
+        let mut t = store.begin("a");
+        t.set("k", b"v".to_vec()).await.unwrap();
+        assert_eq!(t.get("k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            store.begin("a").get("k").unwrap(),
+            None,
+            "not visible before commit"
+        );
+        t.commit().await.unwrap();
+        assert_eq!(store.begin("a").get("k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            store.begin("b").get("k").unwrap(),
+            None,
+            "namespaces are separate"
+        );
+        drop(store);
+        // The writer thread holds the database until it sees the channel close.
+        let reopened = loop {
+            match Store::open(&dir.path().join("t.redb")) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
+        assert_eq!(reopened.begin("a").get("k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_txn_writes_nothing_and_frees_its_locks() {
+        let (_dir, store) = store();
+        let mut t = store.begin("a");
+        t.increment("n", 5).await.unwrap();
+        drop(t);
+        let mut t = store.begin("a");
+        assert_eq!(t.increment("n", 1).await.unwrap(), 1);
+        t.commit().await.unwrap();
+        assert!(store.locks.map.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn concurrent_increments_are_serialised() {
+        let (_dir, store) = store();
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut t = store.begin("a");
+                let n = t.increment("n", 1).await.unwrap();
+                t.commit().await.unwrap();
+                n
+            }));
+        }
+        let mut seen = Vec::new();
+        for task in tasks {
+            seen.push(task.await.unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, (1..=50).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn compare_and_swap_checks_the_current_value() {
+        let (_dir, store) = store();
+        let mut t = store.begin("a");
+        assert!(
+            t.compare_and_swap("k", None, Some(b"1".to_vec()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !t.compare_and_swap("k", None, Some(b"2".to_vec()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            t.compare_and_swap("k", Some(b"1".to_vec()), None)
+                .await
+                .unwrap()
+        );
+        assert_eq!(t.get("k").unwrap(), None);
+        let err = t.increment("", 1).await.unwrap_err();
+        assert!(err.to_string().contains("keys must be 1 to 1024 bytes"));
+        t.set("text", b"abc".to_vec()).await.unwrap();
+        assert!(matches!(
+            t.increment("text", 1).await,
+            Err(TxnError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn list_merges_pending_writes_and_pages() {
+        let (_dir, store) = store();
+        let mut t = store.begin("a");
+        for i in 0..5 {
+            t.set(&format!("p/{i}"), vec![i]).await.unwrap();
+        }
+        t.set("q/0", vec![9]).await.unwrap();
+        t.commit().await.unwrap();
+        let mut t = store.begin("a");
+        t.delete("p/1").await.unwrap();
+        t.set("p/5", vec![5]).await.unwrap();
+        let page = t.list("p/", None, 3).unwrap();
+        let keys: Vec<_> = page.entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["p/0", "p/2", "p/3"]);
+        let page = t.list("p/", page.next.as_deref(), 3).unwrap();
+        let keys: Vec<_> = page.entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["p/4", "p/5"]);
+        assert_eq!(page.next, None);
+    }
+}

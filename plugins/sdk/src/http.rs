@@ -1,0 +1,281 @@
+//! Requests and responses.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bindings::berth::plugin::types;
+
+/// What a handler returns: a response either way. The `Err` side lets `?`
+/// turn failures into error responses (see the `From` impls on [`Response`]).
+pub type HttpResult = Result<Response, Response>;
+
+/// One HTTP request routed to this plugin.
+#[derive(Debug, Clone)]
+pub struct Request {
+    inner: types::Request,
+}
+
+impl From<types::Request> for Request {
+    fn from(inner: types::Request) -> Self {
+        Request { inner }
+    }
+}
+
+impl Request {
+    /// The host's id for this request (also in the `x-request-id` header
+    /// of the response and in every log line).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Upper-case method, e.g. `GET`.
+    pub fn method(&self) -> &str {
+        &self.inner.method
+    }
+
+    /// The raw path, without the query string.
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The id of the matched route.
+    pub fn route(&self) -> &str {
+        &self.inner.route
+    }
+
+    /// The client's `ip:port`.
+    pub fn client(&self) -> &str {
+        &self.inner.client
+    }
+
+    /// A path parameter captured by `{name}` in the route pattern.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        find(&self.inner.params, name)
+    }
+
+    /// A path parameter parsed into `T`; a missing or unparsable value is a
+    /// 400 response naming the parameter.
+    pub fn param_as<T: std::str::FromStr>(&self, name: &str) -> Result<T, Response> {
+        let raw = self
+            .param(name)
+            .ok_or_else(|| Response::error(400, &format!("missing path parameter `{name}`")))?;
+        raw.parse().map_err(|_| {
+            Response::error(
+                400,
+                &format!("path parameter `{name}` has a bad value: {raw:?}"),
+            )
+        })
+    }
+
+    /// The first query value for `name`.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        find(&self.inner.query, name)
+    }
+
+    /// A query value parsed into `T`: `Ok(None)` when absent, a 400 response
+    /// when present but unparsable.
+    pub fn query_as<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, Response> {
+        match self.query(name) {
+            None => Ok(None),
+            Some(raw) => raw.parse().map(Some).map_err(|_| {
+                Response::error(
+                    400,
+                    &format!("query parameter `{name}` has a bad value: {raw:?}"),
+                )
+            }),
+        }
+    }
+
+    /// All query pairs in order.
+    pub fn query_pairs(&self) -> &[(String, String)] {
+        &self.inner.query
+    }
+
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All headers in order, names lower-case.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.inner.headers
+    }
+
+    /// The request body.
+    pub fn body(&self) -> &[u8] {
+        &self.inner.body
+    }
+
+    /// The body parsed as JSON; a 400 response with the parse error if it
+    /// is not valid JSON of the expected shape.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Response> {
+        serde_json::from_slice(&self.inner.body)
+            .map_err(|e| Response::error(400, &format!("invalid JSON body: {e}")))
+    }
+
+    /// The body parsed as `application/x-www-form-urlencoded` pairs.
+    pub fn form(&self) -> Vec<(String, String)> {
+        parse_urlencoded(&self.inner.body)
+    }
+
+    /// Whether the `content-type` header names JSON.
+    pub fn is_json(&self) -> bool {
+        self.header("content-type")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("json"))
+    }
+}
+
+fn find<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Parse `a=1&b=x+y` into pairs, percent-decoding names and values.
+pub fn parse_urlencoded(input: &[u8]) -> Vec<(String, String)> {
+    input
+        .split(|b| *b == b'&')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut halves = part.splitn(2, |b| *b == b'=');
+            let name = percent_decode(halves.next().unwrap_or_default());
+            let value = percent_decode(halves.next().unwrap_or_default());
+            (name, value)
+        })
+        .collect()
+}
+
+fn percent_decode(input: &[u8]) -> String {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < input.len() => match (hex(input[i + 1]), hex(input[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// An HTTP response under construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// An empty response with this status.
+    pub fn new(status: u16) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A JSON response: `value` serialised, `content-type: application/json`.
+    pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Response::new(status)
+                .header("content-type", "application/json")
+                .body(body),
+            Err(e) => Response::error(500, &format!("could not serialise the response: {e}")),
+        }
+    }
+
+    /// A plain-text response.
+    pub fn text(status: u16, text: &str) -> Self {
+        Response::new(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(text.as_bytes().to_vec())
+    }
+
+    /// A JSON error response `{"error": message}`. Surfaces with their own
+    /// error format build their body with [`Response::json`] instead.
+    pub fn error(status: u16, message: &str) -> Self {
+        Response::json(status, &serde_json::json!({ "error": message }))
+    }
+
+    /// Add a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Replace the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+impl From<Response> for types::Response {
+    fn from(r: Response) -> Self {
+        types::Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+/// A host capability error becomes a 500 (403 when the capability was not
+/// granted) with the error text, so handlers can use `?` on host calls.
+impl From<crate::Error> for Response {
+    fn from(e: crate::Error) -> Self {
+        let status = match e {
+            crate::Error::Denied(_) => 403,
+            crate::Error::Invalid(_) => 400,
+            crate::Error::Conflict(_) => 409,
+            crate::Error::Unavailable(_) => 503,
+        };
+        Response::error(status, &crate::error_text(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urlencoded_pairs_are_decoded() {
+        let pairs = parse_urlencoded(b"cmd=apps%3Alist&sync=true&x=a+b&bad=%zz&trail=%4");
+        assert_eq!(
+            pairs,
+            vec![
+                ("cmd".into(), "apps:list".into()),
+                ("sync".into(), "true".into()),
+                ("x".into(), "a b".into()),
+                ("bad".into(), "%zz".into()),
+                ("trail".into(), "%4".into()),
+            ]
+        );
+    }
+}

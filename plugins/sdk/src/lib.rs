@@ -1,0 +1,171 @@
+//! The Berth plugin SDK.
+//!
+//! A Berth plugin is a WebAssembly component targeting the `berth:plugin`
+//! world (see `wit/` in the Berth repository). This crate wraps the
+//! generated bindings with what a plugin author needs day to day:
+//!
+//! - [`Plugin`] and [`export!`]: declare the plugin and export it;
+//! - [`Router`]: route ids to handler functions, with typed path params;
+//! - [`Request`] and [`Response`]: JSON, form and query helpers;
+//! - [`kv`], [`crypto`], [`config`], [`log`]: the host capabilities, typed.
+//!
+//! ```ignore
+//! use berth_sdk::{Info, Plugin, Request, Response, Router, HttpResult};
+//!
+//! struct Hello;
+//!
+//! impl Plugin for Hello {
+//!     fn info() -> Info {
+//!         Info::new("hello", env!("CARGO_PKG_VERSION"), "Says hello").capabilities(&["kv"])
+//!     }
+//!     fn router() -> Router {
+//!         Router::new().get("hello.greet", "/hello/{name}", greet)
+//!     }
+//! }
+//!
+//! fn greet(req: &Request) -> HttpResult {
+//!     let name = req.param("name").unwrap_or("world");
+//!     Ok(Response::json(200, &serde_json::json!({ "hello": name })))
+//! }
+//!
+//! berth_sdk::export!(Hello);
+//! ```
+
+mod http;
+mod router;
+
+pub mod config;
+pub mod crypto;
+pub mod kv;
+pub mod log;
+
+pub use http::{HttpResult, Request, Response};
+pub use router::{Handler, Router};
+
+/// The generated bindings for the `berth:plugin` world. Most plugins never
+/// need these directly; the modules of this crate wrap them.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_world",
+        default_bindings_module: "berth_sdk::bindings",
+    });
+}
+
+/// The error every host capability returns: the capability was not granted
+/// (`Denied`), an argument was bad (`Invalid`), a lock or stored value got
+/// in the way (`Conflict`), or the host could not do it now
+/// (`Unavailable`). Converts into a 500 [`Response`] with `?`.
+pub use bindings::berth::plugin::types::Error;
+
+/// Human-readable text of a host [`Error`]: its kind and message.
+pub fn error_text(e: &Error) -> String {
+    match e {
+        Error::Denied(m) => format!("denied: {m}"),
+        Error::Invalid(m) => format!("invalid: {m}"),
+        Error::Conflict(m) => format!("conflict: {m}"),
+        Error::Unavailable(m) => format!("unavailable: {m}"),
+    }
+}
+
+/// Name, version, description and capabilities of a plugin: everything in
+/// its manifest except the routes, which come from its [`Router`].
+#[derive(Debug, Clone)]
+pub struct Info {
+    /// Unique plugin name: lower-case letters, digits and `-`.
+    pub name: String,
+    /// The plugin's version.
+    pub version: String,
+    /// One line for operators.
+    pub description: String,
+    /// Capabilities asked for: `kv`, `config`, `crypto`, `log`.
+    pub capabilities: Vec<String>,
+}
+
+impl Info {
+    /// A plugin that asks for no capability yet.
+    pub fn new(name: &str, version: &str, description: &str) -> Self {
+        Info {
+            name: name.to_string(),
+            version: version.to_string(),
+            description: description.to_string(),
+            capabilities: Vec::new(),
+        }
+    }
+
+    /// Ask for these capabilities (the operator must also grant them).
+    pub fn capabilities(mut self, caps: &[&str]) -> Self {
+        self.capabilities = caps.iter().map(|c| c.to_string()).collect();
+        self
+    }
+}
+
+/// A Berth plugin. Implement it on a unit struct and pass that struct to
+/// [`export!`].
+pub trait Plugin {
+    /// Name, version, description and capabilities.
+    fn info() -> Info;
+
+    /// The routes and their handlers.
+    fn router() -> Router;
+
+    /// Operator commands, run by `berth run PLUGIN ARGS...`. `Ok` text is
+    /// printed for the operator; `Err` text is shown as an error.
+    fn admin(args: Vec<String>) -> Result<String, String> {
+        let _ = args;
+        Err("this plugin offers no admin commands".to_string())
+    }
+}
+
+#[doc(hidden)]
+pub fn __describe<P: Plugin>() -> bindings::berth::plugin::types::Manifest {
+    let info = P::info();
+    let router = P::router();
+    bindings::berth::plugin::types::Manifest {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        capabilities: info.capabilities,
+        openapi: Some(router.openapi_paths()),
+        routes: router.manifest_routes(),
+    }
+}
+
+#[doc(hidden)]
+pub fn __handle<P: Plugin>(
+    request: bindings::berth::plugin::types::Request,
+) -> bindings::berth::plugin::types::Outcome {
+    let response = P::router().dispatch(Request::from(request));
+    bindings::berth::plugin::types::Outcome::Respond(response.into())
+}
+
+/// Export a type implementing [`Plugin`] as this component's `berth:plugin`
+/// world. Use it once, at the crate root of the plugin.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        const _: () = {
+            struct BerthGuest;
+
+            impl $crate::bindings::Guest for BerthGuest {
+                fn describe() -> $crate::bindings::berth::plugin::types::Manifest {
+                    $crate::__describe::<$plugin>()
+                }
+
+                fn handle(
+                    request: $crate::bindings::berth::plugin::types::Request,
+                ) -> $crate::bindings::berth::plugin::types::Outcome {
+                    $crate::__handle::<$plugin>(request)
+                }
+
+                fn admin(args: Vec<String>) -> Result<String, String> {
+                    <$plugin as $crate::Plugin>::admin(args)
+                }
+            }
+
+    $crate::bindings::__export_plugin_world!(BerthGuest with_types_in $crate::bindings);
+        };
+    };
+}
