@@ -179,11 +179,12 @@ pub async fn run(app: &App, name: &str, args: Vec<String>) -> Result<String, Str
     };
     drop(routing);
     let request_id = app.next_request_id();
-    let cx = CallCx {
-        plugin: plugin.env.clone(),
-        request_id: request_id.clone(),
-        txn: Some(plugin.env.db.begin(&plugin.env.name)),
-    };
+    let cx = CallCx::new(
+        plugin.env.clone(),
+        request_id.clone(),
+        Some(plugin.env.db.begin(&plugin.env.name)),
+        std::time::Instant::now() + plugin.limits.deadline,
+    );
     tracing::info!(plugin = %name, request_id, "admin command");
     let called = app
         .plugins

@@ -157,9 +157,15 @@ async fn call(
         }
     };
 
-    let Ok(Ok(_permit)) =
-        tokio::time::timeout_at(deadline, plugin.permits.clone().acquire_owned()).await
-    else {
+    // A free slot is the common case: take it without arming a timer.
+    let permit = match plugin.permits.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) => tokio::time::timeout_at(deadline, plugin.permits.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok),
+    };
+    let Some(_permit) = permit else {
         plugin.metrics.refused.fetch_add(1, Relaxed);
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -194,11 +200,12 @@ async fn call(
         body: body.to_vec(),
         client: client.to_string(),
     };
-    let cx = CallCx {
-        plugin: plugin.env.clone(),
-        request_id: request_id.to_string(),
-        txn: Some(plugin.env.db.begin(&plugin.env.name)),
-    };
+    let cx = CallCx::new(
+        plugin.env.clone(),
+        request_id.to_string(),
+        Some(plugin.env.db.begin(&plugin.env.name)),
+        deadline.into_std(),
+    );
     let name = &plugin.manifest.name;
     let runtime = app.plugins.runtime();
     match runtime.handle(&plugin.pre, cx, &limits, request).await {

@@ -169,17 +169,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Config => {
-            println!("{}", toml::to_string_pretty(&config_as_toml(&config)?)?);
+            print!("{}", toml::to_string_pretty(&config)?);
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn config_as_toml(config: &Config) -> anyhow::Result<toml::Value> {
-    // Config is Deserialize only; show the merged table instead.
-    let _ = config;
-    let base: toml::Value = berth::config::DEFAULTS.parse()?;
-    Ok(base)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -148,7 +148,8 @@ impl Metrics {
             m.instantiate
                 .render(&mut out, "berth_instantiate_duration_seconds", name);
         }
-        let counters: [(&str, &str, fn(&PluginMetrics) -> &AtomicU64); 3] = [
+        type Field = fn(&PluginMetrics) -> &AtomicU64;
+        let counters: [(&str, &str, Field); 3] = [
             ("berth_traps_total", "Calls that trapped.", |m| &m.traps),
             (
                 "berth_timeouts_total",

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{OwnedMutexGuard, oneshot};
@@ -116,6 +117,7 @@ impl Store {
             writes: BTreeMap::new(),
             locks: HashMap::new(),
             written: 0,
+            deadline: Instant::now() + Duration::from_secs(3600),
         }
     }
 
@@ -248,17 +250,24 @@ struct KeyGuard {
 }
 
 impl KeyLocks {
-    async fn lock(self: &Arc<Self>, key: LockKey) -> KeyGuard {
+    /// Lock `key`, waiting at most until `deadline` if another call holds it.
+    async fn lock(self: &Arc<Self>, key: LockKey, deadline: Instant) -> Option<KeyGuard> {
         let mutex = {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone()).or_default().clone()
         };
-        let guard = mutex.lock_owned().await;
-        KeyGuard {
+        // Uncontended: no timer.
+        let guard = match mutex.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => tokio::time::timeout_at(deadline.into(), mutex.lock_owned())
+                .await
+                .ok()?,
+        };
+        Some(KeyGuard {
             locks: self.clone(),
             key,
             guard: Some(guard),
-        }
+        })
     }
 }
 
@@ -284,6 +293,7 @@ pub struct Txn {
     writes: BTreeMap<String, Option<Vec<u8>>>,
     locks: HashMap<String, KeyGuard>,
     written: usize,
+    deadline: Instant,
 }
 
 /// One page of a listing.
@@ -312,15 +322,26 @@ impl Txn {
         Ok(self.store.get_in(Table::Kv, &self.ns, key)?)
     }
 
-    async fn lock(&mut self, key: &str) {
+    /// Wait for key locks at most until `deadline` (the call's own).
+    pub fn until(mut self, deadline: Instant) -> Txn {
+        self.deadline = deadline;
+        self
+    }
+
+    async fn lock(&mut self, key: &str) -> Result<(), TxnError> {
         if !self.locks.contains_key(key) {
-            let guard = self
+            let lock = self
                 .store
                 .locks
-                .lock((self.ns.clone(), key.to_string()))
-                .await;
+                .lock((self.ns.clone(), key.to_string()), self.deadline);
+            let guard = lock.await.ok_or_else(|| {
+                TxnError::Conflict(format!(
+                    "key `{key}` stayed locked by another call until this call's deadline"
+                ))
+            })?;
             self.locks.insert(key.to_string(), guard);
         }
+        Ok(())
     }
 
     fn put(&mut self, key: &str, value: Option<Vec<u8>>) -> Result<(), TxnError> {
@@ -344,14 +365,14 @@ impl Txn {
     /// Write a key.
     pub async fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), TxnError> {
         check_key(key)?;
-        self.lock(key).await;
+        self.lock(key).await?;
         self.put(key, Some(value))
     }
 
     /// Delete a key; whether it existed.
     pub async fn delete(&mut self, key: &str) -> Result<bool, TxnError> {
         check_key(key)?;
-        self.lock(key).await;
+        self.lock(key).await?;
         let existed = self.get(key)?.is_some();
         self.put(key, None)?;
         Ok(existed)
@@ -360,7 +381,7 @@ impl Txn {
     /// Add `delta` to the decimal integer at `key`.
     pub async fn increment(&mut self, key: &str, delta: i64) -> Result<i64, TxnError> {
         check_key(key)?;
-        self.lock(key).await;
+        self.lock(key).await?;
         let current = match self.get(key)? {
             None => 0,
             Some(bytes) => std::str::from_utf8(&bytes)
@@ -385,7 +406,7 @@ impl Txn {
         new: Option<Vec<u8>>,
     ) -> Result<bool, TxnError> {
         check_key(key)?;
-        self.lock(key).await;
+        self.lock(key).await?;
         if self.get(key)? != expected {
             return Ok(false);
         }

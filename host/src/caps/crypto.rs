@@ -21,8 +21,11 @@ type Answer<T> = wasmtime::Result<Result<T, Error>>;
 /// host's metadata table and cached. Their bytes never reach a plugin.
 pub struct KeyVault {
     db: Arc<Store>,
-    cache: tokio::sync::Mutex<HashMap<(String, String), Arc<[u8; 32]>>>,
+    cache: tokio::sync::Mutex<HashMap<KeyId, Arc<[u8; 32]>>>,
 }
+
+/// (plugin, key name).
+type KeyId = (String, String);
 
 impl KeyVault {
     pub fn new(db: Arc<Store>) -> Self {

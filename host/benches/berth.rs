@@ -1,0 +1,415 @@
+//! Berth's benchmarks, in one run (`cargo bench --bench berth`; needs `wrk`).
+//!
+//! 1. instantiate + dispatch of the hello plugin in-process (median, p99);
+//! 2. hello-route req/s through the real berth binary vs a native hyper
+//!    hello server, both driven by wrk on loopback;
+//! 3. time from dropping a .wasm into the plugins folder to its first 200,
+//!    with the compile cache cold and warm;
+//! 4. req/s and errors while the plugin is hot-swapped under load.
+//!
+//! Knobs: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 64).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth::runtime::{CallCx, PluginEnv, Request, Runtime};
+
+fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let connections: u64 = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut report = Vec::new();
+
+    let (median, p99, inst) = rt.block_on(instantiate_and_dispatch(
+        std::env::var("BENCH_CALLS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20_000),
+    ))?;
+    report.push(format!("instantiate+dispatch (in-process, hello GET): median {median:.1} us, p99 {p99:.1} us (instantiate alone: median {inst:.1} us)"));
+
+    if std::env::var_os("BENCH_DISPATCH_ONLY").is_some() {
+        print_report(&report);
+        return Ok(());
+    }
+    let wrk_available = Command::new("wrk").arg("--version").output().is_ok();
+    if !wrk_available {
+        report.push("wrk not found (apt-get install wrk): HTTP figures skipped".into());
+        print_report(&report);
+        return Ok(());
+    }
+
+    // Native hyper hello server, in this process.
+    let native = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(native_hello(listener));
+        anyhow::Ok((addr, task))
+    })?;
+    let native_run = wrk(
+        &format!("http://{}/hello/bench", native.0),
+        seconds,
+        connections,
+    )?;
+    native.1.abort();
+    report.push(format!(
+        "native hyper hello:  {:>9.0} req/s  (non-2xx {}, socket errors {})",
+        native_run.rps, native_run.non_2xx, native_run.errors
+    ));
+
+    let dir = tempfile::tempdir()?;
+    let berth = Berth::start(dir.path(), "")?;
+    let hello_url = format!("{}/hello/bench", berth.url);
+    let berth_run = wrk(&hello_url, seconds, connections)?;
+    report.push(format!(
+        "berth hello route:   {:>9.0} req/s  (non-2xx {}, socket errors {})",
+        berth_run.rps, berth_run.non_2xx, berth_run.errors
+    ));
+    report.push(format!(
+        "  = {:.2}x native hyper; {:.1}x wasmtime serve (14.7k req/s, measured on this VM by the prototype)",
+        berth_run.rps / native_run.rps,
+        berth_run.rps / 14_700.0
+    ));
+    let visits_url = format!("{}/hello/bench/visits", berth.url);
+    let write_run = wrk_post(&visits_url, seconds, connections)?;
+    report.push(format!(
+        "berth KV increment (POST, durable): {:>6.0} req/s  (non-2xx {}, errors {})",
+        write_run.rps, write_run.non_2xx, write_run.errors
+    ));
+    drop(berth);
+
+    // Drop-to-first-200, cold then warm compile cache.
+    let dir = tempfile::tempdir()?;
+    let berth = Berth::start(dir.path(), "install_bundled = false\n")?;
+    let hello = berth::BUNDLED
+        .iter()
+        .find(|(n, _)| *n == "hello.wasm")
+        .map(|(_, b)| *b)
+        .unwrap();
+    let target = berth.data.join("plugins/hello.wasm");
+    let probe = format!("{}/hello/x", berth.url);
+    let cold = rt.block_on(drop_to_200(hello, &target, &probe))?;
+    std::fs::remove_file(&target)?;
+    rt.block_on(wait_status(&probe, 404))?;
+    let warm = rt.block_on(drop_to_200(hello, &target, &probe))?;
+    report.push(format!(
+        "drop .wasm -> first 200 (watch interval 200 ms): cold cache {:.0} ms, warm cache {:.0} ms",
+        cold.as_secs_f64() * 1e3,
+        warm.as_secs_f64() * 1e3
+    ));
+
+    // Hot swap under load: alternate two versions while wrk runs.
+    let hello2 = std::fs::read(Path::new(env!("BERTH_TEST_PLUGINS")).join("hello2.wasm"))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let stop = stop.clone();
+        let target = target.clone();
+        let versions = [hello.to_vec(), hello2];
+        std::thread::spawn(move || {
+            let mut swaps = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(300));
+                let tmp = target.with_file_name(".hello.wasm.tmp");
+                std::fs::write(&tmp, &versions[swaps % 2]).unwrap();
+                std::fs::rename(&tmp, &target).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let swap_run = wrk(&probe, seconds, connections)?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let mounted = berth.log().matches("plugin mounted").count();
+    report.push(format!(
+        "hot swap under load: {:.0} req/s, non-2xx {}, socket errors {}, {swaps} file swaps ({mounted} mounts logged)",
+        swap_run.rps, swap_run.non_2xx, swap_run.errors
+    ));
+    drop(berth);
+
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(lines: &[String]) {
+    println!(
+        "\n== berth benchmark ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    for line in lines {
+        println!("{line}");
+    }
+}
+
+async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let runtime = Arc::new(Runtime::new(None)?);
+    let hello = berth::BUNDLED
+        .iter()
+        .find(|(n, _)| *n == "hello.wasm")
+        .map(|(_, b)| *b)
+        .unwrap();
+    let prepared = runtime.prepare(hello)?;
+    let dir = tempfile::tempdir()?;
+    let db = berth::store::Store::open(&dir.path().join("b.redb"))?;
+    let config = berth::config::Config::embedded();
+    let env = Arc::new(PluginEnv {
+        name: "hello".into(),
+        asked: berth::caps::Capability::ALL.into_iter().collect(),
+        granted: config.grants("hello").into_iter().collect(),
+        settings: config.settings("hello"),
+        keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
+        db: db.clone(),
+    });
+    let limits = config.limits("hello");
+    let mut total = Vec::with_capacity(n);
+    let mut inst = Vec::with_capacity(n);
+    for i in 0..n + 1000 {
+        let request = Request {
+            id: "bench".into(),
+            method: "GET".into(),
+            path: "/hello/bench".into(),
+            route: "hello.greet".into(),
+            params: vec![("name".into(), "bench".into())],
+            query: vec![],
+            headers: vec![("host".into(), "localhost".into())],
+            body: vec![],
+            client: "127.0.0.1:1".into(),
+        };
+        let cx = CallCx::new(
+            env.clone(),
+            "bench".into(),
+            Some(db.begin("hello")),
+            Instant::now() + limits.deadline,
+        );
+        let started = Instant::now();
+        let called = runtime.handle(&prepared.pre, cx, &limits, request).await?;
+        let took = started.elapsed();
+        if i >= 1000 {
+            total.push(took.as_secs_f64() * 1e6);
+            inst.push(called.instantiate.as_secs_f64() * 1e6);
+        }
+    }
+    // Throughput with one task per core, as the server runs it.
+    let tasks = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (runtime, pre, env, db) = (
+            runtime.clone(),
+            prepared.pre.clone(),
+            env.clone(),
+            db.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            for _ in 0..n / tasks {
+                let request = Request {
+                    id: "bench".into(),
+                    method: "GET".into(),
+                    path: "/hello/bench".into(),
+                    route: "hello.greet".into(),
+                    params: vec![("name".into(), "bench".into())],
+                    query: vec![],
+                    headers: vec![("host".into(), "localhost".into())],
+                    body: vec![],
+                    client: "127.0.0.1:1".into(),
+                };
+                let cx = CallCx::new(
+                    env.clone(),
+                    "bench".into(),
+                    Some(db.begin("hello")),
+                    Instant::now() + limits.deadline,
+                );
+                runtime.handle(&pre, cx, &limits, request).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await?;
+    }
+    let parallel_rate = (n / tasks * tasks) as f64 / started.elapsed().as_secs_f64();
+    println!("parallel calls ({tasks} tasks): {parallel_rate:.0} calls/s");
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[((v.len() as f64 - 1.0) * p) as usize]
+    };
+    let median = pct(&mut total, 0.5);
+    let p99 = pct(&mut total, 0.99);
+    Ok((median, p99, pct(&mut inst, 0.5)))
+}
+
+async fn native_hello(listener: tokio::net::TcpListener) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                let body = http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"{\"greeting\":\"Hello, bench!\"}",
+                ));
+                let mut r = hyper::Response::new(body);
+                r.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/json"),
+                );
+                Ok::<_, std::convert::Infallible>(r)
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+struct WrkRun {
+    rps: f64,
+    non_2xx: u64,
+    errors: u64,
+}
+
+fn wrk(url: &str, seconds: u64, connections: u64) -> anyhow::Result<WrkRun> {
+    run_wrk(url, seconds, connections, None)
+}
+
+fn wrk_post(url: &str, seconds: u64, connections: u64) -> anyhow::Result<WrkRun> {
+    let script = std::env::temp_dir().join("berth-bench-post.lua");
+    std::fs::write(&script, "wrk.method = \"POST\"\n")?;
+    run_wrk(url, seconds, connections, Some(&script))
+}
+
+fn run_wrk(
+    url: &str,
+    seconds: u64,
+    connections: u64,
+    script: Option<&Path>,
+) -> anyhow::Result<WrkRun> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
+    let out = cmd.arg(url).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let find = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|s| s.trim().to_string()))
+    };
+    let rps = find("Requests/sec:")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    let non_2xx = find("Non-2xx or 3xx responses:")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let errors = find("Socket errors:")
+        .map(|s| {
+            s.split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Ok(WrkRun {
+        rps,
+        non_2xx,
+        errors,
+    })
+}
+
+async fn drop_to_200(wasm: &[u8], target: &Path, probe: &str) -> anyhow::Result<Duration> {
+    let tmp = target.with_file_name(".drop.tmp");
+    std::fs::write(&tmp, wasm)?;
+    let started = Instant::now();
+    std::fs::rename(&tmp, target)?;
+    wait_status(probe, 200).await?;
+    Ok(started.elapsed())
+}
+
+async fn wait_status(url: &str, status: u16) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().as_u16() == status
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    anyhow::bail!("{url} never answered {status}")
+}
+
+struct Berth {
+    child: Child,
+    url: String,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Berth {
+    fn start(dir: &Path, config: &str) -> anyhow::Result<Berth> {
+        let data = dir.join("data");
+        let config_path = dir.join("berth.toml");
+        std::fs::write(&config_path, config)?;
+        let log = dir.join("berth.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("BERTH_LOG", "warn,berth::plugins=info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| anyhow::anyhow!("berth did not start: {line}"))?
+            .to_string();
+        let _: SocketAddr = url.trim_start_matches("http://").parse()?;
+        Ok(Berth {
+            child,
+            url,
+            data,
+            log,
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

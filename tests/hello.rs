@@ -1,0 +1,209 @@
+//! The hello plugin end to end: routes, params, JSON, the KV counter and
+//! its durability, the admin command, the host's own routes.
+
+mod support;
+
+use support::{Berth, client, get_json, post_json};
+
+const CONFIG: &str = "watch_interval_ms = 50\n";
+
+#[tokio::test]
+async fn hello_routes_answer_and_the_counter_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut berth = Berth::start(dir.path(), CONFIG);
+    let c = client();
+
+    let (status, body) = get_json(&c, &berth.url("/hello/J%C3%BCrgen")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["greeting"], "Hello, Jürgen!");
+
+    for expected in 1..=3 {
+        let (status, body) = post_json(&c, &berth.url("/hello/ann/visits")).await;
+        assert_eq!((status, body["visits"].as_i64()), (200, Some(expected)));
+    }
+    let (_, body) = get_json(&c, &berth.url("/hello/ann/visits")).await;
+    assert_eq!(body, serde_json::json!({ "name": "ann", "visits": 3 }));
+    let (_, body) = get_json(&c, &berth.url("/hello/bob/visits")).await;
+    assert_eq!(body["visits"], 0, "counters are per name");
+
+    let r = c
+        .post(berth.url("/echo"))
+        .json(&serde_json::json!({ "message": "héllo" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert!(r.headers().contains_key("x-request-id"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({ "echo": "héllo", "length": 5 }));
+
+    let r = c
+        .post(berth.url("/echo"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON body"),
+        "{body}"
+    );
+
+    assert!(berth.stop(), "SIGTERM gives a clean exit");
+    let berth = Berth::start(dir.path(), CONFIG);
+    let (_, body) = get_json(&c, &berth.url("/hello/ann/visits")).await;
+    assert_eq!(body["visits"], 3, "the counter survives a restart");
+}
+
+#[tokio::test]
+async fn kill_9_right_after_acknowledged_writes_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut berth = Berth::start(dir.path(), CONFIG);
+    let c = client();
+    // Concurrent writers, so commits are grouped; every 200 must survive.
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let c = c.clone();
+        let url = berth.url(&format!("/hello/w{writer}/visits"));
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = 0;
+            for _ in 0..25 {
+                let (status, body) = post_json(&c, &url).await;
+                assert_eq!(status, 200);
+                acknowledged += 1;
+                assert_eq!(body["visits"], acknowledged);
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.push(t.await.unwrap());
+    }
+    berth.kill9();
+
+    let berth = Berth::start(dir.path(), CONFIG);
+    for (writer, count) in acknowledged.iter().enumerate() {
+        let (_, body) = get_json(&c, &berth.url(&format!("/hello/w{writer}/visits"))).await;
+        assert_eq!(body["visits"], *count, "writer {writer}");
+    }
+}
+
+#[tokio::test]
+async fn berth_run_reaches_the_plugins_admin_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(dir.path(), CONFIG);
+    let c = client();
+    post_json(&c, &berth.url("/hello/cli/visits")).await;
+    post_json(&c, &berth.url("/hello/cli/visits")).await;
+
+    let out = berth.cli(&["run", "hello", "visits", "cli"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli: 2");
+
+    let out = berth.cli(&["run", "hello", "reset", "cli"]);
+    assert!(out.status.success(), "{out:?}");
+    let (_, body) = get_json(&c, &berth.url("/hello/cli/visits")).await;
+    assert_eq!(
+        body["visits"], 0,
+        "the admin command's writes are committed"
+    );
+
+    let out = berth.cli(&["run", "hello", "bogus"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("usage: berth run hello"),
+        "{out:?}"
+    );
+
+    let out = berth.cli(&["run", "nope", "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no plugin named `nope`") && err.contains("hello"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn plugins_cli_and_host_routes_show_what_is_mounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(dir.path(), CONFIG);
+    let c = client();
+
+    let out = berth.cli(&["plugins"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("hello 0.1.0") && text.contains("asked:   kv, config, log"),
+        "{text}"
+    );
+    assert!(text.contains("/hello/{name}/visits"), "{text}");
+
+    let hello = berth.plugins_dir().join("hello.wasm");
+    let out = berth.cli(&["plugins", "check", hello.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("granted: kv, config, log"));
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x0d\0\x01\0garbage").unwrap();
+    let out = berth.cli(&["plugins", "check", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{out:?}"
+    );
+
+    let r = c.get(berth.url("/_berth/plugins")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(berth.url("/_berth/plugins"))
+        .bearer_auth(berth.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let view: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(view["plugins"][0]["name"], "hello");
+    assert_eq!(
+        view["plugins"][0]["capabilities"]["granted"],
+        serde_json::json!(["kv", "config", "log"])
+    );
+
+    let (status, body) = get_json(&c, &berth.url("/_berth/health")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (_, api) = get_json(&c, &berth.url("/_berth/openapi.json")).await;
+    assert_eq!(
+        api["paths"]["/hello/{name}"]["get"]["operationId"],
+        "hello.greet"
+    );
+
+    get_json(&c, &berth.url("/hello/m")).await;
+    let metrics = c
+        .get(berth.url("/_berth/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("berth_requests_total{plugin=\"hello\",code=\"2xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_instantiate_duration_seconds_count{plugin=\"hello\"} 1"),
+        "{metrics}"
+    );
+
+    let (status, body) = get_json(&c, &berth.url("/nowhere")).await;
+    assert_eq!(status, 404);
+    assert!(body["request_id"].is_string(), "{body}");
+    let r = c.delete(berth.url("/hello/x")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+}
