@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{Berth, client, drop_file, get_json, plugin_wasm};
+use support::{Berth, client, drop_file, get_json, get_text, plugin_wasm};
 
 const CONFIG: &str = r#"
 install_bundled = false
@@ -88,14 +88,7 @@ async fn faults_answer_json_errors_while_other_requests_succeed() {
         );
     }
 
-    let metrics = c
-        .get(berth.url("/_berth/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&c, &berth.url("/_berth/metrics")).await;
     assert!(
         metrics.contains("berth_timeouts_total{plugin=\"faults\"} 3"),
         "{metrics}"

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Berth, client, get_json, post_json};
+use support::{Berth, client, get_json, get_text, post_json};
 
 const CONFIG: &str = "watch_interval_ms = 50\n";
 
@@ -183,14 +183,7 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
     );
 
     get_json(&c, &berth.url("/hello/m")).await;
-    let metrics = c
-        .get(berth.url("/_berth/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&c, &berth.url("/_berth/metrics")).await;
     assert!(
         metrics.contains("berth_requests_total{plugin=\"hello\",code=\"2xx\"} 1"),
         "{metrics}"

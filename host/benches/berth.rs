@@ -9,10 +9,12 @@
 //!
 //! Knobs: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 64).
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+// The end-to-end tests' harness: start the real binary, read its address.
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     ));
 
     let dir = tempfile::tempdir()?;
-    let berth = Berth::start(dir.path(), "")?;
+    let berth = support::Berth::start(dir.path(), "");
     let hello_url = format!("{}/hello/bench", berth.url);
     let berth_run = wrk(&hello_url, seconds, connections)?;
     report.push(format!(
@@ -92,13 +94,13 @@ fn main() -> anyhow::Result<()> {
 
     // Drop-to-first-200, cold then warm compile cache.
     let dir = tempfile::tempdir()?;
-    let berth = Berth::start(dir.path(), "install_bundled = false\n")?;
+    let berth = support::Berth::start(dir.path(), "install_bundled = false\n");
     let hello = berth::BUNDLED
         .iter()
         .find(|(n, _)| *n == "hello.wasm")
         .map(|(_, b)| *b)
         .unwrap();
-    let target = berth.data.join("plugins/hello.wasm");
+    let target = berth.plugins_dir().join("hello.wasm");
     let probe = format!("{}/hello/x", berth.url);
     let cold = rt.block_on(drop_to_200(hello, &target, &probe))?;
     std::fs::remove_file(&target)?;
@@ -178,17 +180,7 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64)> {
     let mut total = Vec::with_capacity(n);
     let mut inst = Vec::with_capacity(n);
     for i in 0..n + 1000 {
-        let request = Request {
-            id: "bench".into(),
-            method: "GET".into(),
-            path: "/hello/bench".into(),
-            route: "hello.greet".into(),
-            params: vec![("name".into(), "bench".into())],
-            query: vec![],
-            headers: vec![("host".into(), "localhost".into())],
-            body: vec![],
-            client: "127.0.0.1:1".into(),
-        };
+        let request = greet_request();
         let cx = CallCx::new(
             env.clone(),
             "bench".into(),
@@ -218,17 +210,7 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64)> {
         );
         handles.push(tokio::spawn(async move {
             for _ in 0..n / tasks {
-                let request = Request {
-                    id: "bench".into(),
-                    method: "GET".into(),
-                    path: "/hello/bench".into(),
-                    route: "hello.greet".into(),
-                    params: vec![("name".into(), "bench".into())],
-                    query: vec![],
-                    headers: vec![("host".into(), "localhost".into())],
-                    body: vec![],
-                    client: "127.0.0.1:1".into(),
-                };
+                let request = greet_request();
                 let cx = CallCx::new(
                     env.clone(),
                     "bench".into(),
@@ -251,6 +233,21 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64)> {
     let median = pct(&mut total, 0.5);
     let p99 = pct(&mut total, 0.99);
     Ok((median, p99, pct(&mut inst, 0.5)))
+}
+
+/// What dispatch builds for `GET /hello/bench`.
+fn greet_request() -> Request {
+    Request {
+        id: "bench".into(),
+        method: "GET".into(),
+        path: "/hello/bench".into(),
+        route: "hello.greet".into(),
+        params: vec![("name".into(), "bench".into())],
+        query: vec![],
+        headers: vec![("host".into(), "localhost".into())],
+        body: vec![],
+        client: "127.0.0.1:1".into(),
+    }
 }
 
 async fn native_hello(listener: tokio::net::TcpListener) {
@@ -360,56 +357,4 @@ async fn wait_status(url: &str, status: u16) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     anyhow::bail!("{url} never answered {status}")
-}
-
-struct Berth {
-    child: Child,
-    url: String,
-    data: PathBuf,
-    log: PathBuf,
-}
-
-impl Berth {
-    fn start(dir: &Path, config: &str) -> anyhow::Result<Berth> {
-        let data = dir.join("data");
-        let config_path = dir.join("berth.toml");
-        std::fs::write(&config_path, config)?;
-        let log = dir.join("berth.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("BERTH_LOG", "warn,berth::plugins=info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .ok_or_else(|| anyhow::anyhow!("berth did not start: {line}"))?
-            .to_string();
-        let _: SocketAddr = url.trim_start_matches("http://").parse()?;
-        Ok(Berth {
-            child,
-            url,
-            data,
-            log,
-        })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -201,6 +201,11 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, serde_json::
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// GET `url` and return the body as text.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// POST `url` with no body and return (status, JSON body).
 pub async fn post_json(client: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
     let r = client.post(url).send().await.unwrap();

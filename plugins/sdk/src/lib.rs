@@ -31,6 +31,8 @@
 //! berth_sdk::export!(Hello);
 //! ```
 
+#![warn(missing_docs)]
+
 mod http;
 mod router;
 
@@ -44,6 +46,7 @@ pub use router::{Handler, Router};
 
 /// The generated bindings for the `berth:plugin` world. Most plugins never
 /// need these directly; the modules of this crate wrap them.
+#[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
