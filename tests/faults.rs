@@ -206,3 +206,33 @@ fn futures_stream(
             .into_iter(),
     )
 }
+
+#[tokio::test]
+async fn sigterm_waits_for_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut berth = start(dir.path());
+    let c = client();
+    let url = berth.url("/faults/loop");
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    support::poll(
+        std::time::Duration::from_secs(10),
+        "the request to be in flight",
+        || async {
+            let metrics = get_text(&c, &berth.url("/_berth/metrics")).await;
+            metrics
+                .contains("berth_in_flight_requests{plugin=\"faults\"} 1")
+                .then_some(())
+        },
+    )
+    .await;
+    let stopped = tokio::task::spawn_blocking(move || berth.stop());
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        504,
+        "the in-flight request got its answer"
+    );
+    assert!(stopped.await.unwrap(), "berth exited 0 after SIGTERM");
+}

@@ -54,8 +54,17 @@ async fn hello_routes_answer_and_the_counter_survives_a_restart() {
         "{body}"
     );
 
+    assert!(
+        berth.log().contains("compile_cache=\"miss\""),
+        "first start compiles"
+    );
     assert!(berth.stop(), "SIGTERM gives a clean exit");
     let berth = Berth::start(dir.path(), CONFIG);
+    let log = berth.log();
+    assert!(
+        log.contains("compile_cache=\"hit\""),
+        "a restart loads the compiled code from the cache: {log}"
+    );
     let (_, body) = get_json(&c, &berth.url("/hello/ann/visits")).await;
     assert_eq!(body["visits"], 3, "the counter survives a restart");
 }

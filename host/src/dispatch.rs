@@ -208,6 +208,7 @@ async fn call(
     );
     let name = &plugin.manifest.name;
     let runtime = app.plugins.runtime();
+    let _running = plugin.metrics.running();
     match runtime.handle(&plugin.pre, cx, &limits, request).await {
         Ok(called) => {
             plugin.metrics.instantiated(called.instantiate);

@@ -71,6 +71,8 @@ pub struct PluginMetrics {
     pub timeouts: AtomicU64,
     /// Requests refused before the plugin ran (413, 503 busy).
     pub refused: AtomicU64,
+    /// Calls running now.
+    pub in_flight: AtomicU64,
 }
 
 impl PluginMetrics {
@@ -82,6 +84,7 @@ impl PluginMetrics {
             traps: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -91,8 +94,23 @@ impl PluginMetrics {
         self.latency.observe(latency);
     }
 
+    /// Count a call as running until the returned guard drops.
+    pub fn running(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(&self.in_flight)
+    }
+
     pub fn instantiated(&self, took: Duration) {
         self.instantiate.observe(took);
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -171,6 +189,15 @@ impl Metrics {
                     field(m).load(Relaxed)
                 );
             }
+        }
+        out.push_str("# HELP berth_in_flight_requests Plugin calls running now.\n");
+        out.push_str("# TYPE berth_in_flight_requests gauge\n");
+        for (name, m) in &plugins {
+            let _ = writeln!(
+                out,
+                "berth_in_flight_requests{{plugin=\"{name}\"}} {}",
+                m.in_flight.load(Relaxed)
+            );
         }
         out.push_str("# HELP berth_unrouted_requests_total Requests that matched no route.\n");
         out.push_str("# TYPE berth_unrouted_requests_total counter\n");

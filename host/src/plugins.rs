@@ -279,7 +279,7 @@ impl Plugins {
             metrics: self.metrics.plugin(&name),
             limits,
             file: path.to_path_buf(),
-            hash: prepared.hash,
+            hash: prepared.hash.clone(),
             pre: prepared.pre,
             loaded_at: SystemTime::now(),
             manifest,
@@ -336,6 +336,7 @@ impl Plugins {
             file = %path.display(),
             routes = mounted.manifest.routes.len(),
             granted = ?granted.names(),
+            compile_cache = if prepared.cached { "hit" } else { "miss" },
             not_granted = ?missing,
             "plugin mounted"
         );

@@ -196,18 +196,19 @@ impl Runtime {
         if !wasm.starts_with(b"\0asm") {
             anyhow::bail!("not a WebAssembly file (no \\0asm header)");
         }
-        let component = self.compile(wasm, &hash)?;
+        let (component, cached) = self.compile(wasm, &hash)?;
         self.check_contract(&component)?;
         let pre = self.linker.instantiate_pre(&component)?;
         let pre = PluginPre::new(pre).map_err(|e| {
             anyhow::anyhow!("its exports do not match the {WIT_PACKAGE}@{WIT_VERSION} world: {e:#}")
         })?;
-        Ok(Prepared { pre, hash })
+        Ok(Prepared { pre, hash, cached })
     }
 
-    fn compile(&self, wasm: &[u8], hash: &str) -> anyhow::Result<Component> {
+    /// Compile, or load from the cache; also says whether the cache had it.
+    fn compile(&self, wasm: &[u8], hash: &str) -> anyhow::Result<(Component, bool)> {
         let Some(dir) = &self.cache_dir else {
-            return Ok(Component::new(&self.engine, wasm)?);
+            return Ok((Component::new(&self.engine, wasm)?, false));
         };
         let mut settings = std::collections::hash_map::DefaultHasher::new();
         self.engine
@@ -219,7 +220,7 @@ impl Runtime {
             // written only by this function from wasmtime's own output;
             // wasmtime also checks the engine settings it was compiled for.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok(component),
+                Ok(component) => return Ok((component, true)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring a bad compile cache entry")
                 }
@@ -229,7 +230,10 @@ impl Runtime {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path))?;
         // SAFETY: these bytes come straight from `precompile_component`.
-        Ok(unsafe { Component::deserialize(&self.engine, &compiled) }?)
+        Ok((
+            unsafe { Component::deserialize(&self.engine, &compiled) }?,
+            false,
+        ))
     }
 
     /// Refuse components built against another version of `berth:plugin`
@@ -383,6 +387,8 @@ pub struct Prepared {
     pub pre: PluginPre<HostState>,
     /// SHA-256 of the wasm file, hex.
     pub hash: String,
+    /// Whether the compiled code came from the on-disk cache.
+    pub cached: bool,
 }
 
 /// Read a wasm file (helper for the loader and `plugins check`).
