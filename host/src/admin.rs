@@ -21,6 +21,7 @@ pub fn handle<B>(app: &App, req: &http::Request<B>, request_id: &str) -> Respons
     let known = [
         "/_berth/health",
         "/_berth/plugins",
+        "/_berth/jobs",
         "/_berth/openapi.json",
         "/_berth/metrics",
     ];
@@ -46,13 +47,16 @@ pub fn handle<B>(app: &App, req: &http::Request<B>, request_id: &str) -> Respons
             StatusCode::OK,
             &serde_json::json!({ "status": "ok", "plugins": app.plugins.routing().plugins.len() }),
         ),
-        "/_berth/plugins" => {
+        "/_berth/plugins" | "/_berth/jobs" => {
             let token = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             match token {
+                Some(t) if app.is_admin_token(t) && path == "/_berth/jobs" => {
+                    json(StatusCode::OK, &app.jobs.status())
+                }
                 Some(t) if app.is_admin_token(t) => json(StatusCode::OK, &app.plugins.status()),
                 _ => {
                     let mut r = error(
@@ -86,6 +90,10 @@ pub enum AdminRequest {
     Plugins,
     /// Run a plugin's admin export.
     Run { plugin: String, args: Vec<String> },
+    /// Job counts and dead jobs (same as `/_berth/jobs`).
+    Jobs,
+    /// Queue a dead job again.
+    RetryJob { id: u64 },
 }
 
 /// The answer: one JSON line.
@@ -153,6 +161,20 @@ async fn answer(app: &App, request: AdminRequest) -> AdminResponse {
         AdminRequest::Plugins => AdminResponse {
             ok: true,
             output: app.plugins.status(),
+        },
+        AdminRequest::Jobs => AdminResponse {
+            ok: true,
+            output: app.jobs.status(),
+        },
+        AdminRequest::RetryJob { id } => match app.jobs.retry(id).await {
+            Ok(text) => AdminResponse {
+                ok: true,
+                output: text.into(),
+            },
+            Err(text) => AdminResponse {
+                ok: false,
+                output: text.into(),
+            },
         },
         AdminRequest::Run { plugin, args } => match run(app, &plugin, args).await {
             Ok(text) => AdminResponse {

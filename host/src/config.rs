@@ -39,9 +39,20 @@ pub struct Config {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub shutdown_grace_ms: u64,
+    pub jobs: JobsConfig,
     pub defaults: PluginDefaults,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// The job runner.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    pub workers: u32,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub backoff_max_ms: u64,
 }
 
 /// Grants and limits applying to every plugin.
@@ -183,6 +194,11 @@ impl Config {
                     "[{section}] memory_mib is at most {MAX_MEMORY_MIB}"
                 )));
             }
+        }
+        if self.jobs.workers == 0 || self.jobs.max_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "[jobs] workers and max_attempts must be above 0".to_string(),
+            ));
         }
         if self.defaults.limits.memory_mib.is_none()
             || self.defaults.limits.deadline_ms.is_none()

@@ -24,6 +24,7 @@ use anyhow::Context;
 use rand::RngCore;
 
 use crate::caps::crypto::KeyVault;
+use crate::caps::jobs::Jobs;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugins::Plugins;
@@ -39,6 +40,8 @@ pub struct App {
     pub db: Arc<Store>,
     pub plugins: Arc<Plugins>,
     pub metrics: Arc<Metrics>,
+    pub jobs: Arc<Jobs>,
+    queued: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<store::Queued>>>,
     admin_token: String,
     request_prefix: u32,
     request_seq: AtomicU64,
@@ -83,15 +86,38 @@ impl App {
             metrics.clone(),
         ));
         plugins.scan(false).await;
+        let (sink, queued) = tokio::sync::mpsc::unbounded_channel();
+        db.set_job_sink(sink);
+        let jobs = Jobs::new(db.clone(), config.jobs.clone())?;
         Ok(Arc::new(App {
             config,
             db,
             plugins,
             metrics,
+            jobs,
+            queued: std::sync::Mutex::new(Some(queued)),
             admin_token,
             request_prefix: rand::rngs::OsRng.next_u32(),
             request_seq: AtomicU64::new(0),
         }))
+    }
+
+    /// Start the background work (folder watcher, job runner) until
+    /// `shutdown` flips. Call once.
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![tokio::spawn(self.plugins.clone().watch(shutdown.clone()))];
+        let queued = self.queued.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(queued) = queued {
+            let runner = self
+                .jobs
+                .clone()
+                .run(self.plugins.clone(), queued, shutdown);
+            tasks.push(tokio::spawn(runner));
+        }
+        tasks
     }
 
     /// A new request id: a per-process random prefix and a sequence number.

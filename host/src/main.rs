@@ -48,8 +48,25 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Background jobs of the running server: counts, dead jobs, retry.
+    Jobs {
+        #[command(subcommand)]
+        command: Option<JobsCommand>,
+    },
     /// Print the effective configuration (defaults merged with --config).
     Config,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Queued, running and dead counts per plugin, and the dead jobs.
+    List {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a dead job again.
+    Retry { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +186,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+        Command::Jobs { command } => match command.unwrap_or(JobsCommand::List { json: false }) {
+            JobsCommand::List { json } => {
+                let answer = ask(&config, &AdminRequest::Jobs).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&answer.output)?);
+                } else {
+                    print_jobs(&answer.output);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            JobsCommand::Retry { id } => {
+                let answer = ask(&config, &AdminRequest::RetryJob { id }).await?;
+                let text = answer.output.as_str().unwrap_or_default().to_string();
+                if answer.ok {
+                    println!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("{text}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        },
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(ExitCode::SUCCESS)
@@ -188,7 +227,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = berth::App::start(config).await?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(app.plugins.clone().watch(stopped.clone()));
+    let background = app.spawn_background(stopped.clone());
     let admin = tokio::spawn({
         let app = app.clone();
         let stopped = stopped.clone();
@@ -206,7 +245,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     berth::server::serve(app.clone(), listener, tls, berth::server::signal(), grace).await;
     let _ = stop.send(true);
-    let _ = watcher.await;
+    for task in background {
+        let _ = task.await;
+    }
     let _ = admin.await;
     drop(Arc::clone(&app));
     tracing::info!("stopped");
@@ -259,6 +300,30 @@ fn print_plugins(view: &serde_json::Value) {
         if let Some(reason) = f["last_refusal"]["reason"].as_str() {
             println!("refused {}: {reason}", f["file"].as_str().unwrap_or("?"));
         }
+    }
+}
+
+fn print_jobs(view: &serde_json::Value) {
+    let empty = serde_json::Map::new();
+    let counts = view["counts"].as_object().unwrap_or(&empty);
+    if counts.is_empty() {
+        println!("no jobs");
+    }
+    for (plugin, c) in counts {
+        println!(
+            "{plugin}: {} queued, {} running, {} dead",
+            c["queued"], c["running"], c["dead"]
+        );
+    }
+    for job in view["dead"].as_array().into_iter().flatten() {
+        println!(
+            "dead job {} ({} {}, {} attempts): {}",
+            job["id"],
+            job["plugin"].as_str().unwrap_or("?"),
+            job["kind"].as_str().unwrap_or("?"),
+            job["attempts"],
+            job["last_error"].as_str().unwrap_or("")
+        );
     }
 }
 

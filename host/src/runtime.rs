@@ -330,6 +330,21 @@ impl Runtime {
         .await
     }
 
+    /// Call `run-job` on a fresh instance.
+    pub async fn run_job(
+        &self,
+        pre: &PluginPre<HostState>,
+        cx: CallCx,
+        limits: &Limits,
+        kind: String,
+        payload: Vec<u8>,
+    ) -> Result<Called<Result<(), String>>, CallError> {
+        self.call(pre, cx, limits, move |p, s| {
+            Box::pin(async move { p.call_run_job(s, &kind, &payload).await })
+        })
+        .await
+    }
+
     async fn call<R, F>(
         &self,
         pre: &PluginPre<HostState>,

@@ -13,10 +13,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{OwnedMutexGuard, oneshot};
 
 /// Plugin KV: (namespace, key) -> value.
@@ -24,6 +25,8 @@ const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 /// Host metadata: (namespace, key) -> value. Namespaces are the host's own
 /// (e.g. `hmac-key/PLUGIN`).
 const META: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("meta");
+/// Job queue: (plugin, zero-padded job id) -> JSON [`JobRecord`].
+const JOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("jobs");
 
 /// Largest key, in bytes.
 pub const MAX_KEY: usize = 1024;
@@ -65,6 +68,7 @@ pub enum TxnError {
 enum Table {
     Kv,
     Meta,
+    Jobs,
 }
 
 struct Write {
@@ -84,6 +88,65 @@ pub struct Store {
     db: Arc<Database>,
     writer: std::sync::mpsc::Sender<Batch>,
     locks: Arc<KeyLocks>,
+    next_job: AtomicU64,
+    /// Told about every job once it is durably queued.
+    job_sink: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Queued>>>,
+}
+
+/// A job that is durably in the queue and due at `run_at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Queued {
+    pub run_at_ms: u64,
+    pub id: u64,
+    pub plugin: String,
+}
+
+/// One job as stored.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct JobRecord {
+    pub id: u64,
+    pub plugin: String,
+    pub kind: String,
+    /// Payload bytes, base64.
+    pub payload: String,
+    pub attempts: u32,
+    pub created_ms: u64,
+    pub run_at_ms: u64,
+    pub dead: bool,
+    pub last_error: Option<String>,
+}
+
+impl JobRecord {
+    pub fn queued(&self) -> Queued {
+        Queued {
+            run_at_ms: self.run_at_ms,
+            id: self.id,
+            plugin: self.plugin.clone(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn job_key(id: u64) -> String {
+    format!("{id:020}")
+}
+
+fn max_job_id(db: &Database) -> Result<u64, StoreError> {
+    let tx = db.begin_read().map_err(StoreError::from_redb)?;
+    let t = tx.open_table(JOBS).map_err(StoreError::from_redb)?;
+    let mut max = 0;
+    for entry in t.iter().map_err(StoreError::from_redb)? {
+        let (k, _) = entry.map_err(StoreError::from_redb)?;
+        max = max.max(k.value().1.parse().unwrap_or(0));
+    }
+    Ok(max)
 }
 
 impl Store {
@@ -94,6 +157,7 @@ impl Store {
         let tx = db.begin_write().map_err(StoreError::from_redb)?;
         tx.open_table(KV).map_err(StoreError::from_redb)?;
         tx.open_table(META).map_err(StoreError::from_redb)?;
+        tx.open_table(JOBS).map_err(StoreError::from_redb)?;
         tx.commit().map_err(StoreError::from_redb)?;
         let db = Arc::new(db);
         let (writer, batches) = std::sync::mpsc::channel();
@@ -102,10 +166,13 @@ impl Store {
             .name("berth-store-writer".into())
             .spawn(move || write_loop(&writer_db, batches))
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+        let next_job = AtomicU64::new(max_job_id(&db)? + 1);
         Ok(Arc::new(Store {
             db,
             writer,
             locks: Arc::new(KeyLocks::default()),
+            next_job,
+            job_sink: Mutex::new(None),
         }))
     }
 
@@ -118,6 +185,8 @@ impl Store {
             locks: HashMap::new(),
             written: 0,
             deadline: Instant::now() + Duration::from_secs(3600),
+            jobs: Vec::new(),
+            done: None,
         }
     }
 
@@ -142,6 +211,59 @@ impl Store {
             value: Some(value),
         };
         self.commit(vec![write]).await
+    }
+
+    /// Where durably queued jobs are announced (the job runner).
+    pub fn set_job_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<Queued>) {
+        *self.job_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    fn announce(&self, jobs: impl IntoIterator<Item = Queued>) {
+        let sink = self.job_sink.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sink) = sink.as_ref() {
+            for job in jobs {
+                let _ = sink.send(job);
+            }
+        }
+    }
+
+    /// Every stored job (queued and dead).
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(StoreError::from_redb)?;
+        let t = tx.open_table(JOBS).map_err(StoreError::from_redb)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(StoreError::from_redb)? {
+            let (_, v) = entry.map_err(StoreError::from_redb)?;
+            match serde_json::from_slice(v.value()) {
+                Ok(job) => out.push(job),
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable job record"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One stored job.
+    pub fn job(&self, plugin: &str, id: u64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self
+            .get_in(Table::Jobs, plugin, &job_key(id))?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Replace a job's record durably (a retry time, a dead mark); a job
+    /// queued again is announced to the runner.
+    pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(job).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let write = Write {
+            table: Table::Jobs,
+            ns: Arc::from(job.plugin.as_str()),
+            key: job_key(job.id),
+            value: Some(value),
+        };
+        self.commit(vec![write]).await?;
+        if !job.dead {
+            self.announce([job.queued()]);
+        }
+        Ok(())
     }
 
     async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
@@ -188,6 +310,7 @@ fn def(table: Table) -> TableDefinition<'static, (&'static str, &'static str), &
     match table {
         Table::Kv => KV,
         Table::Meta => META,
+        Table::Jobs => JOBS,
     }
 }
 
@@ -218,10 +341,12 @@ fn apply(db: &Database, group: &[Batch]) -> Result<(), StoreError> {
     {
         let mut kv = tx.open_table(KV).map_err(StoreError::from_redb)?;
         let mut meta = tx.open_table(META).map_err(StoreError::from_redb)?;
+        let mut jobs = tx.open_table(JOBS).map_err(StoreError::from_redb)?;
         for write in group.iter().flat_map(|b| &b.writes) {
             let table = match write.table {
                 Table::Kv => &mut kv,
                 Table::Meta => &mut meta,
+                Table::Jobs => &mut jobs,
             };
             let key = (&*write.ns, write.key.as_str());
             match &write.value {
@@ -294,6 +419,10 @@ pub struct Txn {
     locks: HashMap<String, KeyGuard>,
     written: usize,
     deadline: Instant,
+    /// Jobs to queue at commit.
+    jobs: Vec<JobRecord>,
+    /// A job to remove at commit (the one this call ran).
+    done: Option<u64>,
 }
 
 /// One page of a listing.
@@ -459,15 +588,52 @@ impl Txn {
 
     /// Whether this transaction wrote anything.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
+        self.writes.is_empty() && self.jobs.is_empty() && self.done.is_none()
+    }
+
+    /// Queue a job at commit: nothing is queued if the call fails.
+    pub fn enqueue(&mut self, kind: &str, payload: &[u8], delay_ms: u64) -> Result<u64, TxnError> {
+        use base64::Engine as _;
+        if kind.is_empty() || kind.len() > 128 {
+            return Err(TxnError::Invalid("job kinds are 1 to 128 bytes".into()));
+        }
+        if payload.len() > MAX_VALUE {
+            return Err(TxnError::Invalid(format!(
+                "job payloads are at most {MAX_VALUE} bytes"
+            )));
+        }
+        if self.jobs.len() >= 10_000 {
+            return Err(TxnError::Invalid(
+                "one call may queue at most 10000 jobs".into(),
+            ));
+        }
+        let id = self.store.next_job.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        self.jobs.push(JobRecord {
+            id,
+            plugin: self.ns.to_string(),
+            kind: kind.to_string(),
+            payload: base64::engine::general_purpose::STANDARD.encode(payload),
+            attempts: 0,
+            created_ms: now,
+            run_at_ms: now.saturating_add(delay_ms),
+            dead: false,
+            last_error: None,
+        });
+        Ok(id)
+    }
+
+    /// Remove job `id` at commit: it ran, and its writes commit with it.
+    pub fn finish_job(&mut self, id: u64) {
+        self.done = Some(id);
     }
 
     /// Commit durably, then release the key locks.
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        if self.writes.is_empty() {
+        if self.is_empty() {
             return Ok(());
         }
-        let writes = std::mem::take(&mut self.writes)
+        let mut writes: Vec<Write> = std::mem::take(&mut self.writes)
             .into_iter()
             .map(|(key, value)| Write {
                 table: Table::Kv,
@@ -476,7 +642,27 @@ impl Txn {
                 value,
             })
             .collect();
-        self.store.commit(writes).await
+        for job in &self.jobs {
+            let value = serde_json::to_vec(job).map_err(|e| StoreError::Storage(e.to_string()))?;
+            let key = job_key(job.id);
+            writes.push(Write {
+                table: Table::Jobs,
+                ns: self.ns.clone(),
+                key,
+                value: Some(value),
+            });
+        }
+        if let Some(id) = self.done {
+            writes.push(Write {
+                table: Table::Jobs,
+                ns: self.ns.clone(),
+                key: job_key(id),
+                value: None,
+            });
+        }
+        self.store.commit(writes).await?;
+        self.store.announce(self.jobs.iter().map(JobRecord::queued));
+        Ok(())
         // `self` (and its locks) drops here, after the commit is durable.
     }
 }

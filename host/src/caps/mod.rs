@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod jobs;
 pub mod kv;
 pub mod log;
 
@@ -23,14 +24,16 @@ pub enum Capability {
     Config,
     Crypto,
     Log,
+    Jobs,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 4] = [
+    pub const ALL: [Capability; 5] = [
         Capability::Kv,
         Capability::Config,
         Capability::Crypto,
         Capability::Log,
+        Capability::Jobs,
     ];
 
     /// The name used in manifests and config.
@@ -40,6 +43,7 @@ impl Capability {
             Capability::Config => "config",
             Capability::Crypto => "crypto",
             Capability::Log => "log",
+            Capability::Jobs => "jobs",
         }
     }
 

@@ -7,7 +7,8 @@
 //! - [`Plugin`] and [`export!`]: declare the plugin and export it;
 //! - [`Router`]: route ids to handler functions, with typed path params;
 //! - [`Request`] and [`Response`]: JSON, form and query helpers;
-//! - [`kv`], [`crypto`], [`config`], [`log`]: the host capabilities, typed.
+//! - [`kv`], [`crypto`], [`config`], [`log`], [`jobs`]: the host
+//!   capabilities, typed.
 //!
 //! ```ignore
 //! use berth_sdk::{Info, Plugin, Request, Response, Router, HttpResult};
@@ -38,6 +39,7 @@ mod router;
 
 pub mod config;
 pub mod crypto;
+pub mod jobs;
 pub mod kv;
 pub mod log;
 
@@ -114,6 +116,15 @@ pub trait Plugin {
     /// The routes and their handlers.
     fn router() -> Router;
 
+    /// Run a background job queued with [`jobs::enqueue`]. `Ok` removes the
+    /// job and commits its KV writes; `Err` discards them and the host
+    /// retries later with backoff. Jobs may run more than once: make them
+    /// idempotent.
+    fn run_job(kind: &str, payload: &[u8]) -> Result<(), String> {
+        let _ = payload;
+        Err(format!("this plugin runs no jobs (asked to run `{kind}`)"))
+    }
+
     /// Operator commands, run by `berth run PLUGIN ARGS...`. `Ok` text is
     /// printed for the operator; `Err` text is shown as an error.
     fn admin(args: Vec<String>) -> Result<String, String> {
@@ -161,6 +172,10 @@ macro_rules! export {
                     request: $crate::bindings::berth::plugin::types::Request,
                 ) -> $crate::bindings::berth::plugin::types::Outcome {
                     $crate::__handle::<$plugin>(request)
+                }
+
+                fn run_job(kind: String, payload: Vec<u8>) -> Result<(), String> {
+                    <$plugin as $crate::Plugin>::run_job(&kind, &payload)
                 }
 
                 fn admin(args: Vec<String>) -> Result<String, String> {
