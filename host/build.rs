@@ -45,7 +45,7 @@ fn main() {
     let built = target_dir.join(TARGET).join("release");
     println!("cargo:rustc-env=BERTH_TEST_PLUGINS={}", built.display());
 
-    let bundled = ["hello"];
+    let bundled = ["hello", "commands"];
     let mut source = String::from(
         "/// Plugins shipped inside the binary: (file name, bytes).\npub const BUNDLED: &[(&str, &[u8])] = &[\n",
     );

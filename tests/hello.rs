@@ -177,10 +177,20 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let view: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(view["plugins"][0]["name"], "hello");
+    let names: Vec<&str> = view["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["commands", "hello"], "the bundled plugins");
+    assert_eq!(
+        view["plugins"][1]["capabilities"]["granted"],
+        serde_json::json!(["kv", "config", "log"])
+    );
     assert_eq!(
         view["plugins"][0]["capabilities"]["granted"],
-        serde_json::json!(["kv", "config", "log"])
+        serde_json::json!(["kv", "config", "crypto", "log", "jobs", "dokku"])
     );
 
     let (status, body) = get_json(&c, &berth.url("/_berth/health")).await;

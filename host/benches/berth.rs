@@ -196,6 +196,7 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
         granted: config.grants("hello").into_iter().collect(),
         settings: config.settings("hello"),
         keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
+        dokku: config.dokku.clone(),
         db: db.clone(),
     });
     let limits = config.limits("hello");

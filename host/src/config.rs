@@ -40,9 +40,18 @@ pub struct Config {
     pub tls_key: PathBuf,
     pub shutdown_grace_ms: u64,
     pub jobs: JobsConfig,
+    pub dokku: DokkuConfig,
     pub defaults: PluginDefaults,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// The Dokku daemon socket.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DokkuConfig {
+    pub socket: PathBuf,
+    pub timeout_ms: u64,
 }
 
 /// The job runner.

@@ -349,6 +349,7 @@ async fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCo
         granted: Default::default(),
         settings: Default::default(),
         keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
+        dokku: config.dokku.clone(),
         db,
     });
     let manifest = match runtime

@@ -245,6 +245,7 @@ impl Plugins {
             settings: BTreeMap::new(),
             db: self.db.clone(),
             keys: self.keys.clone(),
+            dokku: self.config.dokku.clone(),
         });
         let manifest = self
             .runtime
@@ -274,6 +275,7 @@ impl Plugins {
                 settings: self.config.settings(&name),
                 db: self.db.clone(),
                 keys: self.keys.clone(),
+                dokku: self.config.dokku.clone(),
             }),
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             metrics: self.metrics.plugin(&name),

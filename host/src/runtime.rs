@@ -54,6 +54,7 @@ pub struct PluginEnv {
     pub settings: std::collections::BTreeMap<String, String>,
     pub db: Arc<Db>,
     pub keys: Arc<KeyVault>,
+    pub dokku: crate::config::DokkuConfig,
 }
 
 /// Per-call context the capabilities use.

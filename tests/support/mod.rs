@@ -212,3 +212,4 @@ pub async fn post_json(client: &reqwest::Client, url: &str) -> (u16, serde_json:
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
+pub mod dokkud;

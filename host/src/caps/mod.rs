@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod dokku;
 pub mod jobs;
 pub mod kv;
 pub mod log;
@@ -25,15 +26,17 @@ pub enum Capability {
     Crypto,
     Log,
     Jobs,
+    Dokku,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 6] = [
         Capability::Kv,
         Capability::Config,
         Capability::Crypto,
         Capability::Log,
         Capability::Jobs,
+        Capability::Dokku,
     ];
 
     /// The name used in manifests and config.
@@ -44,6 +47,7 @@ impl Capability {
             Capability::Crypto => "crypto",
             Capability::Log => "log",
             Capability::Jobs => "jobs",
+            Capability::Dokku => "dokku",
         }
     }
 
@@ -90,6 +94,16 @@ impl CapSet {
 impl FromIterator<Capability> for CapSet {
     fn from_iter<I: IntoIterator<Item = Capability>>(iter: I) -> Self {
         CapSet(iter.into_iter().fold(0, |bits, c| bits | c.bit()))
+    }
+}
+
+/// The text of a `denied` error, for interfaces with their own error type.
+pub(crate) fn denied_text(e: &WitError) -> String {
+    match e {
+        WitError::Denied(m)
+        | WitError::Invalid(m)
+        | WitError::Conflict(m)
+        | WitError::Unavailable(m) => m.clone(),
     }
 }
 

@@ -39,6 +39,7 @@ mod router;
 
 pub mod config;
 pub mod crypto;
+pub mod dokku;
 pub mod jobs;
 pub mod kv;
 pub mod log;

@@ -1,0 +1,156 @@
+//! `dokku`: one command line through the dokku-daemon Unix socket.
+//!
+//! The protocol: write `COMMAND\n`, read one line of JSON
+//! `{"ok":true|false,"output":"..."}`. The real daemon builds that line by
+//! escaping only newlines and double quotes, so output with backslashes,
+//! control characters or ANSI codes makes it invalid JSON; [`parse_reply`]
+//! repairs it instead of failing.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::caps::Capability;
+use crate::runtime::HostState;
+use crate::runtime::bindings::berth::plugin::dokku::{DokkuError, Host, Reply};
+
+/// Longest answer line read; the rest is cut.
+const MAX_LINE: u64 = 16 << 20;
+
+impl Host for HostState {
+    async fn run(
+        &mut self,
+        command: String,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Reply, DokkuError>> {
+        if let Err(e) = self.check(Capability::Dokku) {
+            return Ok(Err(DokkuError::Denied(crate::caps::denied_text(&e))));
+        }
+        if command.trim().is_empty() || command.contains(['\n', '\r']) {
+            return Ok(Err(DokkuError::Invalid(
+                "a command is one non-empty line".into(),
+            )));
+        }
+        let dokku = &self.call.plugin.dokku;
+        let timeout = match timeout_ms {
+            0 => Duration::from_millis(dokku.timeout_ms),
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let socket = dokku.socket.clone();
+        let exchange = async {
+            let stream = UnixStream::connect(&socket).await.map_err(|e| {
+                DokkuError::Unreachable(format!("cannot connect to {}: {e}", socket.display()))
+            })?;
+            let (read, mut write) = stream.into_split();
+            write
+                .write_all(format!("{command}\n").as_bytes())
+                .await
+                .map_err(|e| {
+                    DokkuError::Unreachable(format!("cannot send to {}: {e}", socket.display()))
+                })?;
+            let mut line = Vec::new();
+            BufReader::new(read.take(MAX_LINE))
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|e| {
+                    DokkuError::Unreachable(format!("cannot read from {}: {e}", socket.display()))
+                })?;
+            if line.is_empty() {
+                return Err(DokkuError::Unreachable(format!(
+                    "{} closed without answering",
+                    socket.display()
+                )));
+            }
+            Ok(parse_reply(&String::from_utf8_lossy(&line)))
+        };
+        Ok(match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(DokkuError::Timeout),
+        })
+    }
+}
+
+/// Parse one answer line, repairing the daemon's invalid JSON.
+pub fn parse_reply(line: &str) -> Reply {
+    let line = line.trim_end_matches(['\n', '\r']);
+    #[derive(serde::Deserialize)]
+    struct Strict {
+        ok: bool,
+        output: String,
+    }
+    if let Ok(strict) = serde_json::from_str::<Strict>(line) {
+        return Reply {
+            ok: strict.ok,
+            output: strict.output,
+        };
+    }
+    // {"ok":true,"output":"...raw..."} with only \n and \" escaped.
+    let compact: String = line
+        .chars()
+        .take(40)
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let ok = compact.starts_with("{\"ok\":true");
+    let Some(start) = line
+        .find("\"output\"")
+        .and_then(|i| line[i + 8..].find('"').map(|j| i + 8 + j + 1))
+    else {
+        return Reply {
+            ok,
+            output: line.to_string(),
+        };
+    };
+    let body = line[start..].trim_end();
+    let body = body.strip_suffix('}').unwrap_or(body).trim_end();
+    let body = body.strip_suffix('"').unwrap_or(body);
+    let mut output = String::with_capacity(body.len());
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some('n')) => {
+                output.push('\n');
+                chars.next();
+            }
+            ('\\', Some('"')) => {
+                output.push('"');
+                chars.next();
+            }
+            (c, _) => output.push(c),
+        }
+    }
+    Reply { ok, output }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_json_is_read_as_is() {
+        let r = parse_reply("{\"ok\":true,\"output\":\"=====> My Apps\\napi\"}\n");
+        assert!(r.ok);
+        assert_eq!(r.output, "=====> My Apps\napi");
+    }
+
+    #[test]
+    fn the_daemons_invalid_json_is_repaired() {
+        let line = "{\"ok\":false,\"output\":\"C:\\temp \\\"quoted\\\"\\nbell\x07 \x1b[1G\x1b[32mgreen\ttab\"}";
+        let r = parse_reply(line);
+        assert!(!r.ok);
+        assert_eq!(
+            r.output,
+            "C:\\temp \"quoted\"\nbell\x07 \x1b[1G\x1b[32mgreen\ttab"
+        );
+        let r = parse_reply("{\"ok\":true,\"output\":\"path\\to\\app\"}");
+        assert!(r.ok);
+        assert_eq!(r.output, "path\\to\\app");
+    }
+
+    #[test]
+    fn garbage_is_kept_raw_and_not_ok() {
+        let r = parse_reply("segfault \x00 at 0x0");
+        assert!(!r.ok);
+        assert_eq!(r.output, "segfault \x00 at 0x0");
+    }
+}

@@ -1,0 +1,337 @@
+//! `commands`: the dokku-api surface on Berth.
+//!
+//! Commands are stored in KV, run on the Dokku daemon through the `dokku`
+//! capability, asynchronously through `jobs` by default (`sync=true` runs
+//! inline), and their JSON is POSTed to `callback_url` after every run.
+//! Key pairs are managed with `berth run commands keys:generate|keys:list|
+//! keys:delete KEY`; only an HMAC of each secret (under a host-held key)
+//! is stored.
+
+mod time;
+
+use berth_sdk::dokku::{self, DokkuError};
+use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router, config, crypto, jobs, kv};
+use serde::{Deserialize, Serialize};
+
+struct Commands;
+
+/// Longest command accepted, as the original's validation.
+const MAX_CMD: usize = 255;
+/// The HMAC key (held by the host) that API secrets are hashed under.
+const SECRET_KEY: &str = "api-secret";
+
+impl Plugin for Commands {
+    fn info() -> Info {
+        Info::new(
+            "commands",
+            env!("CARGO_PKG_VERSION"),
+            "dokku-api: run Dokku commands over HTTP",
+        )
+        .capabilities(&["kv", "crypto", "jobs", "dokku", "config", "log"])
+    }
+
+    fn router() -> Router {
+        Router::new()
+            .get("commands.list", "/commands", list)
+            .post("commands.create", "/commands", create)
+            .get("commands.show", "/commands/{token}", show)
+            .get("commands.retry", "/commands/{token}/retry", retry)
+    }
+
+    fn run_job(kind: &str, payload: &[u8]) -> Result<(), String> {
+        let id: u64 = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad job payload for `{kind}`"))?;
+        match kind {
+            "run" => run_command(id).map_err(|e| berth_sdk::error_text(&e)),
+            other => Err(format!("unknown job kind `{other}`")),
+        }
+    }
+
+    fn admin(args: Vec<String>) -> Result<String, String> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
+        match args.as_slice() {
+            ["keys:generate"] => {
+                let key = crypto::random_token(16).map_err(text)?;
+                let secret = crypto::random_token(16).map_err(text)?;
+                let stored = ApiKey {
+                    key: key.clone(),
+                    secret_hmac: hmac(&secret).map_err(text)?,
+                    created_at: time::now_rfc3339(),
+                };
+                kv::set_json(&format!("keys/{key}"), &stored).map_err(text)?;
+                Ok(format!(
+                    "New API key was generated\nAPI KEY: {key} | API SECRET: {secret}"
+                ))
+            }
+            ["keys:list"] => {
+                let mut lines = Vec::new();
+                for entry in kv::scan("keys/") {
+                    let (_, value) = entry.map_err(text)?;
+                    if let Ok(k) = serde_json::from_slice::<ApiKey>(&value) {
+                        lines.push(format!("API KEY: {} | created at {}", k.key, k.created_at));
+                    }
+                }
+                Ok(if lines.is_empty() {
+                    "No API keys".to_string()
+                } else {
+                    lines.join("\n")
+                })
+            }
+            ["keys:delete", key] => {
+                if kv::delete(&format!("keys/{key}")).map_err(text)? {
+                    Ok(format!("API key {key} was deleted"))
+                } else {
+                    Err(format!("No API key {key}"))
+                }
+            }
+            _ => Err(
+                "usage: berth run commands keys:generate | keys:list | keys:delete KEY".to_string(),
+            ),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApiKey {
+    key: String,
+    secret_hmac: String,
+    created_at: String,
+}
+
+/// The command object, exactly as the original serialises it.
+#[derive(Serialize, Deserialize, Clone)]
+struct Command {
+    id: u64,
+    token: String,
+    command: String,
+    created_at: String,
+    ran_at: Option<String>,
+    callback_url: Option<String>,
+    result_data: Option<ResultData>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct ResultData {
+    ok: bool,
+    output: String,
+}
+
+fn hmac(secret: &str) -> Result<String, berth_sdk::Error> {
+    let tag = crypto::sign(SECRET_KEY, secret.as_bytes())?;
+    Ok(tag.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn status_error(status: u16, message: &str) -> Response {
+    Response::json(
+        status,
+        &serde_json::json!({ "status": "error", "message": message }),
+    )
+}
+
+/// Api-Key and Api-Secret must name a stored pair.
+fn authenticate(req: &Request) -> Result<(), Response> {
+    let denied = || status_error(401, "not_authenticated");
+    let (Some(key), Some(secret)) = (req.header("api-key"), req.header("api-secret")) else {
+        return Err(denied());
+    };
+    if key.is_empty() || key.len() > 128 {
+        return Err(denied());
+    }
+    let stored: ApiKey = kv::get_json(&format!("keys/{key}"))?.ok_or_else(denied)?;
+    let given = hmac(secret)?;
+    if crypto::constant_time_eq(given.as_bytes(), stored.secret_hmac.as_bytes()) {
+        Ok(())
+    } else {
+        Err(denied())
+    }
+}
+
+fn id_key(id: u64) -> String {
+    format!("cmd/id/{id:020}")
+}
+
+fn token_key(token: &str) -> String {
+    format!("cmd/token/{token}")
+}
+
+fn load(id: u64) -> Result<Option<Command>, berth_sdk::Error> {
+    kv::get_json(&id_key(id))
+}
+
+fn save(c: &Command) -> Result<(), berth_sdk::Error> {
+    kv::set_json(&id_key(c.id), c)
+}
+
+fn by_token(token: &str) -> Result<Command, Response> {
+    let not_found = || status_error(404, "not_found");
+    if token.len() > 128 {
+        return Err(not_found());
+    }
+    let id: u64 = kv::get_string(&token_key(token))?
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(not_found)?;
+    load(id)?.ok_or_else(not_found)
+}
+
+fn list(req: &Request) -> HttpResult {
+    authenticate(req)?;
+    let offset: usize = req.query_as("offset")?.unwrap_or(0);
+    let limit: Option<usize> = req.query_as("limit")?;
+    let mut out = Vec::new();
+    for (i, entry) in kv::scan("cmd/id/").enumerate() {
+        if i < offset {
+            continue;
+        }
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+        let (_, value) = entry?;
+        if let Ok(c) = serde_json::from_slice::<serde_json::Value>(&value) {
+            out.push(c);
+        }
+    }
+    Ok(Response::json(200, &out))
+}
+
+#[derive(Deserialize, Default)]
+struct CreateParams {
+    cmd: Option<serde_json::Value>,
+    sync: Option<serde_json::Value>,
+    callback_url: Option<String>,
+}
+
+fn text_of(v: &Option<serde_json::Value>) -> Option<String> {
+    match v {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    }
+}
+
+fn create(req: &Request) -> HttpResult {
+    authenticate(req)?;
+    let params: CreateParams = if req.is_json() {
+        if req.body().is_empty() {
+            CreateParams::default()
+        } else {
+            req.json()?
+        }
+    } else {
+        let mut p = CreateParams::default();
+        // Body pairs first, then the query string (Sinatra merges both).
+        for (k, v) in req
+            .form()
+            .into_iter()
+            .chain(req.query_pairs().iter().cloned())
+        {
+            match k.as_str() {
+                "cmd" if p.cmd.is_none() => p.cmd = Some(serde_json::Value::String(v)),
+                "sync" if p.sync.is_none() => p.sync = Some(serde_json::Value::String(v)),
+                "callback_url" if p.callback_url.is_none() => p.callback_url = Some(v),
+                _ => {}
+            }
+        }
+        p
+    };
+    let cmd = text_of(&params.cmd).unwrap_or_default().trim().to_string();
+    let mut messages = Vec::new();
+    if cmd.is_empty() {
+        messages.push("cmd can't be blank".to_string());
+    }
+    if cmd.chars().count() > MAX_CMD {
+        messages.push(format!("cmd is too long (maximum is {MAX_CMD} characters)"));
+    }
+    if cmd.contains(['\n', '\r']) {
+        messages.push("cmd must be a single line".to_string());
+    }
+    let callback_url = params.callback_url.filter(|u| !u.trim().is_empty());
+    if let Some(url) = &callback_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        messages.push("callback_url must be an http or https URL".to_string());
+    }
+    if !messages.is_empty() {
+        return Ok(Response::json(
+            422,
+            &serde_json::json!({ "status": "error", "messages": messages }),
+        ));
+    }
+    let sync = text_of(&params.sync).is_some_and(|s| s == "true");
+
+    let id = kv::increment("seq", 1)? as u64;
+    let token = crypto::random_token(32)?;
+    let command = Command {
+        id,
+        token: token.clone(),
+        command: cmd,
+        created_at: time::now_rfc3339(),
+        ran_at: None,
+        callback_url,
+        result_data: None,
+    };
+    save(&command)?;
+    kv::set(&token_key(&token), id.to_string().as_bytes())?;
+    if sync {
+        let ran = execute(command)?;
+        return Ok(Response::json(200, &ran));
+    }
+    jobs::enqueue("run", id.to_string().as_bytes(), 0)?;
+    Ok(Response::json(200, &command))
+}
+
+fn show(req: &Request) -> HttpResult {
+    authenticate(req)?;
+    let command = by_token(req.param("token").unwrap_or_default())?;
+    Ok(Response::json(200, &command))
+}
+
+fn retry(req: &Request) -> HttpResult {
+    authenticate(req)?;
+    let mut command = by_token(req.param("token").unwrap_or_default())?;
+    command.ran_at = None;
+    command.result_data = None;
+    save(&command)?;
+    jobs::enqueue("run", command.id.to_string().as_bytes(), 0)?;
+    Ok(Response::json(200, &command))
+}
+
+/// The job: run command `id` unless it already ran.
+fn run_command(id: u64) -> Result<(), berth_sdk::Error> {
+    let Some(command) = load(id)? else {
+        return Ok(()); // Gone: nothing to do.
+    };
+    if command.ran_at.is_some() {
+        return Ok(()); // Already ran (a job delivered twice).
+    }
+    execute(command).map(drop)
+}
+
+/// Run on the daemon, store the result, queue the callback.
+fn execute(mut command: Command) -> Result<Command, berth_sdk::Error> {
+    let timeout_ms: u32 = config::get_or("timeout_ms", 60_000)?;
+    let result = match dokku::run(&command.command, timeout_ms) {
+        Ok(reply) => ResultData {
+            ok: reply.ok,
+            output: reply.output.replace("\u{1b}[1G", ""),
+        },
+        Err(DokkuError::Timeout) => ResultData {
+            ok: false,
+            output: "command_timed_out".into(),
+        },
+        Err(DokkuError::Unreachable(e))
+        | Err(DokkuError::Invalid(e))
+        | Err(DokkuError::Denied(e)) => ResultData {
+            ok: false,
+            output: e,
+        },
+    };
+    command.ran_at = Some(time::now_rfc3339());
+    command.result_data = Some(result);
+    save(&command)?;
+    Ok(command)
+}
+
+berth_sdk::export!(Commands);
