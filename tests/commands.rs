@@ -13,9 +13,62 @@ use support::{Berth, client, drop_file, plugin_wasm, poll};
 fn config(socket: &std::path::Path) -> String {
     format!(
         "install_bundled = false\n[dokku]\nsocket = {socket:?}\n\
-         [plugins.commands]\ngrants = [\"kv\", \"crypto\", \"jobs\", \"dokku\"]\n\
+         [http_out]\nallow = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1\"]\n\
+         [jobs]\nmax_attempts = 3\nbackoff_ms = 50\n\
+         [plugins.commands]\ngrants = [\"kv\", \"crypto\", \"jobs\", \"dokku\", \"http-out\"]\n\
          [plugins.commands.settings]\ntimeout_ms = 1000\n"
     )
+}
+
+/// A callback receiver on 127.0.0.1: records each POSTed body; answers 500
+/// to the first request and 200 afterwards.
+struct Receiver {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let mut seen = seen.lock().unwrap();
+                seen.push(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
+                let status = if seen.len() == 1 {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { url, bodies }
+    }
+
+    fn bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
+    }
 }
 
 struct Api {
@@ -309,4 +362,66 @@ fn the_test_daemon_answers_several_lines_per_connection_in_order() {
     for want in expected {
         assert_eq!(lines.next().unwrap().unwrap(), want);
     }
+}
+
+#[tokio::test]
+async fn callbacks_are_delivered_and_retried_and_other_hosts_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Dokkud::start(dir.path());
+    let api = Api::start(dir.path(), &daemon.socket);
+    let receiver = Receiver::start();
+
+    let (_, command) = api
+        .post_form(&format!("cmd=apps&sync=true&callback_url={}", receiver.url))
+        .await;
+    assert_eq!(command["callback_url"], receiver.url.as_str());
+    let bodies = poll(
+        Duration::from_secs(30),
+        "the callback to be retried after a 500",
+        || async {
+            let bodies = receiver.bodies();
+            (bodies.len() >= 2).then_some(bodies)
+        },
+    )
+    .await;
+    assert_eq!(bodies[1], command, "the receiver gets the command JSON");
+    assert_eq!(bodies[0], bodies[1]);
+
+    // localhost is not in [http_out] allow: refused before connecting.
+    let port = receiver
+        .url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/hook")
+        .to_string();
+    api.post_form(&format!(
+        "cmd=apps&sync=true&callback_url=http://localhost:{port}/hook"
+    ))
+    .await;
+    let view = poll(
+        Duration::from_secs(30),
+        "the refused callback job to be dead",
+        || async {
+            let r = api
+                .c
+                .get(api.berth.url("/_berth/jobs"))
+                .bearer_auth(api.berth.admin_token())
+                .send()
+                .await
+                .ok()?;
+            let view: serde_json::Value = r.json().await.ok()?;
+            (view["counts"]["commands"]["dead"] == 1).then_some(view)
+        },
+    )
+    .await;
+    let error = view["dead"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("refused")
+            && error.contains("`localhost` is not in the operator's allow-list"),
+        "{error}"
+    );
+    assert_eq!(
+        receiver.bodies().len(),
+        2,
+        "nothing reached the receiver through localhost"
+    );
 }

@@ -190,7 +190,7 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
     );
     assert_eq!(
         view["plugins"][0]["capabilities"]["granted"],
-        serde_json::json!(["kv", "config", "crypto", "log", "jobs", "dokku"])
+        serde_json::json!(["kv", "config", "crypto", "log", "jobs", "dokku", "http-out"])
     );
 
     let (status, body) = get_json(&c, &berth.url("/_berth/health")).await;

@@ -197,6 +197,7 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
         settings: config.settings("hello"),
         keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
         dokku: config.dokku.clone(),
+        http: Arc::new(berth::caps::http_out::HttpOut::new(&config.http_out)?),
         db: db.clone(),
     });
     let limits = config.limits("hello");

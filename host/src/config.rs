@@ -41,6 +41,7 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     pub jobs: JobsConfig,
     pub dokku: DokkuConfig,
+    pub http_out: HttpOutConfig,
     pub defaults: PluginDefaults,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -52,6 +53,16 @@ pub struct Config {
 pub struct DokkuConfig {
     pub socket: PathBuf,
     pub timeout_ms: u64,
+}
+
+/// Outbound HTTP policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpOutConfig {
+    pub allow: Vec<String>,
+    pub allow_private: Vec<String>,
+    pub timeout_ms: u64,
+    pub max_response_kib: u64,
 }
 
 /// The job runner.

@@ -83,6 +83,7 @@ impl App {
             config.clone(),
             db.clone(),
             keys,
+            Arc::new(caps::http_out::HttpOut::new(&config.http_out)?),
             metrics.clone(),
         ));
         plugins.scan(false).await;

@@ -350,6 +350,7 @@ async fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCo
         settings: Default::default(),
         keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
         dokku: config.dokku.clone(),
+        http: Arc::new(berth::caps::http_out::HttpOut::new(&config.http_out)?),
         db,
     });
     let manifest = match runtime

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::caps::crypto::KeyVault;
+use crate::caps::http_out::HttpOut;
 use crate::caps::{CapSet, Capability};
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, PluginMetrics};
@@ -86,6 +87,7 @@ pub struct Plugins {
     config: Arc<Config>,
     db: Arc<Store>,
     keys: Arc<KeyVault>,
+    http: Arc<HttpOut>,
     metrics: Arc<Metrics>,
     dir: PathBuf,
     routing: RwLock<Arc<Routing>>,
@@ -100,6 +102,7 @@ impl Plugins {
         config: Arc<Config>,
         db: Arc<Store>,
         keys: Arc<KeyVault>,
+        http: Arc<HttpOut>,
         metrics: Arc<Metrics>,
     ) -> Plugins {
         let dir = config.plugins_dir();
@@ -108,6 +111,7 @@ impl Plugins {
             config,
             db,
             keys,
+            http,
             metrics,
             dir,
             routing: RwLock::new(Arc::default()),
@@ -246,6 +250,7 @@ impl Plugins {
             db: self.db.clone(),
             keys: self.keys.clone(),
             dokku: self.config.dokku.clone(),
+            http: self.http.clone(),
         });
         let manifest = self
             .runtime
@@ -276,6 +281,7 @@ impl Plugins {
                 db: self.db.clone(),
                 keys: self.keys.clone(),
                 dokku: self.config.dokku.clone(),
+                http: self.http.clone(),
             }),
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             metrics: self.metrics.plugin(&name),

@@ -55,6 +55,7 @@ pub struct PluginEnv {
     pub db: Arc<Db>,
     pub keys: Arc<KeyVault>,
     pub dokku: crate::config::DokkuConfig,
+    pub http: Arc<crate::caps::http_out::HttpOut>,
 }
 
 /// Per-call context the capabilities use.

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod crypto;
 pub mod dokku;
+pub mod http_out;
 pub mod jobs;
 pub mod kv;
 pub mod log;
@@ -27,16 +28,18 @@ pub enum Capability {
     Log,
     Jobs,
     Dokku,
+    HttpOut,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 7] = [
         Capability::Kv,
         Capability::Config,
         Capability::Crypto,
         Capability::Log,
         Capability::Jobs,
         Capability::Dokku,
+        Capability::HttpOut,
     ];
 
     /// The name used in manifests and config.
@@ -48,6 +51,7 @@ impl Capability {
             Capability::Log => "log",
             Capability::Jobs => "jobs",
             Capability::Dokku => "dokku",
+            Capability::HttpOut => "http-out",
         }
     }
 

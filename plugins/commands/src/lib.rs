@@ -10,7 +10,9 @@
 mod time;
 
 use berth_sdk::dokku::{self, DokkuError};
-use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router, config, crypto, jobs, kv};
+use berth_sdk::{
+    HttpResult, Info, Plugin, Request, Response, Router, config, crypto, http_out, jobs, kv,
+};
 use serde::{Deserialize, Serialize};
 
 struct Commands;
@@ -27,7 +29,7 @@ impl Plugin for Commands {
             env!("CARGO_PKG_VERSION"),
             "dokku-api: run Dokku commands over HTTP",
         )
-        .capabilities(&["kv", "crypto", "jobs", "dokku", "config", "log"])
+        .capabilities(&["kv", "crypto", "jobs", "dokku", "http-out", "config", "log"])
     }
 
     fn router() -> Router {
@@ -45,6 +47,7 @@ impl Plugin for Commands {
             .ok_or_else(|| format!("bad job payload for `{kind}`"))?;
         match kind {
             "run" => run_command(id).map_err(|e| berth_sdk::error_text(&e)),
+            "callback" => callback(id),
             other => Err(format!("unknown job kind `{other}`")),
         }
     }
@@ -331,7 +334,30 @@ fn execute(mut command: Command) -> Result<Command, berth_sdk::Error> {
     command.ran_at = Some(time::now_rfc3339());
     command.result_data = Some(result);
     save(&command)?;
+    // Called back after every run, failed or not (the original only called
+    // back on success); the job retries a failing receiver.
+    if command.callback_url.is_some() {
+        jobs::enqueue("callback", command.id.to_string().as_bytes(), 0)?;
+    }
     Ok(command)
+}
+
+/// The job: POST the command's JSON to its callback URL; a non-2xx answer
+/// or a transport failure fails the job, which is retried with backoff.
+fn callback(id: u64) -> Result<(), String> {
+    let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
+    let Some(command) = load(id).map_err(text)? else {
+        return Ok(());
+    };
+    let Some(url) = &command.callback_url else {
+        return Ok(());
+    };
+    let answer = http_out::post_json(url, &command, 0).map_err(|e| http_out::error_text(&e))?;
+    if (200..300).contains(&answer.status) {
+        Ok(())
+    } else {
+        Err(format!("callback to {url} answered {}", answer.status))
+    }
 }
 
 berth_sdk::export!(Commands);

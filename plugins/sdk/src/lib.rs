@@ -40,6 +40,7 @@ mod router;
 pub mod config;
 pub mod crypto;
 pub mod dokku;
+pub mod http_out;
 pub mod jobs;
 pub mod kv;
 pub mod log;
