@@ -425,3 +425,44 @@ async fn callbacks_are_delivered_and_retried_and_other_hosts_refused() {
         "nothing reached the receiver through localhost"
     );
 }
+
+#[tokio::test]
+async fn kill_9_with_queued_commands_loses_none_and_runs_them_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Dokkud::start(dir.path());
+    let mut api = Api::start(dir.path(), &daemon.socket);
+    // Hold the daemon's lock so the queued commands cannot finish yet.
+    let (_, blocker) = api.post_form("cmd=slow+2").await;
+    let mut tokens = vec![blocker["token"].as_str().unwrap().to_string()];
+    for i in 0..20 {
+        let (status, c) = api.post_form(&format!("cmd=apps:create+app{i}")).await;
+        assert_eq!(status, 200);
+        tokens.push(c["token"].as_str().unwrap().to_string());
+    }
+    api.berth.kill9();
+
+    api.berth = Berth::start(dir.path(), &config(&daemon.socket));
+    for token in &tokens {
+        let ran = poll(
+            Duration::from_secs(60),
+            "every acknowledged command to run",
+            || async {
+                let (status, c) = api.get(&format!("/commands/{token}")).await;
+                assert_eq!(status, 200, "acknowledged command {token} is present");
+                (!c["ran_at"].is_null()).then_some(c)
+            },
+        )
+        .await;
+        assert!(ran["result_data"]["ok"].is_boolean(), "{ran}");
+    }
+    let (_, listing) = api.get("/commands?limit=100").await;
+    assert_eq!(listing.as_array().unwrap().len(), 21);
+    let (_, apps) = api.post_form("cmd=apps&sync=true").await;
+    let output = apps["result_data"]["output"].as_str().unwrap();
+    for i in 0..20 {
+        assert!(
+            output.contains(&format!("app{i}\n")) || output.ends_with(&format!("app{i}")),
+            "{output}"
+        );
+    }
+}
