@@ -36,6 +36,8 @@ pub const MAX_VALUE: usize = 4 << 20;
 pub const MAX_TXN_BYTES: usize = 32 << 20;
 /// Most entries one list call returns.
 pub const MAX_PAGE: u32 = 1000;
+/// Sequence numbers reserved per durable write.
+pub const SEQUENCE_BLOCK: u64 = 100;
 /// Most batches folded into one redb transaction.
 const MAX_GROUP: usize = 512;
 
@@ -80,8 +82,14 @@ struct Write {
 
 struct Batch {
     writes: Vec<Write>,
+    /// Jobs this batch queues: announced by the writer once they are
+    /// durable, even if the caller is gone by then (a client hung up).
+    announce: Vec<Queued>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
+
+/// Where durably queued jobs are announced.
+type JobSink = Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<Queued>>>>;
 
 /// The database and its writer.
 pub struct Store {
@@ -89,8 +97,10 @@ pub struct Store {
     writer: std::sync::mpsc::Sender<Batch>,
     locks: Arc<KeyLocks>,
     next_job: AtomicU64,
+    /// Sequences: (namespace, name) -> (last handed out, reserved up to).
+    sequences: tokio::sync::Mutex<HashMap<(String, String), (u64, u64)>>,
     /// Told about every job once it is durably queued.
-    job_sink: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Queued>>>,
+    job_sink: JobSink,
 }
 
 /// A job that is durably in the queue and due at `run_at_ms`.
@@ -162,9 +172,11 @@ impl Store {
         let db = Arc::new(db);
         let (writer, batches) = std::sync::mpsc::channel();
         let writer_db = db.clone();
+        let job_sink = JobSink::default();
+        let writer_sink = job_sink.clone();
         std::thread::Builder::new()
             .name("berth-store-writer".into())
-            .spawn(move || write_loop(&writer_db, batches))
+            .spawn(move || write_loop(&writer_db, batches, &writer_sink))
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
         let next_job = AtomicU64::new(max_job_id(&db)? + 1);
         Ok(Arc::new(Store {
@@ -172,7 +184,8 @@ impl Store {
             writer,
             locks: Arc::new(KeyLocks::default()),
             next_job,
-            job_sink: Mutex::new(None),
+            sequences: Default::default(),
+            job_sink,
         }))
     }
 
@@ -210,21 +223,37 @@ impl Store {
             key: key.to_string(),
             value: Some(value),
         };
-        self.commit(vec![write]).await
+        self.commit(vec![write], Vec::new()).await
+    }
+
+    /// The next number of sequence `name` in namespace `ns`. Numbers are
+    /// reserved durably in blocks of [`SEQUENCE_BLOCK`], so only one call in
+    /// a block waits for a commit; a restart skips the rest of a block.
+    pub async fn next_in_sequence(&self, ns: &str, name: &str) -> Result<u64, StoreError> {
+        let mut sequences = self.sequences.lock().await;
+        let entry = sequences
+            .entry((ns.to_string(), name.to_string()))
+            .or_insert((0, 0));
+        if entry.0 >= entry.1 {
+            let meta_ns = format!("sequence/{ns}");
+            let stored = self
+                .meta_get(&meta_ns, name)?
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let start = stored.max(entry.1);
+            let limit = start + SEQUENCE_BLOCK;
+            self.meta_set(&meta_ns, name, limit.to_string().into_bytes())
+                .await?;
+            *entry = (start, limit);
+        }
+        entry.0 += 1;
+        Ok(entry.0)
     }
 
     /// Where durably queued jobs are announced (the job runner).
     pub fn set_job_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<Queued>) {
         *self.job_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
-    }
-
-    fn announce(&self, jobs: impl IntoIterator<Item = Queued>) {
-        let sink = self.job_sink.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sink) = sink.as_ref() {
-            for job in jobs {
-                let _ = sink.send(job);
-            }
-        }
     }
 
     /// Every stored job (queued and dead).
@@ -259,17 +288,22 @@ impl Store {
             key: job_key(job.id),
             value: Some(value),
         };
-        self.commit(vec![write]).await?;
-        if !job.dead {
-            self.announce([job.queued()]);
-        }
-        Ok(())
+        let announce = if job.dead {
+            Vec::new()
+        } else {
+            vec![job.queued()]
+        };
+        self.commit(vec![write], announce).await
     }
 
-    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+    async fn commit(&self, writes: Vec<Write>, announce: Vec<Queued>) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.writer
-            .send(Batch { writes, done })
+            .send(Batch {
+                writes,
+                announce,
+                done,
+            })
             .map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
@@ -314,9 +348,18 @@ fn def(table: Table) -> TableDefinition<'static, (&'static str, &'static str), &
     }
 }
 
+fn announce(sink: &JobSink, jobs: impl IntoIterator<Item = Queued>) {
+    let sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(sink) = sink.as_ref() {
+        for job in jobs {
+            let _ = sink.send(job);
+        }
+    }
+}
+
 /// The writer thread: take every batch waiting, commit them in one redb
 /// transaction, then tell each caller. Ends when every `Store` is dropped.
-fn write_loop(db: &Database, batches: std::sync::mpsc::Receiver<Batch>) {
+fn write_loop(db: &Database, batches: std::sync::mpsc::Receiver<Batch>, sink: &JobSink) {
     while let Ok(first) = batches.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -328,6 +371,14 @@ fn write_loop(db: &Database, batches: std::sync::mpsc::Receiver<Batch>) {
         let result = apply(db, &group);
         if let Err(e) = &result {
             tracing::error!(error = %e, batches = group.len(), "group commit failed");
+        }
+        if result.is_ok() {
+            announce(
+                sink,
+                group
+                    .iter_mut()
+                    .flat_map(|b| std::mem::take(&mut b.announce)),
+            );
         }
         for batch in group {
             // A caller that gave up (timed out) no longer listens; fine.
@@ -660,9 +711,8 @@ impl Txn {
                 value: None,
             });
         }
-        self.store.commit(writes).await?;
-        self.store.announce(self.jobs.iter().map(JobRecord::queued));
-        Ok(())
+        let announce = self.jobs.iter().map(JobRecord::queued).collect();
+        self.store.commit(writes, announce).await
         // `self` (and its locks) drops here, after the commit is durable.
     }
 }

@@ -228,7 +228,9 @@ impl Jobs {
     pub fn status(&self) -> serde_json::Value {
         let mut counts: std::collections::BTreeMap<String, Counts> = Default::default();
         let mut dead = Vec::new();
+        let mut next = Vec::new();
         let running = self.running().clone();
+        let scheduled: HashSet<u64> = self.schedule().iter().map(|q| q.id).collect();
         match self.db.jobs() {
             Ok(jobs) => {
                 for job in jobs {
@@ -243,12 +245,19 @@ impl Jobs {
                         c.running += 1;
                     } else {
                         c.queued += 1;
+                        if next.len() < 20 {
+                            next.push(serde_json::json!({
+                                "id": job.id, "plugin": job.plugin, "kind": job.kind,
+                                "attempts": job.attempts, "run_at_ms": job.run_at_ms,
+                                "scheduled": scheduled.contains(&job.id),
+                            }));
+                        }
                     }
                 }
             }
             Err(e) => return serde_json::json!({ "error": e.to_string() }),
         }
-        serde_json::json!({ "counts": counts, "dead": dead })
+        serde_json::json!({ "counts": counts, "dead": dead, "queued": next })
     }
 
     /// Queue dead job `id` again with a fresh attempt count.

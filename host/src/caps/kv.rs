@@ -65,6 +65,23 @@ impl Host for HostState {
         })
     }
 
+    async fn next_in_sequence(&mut self, name: String) -> Answer<u64> {
+        if let Err(e) = self.check(Capability::Kv) {
+            return Ok(Err(e));
+        }
+        if name.is_empty() || name.len() > crate::store::MAX_KEY {
+            return Ok(Err(Error::Invalid(
+                "sequence names are 1 to 1024 bytes".into(),
+            )));
+        }
+        let env = self.call.plugin.clone();
+        Ok(env
+            .db
+            .next_in_sequence(&env.name, &name)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string())))
+    }
+
     async fn compare_and_swap(
         &mut self,
         key: String,

@@ -264,7 +264,9 @@ fn create(req: &Request) -> HttpResult {
     }
     let sync = text_of(&params.sync).is_some_and(|s| s == "true");
 
-    let id = kv::increment("seq", 1)? as u64;
+    // A sequence, not `increment`: a hot counter key would serialise every
+    // POST behind the previous one's commit.
+    let id = kv::next_in_sequence("commands")?;
     let token = crypto::random_token(32)?;
     let command = Command {
         id,

@@ -55,6 +55,13 @@ pub fn increment(key: &str, delta: i64) -> Result<i64, Error> {
     raw::increment(key, delta)
 }
 
+/// The next number of sequence `name` (1, 2, 3, ...): unique and
+/// increasing, without a lock, not rolled back (failures and restarts leave
+/// gaps). Use it for ids; use [`increment`] for counters that must be exact.
+pub fn next_in_sequence(name: &str) -> Result<u64, Error> {
+    raw::next_in_sequence(name)
+}
+
 /// Replace `key`'s value with `new` (None deletes) only if it is currently
 /// `expected` (None: absent). Returns whether it was swapped.
 pub fn compare_and_swap(
