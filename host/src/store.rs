@@ -819,6 +819,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn jobs_are_announced_even_if_the_committing_caller_goes_away() {
+        let (_dir, store) = store();
+        let (sink, mut queued) = tokio::sync::mpsc::unbounded_channel();
+        store.set_job_sink(sink);
+        let mut t = store.begin("a");
+        let id = t.enqueue("run", b"1", 0).unwrap();
+        // Poll the commit once (it hands its batch to the writer), then drop
+        // it, as hyper drops a request whose client hung up.
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, t.commit()).await;
+        let announced = tokio::time::timeout(std::time::Duration::from_secs(10), queued.recv())
+            .await
+            .expect("announced")
+            .unwrap();
+        assert_eq!(announced.id, id);
+        assert_eq!(
+            store.job("a", id).unwrap().map(|j| j.kind),
+            Some("run".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn sequences_increase_without_locks_and_skip_ahead_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        for expected in 1..=150 {
+            assert_eq!(store.next_in_sequence("a", "ids").await.unwrap(), expected);
+        }
+        assert_eq!(
+            store.next_in_sequence("b", "ids").await.unwrap(),
+            1,
+            "per namespace"
+        );
+        drop(store);
+        let reopened = loop {
+            match Store::open(&path) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
+        let next = reopened.next_in_sequence("a", "ids").await.unwrap();
+        assert!(next > 150, "never reused after a restart: {next}");
+    }
+
+    #[tokio::test]
     async fn list_merges_pending_writes_and_pages() {
         let (_dir, store) = store();
         let mut t = store.begin("a");
