@@ -103,6 +103,21 @@ pub struct AdminResponse {
     pub output: serde_json::Value,
 }
 
+impl From<Result<String, String>> for AdminResponse {
+    fn from(result: Result<String, String>) -> Self {
+        match result {
+            Ok(text) => AdminResponse {
+                ok: true,
+                output: text.into(),
+            },
+            Err(text) => AdminResponse {
+                ok: false,
+                output: text.into(),
+            },
+        }
+    }
+}
+
 /// Serve the admin socket until `shutdown` flips.
 pub async fn serve_socket(
     app: Arc<App>,
@@ -166,26 +181,8 @@ async fn answer(app: &App, request: AdminRequest) -> AdminResponse {
             ok: true,
             output: app.jobs.status(),
         },
-        AdminRequest::RetryJob { id } => match app.jobs.retry(id).await {
-            Ok(text) => AdminResponse {
-                ok: true,
-                output: text.into(),
-            },
-            Err(text) => AdminResponse {
-                ok: false,
-                output: text.into(),
-            },
-        },
-        AdminRequest::Run { plugin, args } => match run(app, &plugin, args).await {
-            Ok(text) => AdminResponse {
-                ok: true,
-                output: text.into(),
-            },
-            Err(text) => AdminResponse {
-                ok: false,
-                output: text.into(),
-            },
-        },
+        AdminRequest::RetryJob { id } => app.jobs.retry(id).await.into(),
+        AdminRequest::Run { plugin, args } => run(app, &plugin, args).await.into(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::App;
@@ -116,39 +116,41 @@ async fn call(
 ) -> Response {
     let limits = plugin.limits;
     let deadline = tokio::time::Instant::now() + limits.deadline;
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
 
     let too_large = || {
         plugin.metrics.refused.fetch_add(1, Relaxed);
-        error(
+        let mut r = error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!(
                 "request body is larger than this route's limit of {} bytes",
                 limits.max_body_bytes
             ),
             request_id,
-        )
+        );
+        // The rest of the body was not read: do not reuse the connection.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
     };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body_bytes) {
-        return too_large();
-    }
-    let body = match Limited::new(body, limits.max_body_bytes as usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+    let max = limits.max_body_bytes as usize;
+    let read = if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        Err(BodyError::TooLarge)
+    } else {
+        read_body(&mut body, max).await
+    };
+    let body = match read {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            drain(&mut body).await;
             return too_large();
         }
-        Err(e) => {
+        Err(BodyError::Read(e)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 &format!("cannot read the request body: {e}"),
@@ -256,6 +258,44 @@ async fn call(
             )
         }
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+/// Read the whole body if it is at most `max` bytes.
+async fn read_body(body: &mut Incoming, max: usize) -> Result<Bytes, BodyError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > max {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Most bytes, and longest time, spent reading a refused body so the client
+/// can finish sending and read the 413 instead of a reset connection.
+const DRAIN_BYTES: usize = 8 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn drain(body: &mut Incoming) {
+    let read = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 /// Headers the host controls: framing and connection management.

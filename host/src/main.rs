@@ -172,20 +172,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 PluginsCommand::Check { file } => check(&config, &file).await,
             }
         }
-        Command::Run { plugin, args } => {
-            let answer = ask(&config, &AdminRequest::Run { plugin, args }).await?;
-            let text = match &answer.output {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            if answer.ok {
-                println!("{}", text.trim_end());
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("{}", text.trim_end());
-                Ok(ExitCode::FAILURE)
-            }
-        }
+        Command::Run { plugin, args } => Ok(report(
+            ask(&config, &AdminRequest::Run { plugin, args }).await?,
+        )),
         Command::Jobs { command } => match command.unwrap_or(JobsCommand::List { json: false }) {
             JobsCommand::List { json } => {
                 let answer = ask(&config, &AdminRequest::Jobs).await?;
@@ -197,15 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             JobsCommand::Retry { id } => {
-                let answer = ask(&config, &AdminRequest::RetryJob { id }).await?;
-                let text = answer.output.as_str().unwrap_or_default().to_string();
-                if answer.ok {
-                    println!("{text}");
-                    Ok(ExitCode::SUCCESS)
-                } else {
-                    eprintln!("{text}");
-                    Ok(ExitCode::FAILURE)
-                }
+                Ok(report(ask(&config, &AdminRequest::RetryJob { id }).await?))
             }
         },
         Command::Config => {
@@ -252,6 +233,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     drop(Arc::clone(&app));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Print an admin answer's text (stdout if ok, stderr if not) and give
+/// the exit code.
+fn report(answer: AdminResponse) -> ExitCode {
+    let text = match &answer.output {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if answer.ok {
+        println!("{}", text.trim_end());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{}", text.trim_end());
+        ExitCode::FAILURE
+    }
 }
 
 async fn ask(config: &Config, request: &AdminRequest) -> anyhow::Result<AdminResponse> {
