@@ -198,6 +198,10 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
         keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
         dokku: config.dokku.clone(),
         http: Arc::new(berth::caps::http_out::HttpOut::new(&config.http_out)?),
+        docker: Arc::new(berth::caps::docker::Docker::new(
+            &config.docker,
+            db.clone(),
+        )?),
         db: db.clone(),
     });
     let limits = config.limits("hello");

@@ -42,6 +42,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub dokku: DokkuConfig,
     pub http_out: HttpOutConfig,
+    pub docker: DockerConfig,
     pub defaults: PluginDefaults,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -63,6 +64,34 @@ pub struct HttpOutConfig {
     pub allow_private: Vec<String>,
     pub timeout_ms: u64,
     pub max_response_kib: u64,
+}
+
+/// Docker engines.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    pub local: String,
+    pub timeout_ms: u64,
+    pub allow: Vec<String>,
+    pub max_proxy_streams: u32,
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, DockerEndpoint>,
+}
+
+/// One of the operator's named Docker endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerEndpoint {
+    pub address: String,
+    #[serde(default)]
+    pub tls_ca: PathBuf,
+    #[serde(default)]
+    pub tls_cert: PathBuf,
+    #[serde(default)]
+    pub tls_key: PathBuf,
+    /// Plugins that may use it; empty: every plugin granted `docker`.
+    #[serde(default)]
+    pub plugins: Vec<String>,
 }
 
 /// The job runner.

@@ -14,9 +14,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::App;
+use crate::caps::Capability;
+use crate::caps::docker::ProxyError;
 use crate::plugins::Mounted;
 use crate::router::{Found, percent_decode};
+use crate::runtime::bindings::berth::plugin::types::DockerTarget;
 use crate::runtime::{CallCx, CallError, Outcome, Request};
+use crate::store::Txn;
 
 /// Error type of response bodies (streams may fail mid-way).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -214,7 +218,24 @@ async fn call(
     match runtime.handle(&plugin.pre, cx, &limits, request).await {
         Ok(called) => {
             plugin.metrics.instantiated(called.instantiate);
-            let Outcome::Respond(response) = called.value;
+            let response = match called.value {
+                Outcome::Respond(response) => response,
+                Outcome::ProxyDocker(target) => {
+                    if !plugin.env.granted.contains(Capability::Docker) {
+                        return error(
+                            StatusCode::FORBIDDEN,
+                            &format!(
+                                "plugin `{name}` asked to proxy to Docker without the `docker` capability"
+                            ),
+                            request_id,
+                        );
+                    }
+                    if let Err(r) = commit(name, called.txn, request_id).await {
+                        return r;
+                    }
+                    return proxy_docker(plugin, target, &parts, body, request_id).await;
+                }
+            };
             if response.body.len() as u64 > limits.max_response_bytes {
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -227,15 +248,8 @@ async fn call(
                 );
             }
             // Durable before the response leaves.
-            if let Some(txn) = called.txn
-                && let Err(e) = txn.commit().await
-            {
-                tracing::error!(plugin = %name, request_id, error = %e, "commit failed");
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("storage failed: {e}"),
-                    request_id,
-                );
+            if let Err(r) = commit(name, called.txn, request_id).await {
+                return r;
             }
             to_http(name, response, request_id)
         }
@@ -256,6 +270,102 @@ async fn call(
                 &format!("plugin `{name}` failed: {e}"),
                 request_id,
             )
+        }
+    }
+}
+
+/// Make a call's writes durable; the error response if that fails.
+async fn commit(plugin: &str, txn: Option<Txn>, request_id: &str) -> Result<(), Response> {
+    let Some(txn) = txn else { return Ok(()) };
+    txn.commit().await.map_err(|e| {
+        tracing::error!(plugin, request_id, error = %e, "commit failed");
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("storage failed: {e}"),
+            request_id,
+        )
+    })
+}
+
+/// An error on the Docker proxy path, in the Engine API's own shape
+/// (`{"message": ...}`) since the client speaks that API.
+fn engine_shaped(status: StatusCode, message: &str, request_id: &str) -> Response {
+    json(
+        status,
+        &serde_json::json!({ "message": message, "request_id": request_id }),
+    )
+}
+
+/// Forward the client's request to a Docker engine and stream the answer.
+async fn proxy_docker(
+    plugin: &Mounted,
+    target: DockerTarget,
+    parts: &http::request::Parts,
+    body: Bytes,
+    request_id: &str,
+) -> Response {
+    let name = &plugin.manifest.name;
+    let bad_path = target.path.is_empty()
+        || !target.path.starts_with('/')
+        || target.path.split('/').any(|s| s == "..")
+        || target.path.contains(['?', '#', ' ']);
+    let query = target
+        .query
+        .or_else(|| parts.uri.query().map(str::to_string))
+        .filter(|q| !q.is_empty());
+    let uri = match query {
+        Some(q) => format!("http://docker{}?{q}", target.path),
+        None => format!("http://docker{}", target.path),
+    };
+    let uri = match (bad_path, uri.parse::<http::Uri>()) {
+        (false, Ok(uri)) => uri,
+        _ => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!(
+                    "plugin `{name}` gave an invalid Docker path `{}`",
+                    target.path
+                ),
+                request_id,
+            );
+        }
+    };
+    let mut request = http::Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = parts.headers.clone();
+    match plugin
+        .env
+        .docker
+        .proxy(name, &target.endpoint, request)
+        .await
+    {
+        Ok((answer, permit)) => {
+            let (parts, body) = answer.into_parts();
+            // The permit counts this stream until hyper drops the body:
+            // when the engine ends it or the client leaves.
+            let body = body
+                .map_err(|e| Box::new(e) as BoxError)
+                .map_frame(move |frame| {
+                    let _open = &permit;
+                    frame
+                })
+                .boxed();
+            http::Response::from_parts(parts, body)
+        }
+        Err(ProxyError::Refused(m)) => engine_shaped(StatusCode::FORBIDDEN, &m, request_id),
+        Err(ProxyError::Unreachable(m)) => {
+            engine_shaped(StatusCode::SERVICE_UNAVAILABLE, &m, request_id)
+        }
+        Err(ProxyError::Busy) => {
+            let mut r = engine_shaped(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many proxied Docker streams are open; retry later",
+                request_id,
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
         }
     }
 }

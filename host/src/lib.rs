@@ -84,6 +84,7 @@ impl App {
             db.clone(),
             keys,
             Arc::new(caps::http_out::HttpOut::new(&config.http_out)?),
+            Arc::new(caps::docker::Docker::new(&config.docker, db.clone())?),
             metrics.clone(),
         ));
         plugins.scan(false).await;

@@ -348,6 +348,10 @@ async fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCo
         keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
         dokku: config.dokku.clone(),
         http: Arc::new(berth::caps::http_out::HttpOut::new(&config.http_out)?),
+        docker: Arc::new(berth::caps::docker::Docker::new(
+            &config.docker,
+            db.clone(),
+        )?),
         db,
     });
     let manifest = match runtime

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::caps::crypto::KeyVault;
+use crate::caps::docker::Docker;
 use crate::caps::http_out::HttpOut;
 use crate::caps::{CapSet, Capability};
 use crate::config::{Config, Limits};
@@ -88,6 +89,7 @@ pub struct Plugins {
     db: Arc<Store>,
     keys: Arc<KeyVault>,
     http: Arc<HttpOut>,
+    docker: Arc<Docker>,
     metrics: Arc<Metrics>,
     dir: PathBuf,
     routing: RwLock<Arc<Routing>>,
@@ -103,6 +105,7 @@ impl Plugins {
         db: Arc<Store>,
         keys: Arc<KeyVault>,
         http: Arc<HttpOut>,
+        docker: Arc<Docker>,
         metrics: Arc<Metrics>,
     ) -> Plugins {
         let dir = config.plugins_dir();
@@ -112,6 +115,7 @@ impl Plugins {
             db,
             keys,
             http,
+            docker,
             metrics,
             dir,
             routing: RwLock::new(Arc::default()),
@@ -251,6 +255,7 @@ impl Plugins {
             keys: self.keys.clone(),
             dokku: self.config.dokku.clone(),
             http: self.http.clone(),
+            docker: self.docker.clone(),
         });
         let manifest = self
             .runtime
@@ -282,6 +287,7 @@ impl Plugins {
                 keys: self.keys.clone(),
                 dokku: self.config.dokku.clone(),
                 http: self.http.clone(),
+                docker: self.docker.clone(),
             }),
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             metrics: self.metrics.plugin(&name),

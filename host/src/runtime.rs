@@ -56,6 +56,7 @@ pub struct PluginEnv {
     pub keys: Arc<KeyVault>,
     pub dokku: crate::config::DokkuConfig,
     pub http: Arc<crate::caps::http_out::HttpOut>,
+    pub docker: Arc<crate::caps::docker::Docker>,
 }
 
 /// Per-call context the capabilities use.

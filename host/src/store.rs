@@ -226,6 +226,17 @@ impl Store {
         self.commit(vec![write], Vec::new()).await
     }
 
+    /// Delete host metadata durably.
+    pub async fn meta_delete(&self, ns: &str, key: &str) -> Result<(), StoreError> {
+        let write = Write {
+            table: Table::Meta,
+            ns: Arc::from(ns),
+            key: key.to_string(),
+            value: None,
+        };
+        self.commit(vec![write], Vec::new()).await
+    }
+
     /// The next number of sequence `name` in namespace `ns`. Numbers are
     /// reserved durably in blocks of [`SEQUENCE_BLOCK`], so only one call in
     /// a block waits for a commit; a restart skips the rest of a block.

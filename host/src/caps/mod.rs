@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod docker;
 pub mod dokku;
 pub mod http_out;
 pub mod jobs;
@@ -29,10 +30,12 @@ pub enum Capability {
     Jobs,
     Dokku,
     HttpOut,
+    Docker,
+    DockerEndpoints,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 9] = [
         Capability::Kv,
         Capability::Config,
         Capability::Crypto,
@@ -40,6 +43,8 @@ impl Capability {
         Capability::Jobs,
         Capability::Dokku,
         Capability::HttpOut,
+        Capability::Docker,
+        Capability::DockerEndpoints,
     ];
 
     /// The name used in manifests and config.
@@ -52,6 +57,8 @@ impl Capability {
             Capability::Jobs => "jobs",
             Capability::Dokku => "dokku",
             Capability::HttpOut => "http-out",
+            Capability::Docker => "docker",
+            Capability::DockerEndpoints => "docker-endpoints",
         }
     }
 

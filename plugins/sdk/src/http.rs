@@ -179,7 +179,8 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// An HTTP response under construction.
+/// An HTTP response under construction, or (from
+/// [`Response::proxy_docker`]) a request the host forwards to Docker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// Status code.
@@ -188,6 +189,8 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// Body bytes.
     pub body: Vec<u8>,
+    /// Endpoint, path and query of a proxied request.
+    proxy: Option<(String, String, Option<String>)>,
 }
 
 impl Response {
@@ -197,6 +200,39 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Vec::new(),
+            proxy: None,
+        }
+    }
+
+    /// Answer by forwarding the client's request (method, body, headers
+    /// other than `authorization` and `cookie`) to Docker endpoint
+    /// `endpoint` at `path` (e.g. `/containers/json`), streaming the
+    /// engine's answer back as it comes. `query` replaces the client's
+    /// query string; `None` sends the client's own. The plugin needs the
+    /// `docker` capability; authenticate the client before answering this.
+    pub fn proxy_docker(endpoint: &str, path: &str, query: Option<&str>) -> Self {
+        let mut r = Response::new(200);
+        r.proxy = Some((
+            endpoint.to_string(),
+            path.to_string(),
+            query.map(str::to_string),
+        ));
+        r
+    }
+
+    /// The outcome the host acts on.
+    pub(crate) fn into_outcome(self) -> types::Outcome {
+        match self.proxy {
+            Some((endpoint, path, query)) => types::Outcome::ProxyDocker(types::DockerTarget {
+                endpoint,
+                path,
+                query,
+            }),
+            None => types::Outcome::Respond(types::Response {
+                status: self.status,
+                headers: self.headers,
+                body: self.body,
+            }),
         }
     }
 
@@ -233,16 +269,6 @@ impl Response {
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();
         self
-    }
-}
-
-impl From<Response> for types::Response {
-    fn from(r: Response) -> Self {
-        types::Response {
-            status: r.status,
-            headers: r.headers,
-            body: r.body,
-        }
     }
 }
 

@@ -7,8 +7,8 @@
 //! - [`Plugin`] and [`export!`]: declare the plugin and export it;
 //! - [`Router`]: route ids to handler functions, with typed path params;
 //! - [`Request`] and [`Response`]: JSON, form and query helpers;
-//! - [`kv`], [`crypto`], [`config`], [`log`], [`jobs`]: the host
-//!   capabilities, typed.
+//! - [`kv`], [`crypto`], [`config`], [`log`], [`jobs`], [`dokku`],
+//!   [`http_out`], [`docker`]: the host capabilities, typed.
 //!
 //! ```ignore
 //! use berth_sdk::{Info, Plugin, Request, Response, Router, HttpResult};
@@ -39,6 +39,7 @@ mod router;
 
 pub mod config;
 pub mod crypto;
+pub mod docker;
 pub mod dokku;
 pub mod http_out;
 pub mod jobs;
@@ -87,7 +88,8 @@ pub struct Info {
     pub version: String,
     /// One line for operators.
     pub description: String,
-    /// Capabilities asked for: `kv`, `config`, `crypto`, `log`.
+    /// Capabilities asked for: `kv`, `config`, `crypto`, `log`, `jobs`,
+    /// `dokku`, `http-out`, `docker`, `docker-endpoints`.
     pub capabilities: Vec<String>,
 }
 
@@ -153,8 +155,7 @@ pub fn __describe<P: Plugin>() -> bindings::berth::plugin::types::Manifest {
 pub fn __handle<P: Plugin>(
     request: bindings::berth::plugin::types::Request,
 ) -> bindings::berth::plugin::types::Outcome {
-    let response = P::router().dispatch(Request::from(request));
-    bindings::berth::plugin::types::Outcome::Respond(response.into())
+    P::router().dispatch(Request::from(request)).into_outcome()
 }
 
 /// Export a type implementing [`Plugin`] as this component's `berth:plugin`

@@ -1,0 +1,54 @@
+//! Docker engines through the host: typed container operations, and the
+//! engine API's own JSON for the large documents (create bodies, inspect
+//! results, service specs). See `wit/docker.wit` for every function.
+//!
+//! ```ignore
+//! use berth_sdk::docker;
+//!
+//! let running = docker::container_list("local", false, &[("label".into(), vec!["app=web".into()])])?;
+//! ```
+
+use crate::Response;
+use crate::bindings::berth::plugin::docker as raw;
+
+pub use raw::{
+    Container, DockerError, EngineError, Filters, Port, TlsFiles, container_create,
+    container_inspect, container_kill, container_list, container_logs, container_remove,
+    container_rename, container_restart, container_start, container_stop, image_inspect,
+    image_list, info, network_create, network_list, network_remove, node_list, ping,
+    register_endpoint, remove_endpoint, service_create, service_inspect, service_list,
+    service_remove, service_update, swarm_inspect, task_list,
+};
+
+/// A one-line description of a [`DockerError`].
+pub fn error_text(e: &DockerError) -> String {
+    match e {
+        DockerError::Denied(m) => format!("denied: {m}"),
+        DockerError::UnknownEndpoint(m) => format!("unknown endpoint: {m}"),
+        DockerError::Invalid(m) => format!("invalid: {m}"),
+        DockerError::Engine(e) => format!("engine error {}: {}", e.status, e.message),
+        DockerError::Unreachable(m) => format!("unreachable: {m}"),
+    }
+}
+
+/// The engine's status for engine errors, else `None`.
+pub fn engine_status(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::Engine(e) => Some(e.status),
+        _ => None,
+    }
+}
+
+/// A Docker error as a JSON error response: the engine's own status for
+/// engine errors, 403 when denied, 503 when unreachable, 400 otherwise.
+impl From<DockerError> for Response {
+    fn from(e: DockerError) -> Self {
+        let status = match &e {
+            DockerError::Engine(engine) => engine.status,
+            DockerError::Denied(_) => 403,
+            DockerError::Unreachable(_) => 503,
+            DockerError::UnknownEndpoint(_) | DockerError::Invalid(_) => 400,
+        };
+        Response::error(status, &error_text(&e))
+    }
+}
