@@ -354,6 +354,7 @@ async fn proxy_docker(
             http::Response::from_parts(parts, body)
         }
         Err(ProxyError::Refused(m)) => engine_shaped(StatusCode::FORBIDDEN, &m, request_id),
+        Err(ProxyError::Unknown(m)) => engine_shaped(StatusCode::NOT_FOUND, &m, request_id),
         Err(ProxyError::Unreachable(m)) => {
             engine_shaped(StatusCode::SERVICE_UNAVAILABLE, &m, request_id)
         }

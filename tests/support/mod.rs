@@ -212,4 +212,5 @@ pub async fn post_json(client: &reqwest::Client, url: &str) -> (u16, serde_json:
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
+pub mod docker;
 pub mod dokkud;

@@ -343,8 +343,10 @@ pub struct Docker {
 /// Why a proxied request got no answer from the engine.
 #[derive(Debug)]
 pub enum ProxyError {
-    /// The plugin may not use Docker or this endpoint, or it is unknown.
+    /// The plugin may not use Docker or this endpoint.
     Refused(String),
+    /// No endpoint of that name.
+    Unknown(String),
     /// The engine did not answer.
     Unreachable(String),
     /// Too many proxied streams are open.
@@ -542,6 +544,7 @@ impl Docker {
     ) -> Result<(http::Response<Incoming>, OwnedSemaphorePermit), ProxyError> {
         let engine = self.engine(plugin, endpoint).map_err(|e| match e {
             DockerError::Unreachable(m) => ProxyError::Unreachable(m),
+            DockerError::UnknownEndpoint(m) => ProxyError::Unknown(m),
             other => ProxyError::Refused(error_text(&other)),
         })?;
         let permit = self

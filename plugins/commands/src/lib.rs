@@ -7,11 +7,9 @@
 //! keys:delete KEY`; only an HMAC of each secret (under a host-held key)
 //! is stored.
 
-mod time;
-
 use berth_sdk::dokku::{self, DokkuError};
 use berth_sdk::{
-    HttpResult, Info, Plugin, Request, Response, Router, config, crypto, http_out, jobs, kv,
+    HttpResult, Info, Plugin, Request, Response, Router, config, crypto, http_out, jobs, kv, time,
 };
 use serde::{Deserialize, Serialize};
 

@@ -75,7 +75,7 @@ fn droplet(c: Container) -> Droplet {
     Droplet {
         id: c.id.chars().take(12).collect(),
         name,
-        created: crate::time::format_rfc3339(c.created.max(0) as u64),
+        created: berth_sdk::time::format_rfc3339(c.created.max(0) as u64),
         status: c.state,
         ports,
     }

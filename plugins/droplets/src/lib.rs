@@ -7,9 +7,8 @@
 
 mod droplet;
 mod qr;
-mod time;
 
-use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router, config, crypto, kv};
+use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router, config, crypto, kv, time};
 use serde::{Deserialize, Serialize};
 
 struct Droplets;

@@ -45,6 +45,7 @@ pub mod http_out;
 pub mod jobs;
 pub mod kv;
 pub mod log;
+pub mod time;
 
 pub use http::{HttpResult, Request, Response};
 pub use router::{Handler, Router};

@@ -1,4 +1,5 @@
-//! RFC 3339 timestamps in the original's format (`2017-03-15T15:14:47+00:00`).
+//! RFC 3339 timestamps as `2017-03-15T15:14:47+00:00` (the format Rails
+//! and many of the APIs Berth re-implements use), from WASI's clock.
 
 /// Now, UTC.
 pub fn now_rfc3339() -> String {

@@ -1,0 +1,312 @@
+//! The `docker` capability and the `proxy-docker` outcome, through the
+//! `dockerprobe` fixture plugin, against a real engine: named endpoints
+//! over a unix socket and TCP+TLS, plugin-registered endpoints under the
+//! operator's allow-list, grants, and byte-for-byte streaming.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_core::Stream;
+use serde_json::{Value, json};
+use support::docker::{self, Engine};
+use support::{Berth, client, drop_file, plugin_wasm};
+
+fn config(engine: &Engine, grants: &str) -> String {
+    let mut text = format!(
+        "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n\n[plugins.dockerprobe]\ngrants = {grants}\n",
+        engine.host
+    );
+    if let Some(tls) = &engine.tls {
+        text.push_str(&format!(
+            "\n[docker.endpoints.secure]\naddress = \"{}\"\ntls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            tls.address,
+            tls.ca.display(),
+            tls.cert.display(),
+            tls.key.display()
+        ));
+    }
+    text
+}
+
+/// berth with the probe plugin mounted.
+async fn start(dir: &std::path::Path, engine: &Engine, grants: &str) -> Berth {
+    let berth = Berth::start(dir, &config(engine, grants));
+    drop_file(
+        &plugin_wasm("dockerprobe"),
+        &berth.plugins_dir().join("dockerprobe.wasm"),
+    );
+    let http = client();
+    support::poll(Duration::from_secs(20), "dockerprobe mounted", || {
+        let url = berth.url("/probe/none/containers");
+        let http = http.clone();
+        async move {
+            // The host's own 404 until the plugin's routes are mounted.
+            let status = http.get(url).send().await.ok()?.status().as_u16();
+            (status != 404).then_some(())
+        }
+    })
+    .await;
+    berth
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = http.request(method, url);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["Id"].as_str().or(c["id"].as_str()).unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_endpoints_and_the_allow_list() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let Some(tls) = &engine.tls else {
+        panic!("the TLS endpoint test needs the private engine; unset DOCKER_HOST");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let berth = start(dir.path(), engine, r#"["docker", "docker-endpoints"]"#).await;
+    let http = client();
+
+    // The operator's TLS endpoint and the socket see the same engine.
+    let (status, over_tls) = call(&http, "GET", &berth.url("/probe/secure/containers"), None).await;
+    assert_eq!(status, 200, "{over_tls}");
+    let (status, local) = call(&http, "GET", &berth.url("/probe/local/containers"), None).await;
+    assert_eq!(status, 200, "{local}");
+    let (status, info) = call(&http, "GET", &berth.url("/probe/secure/info"), None).await;
+    assert_eq!(status, 200, "{info}");
+    assert!(info["ID"].is_string(), "{info}");
+
+    // A plugin-registered TLS endpoint, inside the allow-list.
+    let pem = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let material = json!({
+        "address": tls.address,
+        "ca": pem(&tls.ca),
+        "cert": pem(&tls.cert),
+        "key": pem(&tls.key),
+    });
+    let (status, body) = call(
+        &http,
+        "POST",
+        &berth.url("/probe/endpoints/mine"),
+        Some(material.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, info) = call(&http, "GET", &berth.url("/probe/mine/info"), None).await;
+    assert_eq!(status, 200, "{info}");
+
+    // The wrong CA: registered (the PEM is valid) but the handshake fails.
+    let stranger = rcgen::generate_simple_self_signed(vec!["elsewhere".into()]).unwrap();
+    let mut wrong = material.clone();
+    wrong["ca"] = json!(stranger.cert.pem());
+    let (status, _) = call(
+        &http,
+        "POST",
+        &berth.url("/probe/endpoints/wrong-ca"),
+        Some(wrong),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = call(&http, "GET", &berth.url("/probe/wrong-ca/info"), None).await;
+    assert_eq!(status, 503, "{body}");
+    // Garbage TLS material is refused at registration.
+    let mut garbage = material.clone();
+    garbage["ca"] = json!("not a certificate");
+    let (status, body) = call(
+        &http,
+        "POST",
+        &berth.url("/probe/endpoints/junk"),
+        Some(garbage),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Outside the allow-list, or shadowing an operator endpoint: refused.
+    for (name, address, want) in [
+        ("far", "tcp://10.1.2.3:2376", 403),
+        ("sock", "unix:///var/run/docker.sock", 403),
+        ("local", &tls.address, 400),
+        ("bad", "http://127.0.0.1:1", 400),
+    ] {
+        let (status, body) = call(
+            &http,
+            "POST",
+            &berth.url(&format!("/probe/endpoints/{name}")),
+            Some(json!({ "address": address })),
+        )
+        .await;
+        assert_eq!(status, want, "{name} {address}: {body}");
+    }
+    let (status, _) = call(&http, "GET", &berth.url("/probe/far/info"), None).await;
+    assert_eq!(status, 400, "an endpoint never registered is unknown");
+
+    // Registered endpoints survive a restart; removal forgets them.
+    let mut berth = berth;
+    assert!(berth.stop());
+    let berth = start(dir.path(), engine, r#"["docker", "docker-endpoints"]"#).await;
+    let (status, _) = call(&http, "GET", &berth.url("/probe/mine/info"), None).await;
+    assert_eq!(status, 200);
+    let (status, body) = call(&http, "DELETE", &berth.url("/probe/endpoints/mine"), None).await;
+    assert_eq!((status, body), (200, json!({ "removed": true })));
+    let (status, _) = call(&http, "GET", &berth.url("/probe/mine/info"), None).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_grant_docker_is_denied() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let berth = start(dir.path(), engine, r#"["docker"]"#).await;
+    let http = client();
+    let (status, body) = call(
+        &http,
+        "POST",
+        &berth.url("/probe/endpoints/x"),
+        Some(json!({ "address": "tcp://127.0.0.1:1" })),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("docker-endpoints"),
+        "{body}"
+    );
+    drop(berth);
+
+    let dir = tempfile::tempdir().unwrap();
+    let berth = start(dir.path(), engine, "[]").await;
+    let (status, body) = call(&http, "GET", &berth.url("/probe/local/containers"), None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not granted"),
+        "{body}"
+    );
+    let (status, _) = call(
+        &http,
+        "GET",
+        &berth.url("/probe/local/docker/containers/json"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_requests_stream_byte_for_byte() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let berth = start(dir.path(), engine, r#"["docker"]"#).await;
+    let http = client();
+
+    let name = format!("ticker-{}", std::process::id());
+    let run = engine.cli(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        docker::IMAGE,
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.2; done",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // containers/json through the proxy is the engine's own answer.
+    let (status, proxied) = call(
+        &http,
+        "GET",
+        &berth.url("/probe/local/docker/containers/json?all=1"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{proxied}");
+    let (status, direct) = engine.get("/containers/json?all=1").unwrap();
+    assert_eq!(status, 200);
+    let direct: Value = serde_json::from_str(&direct).unwrap();
+    assert_eq!(ids(&proxied), ids(&direct));
+    assert!(
+        ids(&proxied)
+            .iter()
+            .any(|id| run.stdout.starts_with(id.as_bytes()))
+    );
+
+    // Engine errors come back as the engine gave them.
+    let (status, body) = call(
+        &http,
+        "GET",
+        &berth.url("/probe/local/docker/containers/no-such/json"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["message"].as_str().unwrap().contains("no-such"),
+        "{body}"
+    );
+    // An unknown endpoint is refused by the host.
+    let (status, body) = call(&http, "GET", &berth.url("/probe/ghost/docker/_ping"), None).await;
+    assert_eq!(status, 404, "{body}");
+
+    // A following log stream arrives while it is still open.
+    let response = http
+        .get(berth.url(&format!(
+            "/probe/local/docker/containers/{name}/logs?stdout=1&follow=1"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = Box::pin(response.bytes_stream());
+    let mut seen = Vec::new();
+    let ticks = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+            seen.extend_from_slice(&chunk.unwrap());
+            let ticks = seen.windows(4).filter(|w| w == b"tick").count();
+            if ticks >= 5 {
+                return ticks;
+            }
+        }
+        panic!("the log stream ended");
+    })
+    .await
+    .expect("ticks within 20 s");
+    assert!(ticks >= 5);
+    drop(stream);
+
+    // The host is unharmed after the client left mid-stream.
+    let (status, _) = call(&http, "GET", &berth.url("/_berth/health"), None).await;
+    assert_eq!(status, 200);
+    let rm = engine.cli(&["rm", "-f", &name]);
+    assert!(rm.status.success());
+}

@@ -1,0 +1,377 @@
+//! A real Docker engine for the tests: a private `dockerd` (Debian's
+//! docker.io, `--storage-driver vfs`, its own socket, data and exec roots
+//! in a temp dir), also listening on 127.0.0.1 over TCP with mutual TLS
+//! (certificates made here), with `busybox:latest` imported from the
+//! static busybox binary. `DOCKER_HOST` (a unix socket) is used instead
+//! when given. Without an engine the tests say so and skip, unless
+//! `BERTH_REQUIRE_DOCKER=1`, which makes that a failure.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The image droplets and the tests run.
+pub const IMAGE: &str = "busybox:latest";
+
+/// TLS endpoint of an engine: address and PEM files.
+pub struct TlsEndpoint {
+    pub address: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A Docker engine the tests can use.
+pub struct Engine {
+    /// `unix:///...`
+    pub host: String,
+    /// The same engine over TCP with TLS (private engines only).
+    pub tls: Option<TlsEndpoint>,
+    dir: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+fn required() -> bool {
+    std::env::var("BERTH_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
+}
+
+/// Skip (or, under `BERTH_REQUIRE_DOCKER=1`, fail) for `why`.
+fn unavailable(why: &str) -> Option<&'static Engine> {
+    if required() {
+        panic!("BERTH_REQUIRE_DOCKER=1 but no Docker engine: {why}");
+    }
+    eprintln!(
+        "SKIPPED: no Docker engine ({why}); set BERTH_REQUIRE_DOCKER=1 to make this a failure"
+    );
+    None
+}
+
+/// The engine shared by this test binary, started on first use.
+pub fn shared() -> Option<&'static Engine> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| {
+        if let Ok(host) = std::env::var("DOCKER_HOST")
+            && !host.is_empty()
+        {
+            let engine = Engine {
+                host,
+                tls: None,
+                dir: PathBuf::new(),
+                child: None,
+                args: Vec::new(),
+            };
+            engine.wait_ready(Duration::from_secs(30))?;
+            engine.import_image()?;
+            return Ok(engine);
+        }
+        Engine::start_private()
+    });
+    match engine {
+        Ok(engine) => Some(engine),
+        Err(why) => unavailable(why),
+    }
+}
+
+/// An engine of the test's own, which it may stop and start. It shares
+/// the docker0 bridge with the shared engine (`--bridge=none` would delete
+/// it from under the shared one), so tests run no containers on it.
+pub fn private() -> Option<Engine> {
+    match Engine::start_private() {
+        Ok(engine) => Some(engine),
+        Err(why) => {
+            unavailable(&why);
+            None
+        }
+    }
+}
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+impl Engine {
+    fn start_private() -> Result<Engine, String> {
+        let dockerd =
+            find_binary("dockerd").ok_or("dockerd is not installed (apt-get install docker.io)")?;
+        find_binary("docker").ok_or("the docker CLI is not installed")?;
+        clean_stale_dirs();
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("berth-dockerd-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let socket = dir.join("docker.sock");
+        let tls = make_certs(&dir)?;
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "--storage-driver=vfs".into(),
+            format!("--host=unix://{}", socket.display()),
+            format!("--host=tcp://127.0.0.1:{port}"),
+            "--tlsverify".into(),
+            format!("--tlscacert={}", tls.ca.display()),
+            format!("--tlscert={}", dir.join("server-cert.pem").display()),
+            format!("--tlskey={}", dir.join("server-key.pem").display()),
+            format!("--data-root={}", dir.join("data").display()),
+            format!("--exec-root={}", dir.join("exec").display()),
+            format!("--pidfile={}", dir.join("dockerd.pid").display()),
+            "--iptables=false".into(),
+            "--ip6tables=false".into(),
+        ];
+        args.push(dockerd.display().to_string());
+        let mut engine = Engine {
+            host: format!("unix://{}", socket.display()),
+            tls: Some(TlsEndpoint {
+                address: format!("tcp://127.0.0.1:{port}"),
+                ..tls
+            }),
+            dir,
+            child: None,
+            args,
+        };
+        engine.spawn()?;
+        engine.wait_ready(Duration::from_secs(60))?;
+        engine.import_image()?;
+        Ok(engine)
+    }
+
+    /// Start dockerd (again). It dies with this test process.
+    pub fn spawn(&mut self) -> Result<(), String> {
+        let (program, args) = self.args.split_last().expect("dockerd args");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .map_err(|e| e.to_string())?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; the child gets SIGTERM when
+        // the thread that spawned it ends, and that thread lives as long
+        // as the process (see below).
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(command.spawn().map_err(|e| e.to_string()));
+            loop {
+                std::thread::park();
+            }
+        });
+        let child = rx.recv().map_err(|e| e.to_string())??;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stop dockerd and wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn socket(&self) -> &str {
+        self.host.trim_start_matches("unix://")
+    }
+
+    /// `GET path` on the engine's socket: (status, body).
+    pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let mut stream = UnixStream::connect(self.socket()).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| e.to_string())?;
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not HTTP: {answer}"))?;
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// A container's inspect JSON.
+    pub fn inspect(&self, name: &str) -> Option<serde_json::Value> {
+        match self.get(&format!("/containers/{name}/json")) {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.get("/_ping") {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "{} not ready within {timeout:?} ({last}); see {}",
+            self.host,
+            self.dir.join("dockerd.log").display()
+        ))
+    }
+
+    /// `docker ARGS` against this engine.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(find_binary("docker").expect("docker CLI"))
+            .arg("--host")
+            .arg(&self.host)
+            .args(args)
+            .output()
+            .expect("run docker")
+    }
+
+    /// Import `busybox:latest` from the static busybox binary, once.
+    fn import_image(&self) -> Result<(), String> {
+        if self.cli(&["image", "inspect", IMAGE]).status.success() {
+            return Ok(());
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .ok_or("busybox is not installed (apt-get install busybox-static)")?;
+        let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let bin = root.path().join("bin");
+        std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+        std::fs::copy(busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
+        for applet in ["sh", "sleep", "echo", "httpd", "cat", "ls", "true"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
+        }
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(root.path())
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let import = Command::new(find_binary("docker").expect("docker CLI"))
+            .arg("--host")
+            .arg(&self.host)
+            .args(["import", "-c", "CMD [\"/bin/sh\"]", "-", IMAGE])
+            .stdin(tar.stdout.expect("tar stdout"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !import.status.success() {
+            return Err(format!(
+                "docker import failed: {}",
+                String::from_utf8_lossy(&import.stderr)
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn make_certs(dir: &Path) -> Result<TlsEndpoint, String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    };
+    let e = |e: rcgen::Error| e.to_string();
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).map_err(e)?;
+
+    let server_key = KeyPair::generate().map_err(e)?;
+    let mut server = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    server.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server = server.signed_by(&server_key, &ca, &ca_key).map_err(e)?;
+
+    let client_key = KeyPair::generate().map_err(e)?;
+    let mut client = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client.signed_by(&client_key, &ca, &ca_key).map_err(e)?;
+
+    let write =
+        |name: &str, text: String| std::fs::write(dir.join(name), text).map_err(|e| e.to_string());
+    write("ca.pem", ca.pem())?;
+    write("server-cert.pem", server.pem())?;
+    write("server-key.pem", server_key.serialize_pem())?;
+    write("cert.pem", client.pem())?;
+    write("key.pem", client_key.serialize_pem())?;
+    Ok(TlsEndpoint {
+        address: String::new(),
+        ca: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    })
+}
+
+/// Remove the temp dirs of engines whose test process is gone.
+fn clean_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("berth-dockerd-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        let dockerd_alive = std::fs::read_to_string(entry.path().join("dockerd.pid"))
+            .ok()
+            .is_some_and(|p| Path::new(&format!("/proc/{}", p.trim())).exists());
+        if !alive && !dockerd_alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
