@@ -219,6 +219,7 @@ impl tower_service::Service<http::Uri> for Dialer {
         let target = self.0.clone();
         Box::pin(async move {
             let (address, tls) = &*target;
+            tracing::debug!(?address, "connecting to a Docker engine");
             let stream = match address {
                 Address::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
                 Address::Tcp { host, port } => {

@@ -1,0 +1,274 @@
+//! Docker latency (`cargo bench --bench droplets`; needs root for the
+//! private dockerd, like the Docker tests): sequential keep-alive requests,
+//! one at a time, timing
+//!
+//! - `GET /containers/json` straight to the engine's socket (the baseline);
+//! - the same call proxied by Berth (`proxy-docker`, through the
+//!   `dockerprobe` fixture);
+//! - `GET /api/v1/droplet/list` of the `droplets` plugin (token check, the
+//!   engine's list filtered by label, the surface's JSON) against the
+//!   engine's filtered list straight from the socket.
+//!
+//! Knobs: BENCH_REQUESTS (default 500), BENCH_DROPLETS (default 10).
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+
+/// A minimal HTTP/1.1 keep-alive client on the engine's socket.
+struct Direct {
+    reader: BufReader<UnixStream>,
+}
+
+impl Direct {
+    fn connect(socket: &str) -> anyhow::Result<Direct> {
+        Ok(Direct {
+            reader: BufReader::new(UnixStream::connect(socket)?),
+        })
+    }
+
+    fn get(&mut self, path: &str) -> anyhow::Result<Vec<u8>> {
+        write!(
+            self.reader.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: docker\r\n\r\n"
+        )?;
+        let mut line = String::new();
+        let (mut length, mut chunked) = (None, false);
+        self.reader.read_line(&mut line)?;
+        anyhow::ensure!(line.contains(" 200 "), "engine said {line}");
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.strip_prefix("content-length:") {
+                length = Some(v.trim().parse::<usize>()?);
+            }
+            if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.reader.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim(), 16)?;
+                let mut chunk = vec![0; size + 2];
+                self.reader.read_exact(&mut chunk)?;
+                body.extend_from_slice(&chunk[..size]);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            body.resize(length.unwrap_or(0), 0);
+            self.reader.read_exact(&mut body)?;
+        }
+        Ok(body)
+    }
+}
+
+fn totp(secret_b32: &str) -> String {
+    let mut secret = Vec::new();
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in secret_b32.bytes() {
+        let v = if c.is_ascii_uppercase() {
+            c - b'A'
+        } else {
+            c - b'2' + 26
+        };
+        buffer = (buffer << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            secret.push((buffer >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    let step = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30;
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&secret).unwrap();
+    mac.update(&step.to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let o = (h[19] & 15) as usize;
+    let n = u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]) & 0x7fff_ffff;
+    format!("{:06}", n % 1_000_000)
+}
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+}
+
+fn measure(n: usize, mut call: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Stats> {
+    for _ in 0..n / 10 {
+        call()?;
+    }
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        call()?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(Stats {
+        median: times[n / 2],
+        p99: times[n * 99 / 100],
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let droplets: usize = std::env::var("BENCH_DROPLETS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let Some(engine) = support::docker::shared() else {
+        anyhow::bail!("no Docker engine: this benchmark needs dockerd (run as root)");
+    };
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[docker]\nlocal = \"{}\"\n[plugins.dockerprobe]\ngrants = [\"docker\"]\n",
+        engine.host
+    );
+    let berth = support::Berth::start(dir.path(), &config);
+    support::drop_file(
+        &support::plugin_wasm("dockerprobe"),
+        &berth.plugins_dir().join("dockerprobe.wasm"),
+    );
+    let out = berth.cli(&[
+        "run",
+        "droplets",
+        "create-user",
+        "-u",
+        "bench",
+        "-g",
+        "owner",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .ok_or_else(|| anyhow::anyhow!("create-user said {text}"))?
+        .to_string();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let http = reqwest::Client::new();
+    let token: String = rt.block_on(async {
+        let body: serde_json::Value = http
+            .post(berth.url("/api/v1/user/auth"))
+            .json(&serde_json::json!({ "username": "bench", "code": totp(&secret) }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(
+            body["access_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    })?;
+    anyhow::ensure!(!token.is_empty(), "login failed");
+    let prefix = format!("bench{}-", std::process::id());
+    for i in 0..droplets {
+        rt.block_on(async {
+            let r = http
+                .post(berth.url("/api/v1/droplet/add"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "name": format!("{prefix}{i}") }))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == 200, "droplet add: {}", r.text().await?);
+            anyhow::Ok(())
+        })?;
+    }
+    // Wait for the probe plugin.
+    for _ in 0..200 {
+        let status = rt
+            .block_on(http.get(berth.url("/probe/local/info")).send())?
+            .status();
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let socket = engine.host.trim_start_matches("unix://").to_string();
+    let mut direct = Direct::connect(&socket)?;
+    let list_path = "/containers/json?all=1";
+    let filtered = "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22berth.droplet%22%5D%7D";
+    let get = |path: &str, auth: bool| -> anyhow::Result<()> {
+        rt.block_on(async {
+            let mut req = http.get(berth.url(path));
+            if auth {
+                req = req.bearer_auth(&token);
+            }
+            let r = req.send().await?;
+            anyhow::ensure!(r.status() == 200, "{path}: {}", r.status());
+            r.bytes().await?;
+            anyhow::Ok(())
+        })
+    };
+
+    let health = measure(n, || get("/_berth/health", false))?;
+    let hello = measure(n, || get("/hello/bench", false))?;
+    let ping_direct = measure(n, || direct.get("/_ping").map(drop))?;
+    let ping = measure(n, || get("/probe/local/docker/_ping", false))?;
+    let base = measure(n, || direct.get(list_path).map(drop))?;
+    let proxied = measure(n, || get(&format!("/probe/local/docker{list_path}"), false))?;
+    let base_filtered = measure(n, || direct.get(filtered).map(drop))?;
+    let list = measure(n, || get("/api/v1/droplet/list", true))?;
+
+    let containers = direct.get(list_path)?;
+    let count = serde_json::from_slice::<serde_json::Value>(&containers)?
+        .as_array()
+        .map_or(0, Vec::len);
+    println!(
+        "\n== Docker latency (sequential keep-alive requests, n={n}, {count} containers on the engine, {droplets} droplets)"
+    );
+    let row = |what: &str, s: &Stats, base: &Stats| {
+        println!(
+            "{what:<44} median {:>7.0} µs  p99 {:>7.0} µs  ({:.2}x direct)",
+            s.median.as_secs_f64() * 1e6,
+            s.p99.as_secs_f64() * 1e6,
+            s.median.as_secs_f64() / base.median.as_secs_f64()
+        );
+    };
+    row("/_berth/health (no wasm)", &health, &health);
+    row("/hello/{name} (a wasm call)", &hello, &hello);
+    row("_ping, direct to the socket", &ping_direct, &ping_direct);
+    row("_ping, proxied by Berth", &ping, &ping_direct);
+    row("containers/json, direct to the socket", &base, &base);
+    row("containers/json, proxied by Berth", &proxied, &base);
+    row(
+        "containers/json?filters=label, direct",
+        &base_filtered,
+        &base_filtered,
+    );
+    row(
+        "GET /api/v1/droplet/list through Berth",
+        &list,
+        &base_filtered,
+    );
+
+    for i in 0..droplets {
+        let _ = engine.cli(&["rm", "-f", &format!("{prefix}{i}")]);
+    }
+    Ok(())
+}
