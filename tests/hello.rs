@@ -183,14 +183,22 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["commands", "hello"], "the bundled plugins");
     assert_eq!(
-        view["plugins"][1]["capabilities"]["granted"],
+        names,
+        ["commands", "droplets", "hello"],
+        "the bundled plugins"
+    );
+    assert_eq!(
+        view["plugins"][2]["capabilities"]["granted"],
         serde_json::json!(["kv", "config", "log"])
     );
     assert_eq!(
         view["plugins"][0]["capabilities"]["granted"],
         serde_json::json!(["kv", "config", "crypto", "log", "jobs", "dokku", "http-out"])
+    );
+    assert_eq!(
+        view["plugins"][1]["capabilities"]["granted"],
+        serde_json::json!(["kv", "config", "crypto", "log", "docker"])
     );
 
     let (status, body) = get_json(&c, &berth.url("/_berth/health")).await;
