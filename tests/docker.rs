@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use serde_json::{Value, json};
 use support::docker::{self, Engine};
-use support::{Berth, client, drop_file, plugin_wasm};
+use support::{Berth, client};
 
 fn config(engine: &Engine, grants: &str) -> String {
     let mut text = format!(
@@ -32,21 +32,7 @@ fn config(engine: &Engine, grants: &str) -> String {
 /// berth with the probe plugin mounted.
 async fn start(dir: &std::path::Path, engine: &Engine, grants: &str) -> Berth {
     let berth = Berth::start(dir, &config(engine, grants));
-    drop_file(
-        &plugin_wasm("dockerprobe"),
-        &berth.plugins_dir().join("dockerprobe.wasm"),
-    );
-    let http = client();
-    support::poll(Duration::from_secs(20), "dockerprobe mounted", || {
-        let url = berth.url("/probe/none/containers");
-        let http = http.clone();
-        async move {
-            // The host's own 404 until the plugin's routes are mounted.
-            let status = http.get(url).send().await.ok()?.status().as_u16();
-            (status != 404).then_some(())
-        }
-    })
-    .await;
+    support::mount(&berth, "dockerprobe", "/probe/none/containers").await;
     berth
 }
 

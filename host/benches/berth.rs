@@ -202,6 +202,7 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
             &config.docker,
             db.clone(),
         )?),
+        events: Default::default(),
         db: db.clone(),
     });
     let limits = config.limits("hello");

@@ -120,7 +120,7 @@ async fn call(
 ) -> Response {
     let limits = plugin.limits;
     let deadline = tokio::time::Instant::now() + limits.deadline;
-    let (parts, mut body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
 
     let too_large = || {
         plugin.metrics.refused.fetch_add(1, Relaxed);
@@ -234,6 +234,35 @@ async fn call(
                         return r;
                     }
                     return proxy_docker(plugin, target, &parts, body, request_id).await;
+                }
+                Outcome::Subscribe(sub) => {
+                    if !plugin.env.granted.contains(Capability::Events) {
+                        return error(
+                            StatusCode::FORBIDDEN,
+                            &format!(
+                                "plugin `{name}` asked to stream events without the `events` capability"
+                            ),
+                            request_id,
+                        );
+                    }
+                    if let Err(r) = commit(name, called.txn, request_id).await {
+                        return r;
+                    }
+                    let feed = plugin.env.events.subscribe(
+                        name,
+                        &sub.topic,
+                        sub.replay,
+                        sub.after.unwrap_or(0),
+                    );
+                    return crate::streams::respond(
+                        sub.framing,
+                        sub.topic,
+                        feed,
+                        sub.headers,
+                        &mut parts,
+                        app.closing.subscribe(),
+                        request_id,
+                    );
                 }
             };
             if response.body.len() as u64 > limits.max_response_bytes {
@@ -410,7 +439,7 @@ async fn drain(body: &mut Incoming) {
 }
 
 /// Headers the host controls: framing and connection management.
-fn reserved(name: &HeaderName) -> bool {
+pub(crate) fn reserved(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "content-length"

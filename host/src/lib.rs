@@ -15,6 +15,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod streams;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct App {
     pub plugins: Arc<Plugins>,
     pub metrics: Arc<Metrics>,
     pub jobs: Arc<Jobs>,
+    /// Flips to true when the host starts shutting down: event streams end.
+    pub closing: tokio::sync::watch::Sender<bool>,
     queued: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<store::Queued>>>,
     admin_token: String,
     request_prefix: u32,
@@ -82,9 +85,12 @@ impl App {
             runtime,
             config.clone(),
             db.clone(),
-            keys,
-            Arc::new(caps::http_out::HttpOut::new(&config.http_out)?),
-            Arc::new(caps::docker::Docker::new(&config.docker, db.clone())?),
+            plugins::Services {
+                keys,
+                http: Arc::new(caps::http_out::HttpOut::new(&config.http_out)?),
+                docker: Arc::new(caps::docker::Docker::new(&config.docker, db.clone())?),
+                events: Arc::new(caps::events::Events::default()),
+            },
             metrics.clone(),
         ));
         plugins.scan(false).await;
@@ -97,6 +103,7 @@ impl App {
             plugins,
             metrics,
             jobs,
+            closing: tokio::sync::watch::Sender::new(false),
             queued: std::sync::Mutex::new(Some(queued)),
             admin_token,
             request_prefix: rand::rngs::OsRng.next_u32(),

@@ -352,6 +352,7 @@ async fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCo
             &config.docker,
             db.clone(),
         )?),
+        events: Default::default(),
         db,
     });
     let manifest = match runtime

@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::caps::crypto::KeyVault;
 use crate::caps::docker::Docker;
+use crate::caps::events::Events;
 use crate::caps::http_out::HttpOut;
 use crate::caps::{CapSet, Capability};
 use crate::config::{Config, Limits};
@@ -90,6 +91,7 @@ pub struct Plugins {
     keys: Arc<KeyVault>,
     http: Arc<HttpOut>,
     docker: Arc<Docker>,
+    events: Arc<Events>,
     metrics: Arc<Metrics>,
     dir: PathBuf,
     routing: RwLock<Arc<Routing>>,
@@ -98,17 +100,29 @@ pub struct Plugins {
     swap: tokio::sync::Mutex<()>,
 }
 
+/// The host services behind the capabilities, shared by every plugin.
+pub struct Services {
+    pub keys: Arc<KeyVault>,
+    pub http: Arc<HttpOut>,
+    pub docker: Arc<Docker>,
+    pub events: Arc<Events>,
+}
+
 impl Plugins {
     pub fn new(
         runtime: Arc<Runtime>,
         config: Arc<Config>,
         db: Arc<Store>,
-        keys: Arc<KeyVault>,
-        http: Arc<HttpOut>,
-        docker: Arc<Docker>,
+        services: Services,
         metrics: Arc<Metrics>,
     ) -> Plugins {
         let dir = config.plugins_dir();
+        let Services {
+            keys,
+            http,
+            docker,
+            events,
+        } = services;
         Plugins {
             runtime,
             config,
@@ -116,6 +130,7 @@ impl Plugins {
             keys,
             http,
             docker,
+            events,
             metrics,
             dir,
             routing: RwLock::new(Arc::default()),
@@ -256,6 +271,7 @@ impl Plugins {
             dokku: self.config.dokku.clone(),
             http: self.http.clone(),
             docker: self.docker.clone(),
+            events: self.events.clone(),
         });
         let manifest = self
             .runtime
@@ -288,6 +304,7 @@ impl Plugins {
                 dokku: self.config.dokku.clone(),
                 http: self.http.clone(),
                 docker: self.docker.clone(),
+                events: self.events.clone(),
             }),
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             metrics: self.metrics.plugin(&name),

@@ -57,6 +57,7 @@ pub struct PluginEnv {
     pub dokku: crate::config::DokkuConfig,
     pub http: Arc<crate::caps::http_out::HttpOut>,
     pub docker: Arc<crate::caps::docker::Docker>,
+    pub events: Arc<crate::caps::events::Events>,
 }
 
 /// Per-call context the capabilities use.

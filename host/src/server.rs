@@ -125,6 +125,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    app.closing.send_replace(true);
     tracing::info!("shutting down: waiting for in-flight requests");
     if tokio::time::timeout(grace, graceful.shutdown())
         .await

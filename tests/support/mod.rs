@@ -186,6 +186,25 @@ where
     }
 }
 
+/// Drop the fixture plugin `name` into `berth`'s plugins folder and wait
+/// until `GET probe` is no longer the host's 404 (its routes are mounted).
+pub async fn mount(berth: &Berth, name: &str, probe: &str) {
+    drop_file(
+        &plugin_wasm(name),
+        &berth.plugins_dir().join(format!("{name}.wasm")),
+    );
+    let http = client();
+    poll(Duration::from_secs(20), &format!("{name} mounted"), || {
+        let url = berth.url(probe);
+        let http = http.clone();
+        async move {
+            let status = http.get(url).send().await.ok()?.status().as_u16();
+            (status != 404).then_some(())
+        }
+    })
+    .await;
+}
+
 /// A plain HTTP client.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -9,6 +9,7 @@ pub mod config;
 pub mod crypto;
 pub mod docker;
 pub mod dokku;
+pub mod events;
 pub mod http_out;
 pub mod jobs;
 pub mod kv;
@@ -32,10 +33,11 @@ pub enum Capability {
     HttpOut,
     Docker,
     DockerEndpoints,
+    Events,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 10] = [
         Capability::Kv,
         Capability::Config,
         Capability::Crypto,
@@ -45,6 +47,7 @@ impl Capability {
         Capability::HttpOut,
         Capability::Docker,
         Capability::DockerEndpoints,
+        Capability::Events,
     ];
 
     /// The name used in manifests and config.
@@ -59,6 +62,7 @@ impl Capability {
             Capability::HttpOut => "http-out",
             Capability::Docker => "docker",
             Capability::DockerEndpoints => "docker-endpoints",
+            Capability::Events => "events",
         }
     }
 

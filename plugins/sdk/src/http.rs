@@ -179,8 +179,29 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// How subscribed events are framed: WebSocket messages, Server-Sent
+/// Events, or newline-delimited payloads.
+pub use types::Framing;
+
+/// What the host does instead of sending a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Special {
+    Proxy {
+        endpoint: String,
+        path: String,
+        query: Option<String>,
+    },
+    Subscribe {
+        topic: String,
+        framing: Framing,
+        replay: bool,
+        after: Option<u64>,
+    },
+}
+
 /// An HTTP response under construction, or (from
-/// [`Response::proxy_docker`]) a request the host forwards to Docker.
+/// [`Response::proxy_docker`]) a request the host forwards to Docker, or
+/// (from [`Response::subscribe`]) a stream of events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// Status code.
@@ -189,8 +210,8 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// Body bytes.
     pub body: Vec<u8>,
-    /// Endpoint, path and query of a proxied request.
-    proxy: Option<(String, String, Option<String>)>,
+    /// Set when the host should do something other than send this.
+    special: Option<Special>,
 }
 
 impl Response {
@@ -200,7 +221,7 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Vec::new(),
-            proxy: None,
+            special: None,
         }
     }
 
@@ -212,21 +233,67 @@ impl Response {
     /// `docker` capability; authenticate the client before answering this.
     pub fn proxy_docker(endpoint: &str, path: &str, query: Option<&str>) -> Self {
         let mut r = Response::new(200);
-        r.proxy = Some((
-            endpoint.to_string(),
-            path.to_string(),
-            query.map(str::to_string),
-        ));
+        r.special = Some(Special::Proxy {
+            endpoint: endpoint.to_string(),
+            path: path.to_string(),
+            query: query.map(str::to_string),
+        });
         r
+    }
+
+    /// Answer by streaming this plugin's events on `topic` (see
+    /// [`crate::events`]) to the client, framed as `framing`, until the
+    /// topic is closed or the client leaves. Headers added with
+    /// [`Response::header`] are sent too (not for WebSocket). Needs the
+    /// `events` capability; authenticate the client before answering this.
+    pub fn subscribe(topic: &str, framing: Framing) -> Self {
+        let mut r = Response::new(200);
+        r.special = Some(Special::Subscribe {
+            topic: topic.to_string(),
+            framing,
+            replay: false,
+            after: None,
+        });
+        r
+    }
+
+    /// For [`Response::subscribe`]: first send the topic's retained events
+    /// (those after sequence number `after`, or all), then live ones. Use
+    /// it when the events may have started before the client subscribed.
+    pub fn replay(mut self, after: Option<u64>) -> Self {
+        if let Some(Special::Subscribe {
+            replay, after: a, ..
+        }) = &mut self.special
+        {
+            *replay = true;
+            *a = after;
+        }
+        self
     }
 
     /// The outcome the host acts on.
     pub(crate) fn into_outcome(self) -> types::Outcome {
-        match self.proxy {
-            Some((endpoint, path, query)) => types::Outcome::ProxyDocker(types::DockerTarget {
+        match self.special {
+            Some(Special::Proxy {
                 endpoint,
                 path,
                 query,
+            }) => types::Outcome::ProxyDocker(types::DockerTarget {
+                endpoint,
+                path,
+                query,
+            }),
+            Some(Special::Subscribe {
+                topic,
+                framing,
+                replay,
+                after,
+            }) => types::Outcome::Subscribe(types::Subscription {
+                topic,
+                framing,
+                replay,
+                after,
+                headers: self.headers,
             }),
             None => types::Outcome::Respond(types::Response {
                 status: self.status,

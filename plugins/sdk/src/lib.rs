@@ -8,7 +8,7 @@
 //! - [`Router`]: route ids to handler functions, with typed path params;
 //! - [`Request`] and [`Response`]: JSON, form and query helpers;
 //! - [`kv`], [`crypto`], [`config`], [`log`], [`jobs`], [`dokku`],
-//!   [`http_out`], [`docker`]: the host capabilities, typed.
+//!   [`http_out`], [`docker`], [`events`]: the host capabilities, typed.
 //!
 //! ```ignore
 //! use berth_sdk::{Info, Plugin, Request, Response, Router, HttpResult};
@@ -41,13 +41,14 @@ pub mod config;
 pub mod crypto;
 pub mod docker;
 pub mod dokku;
+pub mod events;
 pub mod http_out;
 pub mod jobs;
 pub mod kv;
 pub mod log;
 pub mod time;
 
-pub use http::{HttpResult, Request, Response};
+pub use http::{Framing, HttpResult, Request, Response};
 pub use router::{Handler, Router};
 
 /// The generated bindings for the `berth:plugin` world. Most plugins never
@@ -90,7 +91,7 @@ pub struct Info {
     /// One line for operators.
     pub description: String,
     /// Capabilities asked for: `kv`, `config`, `crypto`, `log`, `jobs`,
-    /// `dokku`, `http-out`, `docker`, `docker-endpoints`.
+    /// `dokku`, `http-out`, `docker`, `docker-endpoints`, `events`.
     pub capabilities: Vec<String>,
 }
 

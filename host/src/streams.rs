@@ -1,0 +1,304 @@
+//! The `subscribe` outcome: the host keeps the client's connection and
+//! writes a plugin's events on one topic to it, as newline-delimited
+//! payloads, Server-Sent Events or WebSocket text messages, until the
+//! topic closes, the client leaves, the client falls too far behind (it is
+//! then sent a closing message and dropped) or the host shuts down.
+
+use std::collections::VecDeque;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use sha1::{Digest, Sha1};
+use tokio::sync::{broadcast, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+use crate::caps::events::{Event, Subscription};
+use crate::dispatch::{BoxError, Response, error};
+use crate::runtime::bindings::berth::plugin::types::Framing;
+
+/// Why a stream ended other than by its topic closing.
+enum End {
+    /// The client fell more than the lag limit behind.
+    TooSlow,
+    /// The host is shutting down.
+    Shutdown,
+}
+
+impl End {
+    fn reason(&self) -> &'static str {
+        match self {
+            End::TooSlow => "subscriber too slow: events were dropped",
+            End::Shutdown => "server shutting down",
+        }
+    }
+}
+
+/// What comes next on a subscription.
+enum Next {
+    Event(Event),
+    End(End),
+}
+
+/// Events of one topic: the replayed ones, then live ones.
+struct Feed {
+    topic: String,
+    replay: VecDeque<Event>,
+    live: broadcast::Receiver<Event>,
+    closing: watch::Receiver<bool>,
+    done: bool,
+}
+
+impl Feed {
+    fn new(topic: String, sub: Subscription, closing: watch::Receiver<bool>) -> Feed {
+        Feed {
+            topic,
+            replay: sub.replay,
+            live: sub.live,
+            closing,
+            done: false,
+        }
+    }
+
+    /// The next event of the topic, or why the stream ends; None once it
+    /// has ended.
+    async fn next(&mut self) -> Option<Next> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let event = match self.replay.pop_front() {
+                Some(event) => event,
+                None => tokio::select! {
+                    received = self.live.recv() => match received {
+                        Ok(event) => event,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            self.done = true;
+                            return Some(Next::End(End::TooSlow));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    _ = wait_closing(&mut self.closing) => {
+                        self.done = true;
+                        return Some(Next::End(End::Shutdown));
+                    }
+                },
+            };
+            if *event.topic != *self.topic {
+                continue;
+            }
+            self.done = event.closing;
+            return Some(Next::Event(event));
+        }
+    }
+}
+
+/// Resolves once the host starts shutting down.
+async fn wait_closing(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|c| *c).await.is_err() {
+        // The sender is gone: the host is going away too.
+    }
+}
+
+/// The streaming response for a `subscribe` outcome.
+pub fn respond(
+    framing: Framing,
+    topic: String,
+    sub: Subscription,
+    headers: Vec<(String, String)>,
+    parts: &mut http::request::Parts,
+    closing: watch::Receiver<bool>,
+    request_id: &str,
+) -> Response {
+    let feed = Feed::new(topic, sub, closing);
+    match framing {
+        Framing::Ndjson => chunked(feed, "application/x-ndjson", ndjson, headers),
+        Framing::Sse => chunked(feed, "text/event-stream", sse, headers),
+        Framing::Websocket => websocket(feed, parts, request_id),
+    }
+}
+
+fn ndjson(next: &Next) -> Bytes {
+    match next {
+        Next::Event(e) => {
+            let mut line = Vec::with_capacity(e.payload.len() + 1);
+            line.extend(e.payload.iter().filter(|b| **b != b'\n'));
+            line.push(b'\n');
+            line.into()
+        }
+        Next::End(end) => {
+            let line = serde_json::json!({ "berth": "closed", "reason": end.reason() });
+            format!("{line}\n").into()
+        }
+    }
+}
+
+fn sse(next: &Next) -> Bytes {
+    match next {
+        Next::Event(e) => {
+            let text = String::from_utf8_lossy(&e.payload);
+            let mut out = format!("id: {}\n", e.seq);
+            for line in text.split('\n') {
+                out.push_str("data: ");
+                out.push_str(line.trim_end_matches('\r'));
+                out.push('\n');
+            }
+            out.push('\n');
+            out.into()
+        }
+        Next::End(end) => format!("event: close\ndata: {}\n\n", end.reason()).into(),
+    }
+}
+
+fn chunked(
+    feed: Feed,
+    content_type: &'static str,
+    frame: fn(&Next) -> Bytes,
+    headers: Vec<(String, String)>,
+) -> Response {
+    let stream = futures_util::stream::unfold(feed, move |mut feed| async move {
+        let next = feed.next().await?;
+        Some((Ok::<_, BoxError>(Frame::data(frame(&next))), feed))
+    });
+    let mut response = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tell buffering proxies (nginx) to pass events through at once.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) && !crate::dispatch::reserved(&name)
+        {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// `Sec-WebSocket-Accept` for a client's key (RFC 6455).
+fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+fn websocket(mut feed: Feed, parts: &mut http::request::Parts, request_id: &str) -> Response {
+    let h = &parts.headers;
+    let has = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec());
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let (Some(key), Some(upgrade), true, true) = (
+        key,
+        upgrade,
+        has(header::UPGRADE, "websocket"),
+        has(header::CONNECTION, "upgrade"),
+    ) else {
+        let mut r = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "this route streams over WebSocket: send a WebSocket upgrade request",
+            request_id,
+        );
+        r.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return r;
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        loop {
+            tokio::select! {
+                next = feed.next() => match next {
+                    Some(Next::Event(event)) => {
+                        let text = String::from_utf8_lossy(&event.payload).into_owned();
+                        if ws.send(Message::text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Next::End(end)) => {
+                        let code = match end {
+                            End::TooSlow => CloseCode::Policy,
+                            End::Shutdown => CloseCode::Away,
+                        };
+                        let _ = ws
+                            .close(Some(CloseFrame { code, reason: end.reason().into() }))
+                            .await;
+                        return;
+                    }
+                    None => {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
+                },
+                incoming = ws.next() => match incoming {
+                    // Pings are answered by tungstenite; other messages
+                    // from the client are ignored.
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    });
+    let mut response = http::Response::new(crate::dispatch::full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept_key(&key)) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc6455() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn frames() {
+        let event = Next::Event(Event {
+            seq: 7,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"{\"a\":1}\nsecond"),
+            closing: false,
+        });
+        assert_eq!(&ndjson(&event)[..], b"{\"a\":1}second\n");
+        assert_eq!(
+            &sse(&event)[..],
+            b"id: 7\ndata: {\"a\":1}\ndata: second\n\n"
+        );
+        assert_eq!(
+            &sse(&Next::End(End::TooSlow))[..],
+            b"event: close\ndata: subscriber too slow: events were dropped\n\n"
+        );
+    }
+}
