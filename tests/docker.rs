@@ -206,7 +206,7 @@ async fn proxied_requests_stream_byte_for_byte() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let berth = start(dir.path(), engine, r#"["docker"]"#).await;
+    let berth = start(dir.path(), engine, r#"["docker", "events"]"#).await;
     let http = client();
 
     let name = format!("ticker-{}", std::process::id());
@@ -263,6 +263,69 @@ async fn proxied_requests_stream_byte_for_byte() {
     // An unknown endpoint is refused by the host.
     let (status, body) = call(&http, "GET", &berth.url("/probe/ghost/docker/_ping"), None).await;
     assert_eq!(status, 404, "{body}");
+
+    // Engine events reach a subscriber without polling: follow, then run.
+    let events = http
+        .get(berth.url("/probe/events/engine"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let (status, body) = call(
+        &http,
+        "POST",
+        &berth.url("/probe/local/follow/engine"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Following twice is one follower.
+    call(
+        &http,
+        "POST",
+        &berth.url("/probe/local/follow/engine"),
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let watched = format!("watched-{}", std::process::id());
+    let run = engine.cli(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &watched,
+        docker::IMAGE,
+        "sleep",
+        "30",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut stream = Box::pin(events.bytes_stream());
+    let mut seen = String::new();
+    let started = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            let lines: Vec<Value> = seen
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|e: &Value| e["Actor"]["Attributes"]["name"] == watched.as_str())
+                .collect();
+            if let Some(start) = lines.iter().find(|e| e["Action"] == "start") {
+                return (start.clone(), lines.len());
+            }
+        }
+        panic!("the event stream ended");
+    })
+    .await
+    .expect("the container's start event within 10 s");
+    assert_eq!(started.0["Type"], "container");
+    assert_eq!(started.1, 2, "create and start, once each: {seen}");
+    engine.cli(&["rm", "-f", &watched]);
 
     // A following log stream arrives while it is still open.
     let response = http

@@ -339,6 +339,8 @@ pub struct Docker {
     db: Arc<Store>,
     engines: Mutex<HashMap<(String, String), Arc<Engine>>>,
     streams: Arc<Semaphore>,
+    /// Engine event followers by (plugin, endpoint, topic).
+    followers: Mutex<HashMap<(String, String, String), tokio::task::AbortHandle>>,
 }
 
 /// Why a proxied request got no answer from the engine.
@@ -409,6 +411,7 @@ impl Docker {
             db,
             engines: Mutex::default(),
             streams: Arc::new(Semaphore::new(config.max_proxy_streams as usize)),
+            followers: Mutex::default(),
         })
     }
 
@@ -454,6 +457,60 @@ impl Docker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, engine.clone());
         Ok(engine)
+    }
+
+    /// Publish `endpoint`'s engine events on `plugin`'s `topic`, once per
+    /// (plugin, endpoint, topic), reconnecting until the host exits.
+    fn follow(
+        &self,
+        plugin: &str,
+        endpoint: &str,
+        topic: &str,
+        filters: Filters,
+        events: Arc<crate::caps::events::Events>,
+    ) -> Result<(), DockerError> {
+        let engine = self.engine(plugin, endpoint)?;
+        let key = (plugin.to_string(), endpoint.to_string(), topic.to_string());
+        let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        if followers.get(&key).is_some_and(|f| !f.is_finished()) {
+            return Ok(());
+        }
+        let (plugin, topic) = (key.0.clone(), key.2.clone());
+        let task = tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match engine.api().await {
+                    Ok(api) => {
+                        let options = q::EventsOptions {
+                            filters: filter_map(filters.clone()),
+                            ..Default::default()
+                        };
+                        let mut stream = api.events(Some(options));
+                        while let Some(event) = stream.next().await {
+                            match event {
+                                Ok(event) => {
+                                    backoff = Duration::from_millis(500);
+                                    let payload = Bytes::from(json(&event));
+                                    events.publish(&plugin, &topic, payload, false);
+                                }
+                                Err(e) => {
+                                    tracing::debug!(%plugin, error = %e, "engine event stream ended");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%plugin, error = %error_text(&e), "engine events unavailable")
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+        followers.insert(key, task.abort_handle());
+        Ok(())
     }
 
     fn cached(&self, key: &(String, String)) -> Option<Arc<Engine>> {
@@ -1114,6 +1171,32 @@ impl Host for HostState {
     async fn ping(&mut self, endpoint: String) -> wasmtime::Result<Result<String, DockerError>> {
         self.on_engine(&endpoint, |api| async move { api.ping().await })
             .await
+    }
+
+    async fn follow_events(
+        &mut self,
+        endpoint: String,
+        topic: String,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        for cap in [Capability::Docker, Capability::Events] {
+            if let Err(e) = self.check(cap) {
+                return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+            }
+        }
+        if topic.is_empty() || topic.len() > 256 {
+            return Ok(Err(DockerError::Invalid(
+                "a topic is 1 to 256 bytes".into(),
+            )));
+        }
+        let plugin = self.call.plugin.clone();
+        Ok(plugin.docker.follow(
+            &plugin.name,
+            &endpoint,
+            &topic,
+            filters,
+            plugin.events.clone(),
+        ))
     }
 
     async fn register_endpoint(
