@@ -4,47 +4,11 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use support::docker::{self, Engine};
-use support::{Berth, client};
-
-/// A TOTP code for `secret` (base32) at time step `now + offset`.
-fn totp(secret_b32: &str, offset: i64) -> String {
-    let secret = base32_decode(secret_b32);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let step = (now / 30 + offset) as u64;
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&secret).unwrap();
-    mac.update(&step.to_be_bytes());
-    let h = mac.finalize().into_bytes();
-    let o = (h[19] & 15) as usize;
-    let n = u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]) & 0x7fff_ffff;
-    format!("{:06}", n % 1_000_000)
-}
-
-fn base32_decode(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for c in text.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'2'..=b'7' => c - b'2' + 26,
-            _ => panic!("not base32: {text}"),
-        };
-        buffer = (buffer << 5) | u32::from(v);
-        bits += 5;
-        if bits >= 8 {
-            out.push((buffer >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    out
-}
+use support::{Berth, client, totp};
 
 fn config(host: &str, extra: &str) -> String {
     format!(

@@ -18,8 +18,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-
 /// A minimal HTTP/1.1 keep-alive client on the engine's socket.
 struct Direct {
     reader: BufReader<UnixStream>,
@@ -74,35 +72,6 @@ impl Direct {
         }
         Ok(body)
     }
-}
-
-fn totp(secret_b32: &str) -> String {
-    let mut secret = Vec::new();
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for c in secret_b32.bytes() {
-        let v = if c.is_ascii_uppercase() {
-            c - b'A'
-        } else {
-            c - b'2' + 26
-        };
-        buffer = (buffer << 5) | u32::from(v);
-        bits += 5;
-        if bits >= 8 {
-            secret.push((buffer >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    let step = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 30;
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&secret).unwrap();
-    mac.update(&step.to_be_bytes());
-    let h = mac.finalize().into_bytes();
-    let o = (h[19] & 15) as usize;
-    let n = u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]) & 0x7fff_ffff;
-    format!("{:06}", n % 1_000_000)
 }
 
 struct Stats {
@@ -172,7 +141,7 @@ fn main() -> anyhow::Result<()> {
     let token: String = rt.block_on(async {
         let body: serde_json::Value = http
             .post(berth.url("/api/v1/user/auth"))
-            .json(&serde_json::json!({ "username": "bench", "code": totp(&secret) }))
+            .json(&serde_json::json!({ "username": "bench", "code": support::totp(&secret, 0) }))
             .send()
             .await?
             .json()

@@ -205,6 +205,38 @@ pub async fn mount(berth: &Berth, name: &str, probe: &str) {
     .await;
 }
 
+/// The TOTP code an authenticator app shows for `secret` (base32) at time
+/// step `now + offset` (RFC 6238: SHA-1, 6 digits, 30 s).
+pub fn totp(secret_b32: &str, offset: i64) -> String {
+    use hmac::{Hmac, Mac};
+    let mut secret = Vec::new();
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in secret_b32.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("not base32: {secret_b32}"),
+        };
+        buffer = (buffer << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            secret.push((buffer >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let step = (now / 30 + offset) as u64;
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&secret).unwrap();
+    mac.update(&step.to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let o = (h[19] & 15) as usize;
+    let n = u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]) & 0x7fff_ffff;
+    format!("{:06}", n % 1_000_000)
+}
+
 /// A plain HTTP client.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
