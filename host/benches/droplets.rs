@@ -9,6 +9,8 @@
 //!   engine's list filtered by label, the surface's JSON) against the
 //!   engine's filtered list straight from the socket.
 //!
+//! Both sides are timed with the same minimal HTTP/1.1 client.
+//!
 //! Knobs: BENCH_REQUESTS (default 500), BENCH_DROPLETS (default 10).
 
 #[path = "../../tests/support/mod.rs"]
@@ -18,23 +20,40 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-/// A minimal HTTP/1.1 keep-alive client on the engine's socket.
+/// Either end: the engine's socket or Berth's TCP port.
+trait Wire: Read + Write {}
+impl<T: Read + Write> Wire for T {}
+
+/// A minimal HTTP/1.1 keep-alive client, the same code for the engine's
+/// socket and for Berth, so the comparison measures the servers only.
 struct Direct {
-    reader: BufReader<UnixStream>,
+    reader: BufReader<Box<dyn Wire>>,
+    headers: String,
 }
 
 impl Direct {
     fn connect(socket: &str) -> anyhow::Result<Direct> {
         Ok(Direct {
-            reader: BufReader::new(UnixStream::connect(socket)?),
+            reader: BufReader::new(Box::new(UnixStream::connect(socket)?)),
+            headers: String::new(),
+        })
+    }
+
+    fn berth(addr: &str, token: &str) -> anyhow::Result<Direct> {
+        let tcp = std::net::TcpStream::connect(addr)?;
+        tcp.set_nodelay(true)?;
+        Ok(Direct {
+            reader: BufReader::new(Box::new(tcp)),
+            headers: format!("Authorization: Bearer {token}\r\n"),
         })
     }
 
     fn get(&mut self, path: &str) -> anyhow::Result<Vec<u8>> {
-        write!(
-            self.reader.get_mut(),
-            "GET {path} HTTP/1.1\r\nHost: docker\r\n\r\n"
-        )?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: docker\r\n{}\r\n",
+            self.headers
+        );
+        self.reader.get_mut().write_all(request.as_bytes())?;
         let mut line = String::new();
         let (mut length, mut chunked) = (None, false);
         self.reader.read_line(&mut line)?;
@@ -182,18 +201,9 @@ fn main() -> anyhow::Result<()> {
     let mut direct = Direct::connect(&socket)?;
     let list_path = "/containers/json?all=1";
     let filtered = "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22berth.droplet%22%5D%7D";
-    let get = |path: &str, auth: bool| -> anyhow::Result<()> {
-        rt.block_on(async {
-            let mut req = http.get(berth.url(path));
-            if auth {
-                req = req.bearer_auth(&token);
-            }
-            let r = req.send().await?;
-            anyhow::ensure!(r.status() == 200, "{path}: {}", r.status());
-            r.bytes().await?;
-            anyhow::Ok(())
-        })
-    };
+    let addr = berth.url.trim_start_matches("http://").to_string();
+    let mut through = Direct::berth(&addr, &token)?;
+    let mut get = |path: &str, _auth: bool| through.get(path).map(drop);
 
     let health = measure(n, || get("/_berth/health", false))?;
     let hello = measure(n, || get("/hello/bench", false))?;
