@@ -106,11 +106,6 @@ impl Events {
             live: c.sender.subscribe(),
         })
     }
-
-    /// Clients subscribed to `plugin`'s events right now.
-    pub fn subscribers(&self, plugin: &str) -> usize {
-        self.with_channel(plugin, |c| c.sender.receiver_count())
-    }
 }
 
 fn check_event(topic: &str, payload: &[u8]) -> Result<(), WitError> {

@@ -134,13 +134,6 @@ pub fn add(req: &Request) -> HttpResult {
             "name must start with a letter or digit and hold at most 63 letters, digits, `-`, `_` or `.`",
         ));
     }
-    let existing = containers()?;
-    if existing
-        .iter()
-        .any(|c| c.labels.iter().any(|(k, v)| k == LABEL && *v == name))
-    {
-        return Err(fail(400, 914, "Name already taken"));
-    }
     let ports: Vec<String> = setting("ports", "8080/tcp")
         .split(',')
         .map(|p| p.trim())
@@ -182,6 +175,8 @@ pub fn add(req: &Request) -> HttpResult {
         },
     });
     let endpoint = endpoint();
+    // The container is named after the droplet, so the engine's 409 is the
+    // one check that a name is taken: no listing first.
     let id = docker::container_create(&endpoint, Some(&name), &body.to_string()).map_err(|e| {
         match docker::engine_status(&e) {
             Some(409) => fail(400, 914, "Name already taken"),
