@@ -1,6 +1,6 @@
 //! Builds the plugins (the `plugins/` workspace and `examples/hello`) for
 //! wasm32-wasip2, so a plain `cargo build` or `cargo test` of the host has
-//! them. `hello`, `commands` and `droplets` are bundled into the binary; every built plugin's path is
+//! them. `hello`, `commands`, `droplets` and `stacks` are bundled into the binary; every built plugin's path is
 //! given to the tests as `BERTH_TEST_PLUGINS`.
 //!
 //! The nested cargo gets its own target directory (no lock contention with
@@ -30,6 +30,7 @@ fn main() {
         "plugins/sdk",
         "plugins/commands",
         "plugins/droplets",
+        "plugins/stacks",
         "plugins/fixtures",
         "plugins/Cargo.toml",
         "plugins/Cargo.lock",
@@ -47,7 +48,7 @@ fn main() {
     let built = target_dir.join(TARGET).join("release");
     println!("cargo:rustc-env=BERTH_TEST_PLUGINS={}", built.display());
 
-    let bundled = ["hello", "commands", "droplets"];
+    let bundled = ["hello", "commands", "droplets", "stacks"];
     let mut source = String::from(
         "/// Plugins shipped inside the binary: (file name, bytes).\npub const BUNDLED: &[(&str, &[u8])] = &[\n",
     );

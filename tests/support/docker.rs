@@ -233,6 +233,14 @@ impl Engine {
         }
     }
 
+    /// A Swarm service's inspect JSON (Null when there is none).
+    pub fn inspect_service(&self, name: &str) -> serde_json::Value {
+        match self.get(&format!("/services/{name}")) {
+            Ok((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        }
+    }
+
     fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();

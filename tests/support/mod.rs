@@ -265,3 +265,49 @@ pub async fn post_json(client: &reqwest::Client, url: &str) -> (u16, serde_json:
 }
 pub mod docker;
 pub mod dokkud;
+
+/// A Python with the real clients the API tests drive (the Docker Cloud
+/// SDK, httpie), in a venv under the target dir, made on first use from
+/// PyPI with pinned versions. None (the test skips) when it cannot be made,
+/// unless `BERTH_REQUIRE_DOCKER=1` (CI), where that is a failure.
+pub fn python() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let made = PYTHON.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyenv");
+        let python = venv.join("bin/python");
+        let marker = venv.join("berth-ready");
+        if marker.exists() {
+            return Ok(python);
+        }
+        let run = |cmd: &mut Command| -> Result<(), String> {
+            let out = cmd.output().map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        };
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "python-dockercloud==1.0.12",
+            "websocket-client==0.59.0",
+            "httpie==3.2.4",
+        ]))?;
+        std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
+        Ok(python)
+    });
+    match made {
+        Ok(p) => Some(p.clone()),
+        Err(why) if std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1") => {
+            panic!("cannot make the Python test environment: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping: cannot make the Python test environment: {why}");
+            None
+        }
+    }
+}

@@ -331,6 +331,47 @@ impl hyper::rt::Write for Conn {
     }
 }
 
+/// Where a follower delivers engine events.
+pub enum EventSink {
+    /// Publish each event on one of the plugin's topics.
+    Publish {
+        events: Arc<crate::caps::events::Events>,
+        topic: String,
+    },
+    /// Queue each event as a job of `kind` for the plugin.
+    Jobs {
+        db: Arc<crate::store::Store>,
+        kind: String,
+    },
+}
+
+impl EventSink {
+    fn key(&self) -> String {
+        match self {
+            EventSink::Publish { topic, .. } => format!("topic:{topic}"),
+            EventSink::Jobs { kind, .. } => format!("job:{kind}"),
+        }
+    }
+
+    async fn deliver(&self, plugin: &str, payload: Bytes) {
+        match self {
+            EventSink::Publish { events, topic } => {
+                events.publish(plugin, topic, payload, false);
+            }
+            EventSink::Jobs { db, kind } => {
+                let mut txn = db.begin(plugin);
+                let queued = match txn.enqueue(kind, &payload, 0) {
+                    Ok(_) => txn.commit().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = queued {
+                    tracing::warn!(%plugin, error = %e, "cannot queue an engine event as a job");
+                }
+            }
+        }
+    }
+}
+
 /// Every endpoint, the engines built for them, and the proxy's stream cap.
 pub struct Docker {
     config: DockerConfig,
@@ -339,7 +380,7 @@ pub struct Docker {
     db: Arc<Store>,
     engines: Mutex<HashMap<(String, String), Arc<Engine>>>,
     streams: Arc<Semaphore>,
-    /// Engine event followers by (plugin, endpoint, topic).
+    /// Engine event followers by (plugin, endpoint, sink key).
     followers: Mutex<HashMap<(String, String, String), tokio::task::AbortHandle>>,
 }
 
@@ -465,17 +506,16 @@ impl Docker {
         &self,
         plugin: &str,
         endpoint: &str,
-        topic: &str,
         filters: Filters,
-        events: Arc<crate::caps::events::Events>,
+        sink: EventSink,
     ) -> Result<(), DockerError> {
         let engine = self.engine(plugin, endpoint)?;
-        let key = (plugin.to_string(), endpoint.to_string(), topic.to_string());
+        let key = (plugin.to_string(), endpoint.to_string(), sink.key());
         let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
         if followers.get(&key).is_some_and(|f| !f.is_finished()) {
             return Ok(());
         }
-        let (plugin, topic) = (key.0.clone(), key.2.clone());
+        let plugin = key.0.clone();
         let task = tokio::spawn(async move {
             use futures_util::StreamExt;
             let mut backoff = Duration::from_millis(500);
@@ -491,8 +531,7 @@ impl Docker {
                             match event {
                                 Ok(event) => {
                                     backoff = Duration::from_millis(500);
-                                    let payload = Bytes::from(json(&event));
-                                    events.publish(&plugin, &topic, payload, false);
+                                    sink.deliver(&plugin, Bytes::from(json(&event))).await;
                                 }
                                 Err(e) => {
                                     tracing::debug!(%plugin, error = %e, "engine event stream ended");
@@ -1190,13 +1229,35 @@ impl Host for HostState {
             )));
         }
         let plugin = self.call.plugin.clone();
-        Ok(plugin.docker.follow(
-            &plugin.name,
-            &endpoint,
-            &topic,
-            filters,
-            plugin.events.clone(),
-        ))
+        let sink = EventSink::Publish {
+            events: plugin.events.clone(),
+            topic,
+        };
+        Ok(plugin.docker.follow(&plugin.name, &endpoint, filters, sink))
+    }
+
+    async fn follow_events_as_jobs(
+        &mut self,
+        endpoint: String,
+        kind: String,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        for cap in [Capability::Docker, Capability::Jobs] {
+            if let Err(e) = self.check(cap) {
+                return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+            }
+        }
+        if kind.is_empty() || kind.len() > 128 {
+            return Ok(Err(DockerError::Invalid(
+                "a job kind is 1 to 128 bytes".into(),
+            )));
+        }
+        let plugin = self.call.plugin.clone();
+        let sink = EventSink::Jobs {
+            db: plugin.db.clone(),
+            kind,
+        };
+        Ok(plugin.docker.follow(&plugin.name, &endpoint, filters, sink))
     }
 
     async fn register_endpoint(

@@ -1,0 +1,605 @@
+//! Stored services and stacks, their state machine, and the events each
+//! change publishes. Both surfaces act through these functions.
+
+use berth_sdk::docker::DockerError;
+use berth_sdk::{config, events, kv, time};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::engine::{self, Placement, Spec};
+use crate::stackfile::{Def, split_words};
+
+pub const SERVICE_URI: &str = "/api/app/v1/service/";
+pub const STACK_URI: &str = "/api/app/v1/stack/";
+pub const CONTAINER_URI: &str = "/api/app/v1/container/";
+pub const ACTION_URI: &str = "/api/audit/v1/action/";
+
+/// A service, standalone or in a stack.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Service {
+    pub uuid: String,
+    pub name: String,
+    #[serde(default)]
+    pub nickname: String,
+    pub stack: Option<String>,
+    pub namespace: Option<String>,
+    pub endpoint: String,
+    pub swarm: bool,
+    pub def: Def,
+    /// Body fields Berth keeps and echoes but does not act on.
+    #[serde(default)]
+    pub extra: serde_json::Map<String, Value>,
+    pub state: String,
+    pub created: String,
+    #[serde(default)]
+    pub started: Option<String>,
+    #[serde(default)]
+    pub stopped: Option<String>,
+    #[serde(default)]
+    pub destroyed: Option<String>,
+    /// Aliases siblings link to this service by.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Digest of the API key made for `roles` (revoked on terminate).
+    #[serde(default)]
+    pub role_key: Option<String>,
+    /// The `DOCKERCLOUD_*` environment `roles` inject.
+    #[serde(default)]
+    pub role_env: Vec<(String, String)>,
+}
+
+/// A stack of services.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stack {
+    pub uuid: String,
+    /// Portainer's numeric id.
+    pub id: u64,
+    pub name: String,
+    #[serde(default)]
+    pub nickname: String,
+    pub services: Vec<String>,
+    pub endpoint: String,
+    pub swarm: bool,
+    pub state: String,
+    pub created: String,
+    #[serde(default)]
+    pub deployed: Option<String>,
+    #[serde(default)]
+    pub destroyed: Option<String>,
+    /// Portainer fields: type (1 swarm, 2 compose; 0 Docker Cloud), its
+    /// endpoint id, swarm id, env and the stack file as given.
+    #[serde(default)]
+    pub portainer: Option<PortainerStack>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortainerStack {
+    pub kind: u8,
+    pub endpoint_id: u64,
+    pub swarm_id: String,
+    pub env: Vec<(String, String)>,
+    pub file: String,
+}
+
+/// Why an operation failed.
+pub enum Failure {
+    /// Not allowed in the current state (409).
+    State(String),
+    /// Bad input (400).
+    Invalid(String),
+    /// The engine failed or could not be reached.
+    Engine(DockerError),
+    /// Storage failed.
+    Host(berth_sdk::Error),
+}
+
+impl From<DockerError> for Failure {
+    fn from(e: DockerError) -> Self {
+        Failure::Engine(e)
+    }
+}
+
+impl From<berth_sdk::Error> for Failure {
+    fn from(e: berth_sdk::Error) -> Self {
+        Failure::Host(e)
+    }
+}
+
+pub fn now() -> String {
+    time::now_rfc3339()
+}
+
+/// A random version-4 uuid.
+pub fn uuid4() -> Result<String, berth_sdk::Error> {
+    let mut b = berth_sdk::crypto::random_bytes(16)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
+
+/// The endpoint Docker Cloud objects run on.
+pub fn cloud_endpoint() -> String {
+    config::get("endpoint")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "local".into())
+}
+
+fn stop_timeout() -> u32 {
+    config::get_or("stop_timeout_secs", 5u32).unwrap_or(5)
+}
+
+pub fn load_service(uuid: &str) -> Result<Option<Service>, berth_sdk::Error> {
+    kv::get_json(&format!("svc/{uuid}"))
+}
+
+pub fn save_service(s: &Service) -> Result<(), berth_sdk::Error> {
+    kv::set_json(&format!("svc/{}", s.uuid), s)
+}
+
+pub fn load_stack(uuid: &str) -> Result<Option<Stack>, berth_sdk::Error> {
+    kv::get_json(&format!("stack/{uuid}"))
+}
+
+pub fn save_stack(s: &Stack) -> Result<(), berth_sdk::Error> {
+    kv::set_json(&format!("stack/{}", s.uuid), s)
+}
+
+/// Every stored record under `prefix`.
+pub fn scan<T: serde::de::DeserializeOwned>(prefix: &str) -> Result<Vec<T>, berth_sdk::Error> {
+    let mut out = Vec::new();
+    for entry in kv::scan(prefix) {
+        let (key, value) = entry?;
+        out.push(serde_json::from_slice(&value).map_err(|e| {
+            berth_sdk::Error::Conflict(format!("stored `{key}` is not readable: {e}"))
+        })?);
+    }
+    Ok(out)
+}
+
+/// The aliases `defs` link to `name` by, other than its name.
+pub fn aliases_of(name: &str, defs: &[Def]) -> Vec<String> {
+    defs.iter()
+        .flat_map(|d| d.links.iter())
+        .filter(|(target, alias)| target == name && alias != name)
+        .map(|(_, alias)| alias.clone())
+        .collect()
+}
+
+impl Service {
+    /// A new, not running service `def` of `stack` (its siblings `defs`).
+    pub fn in_stack(
+        stack: &Stack,
+        def: &Def,
+        defs: &[Def],
+        extra: serde_json::Map<String, Value>,
+    ) -> Result<Service, berth_sdk::Error> {
+        Ok(Service {
+            uuid: uuid4()?,
+            name: def.name.clone(),
+            nickname: def.name.clone(),
+            stack: Some(stack.uuid.clone()),
+            namespace: Some(stack.name.clone()),
+            endpoint: stack.endpoint.clone(),
+            swarm: stack.swarm,
+            def: def.clone(),
+            extra,
+            state: "Not running".into(),
+            created: now(),
+            started: None,
+            stopped: None,
+            destroyed: None,
+            aliases: aliases_of(&def.name, defs),
+            role_key: None,
+            role_env: Vec::new(),
+        })
+    }
+
+    pub fn uri(&self) -> String {
+        format!("{SERVICE_URI}{}/", self.uuid)
+    }
+
+    pub fn placement(&self) -> Placement {
+        let mut aliases = vec![self.name.clone()];
+        aliases.extend(self.aliases.iter().filter(|a| **a != self.name).cloned());
+        Placement {
+            endpoint: self.endpoint.clone(),
+            swarm: self.swarm,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uuid: self.uuid.clone(),
+            aliases,
+        }
+    }
+
+    pub fn spec(&self) -> Result<Spec, Failure> {
+        let words = |t: &Option<String>| match t {
+            Some(t) => split_words(t).map_err(Failure::Invalid),
+            None => Ok(Vec::new()),
+        };
+        let mut env = self.def.env.clone();
+        env.extend(self.role_env.iter().cloned());
+        Ok(Spec {
+            image: self.def.image.clone(),
+            command: words(&self.def.command)?,
+            entrypoint: words(&self.def.entrypoint)?,
+            env,
+            ports: self.def.ports.clone(),
+            working_dir: self.def.working_dir.clone(),
+            privileged: self.def.privileged,
+            restart: !matches!(self.def.autorestart.as_deref(), Some("OFF")),
+        })
+    }
+
+    fn parents(&self) -> Vec<String> {
+        self.stack
+            .iter()
+            .map(|s| format!("{STACK_URI}{s}/"))
+            .collect()
+    }
+}
+
+impl Stack {
+    pub fn uri(&self) -> String {
+        format!("{STACK_URI}{}/", self.uuid)
+    }
+}
+
+/// Publish a Docker Cloud event on every topic a filter may subscribe to:
+/// all, by type, by object and by each parent.
+pub fn emit(kind: &str, action: &str, uri: &str, uuid: &str, state: &str, parents: &[String]) {
+    let event = json!({
+        "type": kind,
+        "action": action,
+        "parents": parents,
+        "resource_uri": uri,
+        "state": state,
+        "uuid": uuid,
+        "datetime": now(),
+    });
+    let payload = event.to_string();
+    let mut topics = vec![
+        "cloud".to_string(),
+        format!("cloud:type:{kind}"),
+        format!("cloud:object:{uri}"),
+    ];
+    topics.extend(parents.iter().map(|p| format!("cloud:parent:{p}")));
+    for topic in topics {
+        if let Err(e) = events::publish(&topic, payload.as_bytes()) {
+            berth_sdk::log::warn(&format!(
+                "cannot publish an event: {}",
+                berth_sdk::error_text(&e)
+            ));
+        }
+    }
+}
+
+/// Set a service's state, store it and publish the change.
+pub fn set_service_state(s: &mut Service, state: &str) -> Result<(), berth_sdk::Error> {
+    s.state = state.to_string();
+    match state {
+        "Running" => s.started = Some(now()),
+        "Stopped" => s.stopped = Some(now()),
+        "Terminated" => s.destroyed = Some(now()),
+        _ => {}
+    }
+    save_service(s)?;
+    emit("service", "update", &s.uri(), &s.uuid, state, &s.parents());
+    Ok(())
+}
+
+/// The service operations, with the states each is allowed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Start,
+    Stop,
+    Scale,
+    Redeploy,
+    Terminate,
+}
+
+impl Op {
+    pub fn allowed(self, state: &str) -> bool {
+        match self {
+            Op::Start => matches!(
+                state,
+                "Not running" | "Not Running" | "Stopped" | "Partly running"
+            ),
+            Op::Stop => matches!(
+                state,
+                "Running" | "Partly running" | "Starting" | "Scaling" | "Redeploying"
+            ),
+            Op::Scale | Op::Redeploy => matches!(
+                state,
+                "Running" | "Partly running" | "Stopped" | "Not running" | "Not Running"
+            ),
+            Op::Terminate => !matches!(state, "Terminating" | "Terminated"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Scale => "scale",
+            Op::Redeploy => "redeploy",
+            Op::Terminate => "terminate",
+        }
+    }
+
+    fn busy_state(self) -> &'static str {
+        match self {
+            Op::Start => "Starting",
+            Op::Stop => "Stopping",
+            Op::Scale => "Scaling",
+            Op::Redeploy => "Redeploying",
+            Op::Terminate => "Terminating",
+        }
+    }
+}
+
+/// Run `op` on a service: check the state, drive the engine, store and
+/// publish the new state. On an engine failure the state goes back.
+pub fn run_service(s: &mut Service, op: Op) -> Result<(), Failure> {
+    if !op.allowed(&s.state) {
+        return Err(Failure::State(format!(
+            "Cannot {} a service in state {}",
+            op.name(),
+            s.state
+        )));
+    }
+    let before = s.state.clone();
+    let running = matches!(before.as_str(), "Running" | "Partly running");
+    if op == Op::Scale && !running {
+        // A service that is not running only records its new target.
+        save_service(s)?;
+        return Ok(());
+    }
+    emit(
+        "service",
+        "update",
+        &s.uri(),
+        &s.uuid,
+        op.busy_state(),
+        &s.parents(),
+    );
+    let p = s.placement();
+    let spec = s.spec()?;
+    let target = s.def.target_num_containers;
+    let result = match op {
+        Op::Start => engine::deploy(&p, &spec, target, false),
+        Op::Stop => engine::stop(&p, stop_timeout()),
+        Op::Scale => engine::scale(&p, &spec, target),
+        Op::Redeploy => engine::deploy(&p, &spec, target, true),
+        Op::Terminate => engine::terminate(&p),
+    };
+    if let Err(e) = result {
+        s.state = before.clone();
+        save_service(s)?;
+        emit(
+            "service",
+            "update",
+            &s.uri(),
+            &s.uuid,
+            &before,
+            &s.parents(),
+        );
+        return Err(Failure::Engine(e));
+    }
+    let after = match op {
+        Op::Start | Op::Scale | Op::Redeploy => "Running",
+        Op::Stop => "Stopped",
+        Op::Terminate => "Terminated",
+    };
+    if op == Op::Terminate
+        && let Some(digest) = s.role_key.take()
+    {
+        kv::delete(&format!("apikey/{digest}"))?;
+    }
+    set_service_state(s, after)?;
+    Ok(())
+}
+
+/// Run `op` on every service of a stack, then set the stack's state.
+pub fn run_stack(stack: &mut Stack, op: Op) -> Result<(), Failure> {
+    let stack_state = stack.state.replace("Not Running", "Not running");
+    if !op.allowed(&stack_state) {
+        return Err(Failure::State(format!(
+            "Cannot {} a stack in state {}",
+            op.name(),
+            stack.state
+        )));
+    }
+    let mut first_error = None;
+    for uuid in stack.services.clone() {
+        let Some(mut s) = load_service(&uuid)? else {
+            continue;
+        };
+        if op != Op::Terminate && s.state == "Terminated" {
+            continue;
+        }
+        if op == Op::Stop && !Op::Stop.allowed(&s.state) {
+            continue;
+        }
+        if op == Op::Start && !Op::Start.allowed(&s.state) {
+            continue;
+        }
+        if op == Op::Terminate && !Op::Terminate.allowed(&s.state) {
+            continue;
+        }
+        if let Err(e) = run_service(&mut s, op) {
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if op == Op::Terminate {
+        engine::remove_network(&stack.endpoint, &stack.name);
+    }
+    let state = match op {
+        Op::Start | Op::Redeploy | Op::Scale => "Running",
+        Op::Stop => "Stopped",
+        Op::Terminate => "Terminated",
+    };
+    stack.state = state.into();
+    match op {
+        Op::Start | Op::Redeploy => stack.deployed = Some(now()),
+        Op::Terminate => stack.destroyed = Some(now()),
+        _ => {}
+    }
+    save_stack(stack)?;
+    emit("stack", "update", &stack.uri(), &stack.uuid, state, &[]);
+    Ok(())
+}
+
+/// Create stored services for `defs` in a new stack `name` on `endpoint`
+/// (not started). Names must be free among live stacks.
+pub fn create_stack(
+    name: &str,
+    nickname: &str,
+    defs: Vec<Def>,
+    endpoint: &str,
+    portainer: Option<PortainerStack>,
+    extras: Vec<serde_json::Map<String, Value>>,
+) -> Result<Stack, Failure> {
+    crate::stackfile::check_name("stack", name).map_err(Failure::Invalid)?;
+    let taken = scan::<Stack>("stack/")?
+        .into_iter()
+        .any(|s| s.state != "Terminated" && s.name.eq_ignore_ascii_case(name));
+    if taken {
+        return Err(Failure::State(format!(
+            "A stack with the name {name} already exists"
+        )));
+    }
+    let swarm = engine::is_swarm_manager(endpoint)?;
+    let swarm = match &portainer {
+        Some(p) if p.kind == 2 => false,
+        Some(p) if p.kind == 1 && !swarm => {
+            return Err(Failure::Invalid(
+                "a swarm stack (type 1) needs an endpoint that is a swarm manager".into(),
+            ));
+        }
+        _ => swarm,
+    };
+    let uuid = uuid4()?;
+    let mut stack = Stack {
+        uuid: uuid.clone(),
+        id: kv::next_in_sequence("stack-id")?,
+        name: name.to_string(),
+        nickname: nickname.to_string(),
+        services: Vec::new(),
+        endpoint: endpoint.to_string(),
+        swarm,
+        state: "Not running".into(),
+        created: now(),
+        deployed: None,
+        destroyed: None,
+        portainer,
+    };
+    let mut services = Vec::new();
+    for (i, def) in defs.iter().enumerate() {
+        let extra = extras.get(i).cloned().unwrap_or_default();
+        services.push(Service::in_stack(&stack, def, &defs, extra)?);
+    }
+    for s in &mut services {
+        crate::cloud::apply_roles(s)?;
+        save_service(s)?;
+        stack.services.push(s.uuid.clone());
+    }
+    save_stack(&stack)?;
+    emit(
+        "stack",
+        "create",
+        &stack.uri(),
+        &stack.uuid,
+        &stack.state,
+        &[],
+    );
+    for s in &services {
+        emit(
+            "service",
+            "create",
+            &s.uri(),
+            &s.uuid,
+            &s.state,
+            &s.parents(),
+        );
+    }
+    Ok(stack)
+}
+
+/// The stack's services' definitions, in order.
+pub fn stack_defs(stack: &Stack) -> Result<Vec<Def>, berth_sdk::Error> {
+    let mut defs = Vec::new();
+    for uuid in &stack.services {
+        if let Some(s) = load_service(uuid)? {
+            defs.push(s.def);
+        }
+    }
+    Ok(defs)
+}
+
+/// A container event from the engine: publish it as a Docker Cloud event
+/// and bring its service's state up to date (Running / Partly running).
+pub fn engine_event(event: &Value) -> Result<(), String> {
+    if event["Type"] != "container" {
+        return Ok(());
+    }
+    let attrs = &event["Actor"]["Attributes"];
+    let Some(uuid) = attrs[engine::SERVICE_LABEL].as_str() else {
+        return Ok(());
+    };
+    let action = event["Action"].as_str().unwrap_or_default();
+    let (cloud_action, state) = match action {
+        "create" => ("create", "Starting"),
+        "start" | "restart" | "unpause" => ("update", "Running"),
+        "die" | "stop" | "kill" | "pause" => ("update", "Stopped"),
+        "destroy" => ("delete", "Terminated"),
+        _ => return Ok(()),
+    };
+    let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
+    let Some(mut service) = load_service(uuid).map_err(text)? else {
+        return Ok(());
+    };
+    let id = event["Actor"]["ID"].as_str().unwrap_or_default();
+    let mut parents = vec![service.uri()];
+    parents.extend(service.parents());
+    if id.len() >= 32 {
+        let cuuid = crate::cloud::container_uuid(id);
+        emit(
+            "container",
+            cloud_action,
+            &format!("{CONTAINER_URI}{cuuid}/"),
+            &cuuid,
+            state,
+            &parents,
+        );
+    }
+    if !matches!(service.state.as_str(), "Running" | "Partly running") {
+        return Ok(());
+    }
+    let running = engine::containers(&service.placement())
+        .map_err(|e| berth_sdk::docker::error_text(&e))?
+        .iter()
+        .filter(|c| c.state == "running")
+        .count() as u32;
+    let wanted = if running >= service.def.target_num_containers {
+        "Running"
+    } else {
+        "Partly running"
+    };
+    if wanted != service.state {
+        set_service_state(&mut service, wanted).map_err(text)?;
+    }
+    Ok(())
+}
