@@ -185,7 +185,7 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
         .collect();
     assert_eq!(
         names,
-        ["commands", "droplets", "hello"],
+        ["commands", "droplets", "hello", "stacks"],
         "the bundled plugins"
     );
     assert_eq!(
