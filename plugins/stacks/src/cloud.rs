@@ -402,12 +402,6 @@ fn render_stack(st: &Stack) -> Value {
     })
 }
 
-/// Containers of every service, by service uuid. An unreachable engine
-/// lists no containers rather than failing the listing.
-fn containers_by_service(endpoint: &str) -> Vec<Container> {
-    engine::all_containers(endpoint).unwrap_or_default()
-}
-
 fn service_json(s: &Service) -> Value {
     let all = if s.state == "Terminated" {
         Vec::new()
@@ -577,7 +571,6 @@ fn body_to_def(
         },
     };
     stackfile::check_name("service", &name)?;
-    let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
     let mut yaml_keys = serde_json::Map::new();
     yaml_keys.insert("image".into(), json!(image));
     if let Some(c) = obj.get("run_command").or(obj.get("command")) {
@@ -672,7 +665,6 @@ fn body_to_def(
     let cloud: stackfile::CloudService =
         serde_json::from_value(Value::Object(yaml_keys)).map_err(|e| format!("{name}: {e}"))?;
     let def = cloud.into_def(&name)?;
-    let _ = text;
     let mut extra = serde_json::Map::new();
     for k in [
         "autodestroy",
@@ -735,7 +727,8 @@ pub fn service_list(req: &Request) -> HttpResult {
     endpoints.sort_unstable();
     endpoints.dedup();
     for e in endpoints {
-        all.extend(containers_by_service(e));
+        // An unreachable engine lists no containers rather than failing.
+        all.extend(engine::all_containers(e).unwrap_or_default());
     }
     let stacks: Vec<Stack> = model::scan("stack/").map_err(host)?;
     let mut objects = Vec::new();
@@ -762,7 +755,7 @@ pub fn service_list(req: &Request) -> HttpResult {
 }
 
 pub fn service_create(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    authenticate(req)?;
     let v = body(req)?;
     let (def, extra) = body_to_def(&v, None).map_err(|e| fail(400, &e))?;
     let taken = model::scan::<Service>("svc/")
@@ -799,7 +792,6 @@ pub fn service_create(req: &Request) -> HttpResult {
     apply_roles(&mut s).map_err(host)?;
     model::save_service(&s).map_err(host)?;
     model::emit("service", "create", &s.uri(), &s.uuid, &s.state, &[]);
-    let _ = user;
     Ok(Response::json(201, &service_json(&s)))
 }
 
@@ -809,7 +801,7 @@ pub fn service_get(req: &Request) -> HttpResult {
 }
 
 pub fn service_update(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    authenticate(req)?;
     let mut s = find_service(req)?;
     if s.state == "Terminated" {
         return Err(fail(409, "Cannot update a terminated service"));
@@ -848,7 +840,6 @@ pub fn service_update(req: &Request) -> HttpResult {
     apply_roles(&mut s).map_err(host)?;
     model::save_service(&s).map_err(host)?;
     model::emit("service", "update", &s.uri(), &s.uuid, &s.state, &[]);
-    let _ = user;
     Ok(Response::json(200, &service_json(&s)))
 }
 
@@ -1190,7 +1181,7 @@ fn container_op(req: &Request, verb: &str) -> HttpResult {
     let label = format!("Container {}", capitalise(verb));
     let endpoint = s.endpoint.clone();
     act(req, &user, "Container", &label, &uri, None, || {
-        let timeout = berth_sdk::config::get_or("stop_timeout_secs", 5u32).unwrap_or(5);
+        let timeout = model::stop_timeout();
         match verb {
             "start" => docker::container_start(&endpoint, &c.id)?,
             "stop" => docker::container_stop(&endpoint, &c.id, Some(timeout))?,

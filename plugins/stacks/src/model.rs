@@ -133,7 +133,8 @@ pub fn cloud_endpoint() -> String {
         .unwrap_or_else(|| "local".into())
 }
 
-fn stop_timeout() -> u32 {
+/// Seconds a container gets to stop before it is killed.
+pub fn stop_timeout() -> u32 {
     config::get_or("stop_timeout_secs", 5u32).unwrap_or(5)
 }
 

@@ -302,11 +302,17 @@ struct ComposeService {
     privileged: Option<bool>,
     #[serde(default)]
     working_dir: Option<String>,
+    // Accepted, not acted on: Berth names and networks a stack itself.
     #[serde(default)]
+    #[allow(dead_code)]
     labels: Option<Environment>,
+    // Accepted, not acted on: Berth names and networks a stack itself.
     #[serde(default)]
+    #[allow(dead_code)]
     networks: Option<serde_yaml::Value>,
+    // Accepted, not acted on: Berth names and networks a stack itself.
     #[serde(default)]
+    #[allow(dead_code)]
     container_name: Option<String>,
 }
 
@@ -422,7 +428,6 @@ pub fn parse_compose(text: &str, env: &[(String, String)]) -> Result<Vec<Def>, S
             pid: None,
             restart: s.restart,
         };
-        let _ = (&s.labels, &s.networks, &s.container_name);
         defs.push(service.into_def(&name)?);
     }
     check_links(&defs)?;
