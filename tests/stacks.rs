@@ -97,7 +97,7 @@ fn containers(engine: &Engine, stack: &str) -> Vec<(String, String)> {
     let (_, body) = engine
         .get(&format!(
             "/containers/json?all=1&filters={}",
-            urlencode(
+            docker::urlencode(
                 &json!({ "label": [format!("com.docker.stack.namespace={stack}")] }).to_string()
             )
         ))
@@ -120,38 +120,6 @@ fn containers(engine: &Engine, stack: &str) -> Vec<(String, String)> {
         .collect();
     out.sort();
     out
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Replicas wanted and running of a Swarm service, by name.
-fn swarm_replicas(engine: &Engine, name: &str) -> Option<(u64, usize)> {
-    let (status, body) = engine.get(&format!("/services/{name}")).ok()?;
-    if status != 200 {
-        return None;
-    }
-    let spec: Value = serde_json::from_str(&body).ok()?;
-    let wanted = spec["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64()?;
-    let (_, tasks) = engine
-        .get(&format!(
-            "/tasks?filters={}",
-            urlencode(&json!({ "service": [name], "desired-state": ["running"] }).to_string())
-        ))
-        .ok()?;
-    let tasks: Value = serde_json::from_str(&tasks).ok()?;
-    let running = tasks
-        .as_array()?
-        .iter()
-        .filter(|t| t["Status"]["State"] == "running")
-        .count();
-    Some((wanted, running))
 }
 
 const STACKFILE: &str = "\
@@ -285,12 +253,7 @@ async fn docker_cloud_on_containers_then_swarm() {
     assert!(containers(engine, "cm").is_empty());
 
     // --- swarm mode ---------------------------------------------------------
-    let out = engine.cli(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    engine.swarm_init();
 
     let ws_url = api
         .berth
@@ -331,9 +294,8 @@ async fn docker_cloud_on_containers_then_swarm() {
         Duration::from_secs(60),
         "sw_web 2/2 and sw_db 1/1",
         || async {
-            (swarm_replicas(engine, "sw_web") == Some((2, 2))
-                && swarm_replicas(engine, "sw_db") == Some((1, 1)))
-            .then_some(())
+            (engine.replicas("sw_web") == Some((2, 2)) && engine.replicas("sw_db") == Some((1, 1)))
+                .then_some(())
         },
     )
     .await;
@@ -359,7 +321,7 @@ async fn docker_cloud_on_containers_then_swarm() {
         .await;
     assert_eq!(status, 202);
     poll(Duration::from_secs(60), "sw_web 3/3", || async {
-        (swarm_replicas(engine, "sw_web") == Some((3, 3))).then_some(())
+        (engine.replicas("sw_web") == Some((3, 3))).then_some(())
     })
     .await;
     let web_uri = format!("/api/app/v1/service/{web}/");
@@ -412,13 +374,13 @@ async fn docker_cloud_on_containers_then_swarm() {
     // A stopped Swarm service runs nothing: it is gone from the engine
     // until started again from the stored spec.
     assert_eq!(engine.get("/services/sw_web").unwrap().0, 404);
-    assert_eq!(swarm_replicas(engine, "sw_db"), Some((1, 1)));
+    assert_eq!(engine.replicas("sw_db"), Some((1, 1)));
     let (status, _) = api
         .call("POST", &format!("/api/app/v1/service/{web}/start/"), None)
         .await;
     assert_eq!(status, 202);
     poll(Duration::from_secs(60), "sw_web 3/3 again", || async {
-        let r = swarm_replicas(engine, "sw_web");
+        let r = engine.replicas("sw_web");
         (r == Some((3, 3))).then_some(())
     })
     .await;

@@ -269,9 +269,62 @@ impl Engine {
             .expect("run docker")
     }
 
+    /// Replicas wanted and running of a Swarm service, by name.
+    pub fn replicas(&self, name: &str) -> Option<(u64, usize)> {
+        let (status, body) = self.get(&format!("/services/{name}")).ok()?;
+        if status != 200 {
+            return None;
+        }
+        let spec: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let wanted = spec["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64()?;
+        let filters =
+            serde_json::json!({ "service": [name], "desired-state": ["running"] }).to_string();
+        let (_, tasks) = self
+            .get(&format!("/tasks?filters={}", urlencode(&filters)))
+            .ok()?;
+        let tasks: serde_json::Value = serde_json::from_str(&tasks).ok()?;
+        let running = tasks
+            .as_array()?
+            .iter()
+            .filter(|t| t["Status"]["State"] == "running")
+            .count();
+        Some((wanted, running))
+    }
+
+    /// `docker swarm init` on 127.0.0.1 with ports of its own, so that a
+    /// swarm engine of an earlier test binary, still shutting down, is
+    /// never in the way: the manager port is free, the VXLAN port too.
+    pub fn swarm_init(&self) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let vxlan = (20_000 + std::process::id() % 20_000..49_151)
+            .find(|p| std::net::UdpSocket::bind(("0.0.0.0", *p as u16)).is_ok())
+            .expect("a free UDP port");
+        let out = self.cli(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "127.0.0.1",
+            "--listen-addr",
+            &listen,
+            "--data-path-port",
+            &vxlan.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "docker swarm init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Import `busybox:latest` from the static busybox binary, once.
     fn import_image(&self) -> Result<(), String> {
-        if self.cli(&["image", "inspect", IMAGE]).status.success() {
+        self.import_busybox(IMAGE, r#"CMD ["/bin/sh"]"#)
+    }
+
+    /// Import the static busybox binary as image `tag` with one Dockerfile
+    /// `change` (e.g. a CMD), unless `tag` exists.
+    pub fn import_busybox(&self, tag: &str, change: &str) -> Result<(), String> {
+        if self.cli(&["image", "inspect", tag]).status.success() {
             return Ok(());
         }
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -296,7 +349,7 @@ impl Engine {
         let import = Command::new(find_binary("docker").expect("docker CLI"))
             .arg("--host")
             .arg(&self.host)
-            .args(["import", "-c", "CMD [\"/bin/sh\"]", "-", IMAGE])
+            .args(["import", "-c", change, "-", tag])
             .stdin(tar.stdout.expect("tar stdout"))
             .output()
             .map_err(|e| e.to_string())?;
@@ -316,7 +369,17 @@ impl Drop for Engine {
     }
 }
 
-fn free_port() -> u16 {
+/// Percent-encode a query value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

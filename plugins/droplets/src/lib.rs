@@ -216,22 +216,11 @@ fn otpauth_uri(user: &User) -> Result<String, Response> {
     let issuer = issuer();
     Ok(format!(
         "otpauth://totp/{}:{}?secret={}&issuer={}&algorithm=SHA1&digits=6&period=30",
-        uri_escape(&issuer),
-        uri_escape(&user.username),
+        berth_sdk::percent_encode(&issuer),
+        berth_sdk::percent_encode(&user.username),
         base32(&secret),
-        uri_escape(&issuer)
+        berth_sdk::percent_encode(&issuer)
     ))
-}
-
-fn uri_escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Forget a user's tokens.

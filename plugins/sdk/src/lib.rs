@@ -48,7 +48,7 @@ pub mod kv;
 pub mod log;
 pub mod time;
 
-pub use http::{Framing, HttpResult, Request, Response};
+pub use http::{Framing, HttpResult, Request, Response, percent_encode};
 pub use router::{Handler, Router};
 
 /// The generated bindings for the `berth:plugin` world. Most plugins never

@@ -223,6 +223,7 @@ impl Plugin for Stacks {
         .get("portainer.teams.list", "/api/teams", p::team_list)
         .post("portainer.teams.create", "/api/teams", p::team_create)
         .get("portainer.teams.get", "/api/teams/{id}", p::team_get)
+        .put("portainer.teams.update", "/api/teams/{id}", p::team_update)
         .delete("portainer.teams.delete", "/api/teams/{id}", p::team_delete)
         .get(
             "portainer.memberships.list",

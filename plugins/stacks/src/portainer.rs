@@ -4,7 +4,7 @@
 //! either key work.
 
 use base64::Engine as _;
-use berth_sdk::{HttpResult, Request, Response, config, crypto, docker, kv};
+use berth_sdk::{HttpResult, Request, Response, config, crypto, docker, kv, percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -355,6 +355,26 @@ pub fn team_get(req: &Request) -> HttpResult {
     Ok(Response::json(200, &team))
 }
 
+pub fn team_update(req: &Request) -> HttpResult {
+    admin(req)?;
+    let id = id_param(req)?;
+    let key = format!("p/team/{id:010}");
+    let mut team: Value = kv::get_json(&key).map_err(host)?.ok_or_else(|| {
+        fail(
+            404,
+            "Unable to find a team with the specified identifier",
+            "",
+        )
+    })?;
+    let v: Value = serde_json::from_slice(req.body())
+        .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
+    if let Some(name) = v["Name"].as_str().filter(|n| !n.is_empty()) {
+        team["Name"] = json!(name);
+    }
+    kv::set_json(&key, &team).map_err(host)?;
+    Ok(Response::json(200, &team))
+}
+
 pub fn team_delete(req: &Request) -> HttpResult {
     admin(req)?;
     let id = id_param(req)?;
@@ -564,10 +584,6 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
             "TLSSkipVerify is not supported: upload the engine's CA as TLSCACertFile",
         ));
     }
-    let endpoints: Vec<Endpoint> = model::scan("p/endpoint/").map_err(host)?;
-    if endpoints.iter().any(|e| e.name == name) {
-        return Err(fail(409, "Endpoint name already exists", &name));
-    }
     let id = kv::next_in_sequence("portainer-endpoint").map_err(host)?;
     let (docker_name, shown_url) = if url.is_empty() || url.starts_with("unix://") {
         if !url.is_empty() && url != "unix:///var/run/docker.sock" {
@@ -597,17 +613,16 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
             })?;
             let cert = read("TLSCertFile").unwrap_or_default();
             let key = read("TLSKeyFile").unwrap_or_default();
-            // Kept in the plugin's store, never on the filesystem.
-            for (file, pem) in [("ca", &ca), ("cert", &cert), ("key", &key)] {
-                kv::set(&format!("p/tls/{id}/{file}"), pem.as_bytes()).map_err(host)?;
-            }
             Some(docker::TlsFiles { ca, cert, key })
         } else {
             None
         };
+        // The host keeps the uploaded TLS material with the endpoint, in
+        // its own store: it never touches the filesystem or the plugin's KV.
         let docker_name = format!("portainer-{id}");
         docker::register_endpoint(&docker_name, &url, files.as_ref())
             .map_err(|e| fail(400, "Invalid endpoint URL", &docker::error_text(&e)))?;
+
         (docker_name, url.clone())
     } else {
         return Err(fail(
@@ -714,9 +729,6 @@ pub fn endpoint_delete(req: &Request) -> HttpResult {
             )
         })?;
     }
-    for file in ["ca", "cert", "key"] {
-        kv::delete(&format!("p/tls/{}/{file}", e.id)).map_err(host)?;
-    }
     kv::delete(&endpoint_key(e.id)).map_err(host)?;
     Ok(Response::new(204))
 }
@@ -727,7 +739,21 @@ pub fn docker_proxy(req: &Request) -> HttpResult {
     let user = authenticate(req)?;
     let e = find_endpoint(req, &user)?;
     let path = format!("/{}", req.param("path").unwrap_or_default());
-    Ok(Response::proxy_docker(&e.docker, &path, None))
+    // A `?token=` is Berth's, not the engine's: it is not forwarded.
+    if req.query("token").is_none() {
+        return Ok(Response::proxy_docker(&e.docker, &path, None));
+    }
+    let query: Vec<String> = req
+        .query_pairs()
+        .iter()
+        .filter(|(k, _)| k != "token")
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect();
+    Ok(Response::proxy_docker(
+        &e.docker,
+        &path,
+        Some(&query.join("&")),
+    ))
 }
 
 // ---- stacks ----------------------------------------------------------------------
@@ -789,7 +815,7 @@ fn parse_env(v: &Value) -> Result<Vec<(String, String)>, Response> {
 }
 
 pub fn stack_create(req: &Request) -> HttpResult {
-    authenticate(req)?;
+    let user = authenticate(req)?;
     let kind: u8 = req
         .query("type")
         .and_then(|t| t.parse().ok())
@@ -870,6 +896,9 @@ pub fn stack_create(req: &Request) -> HttpResult {
             "",
         )
     })?;
+    if !can_use(&user, &endpoint) {
+        return Err(fail(403, "Access denied to resource", "endpoint"));
+    }
     let defs = stackfile::parse_compose(&content, &env)
         .map_err(|e| fail(400, "Invalid stack file", &e))?;
     let portainer = PortainerStack {
@@ -908,7 +937,15 @@ fn remove_stack_record(stack: &Stack) -> Result<(), berth_sdk::Error> {
     Ok(())
 }
 
-fn find_stack(req: &Request) -> Result<Stack, Response> {
+/// Whether `user` may use the endpoint a stack runs on.
+fn may_see(user: &User, st: &Stack) -> Result<bool, Response> {
+    let Some(p) = &st.portainer else {
+        return Ok(user.role == ADMIN);
+    };
+    Ok(load_endpoint(p.endpoint_id)?.is_some_and(|e| can_use(user, &e)) || user.role == ADMIN)
+}
+
+fn find_stack(req: &Request, user: &User) -> Result<Stack, Response> {
     let id = id_param(req)?;
     let missing = || {
         fail(
@@ -920,15 +957,23 @@ fn find_stack(req: &Request) -> Result<Stack, Response> {
     let uuid = kv::get_string(&format!("p/stack/{id:010}"))
         .map_err(host)?
         .ok_or_else(missing)?;
-    model::load_stack(&uuid).map_err(host)?.ok_or_else(missing)
+    let st = model::load_stack(&uuid)
+        .map_err(host)?
+        .ok_or_else(missing)?;
+    if !may_see(user, &st)? {
+        return Err(fail(403, "Access denied to resource", ""));
+    }
+    Ok(st)
 }
 
 pub fn stack_list(req: &Request) -> HttpResult {
-    authenticate(req)?;
+    let user = authenticate(req)?;
     let mut list = Vec::new();
     for entry in kv::scan("p/stack/") {
         let (_, uuid) = entry.map_err(host)?;
-        if let Some(st) = model::load_stack(&String::from_utf8_lossy(&uuid)).map_err(host)? {
+        if let Some(st) = model::load_stack(&String::from_utf8_lossy(&uuid)).map_err(host)?
+            && may_see(&user, &st)?
+        {
             list.push(render_stack(&st));
         }
     }
@@ -936,20 +981,20 @@ pub fn stack_list(req: &Request) -> HttpResult {
 }
 
 pub fn stack_get(req: &Request) -> HttpResult {
-    authenticate(req)?;
-    Ok(Response::json(200, &render_stack(&find_stack(req)?)))
+    let user = authenticate(req)?;
+    Ok(Response::json(200, &render_stack(&find_stack(req, &user)?)))
 }
 
 pub fn stack_file(req: &Request) -> HttpResult {
-    authenticate(req)?;
-    let st = find_stack(req)?;
+    let user = authenticate(req)?;
+    let st = find_stack(req, &user)?;
     let file = st.portainer.map(|p| p.file).unwrap_or_default();
     Ok(Response::json(200, &json!({ "StackFileContent": file })))
 }
 
 pub fn stack_update(req: &Request) -> HttpResult {
-    authenticate(req)?;
-    let mut st = find_stack(req)?;
+    let user = authenticate(req)?;
+    let mut st = find_stack(req, &user)?;
     let v: Value = serde_json::from_slice(req.body())
         .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
     let content = v["StackFileContent"]
@@ -970,8 +1015,8 @@ pub fn stack_update(req: &Request) -> HttpResult {
 }
 
 pub fn stack_delete(req: &Request) -> HttpResult {
-    authenticate(req)?;
-    let mut st = find_stack(req)?;
+    let user = authenticate(req)?;
+    let mut st = find_stack(req, &user)?;
     if st.state != "Terminated" {
         model::run_stack(&mut st, Op::Terminate).map_err(stack_failure)?;
     }

@@ -1,0 +1,776 @@
+//! The `stacks` plugin's Portainer API end to end: the seed's httpie
+//! session (the portainer gist, 004) run verbatim by the real httpie
+//! against the real berth, with only its host, tokens, addresses and ids
+//! substituted, on a real Docker engine in swarm mode; then the rest of
+//! the surface (users, teams, access rules, compose stacks, throttling,
+//! an engine going away) the session does not touch.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use support::docker::{self, Engine};
+use support::{Berth, client, poll};
+use tokio::task::JoinHandle;
+
+/// The gist's commands, character for character (its `$ ` prompts
+/// dropped). Each is run by bash after `substitute`.
+const SESSION: &[&str] = &[
+    r#"http POST :9000/api/users/admin/init Username="admin" Password="adminpassword""#,
+    r#"http POST :9000/api/auth Username="admin" Password="adminpassword""#,
+    r#"http --form POST :9000/api/endpoints \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE" \
+Name="test-local" EndpointType=1"#,
+    r#"http --form POST :9000/api/endpoints \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE" \
+Name="test-remote" URL="tcp://10.0.7.10:2375" EndpointType=1"#,
+    r#"http --form POST :9000/api/endpoints \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE" \
+Name="test-remote" URL="tcp://10.0.7.10:2376" EndpointType=1 TLS="true" TLSCACertFile@/path/to/ca.pem TLSCertFile@/path/to/cert.pem TLSKeyFile@/path/to/key.pem"#,
+    r#"http GET :9000/api/endpoints/1/docker/containers/json \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE" \
+all==true"#,
+    r#"http POST :9000/api/endpoints/1/docker/containers/create \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE" \
+name=="web01" Image="nginx:latest" \
+ExposedPorts:='{ "80/tcp": {} }' \
+HostConfig:='{ "PortBindings": { "80/tcp": [{ "HostPort": "8080" }] } }'"#,
+    r#"http POST :9000/api/endpoints/1/docker/containers/5fc2a93d7a3d426a1c3937436697fc5e5343cc375226f6110283200bede3b107/start \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE""#,
+    r#"http DELETE :9000/api/endpoints/1/docker/containers/5fc2a93d7a3d426a1c3937436697fc5e5343cc375226f6110283200bede3b107 \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE" \
+force==true"#,
+    r#"http GET :9000/api/endpoints/1/docker/swarm \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE""#,
+    r#"http POST ':9000/api/stacks?method=repository&type=1&endpointId=1' \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTUyOTY3NDE1Mn0.wyyck_iktvOrYsuH0Xrvgifoi83emsszipSTYkDvuaE" \
+Name="myTestStack" \
+SwarmID="k427pd86wfkgp40ksrmbojrwq" \
+RepositoryURL="https://github.com/portainer/templates" \
+ComposeFilePathInRepository="stacks/cockroachdb/docker-stack.yml""#,
+    r#"http DELETE :9000/api/stacks/1?endpointId=1 \
+"Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE""#,
+];
+
+/// The gist's JWTs, its swarm and container ids.
+const SEED_TOKENS: [&str; 2] = [
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTQ5OTM3NjE1NH0.NJ6vE8FY1WG6jsRQzfMqeatJ4vh2TWAeeYfDhP71YEE",
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6MSwidXNlcm5hbWUiOiJhZG1pbiIsInJvbGUiOjEsImV4cCI6MTUyOTY3NDE1Mn0.wyyck_iktvOrYsuH0Xrvgifoi83emsszipSTYkDvuaE",
+];
+const SEED_SWARM: &str = "k427pd86wfkgp40ksrmbojrwq";
+const SEED_CONTAINER: &str = "5fc2a93d7a3d426a1c3937436697fc5e5343cc375226f6110283200bede3b107";
+
+/// A swarm stack for the session's `method=string` step, which stands in
+/// for the gist's repository stack (no Git host is reachable here).
+const SWARM_STACK: &str = "\
+version: \"3\"
+services:
+  web:
+    image: nginx:latest
+    deploy:
+      replicas: 2
+  db:
+    image: busybox:latest
+    command: sleep 100000
+";
+
+/// A compose (type 2) stack; `${PORT}` comes from its Env.
+const COMPOSE_STACK: &str = "\
+version: \"2\"
+services:
+  web:
+    image: busybox:latest
+    command: httpd -f -p ${PORT}
+    links:
+      - cache
+  cache:
+    image: busybox:latest
+    command: sleep 100000
+";
+
+/// What the session's values become here.
+struct Subs {
+    port: u16,
+    token: String,
+    remote: String,
+    remote_tls: String,
+    tls: [PathBuf; 3],
+    host_port: u16,
+    container: String,
+    swarm: String,
+}
+
+fn substitute(command: &str, s: &Subs) -> String {
+    let mut out = command.replace(":9000", &format!(":{}", s.port));
+    for seed in SEED_TOKENS {
+        out = out.replace(seed, &s.token);
+    }
+    for (seed, file) in ["/path/to/ca.pem", "/path/to/cert.pem", "/path/to/key.pem"]
+        .iter()
+        .zip(&s.tls)
+    {
+        out = out.replace(seed, &file.display().to_string());
+    }
+    out.replace("tcp://10.0.7.10:2375", &s.remote)
+        .replace("tcp://10.0.7.10:2376", &s.remote_tls)
+        .replace(
+            r#""HostPort": "8080""#,
+            &format!(r#""HostPort": "{}""#, s.host_port),
+        )
+        .replace(SEED_CONTAINER, &s.container)
+        .replace(SEED_SWARM, &s.swarm)
+}
+
+/// The real httpie from the test venv, run by bash. Its config makes it
+/// print the status line and headers and leave stdin alone (stdin is not a
+/// terminal here), the two things a person at a shell gets for free.
+struct Httpie {
+    path: String,
+    config: tempfile::TempDir,
+}
+
+impl Httpie {
+    fn new(python: &Path) -> Httpie {
+        let config = tempfile::tempdir().unwrap();
+        std::fs::write(
+            config.path().join("config.json"),
+            r#"{"default_options": ["--ignore-stdin", "--print=hb", "--timeout=120"]}"#,
+        )
+        .unwrap();
+        let bin = python.parent().unwrap().display().to_string();
+        let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+        Httpie { path, config }
+    }
+
+    /// Run one shell command line; (status, JSON body or Null).
+    async fn run(&self, line: &str) -> (u16, Value) {
+        let out = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(line)
+            .env("PATH", &self.path)
+            .env("HTTPIE_CONFIG_DIR", self.config.path())
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        let status = stdout
+            .lines()
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "httpie gave no status for {line}: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let body = stdout
+            .split_once("\n\n")
+            .map(|(_, b)| b.trim())
+            .unwrap_or_default();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+}
+
+/// A plain TCP door to the engine's unix socket (the gist's tcp://
+/// endpoint). Aborting the handle closes it and every open connection.
+async fn forwarder(engine: &Engine) -> (String, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("tcp://{}", listener.local_addr().unwrap());
+    let socket = engine.host.trim_start_matches("unix://").to_string();
+    let task = tokio::spawn(async move {
+        let mut open = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let socket = socket.clone();
+            open.spawn(async move {
+                if let Ok(mut unix) = tokio::net::UnixStream::connect(&socket).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+            });
+        }
+    });
+    (address, task)
+}
+
+fn claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// JSON calls with reqwest, for the routes the gist does not show.
+struct Api {
+    berth: Berth,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        support::call_bearer(&self.http, method, &self.berth.url(path), token, body).await
+    }
+
+    async fn login(&self, user: &str, password: &str) -> (u16, Value) {
+        self.call(
+            None,
+            "POST",
+            "/api/auth",
+            Some(json!({ "Username": user, "Password": password })),
+        )
+        .await
+    }
+}
+
+/// Names of the engine's Swarm services in a stack.
+fn swarm_services(engine: &Engine, stack: &str) -> Vec<String> {
+    let (_, body) = engine.get("/services").unwrap();
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let mut names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Spec"]["Labels"]["com.docker.stack.namespace"] == stack)
+        .map(|s| s["Spec"]["Name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gist_session_and_the_rest_of_portainer() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let Some(python) = support::python() else {
+        return;
+    };
+    let tls = engine.tls.as_ref().expect("the private engine serves TLS");
+    engine
+        .import_busybox("nginx:latest", r#"CMD ["httpd", "-f", "-p", "80"]"#)
+        .unwrap();
+    engine.swarm_init();
+    let swarm_id = serde_json::from_str::<Value>(&engine.get("/swarm").unwrap().1).unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n\n\
+         [plugins.stacks.settings]\nstop_timeout_secs = 1\n",
+        engine.host
+    );
+    let api = Api {
+        berth: Berth::start(dir.path(), &config),
+        http: client(),
+    };
+    let port: u16 = api.berth.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (remote, door) = forwarder(engine).await;
+    let httpie = Httpie::new(&python);
+    let mut subs = Subs {
+        port,
+        token: String::new(),
+        remote: remote.clone(),
+        remote_tls: tls.address.clone(),
+        tls: [tls.ca.clone(), tls.cert.clone(), tls.key.clone()],
+        host_port: docker::free_port(),
+        container: String::new(),
+        swarm: swarm_id.clone(),
+    };
+
+    // No administrator yet.
+    let (status, _) = api.call(None, "GET", "/api/users/admin/check", None).await;
+    assert_eq!(status, 404);
+
+    // --- the gist, step by step -------------------------------------------
+    let mut steps = SESSION.iter();
+    let mut step = async |subs: &Subs| {
+        let line = substitute(steps.next().unwrap(), subs);
+        let answer = httpie.run(&line).await;
+        (line, answer)
+    };
+
+    let (line, (status, admin)) = step(&subs).await;
+    assert_eq!(status, 200, "{line}: {admin}");
+    assert_eq!(admin["Username"], "admin");
+    assert_eq!(admin["Role"], 1);
+    let text = admin.to_string().to_lowercase();
+    assert!(
+        !text.contains("password") && !text.contains("hash") && !text.contains("argon"),
+        "{admin}"
+    );
+
+    let (line, (status, auth)) = step(&subs).await;
+    assert_eq!(status, 200, "{line}: {auth}");
+    subs.token = auth["jwt"].as_str().unwrap().to_string();
+    let c = claims(&subs.token);
+    assert_eq!(
+        (c["id"].clone(), c["username"].clone(), c["role"].clone()),
+        (json!(1), json!("admin"), json!(1))
+    );
+    let ttl = c["exp"].as_u64().unwrap() - now();
+    assert!((28_700..=28_800).contains(&ttl), "8 h expiry, got {ttl} s");
+
+    let (line, (status, local)) = step(&subs).await;
+    assert_eq!(status, 200, "{line}: {local}");
+    assert_eq!(local["Id"], 1);
+    assert_eq!(local["Name"], "test-local");
+    assert_eq!(local["Type"], 1);
+    assert_eq!(local["URL"], "unix:///var/run/docker.sock");
+    assert_eq!(
+        local["TLSConfig"],
+        json!({ "TLS": false, "TLSSkipVerify": false })
+    );
+    for key in [
+        "AuthorizedTeams",
+        "AuthorizedUsers",
+        "Extensions",
+        "GroupId",
+        "PublicURL",
+    ] {
+        assert!(local.get(key).is_some(), "{key} missing: {local}");
+    }
+
+    let (line, (status, plain)) = step(&subs).await;
+    assert_eq!(status, 200, "{line}: {plain}");
+    assert_eq!(plain["Id"], 2);
+    assert_eq!(plain["URL"], remote.as_str());
+
+    let (line, (status, secure)) = step(&subs).await;
+    assert_eq!(status, 200, "{line}: {secure}");
+    assert_eq!(secure["Id"], 3);
+    assert_eq!(secure["Name"], "test-remote");
+    assert_eq!(secure["TLSConfig"]["TLS"], true);
+    assert_eq!(secure["TLSConfig"]["TLSCACert"], "/data/tls/3/ca.pem");
+
+    let (line, (status, listed)) = step(&subs).await;
+    assert_eq!(status, 200, "{line}: {listed}");
+    assert!(listed.is_array(), "ContainerList's own answer: {listed}");
+
+    let (line, (status, created)) = step(&subs).await;
+    assert_eq!(status, 201, "{line}: {created}");
+    subs.container = created["Id"].as_str().unwrap().to_string();
+    assert!(created.get("Warnings").is_some(), "{created}");
+
+    let (line, (status, _)) = step(&subs).await;
+    assert_eq!(status, 204, "{line}");
+    let web01 = engine.inspect("web01").expect("web01 exists");
+    assert_eq!(web01["Id"], subs.container.as_str());
+    assert_eq!(web01["State"]["Running"], true, "{web01}");
+    assert_eq!(
+        web01["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"],
+        subs.host_port.to_string()
+    );
+
+    let (line, (status, _)) = step(&subs).await;
+    assert_eq!(status, 204, "{line}");
+    assert!(engine.inspect("web01").is_none(), "web01 removed");
+
+    let (line, (status, swarm)) = step(&subs).await;
+    assert_eq!(status, 200, "{line}: {swarm}");
+    assert_eq!(swarm["ID"], swarm_id.as_str());
+
+    // The repository method: a clear 501, since no Git host is reachable.
+    let (line, (status, refused)) = step(&subs).await;
+    assert_eq!(status, 501, "{line}: {refused}");
+    assert!(
+        refused["err"].as_str().unwrap().contains("Repository"),
+        "{refused}"
+    );
+    assert!(refused["message"].is_string(), "{refused}");
+    // The same stack from a string instead (the gist's stack is Id 1).
+    let (status, stack) = api
+        .call(
+            Some(&subs.token),
+            "POST",
+            "/api/stacks?method=string&type=1&endpointId=1",
+            Some(json!({ "Name": "myTestStack", "SwarmID": swarm_id, "StackFileContent": SWARM_STACK })),
+        )
+        .await;
+    assert_eq!(status, 200, "{stack}");
+    assert_eq!(stack["Id"], 1);
+    assert_eq!(
+        (stack["Type"].clone(), stack["EndpointId"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(stack["SwarmId"], swarm_id.as_str());
+    assert_eq!(
+        swarm_services(engine, "myTestStack"),
+        ["myTestStack_db", "myTestStack_web"]
+    );
+    poll(Duration::from_secs(60), "myTestStack_web 2/2", || async {
+        (engine.replicas("myTestStack_web") == Some((2, 2))).then_some(())
+    })
+    .await;
+    let (_, network) = engine.get("/networks/myTestStack_default").unwrap();
+    assert!(network.contains("\"overlay\""), "{network}");
+    // The same name again, in any case: 409.
+    let (status, dup) = api
+        .call(
+            Some(&subs.token),
+            "POST",
+            "/api/stacks?method=string&type=1&endpointId=1",
+            Some(json!({ "Name": "MYTESTSTACK", "SwarmID": swarm_id, "StackFileContent": SWARM_STACK })),
+        )
+        .await;
+    assert_eq!(status, 409, "{dup}");
+
+    let (line, (status, _)) = step(&subs).await;
+    assert_eq!(status, 204, "{line}");
+    assert!(swarm_services(engine, "myTestStack").is_empty());
+    assert!(steps.next().is_none(), "every step of the gist ran");
+
+    // --- beyond the gist --------------------------------------------------
+    let admin_token = subs.token.clone();
+    let t = Some(admin_token.as_str());
+    let (status, _) = api.call(None, "GET", "/api/users/admin/check", None).await;
+    assert_eq!(status, 204);
+    let (status, again) = api
+        .call(
+            None,
+            "POST",
+            "/api/users/admin/init",
+            Some(json!({ "Username": "eve", "Password": "x" })),
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    let (status, bad) = api.login("admin", "wrong").await;
+    assert_eq!(status, 422, "{bad}");
+
+    // Both remote endpoints reach the same engine through the proxy.
+    for id in [2, 3] {
+        let (status, info) = api
+            .call(t, "GET", &format!("/api/endpoints/{id}/docker/info"), None)
+            .await;
+        assert_eq!(status, 200, "endpoint {id}: {info}");
+        assert_eq!(info["Swarm"]["Cluster"]["ID"], swarm_id.as_str());
+    }
+    // `?token=` works in place of the header.
+    let r = api
+        .http
+        .get(api.berth.url(&format!(
+            "/api/endpoints/1/docker/version?token={admin_token}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Missing or forged tokens: 401 on every route family.
+    let forged = {
+        let mut parts: Vec<&str> = admin_token.split('.').collect();
+        let tampered = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"id":1,"username":"admin","role":1,"exp":99999999999}"#);
+        parts[1] = &tampered;
+        parts.join(".")
+    };
+    for path in [
+        "/api/endpoints",
+        "/api/endpoints/1",
+        "/api/endpoints/1/docker/info",
+        "/api/stacks",
+        "/api/users",
+        "/api/teams",
+        "/api/team_memberships",
+    ] {
+        for token in [None, Some(forged.as_str()), Some("garbage")] {
+            let (status, body) = api.call(token, "GET", path, None).await;
+            assert_eq!(status, 401, "{path} {token:?}: {body}");
+            assert!(
+                body["err"].is_string() && body["details"].is_string(),
+                "{body}"
+            );
+        }
+    }
+
+    // Users: a non-admin, refused on admin routes, and only sees what
+    // it is given.
+    let (status, bob) = api
+        .call(
+            t,
+            "POST",
+            "/api/users",
+            Some(json!({ "Username": "bob", "Password": "bobpassword", "Role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{bob}");
+    let bob_id = bob["Id"].as_u64().unwrap();
+    let (status, _) = api
+        .call(
+            t,
+            "POST",
+            "/api/users",
+            Some(json!({ "Username": "Bob", "Password": "x", "Role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (_, users) = api.call(t, "GET", "/api/users", None).await;
+    assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
+    assert!(!users.to_string().contains("argon"), "{users}");
+    let (status, login) = api.login("bob", "bobpassword").await;
+    assert_eq!(status, 200, "{login}");
+    let bob_token = login["jwt"].as_str().unwrap().to_string();
+    let b = Some(bob_token.as_str());
+    for (method, path, body) in [
+        ("GET", "/api/users", None),
+        (
+            "POST",
+            "/api/users",
+            Some(json!({ "Username": "mallory", "Password": "x" })),
+        ),
+        ("DELETE", "/api/users/1", None),
+        ("POST", "/api/teams", Some(json!({ "Name": "ops" }))),
+        ("GET", "/api/team_memberships", None),
+        ("POST", "/api/endpoints", Some(json!({ "Name": "x" }))),
+        ("PUT", "/api/endpoints/1", Some(json!({ "Name": "x" }))),
+        ("DELETE", "/api/endpoints/1", None),
+        ("GET", "/api/endpoints/1", None),
+        ("GET", "/api/endpoints/1/docker/info", None),
+        (
+            "POST",
+            "/api/stacks?method=string&type=2&endpointId=1",
+            Some(json!({ "Name": "bobs", "StackFileContent": COMPOSE_STACK })),
+        ),
+    ] {
+        let (status, body) = api.call(b, method, path, body).await;
+        assert_eq!(status, 403, "bob {method} {path}: {body}");
+    }
+    let (_, seen) = api.call(b, "GET", "/api/endpoints", None).await;
+    assert_eq!(seen, json!([]));
+    // Given endpoint 1, bob may use its engine.
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            "/api/endpoints/1",
+            Some(json!({ "AuthorizedUsers": [bob_id] })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .call(b, "GET", "/api/endpoints/1/docker/info", None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, seen) = api.call(b, "GET", "/api/endpoints", None).await;
+    assert_eq!(seen.as_array().unwrap().len(), 1, "{seen}");
+
+    // Teams and memberships.
+    let (status, team) = api
+        .call(t, "POST", "/api/teams", Some(json!({ "Name": "ops" })))
+        .await;
+    assert_eq!(status, 200, "{team}");
+    let team_id = team["Id"].as_u64().unwrap();
+    let (status, _) = api
+        .call(t, "POST", "/api/teams", Some(json!({ "Name": "ops" })))
+        .await;
+    assert_eq!(status, 409);
+    let (status, renamed) = api
+        .call(
+            t,
+            "PUT",
+            &format!("/api/teams/{team_id}"),
+            Some(json!({ "Name": "operations" })),
+        )
+        .await;
+    assert_eq!(
+        (status, renamed["Name"].clone()),
+        (200, json!("operations"))
+    );
+    let (status, membership) = api
+        .call(
+            t,
+            "POST",
+            "/api/team_memberships",
+            Some(json!({ "UserID": bob_id, "TeamID": team_id, "Role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{membership}");
+    let (_, memberships) = api.call(t, "GET", "/api/team_memberships", None).await;
+    assert_eq!(memberships.as_array().unwrap().len(), 1);
+    let (status, _) = api
+        .call(
+            t,
+            "DELETE",
+            &format!("/api/team_memberships/{}", membership["Id"]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = api
+        .call(t, "DELETE", &format!("/api/teams/{team_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = api
+        .call(t, "GET", &format!("/api/teams/{team_id}"), None)
+        .await;
+    assert_eq!(status, 404);
+
+    // A compose (type 2) stack from an uploaded file, by bob, with Env.
+    let compose_file = dir.path().join("docker-compose.yml");
+    std::fs::write(&compose_file, COMPOSE_STACK).unwrap();
+    let (status, stack) = httpie
+        .run(&format!(
+            r#"http --form POST ':{port}/api/stacks?method=file&type=2&endpointId=1' "Authorization: Bearer {bob_token}" Name="shop" Env='[{{"name": "PORT", "value": "8081"}}]' file@{}"#,
+            compose_file.display()
+        ))
+        .await;
+    assert_eq!(status, 200, "{stack}");
+    assert_eq!(stack["Type"], 2);
+    let shop = stack["Id"].as_u64().unwrap();
+    let web = engine.inspect("shop_web-1").expect("shop_web-1");
+    assert_eq!(web["State"]["Running"], true);
+    assert_eq!(web["Config"]["Cmd"], json!(["httpd", "-f", "-p", "8081"]));
+    assert_eq!(
+        web["Config"]["Labels"]["com.docker.stack.namespace"],
+        "shop"
+    );
+    assert_eq!(
+        engine.inspect("shop_cache-1").unwrap()["State"]["Running"],
+        true
+    );
+    let out = engine.cli(&["exec", "shop_web-1", "busybox", "nslookup", "cache"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Address"),
+        "the link resolves: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bad stack file: 400 with the parser's line.
+    let (status, bad) = api
+        .call(
+            t,
+            "POST",
+            "/api/stacks?method=string&type=2&endpointId=1",
+            Some(json!({ "Name": "broken", "StackFileContent": "services:\n  web:\n    image: busybox\n    bogus: 1\n" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["details"].as_str().unwrap().contains("line 4"), "{bad}");
+    for (query, want) in [
+        ("method=string&type=3&endpointId=1", 400),
+        ("method=string&type=2&endpointId=99", 404),
+        ("method=carrier-pigeon&type=2&endpointId=1", 400),
+    ] {
+        let (status, body) = api
+            .call(
+                t,
+                "POST",
+                &format!("/api/stacks?{query}"),
+                Some(json!({ "Name": "x", "StackFileContent": COMPOSE_STACK })),
+            )
+            .await;
+        assert_eq!(status, want, "{query}: {body}");
+    }
+    // List, inspect, file, update.
+    let (_, stacks) = api.call(b, "GET", "/api/stacks", None).await;
+    assert_eq!(stacks.as_array().unwrap().len(), 1, "{stacks}");
+    let (status, file) = api
+        .call(b, "GET", &format!("/api/stacks/{shop}/file"), None)
+        .await;
+    assert_eq!(
+        (status, file["StackFileContent"].as_str()),
+        (200, Some(COMPOSE_STACK))
+    );
+    let (status, updated) = api
+        .call(
+            b,
+            "PUT",
+            &format!("/api/stacks/{shop}?endpointId=1"),
+            Some(json!({
+                "StackFileContent": COMPOSE_STACK,
+                "Env": [{ "name": "PORT", "value": "8082" }],
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["Env"], json!([{ "name": "PORT", "value": "8082" }]));
+    let web = engine.inspect("shop_web-1").expect("shop_web-1");
+    assert_eq!(web["Config"]["Cmd"], json!(["httpd", "-f", "-p", "8082"]));
+    assert_eq!(web["State"]["Running"], true);
+    let (status, _) = api
+        .call(
+            b,
+            "DELETE",
+            &format!("/api/stacks/{shop}?endpointId=1"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(engine.inspect("shop_web-1").is_none());
+    let (status, _) = api
+        .call(b, "GET", &format!("/api/stacks/{shop}"), None)
+        .await;
+    assert_eq!(status, 404);
+
+    // The engine behind endpoint 2 goes away: 503 from the proxy, and
+    // everything else keeps working.
+    door.abort();
+    let _ = door.await;
+    let (status, body) = api
+        .call(t, "GET", "/api/endpoints/2/docker/info", None)
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _) = api
+        .call(t, "GET", "/api/endpoints/1/docker/info", None)
+        .await;
+    assert_eq!(status, 200);
+    // An endpoint nobody answers on is refused at creation, nothing stored.
+    let (status, body) = httpie
+        .run(&format!(
+            r#"http --form POST :{port}/api/endpoints "Authorization: Bearer {admin_token}" Name="gone" URL="{remote}" EndpointType=1"#
+        ))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    let (_, endpoints) = api.call(t, "GET", "/api/endpoints", None).await;
+    assert_eq!(endpoints.as_array().unwrap().len(), 3, "{endpoints}");
+    // Outside the operator's allow-list: refused.
+    let (status, body) = httpie
+        .run(&format!(
+            r#"http --form POST :{port}/api/endpoints "Authorization: Bearer {admin_token}" Name="far" URL="tcp://10.0.7.10:2375" EndpointType=1"#
+        ))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = api.call(t, "DELETE", "/api/endpoints/2", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = api
+        .call(t, "GET", "/api/endpoints/2/docker/info", None)
+        .await;
+    assert_eq!(status, 404);
+
+    // Brute force: after the minute's allowance of failures, even the
+    // right password waits.
+    let mut throttled = false;
+    for _ in 0..12 {
+        let (status, _) = api.login("admin", "guess").await;
+        if status == 429 {
+            throttled = true;
+            break;
+        }
+        assert_eq!(status, 422);
+    }
+    assert!(throttled, "failed logins are throttled");
+    let (status, body) = api.login("admin", "adminpassword").await;
+    assert_eq!(status, 429, "{body}");
+    // Bob's tokens are his own: still good.
+    let (status, _) = api.call(b, "GET", "/api/stacks", None).await;
+    assert_eq!(status, 200);
+}
