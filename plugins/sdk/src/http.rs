@@ -353,6 +353,19 @@ impl From<crate::Error> for Response {
     }
 }
 
+/// Percent-encode `text` for a URL query component or path segment: every
+/// byte but ASCII letters, digits and `-_.~` becomes `%XX`.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,17 +384,4 @@ mod tests {
             ]
         );
     }
-}
-
-/// Percent-encode `text` for a URL query component or path segment: every
-/// byte but ASCII letters, digits and `-_.~` becomes `%XX`.
-pub fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
