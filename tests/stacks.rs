@@ -255,19 +255,7 @@ async fn docker_cloud_on_containers_then_swarm() {
     // --- swarm mode ---------------------------------------------------------
     engine.swarm_init();
 
-    let ws_url = api
-        .berth
-        .url("/api/audit/v1/events/")
-        .replacen("http://", "ws://", 1);
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-            ws_url.as_str(),
-        )
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", api.auth.parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = subscriber(&api, false).await;
 
     let (status, stack) = api
         .call(
@@ -435,4 +423,128 @@ async fn docker_cloud_on_containers_then_swarm() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A websocket on the Docker Cloud event stream. With `small`, the
+/// client's receive buffer is a few KiB, so a client that never reads
+/// backs up into the host quickly.
+async fn subscriber(
+    api: &Api,
+    small: bool,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let url = api
+        .berth
+        .url("/api/audit/v1/events/")
+        .replacen("http://", "ws://", 1);
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            url.as_str(),
+        )
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", api.auth.parse().unwrap());
+    let addr: std::net::SocketAddr = api.berth.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if small {
+        socket.set_recv_buffer_size(4096).unwrap();
+    }
+    let tcp = socket.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_subscribers_and_one_that_never_reads() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(dir.path(), &config(engine));
+    let auth = api_key(&berth, "carol");
+    let api = Api {
+        berth,
+        http: client(),
+        auth,
+    };
+    let (status, service) = api
+        .call(
+            "POST",
+            "/api/app/v1/service/",
+            Some(json!({ "name": "ticker", "image": "busybox:latest" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{service}");
+    let uri = service["resource_uri"].as_str().unwrap().to_string();
+    let rss_before = api.berth.rss_kib();
+
+    const UPDATES: usize = 2500;
+    let stalled = subscriber(&api, true).await;
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let mut ws = subscriber(&api, false).await;
+        let uri = uri.clone();
+        readers.spawn(async move {
+            let mut seen = 0;
+            while seen < UPDATES {
+                let Some(Ok(msg)) = ws.next().await else {
+                    break;
+                };
+                let Ok(text) = msg.to_text() else { continue };
+                let event: Value = serde_json::from_str(text).unwrap_or_default();
+                if event["resource_uri"] == uri.as_str() && event["action"] == "update" {
+                    seen += 1;
+                }
+            }
+            seen
+        });
+    }
+    // Every subscriber is in place before the first event.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut peak = 0;
+    for i in 0..UPDATES {
+        let (status, body) = api
+            .call(
+                "PATCH",
+                &uri,
+                Some(json!({ "target_num_containers": 1 + i % 5 })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if i % 250 == 0 {
+            peak = peak.max(api.berth.rss_kib());
+        }
+    }
+    let counts: Vec<usize> = tokio::time::timeout(Duration::from_secs(120), readers.join_all())
+        .await
+        .expect("the readers finish within 2 minutes");
+    assert!(
+        counts.iter().all(|&c| c == UPDATES),
+        "every reading subscriber got every event: {:?}",
+        counts.iter().filter(|&&c| c != UPDATES).collect::<Vec<_>>()
+    );
+    let grown = peak.max(api.berth.rss_kib()).saturating_sub(rss_before);
+    eprintln!("201 subscribers, {UPDATES} events: RSS grew by {grown} KiB at most");
+    assert!(grown < 32 << 10, "RSS grew by {grown} KiB");
+
+    // The one that never read was dropped with a reason once it fell
+    // behind, rather than held in memory.
+    let mut stalled = stalled;
+    let mut got = 0;
+    let reason = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stalled.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                    return frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                }
+                Some(Ok(_)) => got += 1,
+                _ => return String::new(),
+            }
+        }
+    })
+    .await
+    .expect("the stalled stream ends");
+    assert!(reason.contains("too slow"), "close reason {reason:?}");
+    assert!(got < UPDATES, "it did not get everything: {got}");
 }

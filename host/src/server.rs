@@ -2,6 +2,7 @@
 //! graceful shutdown that waits for in-flight requests.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,12 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The TCP socket a request arrived on, for per-connection socket
+/// options (see `streams`). Valid while the request is being handled: the
+/// connection, and so the descriptor, outlives each of its requests.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnSocket(pub std::os::fd::RawFd);
+
 /// Serve `listener` until `shutdown` resolves, then stop accepting and wait
 /// up to `grace` for in-flight requests.
 pub async fn serve(
@@ -81,10 +88,12 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let socket = ConnSocket(stream.as_raw_fd());
         let service = service_fn({
             let app = app.clone();
-            move |req| {
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let app = app.clone();
+                req.extensions_mut().insert(socket);
                 async move {
                     Ok::<_, std::convert::Infallible>(
                         crate::dispatch::handle(app, req, client).await,

@@ -17,11 +17,12 @@ use sha1::{Digest, Sha1};
 use tokio::sync::{broadcast, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::caps::events::{Event, Subscription};
 use crate::dispatch::{BoxError, Response, error};
 use crate::runtime::bindings::berth::plugin::types::Framing;
+use crate::server::ConnSocket;
 
 /// Why a stream ended other than by its topic closing.
 enum End {
@@ -117,10 +118,40 @@ pub fn respond(
     request_id: &str,
 ) -> Response {
     let feed = Feed::new(topic, sub, closing);
+    if let Some(socket) = parts.extensions.get::<ConnSocket>() {
+        bound_send_buffer(*socket);
+    }
     match framing {
         Framing::Ndjson => chunked(feed, "application/x-ndjson", ndjson, headers),
         Framing::Sse => chunked(feed, "text/event-stream", sse, headers),
         Framing::Websocket => websocket(feed, parts, request_id),
+    }
+}
+
+/// Kernel send buffer of a streaming connection (Linux doubles it). Left
+/// to autotuning, a client that stops reading can park megabytes in the
+/// kernel before the host notices; bounded, it falls [`LAG_LIMIT`] events
+/// behind soon after, and is dropped. (On HTTP/2 this bounds the whole
+/// connection, which a stream shares with its other requests.)
+///
+/// [`LAG_LIMIT`]: crate::caps::events::LAG_LIMIT
+const STREAM_SEND_BUFFER: libc::c_int = 64 << 10;
+
+fn bound_send_buffer(socket: ConnSocket) {
+    // SAFETY: the descriptor is the open connection this request arrived
+    // on (see `ConnSocket`); setsockopt reads `size` only.
+    let size = STREAM_SEND_BUFFER;
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.0,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_SNDBUF on a stream");
     }
 }
 
@@ -221,10 +252,17 @@ fn websocket(mut feed: Feed, parts: &mut http::request::Parts, request_id: &str)
     };
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
+        // Clients only send control frames and the odd small message: a
+        // small read buffer and message cap keep an idle subscriber cheap.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 << 10)
+            .write_buffer_size(0)
+            .max_message_size(Some(64 << 10))
+            .max_frame_size(Some(64 << 10));
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,
-            None,
+            Some(config),
         )
         .await;
         loop {
