@@ -6,7 +6,7 @@ run:
 
 # The test suite, exactly as CI and the README run it.
 test:
-    rustup target add wasm32-wasip2 && cargo test --release && cargo test --manifest-path plugins/Cargo.toml -p berth-sdk -p commands
+    rustup target add wasm32-wasip2 && cargo test --release && cargo test --manifest-path plugins/Cargo.toml -p berth-sdk -p commands -p droplets -p stacks
 
 # Format and lint everything, as CI does.
 check:
@@ -20,6 +20,10 @@ plugins:
     cd plugins && cargo build --release --target wasm32-wasip2
     cd examples/hello && cargo build --release --target wasm32-wasip2
 
-# The benchmarks (needs wrk: apt-get install wrk).
+# The benchmarks (berth needs wrk: apt-get install wrk; droplets and
+# stacks start a private dockerd, as the tests do).
 bench:
     cargo bench --bench berth
+    cargo bench --bench commands
+    cargo bench --bench droplets
+    cargo bench --bench stacks

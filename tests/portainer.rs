@@ -574,6 +574,53 @@ async fn the_gist_session_and_the_rest_of_portainer() {
     let (_, seen) = api.call(b, "GET", "/api/endpoints", None).await;
     assert_eq!(seen.as_array().unwrap().len(), 1, "{seen}");
 
+    // Inspect: the TLS endpoint as created, files shown by path only.
+    let (status, inspected) = api.call(t, "GET", "/api/endpoints/3", None).await;
+    assert_eq!(status, 200, "{inspected}");
+    assert_eq!(inspected["TLSConfig"]["TLSKey"], "/data/tls/3/key.pem");
+    assert!(
+        !inspected.to_string().contains("PRIVATE KEY"),
+        "{inspected}"
+    );
+    // A user may change its own password but not its role; an admin may.
+    let bob_path = format!("/api/users/{bob_id}");
+    let (status, _) = api
+        .call(b, "PUT", &bob_path, Some(json!({ "Role": 1 })))
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = api
+        .call(
+            b,
+            "PUT",
+            &bob_path,
+            Some(json!({ "Password": "bobpassword2" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(api.login("bob", "bobpassword2").await.0, 200);
+    let (status, _) = api.call(b, "GET", "/api/users/1", None).await;
+    assert_eq!(status, 403);
+    let (status, carol) = api
+        .call(
+            t,
+            "POST",
+            "/api/users",
+            Some(json!({ "Username": "carol", "Password": "carolpassword" })),
+        )
+        .await;
+    assert_eq!((status, carol["Role"].clone()), (200, json!(2)));
+    let carol_path = format!("/api/users/{}", carol["Id"]);
+    let (status, promoted) = api
+        .call(t, "PUT", &carol_path, Some(json!({ "Role": 1 })))
+        .await;
+    assert_eq!((status, promoted["Role"].clone()), (200, json!(1)));
+    let (status, _) = api.call(t, "DELETE", &carol_path, None).await;
+    assert_eq!(status, 204);
+    let (status, _) = api.call(t, "GET", &carol_path, None).await;
+    assert_eq!(status, 404);
+    let (status, _) = api.call(t, "DELETE", "/api/users/1", None).await;
+    assert_eq!(status, 403, "an admin cannot remove itself");
+
     // Teams and memberships.
     let (status, team) = api
         .call(t, "POST", "/api/teams", Some(json!({ "Name": "ops" })))
