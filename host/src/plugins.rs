@@ -234,6 +234,7 @@ impl Plugins {
         let mut plugins = current.plugins.clone();
         plugins.remove(&name);
         self.install(plugins);
+        self.docker.stop_following(&name, None);
         tracing::info!(plugin = %name, file = %path.display(), "plugin file removed: routes unmounted (data kept)");
     }
 

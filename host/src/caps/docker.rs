@@ -552,6 +552,22 @@ impl Docker {
         Ok(())
     }
 
+    /// Stop `plugin`'s engine event followers: all of them, or those on
+    /// one endpoint. Called when the plugin is unmounted or forgets an
+    /// endpoint, so nothing keeps queueing its jobs.
+    pub fn stop_following(&self, plugin: &str, endpoint: Option<&str>) {
+        self.followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(p, e, _), task| {
+                let stop = p == plugin && endpoint.is_none_or(|ep| ep == e);
+                if stop {
+                    task.abort();
+                }
+                !stop
+            });
+    }
+
     fn cached(&self, key: &(String, String)) -> Option<Arc<Engine>> {
         self.engines
             .lock()
@@ -620,6 +636,7 @@ impl Docker {
         if existed {
             self.db.meta_delete(&ns, name).await.map_err(storage)?;
         }
+        self.stop_following(plugin, Some(name));
         self.forget(plugin, name);
         Ok(existed)
     }
@@ -1321,6 +1338,43 @@ mod tests {
         ] {
             assert!(Address::parse(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[tokio::test]
+    async fn followers_stop_with_their_plugin_or_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::Store::open(&dir.path().join("db.redb")).unwrap();
+        let config = DockerConfig {
+            local: format!("unix://{}", dir.path().join("none.sock").display()),
+            timeout_ms: 1000,
+            allow: Vec::new(),
+            max_proxy_streams: 1,
+            endpoints: BTreeMap::new(),
+        };
+        let docker = Docker::new(&config, db).unwrap();
+        let sink = |topic: &str| EventSink::Publish {
+            events: Arc::default(),
+            topic: topic.into(),
+        };
+        // Followers keep retrying an engine that is not there.
+        for (plugin, topic) in [("a", "x"), ("a", "y"), ("b", "x")] {
+            docker
+                .follow(plugin, "local", Vec::new(), sink(topic))
+                .unwrap();
+        }
+        let handles: Vec<_> = docker.followers.lock().unwrap().values().cloned().collect();
+        assert_eq!(handles.len(), 3);
+        docker.stop_following("a", Some("elsewhere"));
+        assert_eq!(docker.followers.lock().unwrap().len(), 3);
+        docker.stop_following("a", None);
+        let left: Vec<_> = docker.followers.lock().unwrap().keys().cloned().collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, "b");
+        tokio::task::yield_now().await;
+        let finished = handles.iter().filter(|h| h.is_finished()).count();
+        assert_eq!(finished, 2, "the two followers of `a` were aborted");
+        docker.stop_following("b", Some("local"));
+        assert!(docker.followers.lock().unwrap().is_empty());
     }
 
     #[test]
