@@ -280,11 +280,11 @@ async fn the_gist_session_and_the_rest_of_portainer() {
          [plugins.stacks.settings]\nstop_timeout_secs = 1\n",
         engine.host
     );
-    let api = Api {
+    let mut api = Api {
         berth: Berth::start(dir.path(), &config),
         http: client(),
     };
-    let port: u16 = api.berth.url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut port: u16 = api.berth.url.rsplit(':').next().unwrap().parse().unwrap();
     let (remote, door) = forwarder(engine).await;
     let httpie = Httpie::new(&python);
     let mut subs = Subs {
@@ -753,6 +753,46 @@ async fn the_gist_session_and_the_rest_of_portainer() {
     let web = engine.inspect("shop_web-1").expect("shop_web-1");
     assert_eq!(web["Config"]["Cmd"], json!(["httpd", "-f", "-p", "8082"]));
     assert_eq!(web["State"]["Running"], true);
+
+    // A restart of berth: users, tokens, endpoints and stacks stay, and
+    // the engine's events are followed again without any request asking:
+    // a container stopped behind Berth's back shows in the service state.
+    assert!(api.berth.stop(), "berth exits cleanly");
+    api.berth = Berth::start(dir.path(), &config);
+    port = api.berth.url.rsplit(':').next().unwrap().parse().unwrap();
+    let key = String::from_utf8_lossy(
+        &api.berth
+            .cli(&["run", "stacks", "apikey:create", "ops"])
+            .stdout,
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix("Authorization: ").map(str::to_string))
+    .expect("an API key");
+    let cache_state = async || {
+        let r = api
+            .http
+            .get(api.berth.url("/api/app/v1/service/?name=cache"))
+            .header("authorization", &key)
+            .send()
+            .await
+            .unwrap();
+        let list: Value = r.json().await.unwrap();
+        assert_eq!(list["meta"]["total_count"], 1, "{list}");
+        list["objects"][0]["state"].as_str().unwrap().to_string()
+    };
+    assert_eq!(cache_state().await, "Running");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = engine.cli(&["stop", "-t", "1", "shop_cache-1"]);
+    assert!(out.status.success(), "{out:?}");
+    poll(Duration::from_secs(20), "cache Partly running", || async {
+        (cache_state().await == "Partly running").then_some(())
+    })
+    .await;
+    let (status, _) = api
+        .call(b, "GET", &format!("/api/stacks/{shop}"), None)
+        .await;
+    assert_eq!(status, 200, "bob's token and the stack outlive the restart");
+
     let (status, _) = api
         .call(
             b,

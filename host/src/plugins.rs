@@ -372,8 +372,10 @@ impl Plugins {
             not_granted = ?missing,
             "plugin mounted"
         );
+        let env = mounted.env.clone();
         plugins.insert(name, mounted);
         self.install(plugins);
+        self.docker.restore_followers(&env);
         if let Some(state) = self.files().get_mut(path) {
             state.last_refusal = None;
         }

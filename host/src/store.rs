@@ -328,8 +328,24 @@ impl Store {
         lower: Bound<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.scan_in(Table::Kv, ns, prefix, lower, limit)
+    }
+
+    /// Every host metadata entry of `ns`.
+    pub fn meta_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.scan_in(Table::Meta, ns, "", Bound::Unbounded, usize::MAX)
+    }
+
+    fn scan_in(
+        &self,
+        table: Table,
+        ns: &str,
+        prefix: &str,
+        lower: Bound<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let tx = self.db.begin_read().map_err(StoreError::from_redb)?;
-        let t = tx.open_table(KV).map_err(StoreError::from_redb)?;
+        let t = tx.open_table(def(table)).map_err(StoreError::from_redb)?;
         let lower = match lower {
             Bound::Included(k) => Bound::Included((ns, k)),
             Bound::Excluded(k) => Bound::Excluded((ns, k)),

@@ -49,6 +49,18 @@ const FLOOR_VERSION: bollard::ClientVersion = bollard::ClientVersion {
 
 /// Meta-table namespace of plugin-registered endpoints.
 const META_NS: &str = "docker-endpoints";
+/// Host metadata namespace of a plugin's event followers, restored when
+/// the plugin is mounted again (after a restart, say).
+const FOLLOW_NS: &str = "docker-follow";
+
+/// A follower as stored: enough to start it again.
+#[derive(Serialize, Deserialize)]
+struct FollowRecord {
+    endpoint: String,
+    filters: Filters,
+    /// `topic:NAME` or `job:KIND`, as [`EventSink::key`].
+    sink: String,
+}
 
 /// Where an engine listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -502,18 +514,82 @@ impl Docker {
 
     /// Publish `endpoint`'s engine events on `plugin`'s `topic`, once per
     /// (plugin, endpoint, topic), reconnecting until the host exits.
-    fn follow(
+    /// Follow `endpoint`'s events into `sink`, and remember that so the
+    /// follower comes back with the plugin after a restart.
+    async fn follow(
         &self,
         plugin: &str,
         endpoint: &str,
         filters: Filters,
         sink: EventSink,
     ) -> Result<(), DockerError> {
+        let record = FollowRecord {
+            endpoint: endpoint.to_string(),
+            filters: filters.clone(),
+            sink: sink.key(),
+        };
+        if !self.start_following(plugin, endpoint, filters, sink)? {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(&record).expect("a record serialises");
+        self.db
+            .meta_set(
+                &format!("{FOLLOW_NS}:{plugin}"),
+                &format!("{endpoint} {}", record.sink),
+                value,
+            )
+            .await
+            .map_err(|e| DockerError::Unreachable(format!("storage: {e}")))
+    }
+
+    /// Start the followers `env`'s plugin had, as far as its grants still
+    /// allow. Ones already running are left alone.
+    pub fn restore_followers(&self, env: &crate::runtime::PluginEnv) {
+        if !env.granted.contains(Capability::Docker) {
+            return;
+        }
+        let records = match self.db.meta_list(&format!("{FOLLOW_NS}:{}", env.name)) {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(plugin = %env.name, error = %e, "cannot read the event followers");
+                return;
+            }
+        };
+        for (_, value) in records {
+            let Ok(record) = serde_json::from_slice::<FollowRecord>(&value) else {
+                continue;
+            };
+            let sink = match record.sink.split_once(':') {
+                Some(("topic", topic)) => EventSink::Publish {
+                    events: env.events.clone(),
+                    topic: topic.to_string(),
+                },
+                Some(("job", kind)) if env.granted.contains(Capability::Jobs) => EventSink::Jobs {
+                    db: env.db.clone(),
+                    kind: kind.to_string(),
+                },
+                _ => continue,
+            };
+            if let Err(e) = self.start_following(&env.name, &record.endpoint, record.filters, sink)
+            {
+                tracing::warn!(plugin = %env.name, endpoint = %record.endpoint, error = %error_text(&e), "cannot follow the engine's events again");
+            }
+        }
+    }
+
+    /// Start a follower unless the same one runs; whether it was started.
+    fn start_following(
+        &self,
+        plugin: &str,
+        endpoint: &str,
+        filters: Filters,
+        sink: EventSink,
+    ) -> Result<bool, DockerError> {
         let engine = self.engine(plugin, endpoint)?;
         let key = (plugin.to_string(), endpoint.to_string(), sink.key());
         let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
         if followers.get(&key).is_some_and(|f| !f.is_finished()) {
-            return Ok(());
+            return Ok(false);
         }
         let plugin = key.0.clone();
         let task = tokio::spawn(async move {
@@ -549,7 +625,7 @@ impl Docker {
             }
         });
         followers.insert(key, task.abort_handle());
-        Ok(())
+        Ok(true)
     }
 
     /// Stop `plugin`'s engine event followers: all of them, or those on
@@ -637,6 +713,12 @@ impl Docker {
             self.db.meta_delete(&ns, name).await.map_err(storage)?;
         }
         self.stop_following(plugin, Some(name));
+        let follows = format!("{FOLLOW_NS}:{plugin}");
+        for (key, _) in self.db.meta_list(&follows).map_err(storage)? {
+            if key.strip_prefix(name).is_some_and(|k| k.starts_with(' ')) {
+                self.db.meta_delete(&follows, &key).await.map_err(storage)?;
+            }
+        }
         self.forget(plugin, name);
         Ok(existed)
     }
@@ -1250,7 +1332,10 @@ impl Host for HostState {
             events: plugin.events.clone(),
             topic,
         };
-        Ok(plugin.docker.follow(&plugin.name, &endpoint, filters, sink))
+        Ok(plugin
+            .docker
+            .follow(&plugin.name, &endpoint, filters, sink)
+            .await)
     }
 
     async fn follow_events_as_jobs(
@@ -1274,7 +1359,10 @@ impl Host for HostState {
             db: plugin.db.clone(),
             kind,
         };
-        Ok(plugin.docker.follow(&plugin.name, &endpoint, filters, sink))
+        Ok(plugin
+            .docker
+            .follow(&plugin.name, &endpoint, filters, sink)
+            .await)
     }
 
     async fn register_endpoint(
@@ -1360,6 +1448,7 @@ mod tests {
         for (plugin, topic) in [("a", "x"), ("a", "y"), ("b", "x")] {
             docker
                 .follow(plugin, "local", Vec::new(), sink(topic))
+                .await
                 .unwrap();
         }
         let handles: Vec<_> = docker.followers.lock().unwrap().values().cloned().collect();

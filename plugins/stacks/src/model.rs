@@ -350,7 +350,15 @@ impl Op {
 
 /// Run `op` on a service: check the state, drive the engine, store and
 /// publish the new state. On an engine failure the state goes back.
+/// Take a service's lock until this call commits: operations on it and
+/// the engine-event jobs about it run one at a time, so a job never counts
+/// containers in the middle of an operation and then stores a stale state.
+fn hold(uuid: &str) -> Result<(), berth_sdk::Error> {
+    kv::set(&format!("lock/svc/{uuid}"), b"")
+}
+
 pub fn run_service(s: &mut Service, op: Op) -> Result<(), Failure> {
+    hold(&s.uuid)?;
     if !op.allowed(&s.state) {
         return Err(Failure::State(format!(
             "Cannot {} a service in state {}",
@@ -569,6 +577,7 @@ pub fn engine_event(event: &Value) -> Result<(), String> {
         _ => return Ok(()),
     };
     let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
+    hold(uuid).map_err(text)?;
     let Some(mut service) = load_service(uuid).map_err(text)? else {
         return Ok(());
     };
