@@ -58,8 +58,26 @@ const FOLLOW_NS: &str = "docker-follow";
 struct FollowRecord {
     endpoint: String,
     filters: Filters,
-    /// `topic:NAME` or `job:KIND`, as [`EventSink::key`].
-    sink: String,
+    sink: SinkSpec,
+}
+
+/// Where a follower delivers, without the host handles to do it.
+#[derive(Clone, Serialize, Deserialize)]
+enum SinkSpec {
+    /// Published on this topic of the plugin.
+    Topic(String),
+    /// Queued as jobs of this kind.
+    Job(String),
+}
+
+impl SinkSpec {
+    /// Tells followers of one plugin and endpoint apart.
+    fn key(&self) -> String {
+        match self {
+            SinkSpec::Topic(topic) => format!("topic:{topic}"),
+            SinkSpec::Job(kind) => format!("job:{kind}"),
+        }
+    }
 }
 
 /// Where an engine listens.
@@ -358,10 +376,10 @@ pub enum EventSink {
 }
 
 impl EventSink {
-    fn key(&self) -> String {
+    fn spec(&self) -> SinkSpec {
         match self {
-            EventSink::Publish { topic, .. } => format!("topic:{topic}"),
-            EventSink::Jobs { kind, .. } => format!("job:{kind}"),
+            EventSink::Publish { topic, .. } => SinkSpec::Topic(topic.clone()),
+            EventSink::Jobs { kind, .. } => SinkSpec::Job(kind.clone()),
         }
     }
 
@@ -512,9 +530,8 @@ impl Docker {
         Ok(engine)
     }
 
-    /// Publish `endpoint`'s engine events on `plugin`'s `topic`, once per
-    /// (plugin, endpoint, topic), reconnecting until the host exits.
-    /// Follow `endpoint`'s events into `sink`, and remember that so the
+    /// Follow `endpoint`'s events into `sink`, once per (plugin, endpoint,
+    /// sink), reconnecting until the host exits; remember that, so the
     /// follower comes back with the plugin after a restart.
     async fn follow(
         &self,
@@ -526,7 +543,7 @@ impl Docker {
         let record = FollowRecord {
             endpoint: endpoint.to_string(),
             filters: filters.clone(),
-            sink: sink.key(),
+            sink: sink.spec(),
         };
         if !self.start_following(plugin, endpoint, filters, sink)? {
             return Ok(());
@@ -535,7 +552,7 @@ impl Docker {
         self.db
             .meta_set(
                 &format!("{FOLLOW_NS}:{plugin}"),
-                &format!("{endpoint} {}", record.sink),
+                &format!("{endpoint} {}", record.sink.key()),
                 value,
             )
             .await
@@ -559,14 +576,16 @@ impl Docker {
             let Ok(record) = serde_json::from_slice::<FollowRecord>(&value) else {
                 continue;
             };
-            let sink = match record.sink.split_once(':') {
-                Some(("topic", topic)) => EventSink::Publish {
-                    events: env.events.clone(),
-                    topic: topic.to_string(),
-                },
-                Some(("job", kind)) if env.granted.contains(Capability::Jobs) => EventSink::Jobs {
+            let sink = match record.sink {
+                SinkSpec::Topic(topic) if env.granted.contains(Capability::Events) => {
+                    EventSink::Publish {
+                        events: env.events.clone(),
+                        topic,
+                    }
+                }
+                SinkSpec::Job(kind) if env.granted.contains(Capability::Jobs) => EventSink::Jobs {
                     db: env.db.clone(),
-                    kind: kind.to_string(),
+                    kind,
                 },
                 _ => continue,
             };
@@ -586,7 +605,7 @@ impl Docker {
         sink: EventSink,
     ) -> Result<bool, DockerError> {
         let engine = self.engine(plugin, endpoint)?;
-        let key = (plugin.to_string(), endpoint.to_string(), sink.key());
+        let key = (plugin.to_string(), endpoint.to_string(), sink.spec().key());
         let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
         if followers.get(&key).is_some_and(|f| !f.is_finished()) {
             return Ok(false);
@@ -714,8 +733,10 @@ impl Docker {
         }
         self.stop_following(plugin, Some(name));
         let follows = format!("{FOLLOW_NS}:{plugin}");
-        for (key, _) in self.db.meta_list(&follows).map_err(storage)? {
-            if key.strip_prefix(name).is_some_and(|k| k.starts_with(' ')) {
+        for (key, value) in self.db.meta_list(&follows).map_err(storage)? {
+            let on_it =
+                serde_json::from_slice::<FollowRecord>(&value).is_ok_and(|r| r.endpoint == name);
+            if on_it {
                 self.db.meta_delete(&follows, &key).await.map_err(storage)?;
             }
         }

@@ -21,6 +21,21 @@ pub fn fail(status: u16, err: &str, details: &str) -> Response {
     )
 }
 
+/// A JSON request body, or 400.
+fn payload<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Response> {
+    serde_json::from_slice(req.body())
+        .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))
+}
+
+/// 404 for `what` ("a user", "an endpoint", ...) under a route's id.
+fn not_found(what: &str) -> Response {
+    fail(
+        404,
+        &format!("Unable to find {what} with the specified identifier"),
+        "",
+    )
+}
+
 fn host(e: berth_sdk::Error) -> Response {
     fail(500, "Storage failure", &berth_sdk::error_text(&e))
 }
@@ -76,8 +91,7 @@ struct Credentials {
 }
 
 fn credentials(req: &Request) -> Result<Credentials, Response> {
-    let c: Credentials = serde_json::from_slice(req.body())
-        .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
+    let c: Credentials = payload(req)?;
     if c.username.trim().is_empty() || c.password.is_empty() {
         return Err(fail(
             400,
@@ -258,13 +272,7 @@ fn find_user(req: &Request) -> Result<User, Response> {
     let id = id_param(req)?;
     kv::get_json::<User>(&format!("p/user/{id:010}"))
         .map_err(host)?
-        .ok_or_else(|| {
-            fail(
-                404,
-                "Unable to find a user with the specified identifier",
-                "",
-            )
-        })
+        .ok_or_else(|| not_found("a user"))
 }
 
 pub fn user_get(req: &Request) -> HttpResult {
@@ -282,8 +290,7 @@ pub fn user_update(req: &Request) -> HttpResult {
     if me.role != ADMIN && me.id != user.id {
         return Err(fail(403, "Access denied to resource", ""));
     }
-    let v: Value = serde_json::from_slice(req.body())
-        .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
+    let v: Value = payload(req)?;
     if let Some(p) = v["Password"].as_str().filter(|p| !p.is_empty()) {
         user.hash = crypto::hash_password(p).map_err(host)?;
     }
@@ -324,8 +331,7 @@ pub fn team_list(req: &Request) -> HttpResult {
 
 pub fn team_create(req: &Request) -> HttpResult {
     admin(req)?;
-    let v: Value = serde_json::from_slice(req.body())
-        .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
+    let v: Value = payload(req)?;
     let name = v["Name"]
         .as_str()
         .filter(|n| !n.is_empty())
@@ -340,34 +346,24 @@ pub fn team_create(req: &Request) -> HttpResult {
     Ok(Response::json(200, &team))
 }
 
+/// The route's team: its key and record.
+fn find_team(req: &Request) -> Result<(String, Value), Response> {
+    let key = format!("p/team/{:010}", id_param(req)?);
+    let team = kv::get_json(&key)
+        .map_err(host)?
+        .ok_or_else(|| not_found("a team"))?;
+    Ok((key, team))
+}
+
 pub fn team_get(req: &Request) -> HttpResult {
     authenticate(req)?;
-    let id = id_param(req)?;
-    let team: Value = kv::get_json(&format!("p/team/{id:010}"))
-        .map_err(host)?
-        .ok_or_else(|| {
-            fail(
-                404,
-                "Unable to find a team with the specified identifier",
-                "",
-            )
-        })?;
-    Ok(Response::json(200, &team))
+    Ok(Response::json(200, &find_team(req)?.1))
 }
 
 pub fn team_update(req: &Request) -> HttpResult {
     admin(req)?;
-    let id = id_param(req)?;
-    let key = format!("p/team/{id:010}");
-    let mut team: Value = kv::get_json(&key).map_err(host)?.ok_or_else(|| {
-        fail(
-            404,
-            "Unable to find a team with the specified identifier",
-            "",
-        )
-    })?;
-    let v: Value = serde_json::from_slice(req.body())
-        .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
+    let (key, mut team) = find_team(req)?;
+    let v: Value = payload(req)?;
     if let Some(name) = v["Name"].as_str().filter(|n| !n.is_empty()) {
         team["Name"] = json!(name);
     }
@@ -379,11 +375,7 @@ pub fn team_delete(req: &Request) -> HttpResult {
     admin(req)?;
     let id = id_param(req)?;
     if !kv::delete(&format!("p/team/{id:010}")).map_err(host)? {
-        return Err(fail(
-            404,
-            "Unable to find a team with the specified identifier",
-            "",
-        ));
+        return Err(not_found("a team"));
     }
     Ok(Response::new(204))
 }
@@ -396,8 +388,7 @@ pub fn membership_list(req: &Request) -> HttpResult {
 
 pub fn membership_create(req: &Request) -> HttpResult {
     admin(req)?;
-    let v: Value = serde_json::from_slice(req.body())
-        .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
+    let v: Value = payload(req)?;
     let (Some(user), Some(team)) = (v["UserID"].as_u64(), v["TeamID"].as_u64()) else {
         return Err(fail(
             400,
@@ -425,11 +416,7 @@ pub fn membership_delete(req: &Request) -> HttpResult {
     admin(req)?;
     let id = id_param(req)?;
     if !kv::delete(&format!("p/membership/{id:010}")).map_err(host)? {
-        return Err(fail(
-            404,
-            "Unable to find a team membership with the specified identifier",
-            "",
-        ));
+        return Err(not_found("a team membership"));
     }
     Ok(Response::new(204))
 }
@@ -495,8 +482,7 @@ fn form_fields(req: &Request) -> Result<Vec<(String, Vec<u8>)>, Response> {
             .ok_or_else(|| fail(400, "Invalid request payload", "malformed multipart body"));
     }
     if ctype.contains("json") {
-        let v: Value = serde_json::from_slice(req.body())
-            .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
+        let v: Value = payload(req)?;
         let obj = v
             .as_object()
             .ok_or_else(|| fail(400, "Invalid request payload", "a JSON object"))?;
@@ -675,13 +661,7 @@ pub fn endpoint_list(req: &Request) -> HttpResult {
 
 fn find_endpoint(req: &Request, user: &User) -> Result<Endpoint, Response> {
     let id = id_param(req)?;
-    let e = load_endpoint(id)?.ok_or_else(|| {
-        fail(
-            404,
-            "Unable to find an endpoint with the specified identifier",
-            "",
-        )
-    })?;
+    let e = load_endpoint(id)?.ok_or_else(|| not_found("an endpoint"))?;
     if !can_use(user, &e) {
         return Err(fail(403, "Access denied to resource", ""));
     }
@@ -696,8 +676,7 @@ pub fn endpoint_get(req: &Request) -> HttpResult {
 pub fn endpoint_update(req: &Request) -> HttpResult {
     let user = admin(req)?;
     let mut e = find_endpoint(req, &user)?;
-    let v: Value = serde_json::from_slice(req.body())
-        .map_err(|err| fail(400, "Invalid request payload", &err.to_string()))?;
+    let v: Value = payload(req)?;
     if let Some(n) = v["Name"].as_str().filter(|n| !n.is_empty()) {
         e.name = n.to_string();
     }
@@ -834,8 +813,7 @@ pub fn stack_create(req: &Request) -> HttpResult {
         .ok_or_else(|| fail(400, "Invalid query parameter: endpointId", ""))?;
     let (name, swarm_id, content, env) = match method {
         "string" => {
-            let v: Value = serde_json::from_slice(req.body())
-                .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
+            let v: Value = payload(req)?;
             (
                 v["Name"].as_str().unwrap_or_default().to_string(),
                 v["SwarmID"].as_str().unwrap_or_default().to_string(),
@@ -889,13 +867,7 @@ pub fn stack_create(req: &Request) -> HttpResult {
     if kind == 1 && swarm_id.is_empty() {
         return Err(fail(400, "Invalid request payload", "Invalid Swarm ID"));
     }
-    let endpoint = load_endpoint(endpoint_id)?.ok_or_else(|| {
-        fail(
-            404,
-            "Unable to find an endpoint with the specified identifier",
-            "",
-        )
-    })?;
+    let endpoint = load_endpoint(endpoint_id)?.ok_or_else(|| not_found("an endpoint"))?;
     if !can_use(&user, &endpoint) {
         return Err(fail(403, "Access denied to resource", "endpoint"));
     }
@@ -947,13 +919,7 @@ fn may_see(user: &User, st: &Stack) -> Result<bool, Response> {
 
 fn find_stack(req: &Request, user: &User) -> Result<Stack, Response> {
     let id = id_param(req)?;
-    let missing = || {
-        fail(
-            404,
-            "Unable to find a stack with the specified identifier",
-            "",
-        )
-    };
+    let missing = || not_found("a stack");
     let uuid = kv::get_string(&format!("p/stack/{id:010}"))
         .map_err(host)?
         .ok_or_else(missing)?;
@@ -995,8 +961,7 @@ pub fn stack_file(req: &Request) -> HttpResult {
 pub fn stack_update(req: &Request) -> HttpResult {
     let user = authenticate(req)?;
     let mut st = find_stack(req, &user)?;
-    let v: Value = serde_json::from_slice(req.body())
-        .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))?;
+    let v: Value = payload(req)?;
     let content = v["StackFileContent"]
         .as_str()
         .filter(|c| !c.trim().is_empty())
