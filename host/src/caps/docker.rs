@@ -882,6 +882,15 @@ pub fn error_text(e: &DockerError) -> String {
     }
 }
 
+/// `name[:tag]` into name and tag (`latest` when absent); a `:` inside
+/// the registry's `host:port` is not a tag.
+fn split_image(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (image, "latest"),
+    }
+}
+
 fn filter_map(filters: Filters) -> Option<HashMap<String, Vec<String>>> {
     (!filters.is_empty()).then(|| filters.into_iter().collect())
 }
@@ -1158,6 +1167,28 @@ impl Host for HostState {
     ) -> wasmtime::Result<Result<String, DockerError>> {
         self.on_engine(&endpoint, |api| async move {
             Ok(json(&api.inspect_image(&name).await?))
+        })
+        .await
+    }
+
+    async fn image_pull(
+        &mut self,
+        endpoint: String,
+        image: String,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        let (name, tag) = split_image(&image);
+        let options = q::CreateImageOptions {
+            from_image: Some(name.to_string()),
+            tag: Some(tag.to_string()),
+            ..Default::default()
+        };
+        self.on_engine(&endpoint, |api| async move {
+            use futures_util::StreamExt;
+            let mut progress = api.create_image(Some(options), None, None);
+            while let Some(step) = progress.next().await {
+                step?;
+            }
+            Ok(())
         })
         .await
     }

@@ -15,9 +15,10 @@ pub use raw::{
     Container, DockerError, EngineError, Filters, Port, TlsFiles, container_create,
     container_inspect, container_kill, container_list, container_logs, container_remove,
     container_rename, container_restart, container_start, container_stop, follow_events,
-    follow_events_as_jobs, image_inspect, image_list, info, network_create, network_list,
-    network_remove, node_list, ping, register_endpoint, remove_endpoint, service_create,
-    service_inspect, service_list, service_remove, service_update, swarm_inspect, task_list,
+    follow_events_as_jobs, image_inspect, image_list, image_pull, info, network_create,
+    network_list, network_remove, node_list, ping, register_endpoint, remove_endpoint,
+    service_create, service_inspect, service_list, service_remove, service_update, swarm_inspect,
+    task_list,
 };
 
 /// A one-line description of a [`DockerError`].
