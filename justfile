@@ -6,7 +6,7 @@ run:
 
 # The test suite, exactly as CI and the README run it.
 test:
-    rustup target add wasm32-wasip2 && cargo test --release && cargo test --manifest-path plugins/Cargo.toml -p berth-sdk -p commands -p droplets -p stacks
+    rustup target add wasm32-wasip2 && cargo test --release && cargo test --manifest-path plugins/Cargo.toml -p berth-sdk -p commands -p droplets -p stacks -p beacons
 
 # Format and lint everything, as CI does.
 check:

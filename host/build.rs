@@ -31,6 +31,7 @@ fn main() {
         "plugins/commands",
         "plugins/droplets",
         "plugins/stacks",
+        "plugins/beacons",
         "plugins/fixtures",
         "plugins/Cargo.toml",
         "plugins/Cargo.lock",
@@ -48,7 +49,7 @@ fn main() {
     let built = target_dir.join(TARGET).join("release");
     println!("cargo:rustc-env=BERTH_TEST_PLUGINS={}", built.display());
 
-    let bundled = ["hello", "commands", "droplets", "stacks"];
+    let bundled = ["hello", "commands", "droplets", "stacks", "beacons"];
     let mut source = String::from(
         "/// Plugins shipped inside the binary: (file name, bytes).\npub const BUNDLED: &[(&str, &[u8])] = &[\n",
     );

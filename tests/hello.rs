@@ -185,19 +185,25 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
         .collect();
     assert_eq!(
         names,
-        ["commands", "droplets", "hello", "stacks"],
+        ["beacons", "commands", "droplets", "hello", "stacks"],
         "the bundled plugins"
     );
+    let granted = |name: &str| {
+        view["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["capabilities"]["granted"]
+            .clone()
+    };
+    assert_eq!(granted("hello"), serde_json::json!(["kv", "config", "log"]));
     assert_eq!(
-        view["plugins"][2]["capabilities"]["granted"],
-        serde_json::json!(["kv", "config", "log"])
-    );
-    assert_eq!(
-        view["plugins"][0]["capabilities"]["granted"],
+        granted("commands"),
         serde_json::json!(["kv", "config", "crypto", "log", "jobs", "dokku", "http-out"])
     );
     assert_eq!(
-        view["plugins"][1]["capabilities"]["granted"],
+        granted("droplets"),
         serde_json::json!(["kv", "config", "crypto", "log", "docker"])
     );
 

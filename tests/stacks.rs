@@ -78,18 +78,7 @@ impl Api {
 
 /// `berth run stacks apikey:create USER`: the Authorization value.
 fn api_key(berth: &Berth, user: &str) -> String {
-    let out = berth.cli(&["run", "stacks", "apikey:create", user]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Authorization: "))
-        .unwrap_or_else(|| panic!("no Authorization line in {stdout}"))
-        .to_string()
+    berth.cli_line(&["run", "stacks", "apikey:create", user], "Authorization: ")
 }
 
 /// Names and states of the engine's containers labelled for a stack.

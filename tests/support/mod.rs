@@ -124,6 +124,23 @@ impl Berth {
             .unwrap()
     }
 
+    /// Run `berth ARGS...`, which must succeed, and return what follows
+    /// `prefix` on the first stdout line starting with it.
+    pub fn cli_line(&self, args: &[&str], prefix: &str) -> String {
+        let out = self.cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in {stdout}"))
+            .to_string()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();

@@ -1,0 +1,98 @@
+//! Login, logout and the session cookie.
+//!
+//! A session is a random token in an `HttpOnly`, `SameSite=Strict` cookie.
+//! Only its HMAC under a host-held key is stored (`session/{digest}`), so
+//! neither the KV store nor the plugin's memory can forge one, and logout
+//! really ends it.
+
+use berth_sdk::{HttpResult, Request, Response, config, crypto, kv};
+use serde::{Deserialize, Serialize};
+
+use crate::users::{self, User};
+use crate::{PREFIX, fail, host};
+
+const COOKIE: &str = "lighthouse_session";
+const SESSION_KEY: &str = "beacons-session";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Login {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Session {
+    email: String,
+    expires: u64,
+}
+
+/// `POST /login {Email, Password}`: a session cookie, or 401.
+pub fn login(req: &Request) -> HttpResult {
+    let login: Login = crate::body(req)?;
+    let wrong = || fail(401, "auth", "email or password incorrect");
+    let user = users::load(&login.email)?.ok_or_else(wrong)?;
+    if !crypto::verify_password(&login.password, &user.hash).map_err(host)? {
+        return Err(wrong());
+    }
+    let ttl: u64 = config::get_or("session_ttl_secs", 86_400).map_err(host)?;
+    let token = crypto::random_token(32).map_err(host)?;
+    let session = Session {
+        email: user.email.clone(),
+        expires: now_secs() + ttl,
+    };
+    kv::set_json(&session_key(&token)?, &session).map_err(host)?;
+    let cookie =
+        format!("{COOKIE}={token}; Path={PREFIX}; Max-Age={ttl}; HttpOnly; SameSite=Strict");
+    Ok(Response::json(200, &users::view(&user)).header("set-cookie", &cookie))
+}
+
+/// `GET /logout`: the session ends and the cookie is cleared.
+pub fn logout(req: &Request) -> HttpResult {
+    if let Some(token) = cookie(req) {
+        kv::delete(&session_key(token)?).map_err(host)?;
+    }
+    let cleared = format!("{COOKIE}=; Path={PREFIX}; Max-Age=0; HttpOnly; SameSite=Strict");
+    Ok(Response::new(200).header("set-cookie", &cleared))
+}
+
+/// The logged-in user, or 401 "not logged in".
+pub fn session(req: &Request) -> Result<User, Response> {
+    let missing = || fail(401, "auth", "not logged in");
+    let token = cookie(req).ok_or_else(missing)?;
+    let key = session_key(token)?;
+    let session: Session = kv::get_json(&key).map_err(host)?.ok_or_else(missing)?;
+    if session.expires <= now_secs() {
+        kv::delete(&key).map_err(host)?;
+        return Err(missing());
+    }
+    // A user deleted since keeps no session.
+    users::load(&session.email)?.ok_or_else(missing)
+}
+
+fn cookie(req: &Request) -> Option<&str> {
+    req.headers()
+        .iter()
+        .filter(|(name, _)| name == "cookie")
+        .flat_map(|(_, value)| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
+}
+
+fn session_key(token: &str) -> Result<String, Response> {
+    let tag = crypto::sign(SESSION_KEY, token.as_bytes()).map_err(host)?;
+    Ok(format!("session/{}", hex(&tag)))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,308 @@
+//! Users and AuthLevels.
+//!
+//! A user's AuthLevel is an unbounded non-negative integer: you may view
+//! and modify a user iff it is you or your level is strictly greater, and
+//! you never set a level above your own. Resource levels (per beacon, per
+//! application) are 0 access, 1 modify, 2 owner; they live in the user's
+//! record, so `GET /users/{email}` shows them.
+
+use std::collections::BTreeMap;
+
+use berth_sdk::{HttpResult, Request, Response, crypto, kv};
+use serde::{Deserialize, Serialize};
+
+use crate::{auth, beacons, fail, host, ok};
+
+pub const ACCESS: i64 = 0;
+pub const MODIFY: i64 = 1;
+pub const OWNER: i64 = 2;
+/// In an update, removes the user from the resource.
+const REMOVE: i64 = -1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct User {
+    pub email: String,
+    pub hash: String,
+    pub auth_level: i64,
+    /// Beacon address -> resource level.
+    #[serde(default)]
+    pub beacons: BTreeMap<String, i64>,
+    /// Application id -> resource level.
+    #[serde(default)]
+    pub applications: BTreeMap<String, i64>,
+}
+
+impl User {
+    /// May this user view and modify `other`?
+    pub fn sees(&self, other: &User) -> bool {
+        self.email == other.email || self.auth_level > other.auth_level
+    }
+
+    pub fn beacon_level(&self, address: &str) -> Option<i64> {
+        self.beacons.get(address).copied()
+    }
+
+    pub fn app_level(&self, id: u64) -> Option<i64> {
+        self.applications.get(&id.to_string()).copied()
+    }
+}
+
+/// What `GET /users/{email}` shows.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct View<'a> {
+    auth_level: i64,
+    permissions: Permissions<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Permissions<'a> {
+    beacons: &'a BTreeMap<String, i64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    applications: &'a BTreeMap<String, i64>,
+}
+
+pub fn view(user: &User) -> View<'_> {
+    View {
+        auth_level: user.auth_level,
+        permissions: Permissions {
+            beacons: &user.beacons,
+            applications: &user.applications,
+        },
+    }
+}
+
+fn key(email: &str) -> String {
+    format!("user/{email}")
+}
+
+pub fn load(email: &str) -> Result<Option<User>, Response> {
+    if email.is_empty() {
+        return Ok(None);
+    }
+    kv::get_json(&key(email)).map_err(host)
+}
+
+pub fn save(user: &User) -> Result<(), Response> {
+    kv::set_json(&key(&user.email), user).map_err(host)
+}
+
+fn not_found() -> Response {
+    fail(404, "users", "user not found")
+}
+
+/// A user the requester may view and modify, or 404.
+pub fn visible(me: &User, email: &str) -> Result<User, Response> {
+    match load(email)? {
+        Some(user) if me.sees(&user) => Ok(user),
+        _ => Err(not_found()),
+    }
+}
+
+/// `GET /users/list`: the emails you can see.
+pub fn list(req: &Request) -> HttpResult {
+    let me = auth::session(req)?;
+    let mut emails = Vec::new();
+    for item in kv::scan("user/") {
+        let (_, value) = item.map_err(host)?;
+        let user: User = serde_json::from_slice(&value)
+            .map_err(|e| fail(500, "users", &format!("a stored user is unreadable: {e}")))?;
+        if me.sees(&user) {
+            emails.push(user.email);
+        }
+    }
+    Ok(Response::json(200, &emails))
+}
+
+/// `GET /users/{email}`.
+pub fn get(req: &Request) -> HttpResult {
+    let me = auth::session(req)?;
+    let user = visible(&me, req.param("email").unwrap_or(""))?;
+    Ok(Response::json(200, &view(&user)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct Update {
+    auth_level: Option<i64>,
+    password: Option<String>,
+    #[serde(default)]
+    beacons: BTreeMap<String, i64>,
+    #[serde(default)]
+    applications: BTreeMap<String, i64>,
+}
+
+/// `PUT /users/{email}`: every change is checked before any is stored.
+pub fn update(req: &Request) -> HttpResult {
+    let me = auth::session(req)?;
+    let mut user = visible(&me, req.param("email").unwrap_or(""))?;
+    let update: Update = crate::body(req)?;
+    if let Some(level) = update.auth_level {
+        if level < 0 {
+            return Err(fail(400, "users", "AuthLevel cannot be negative"));
+        }
+        if level > me.auth_level {
+            return Err(fail(
+                403,
+                "users",
+                &format!(
+                    "cannot set AuthLevel {level} above your own ({})",
+                    me.auth_level
+                ),
+            ));
+        }
+        user.auth_level = level;
+    }
+    if let Some(password) = update.password {
+        if password.is_empty() {
+            return Err(fail(400, "users", "Password cannot be empty"));
+        }
+        user.hash = crypto::hash_password(&password).map_err(host)?;
+    }
+    for (name, level) in update.beacons {
+        let beacon = beacons::find(&name)?
+            .ok_or_else(|| fail(400, "databases", "databases: given key not found"))?;
+        set_level(&me, &mut user.beacons, &beacon.address, level, "beacon")?;
+    }
+    for (name, level) in update.applications {
+        let app = crate::apps::find(&name)?
+            .ok_or_else(|| fail(400, "databases", "databases: given key not found"))?;
+        set_level(
+            &me,
+            &mut user.applications,
+            &app.id.to_string(),
+            level,
+            "application",
+        )?;
+    }
+    // The requester may have changed their own record.
+    save(&user)?;
+    ok()
+}
+
+/// Change `resource`'s entry in a user's levels, on `me`'s authority:
+/// `me` needs modify on it, and may neither grant above its own level
+/// nor touch an owner unless it is one.
+pub fn set_level(
+    me: &User,
+    levels: &mut BTreeMap<String, i64>,
+    resource: &str,
+    level: i64,
+    what: &str,
+) -> Result<(), Response> {
+    if !(REMOVE..=OWNER).contains(&level) {
+        return Err(fail(
+            400,
+            "permissions",
+            &format!(
+                "{what} levels are 0 (access), 1 (modify), 2 (owner) or -1 (remove), not {level}"
+            ),
+        ));
+    }
+    let mine = match what {
+        "beacon" => me.beacon_level(resource),
+        _ => me.applications.get(resource).copied(),
+    }
+    .unwrap_or(-1);
+    if mine < MODIFY {
+        return Err(fail(
+            403,
+            "permissions",
+            &format!("you cannot modify this {what}"),
+        ));
+    }
+    if level > mine {
+        return Err(fail(
+            403,
+            "permissions",
+            &format!("cannot grant level {level} above your own ({mine}) on this {what}"),
+        ));
+    }
+    if levels.get(resource).copied() == Some(OWNER) && mine < OWNER {
+        return Err(fail(
+            403,
+            "permissions",
+            &format!("only owners may change an owner of this {what}"),
+        ));
+    }
+    if level == REMOVE {
+        levels.remove(resource);
+    } else {
+        levels.insert(resource.to_string(), level);
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NewUser {
+    email: String,
+    password: String,
+}
+
+/// `POST /users/create`: needs AuthLevel >= 1; the new user has level 0.
+pub fn create(req: &Request) -> HttpResult {
+    let me = auth::session(req)?;
+    if me.auth_level < 1 {
+        return Err(fail(
+            403,
+            "users",
+            "creating users needs AuthLevel 1 or more",
+        ));
+    }
+    let new: NewUser = crate::body(req)?;
+    if new.email.trim().is_empty() || new.password.is_empty() {
+        return Err(fail(400, "users", "Email and Password are required"));
+    }
+    if load(&new.email)?.is_some() {
+        return Err(fail(
+            400,
+            "users",
+            &format!("user {} already exists", new.email),
+        ));
+    }
+    save(&User {
+        email: new.email,
+        hash: crypto::hash_password(&new.password).map_err(host)?,
+        auth_level: 0,
+        beacons: BTreeMap::new(),
+        applications: BTreeMap::new(),
+    })?;
+    ok()
+}
+
+/// `berth run beacons create-admin EMAIL [--level N]`.
+pub fn create_admin(args: &[&str]) -> Result<String, String> {
+    let (email, level) = match args {
+        [email] => (*email, OWNER),
+        [email, "--level", n] => (
+            *email,
+            n.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| format!("--level must be a non-negative integer, not `{n}`"))?,
+        ),
+        _ => return Err(crate::USAGE.to_string()),
+    };
+    if email.trim().is_empty() {
+        return Err("the email cannot be empty".to_string());
+    }
+    let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
+    let password = crypto::random_token(18).map_err(text)?;
+    let existing: Option<User> = kv::get_json(&key(email)).map_err(text)?;
+    let mut user = existing.unwrap_or_else(|| User {
+        email: email.to_string(),
+        hash: String::new(),
+        auth_level: level,
+        beacons: BTreeMap::new(),
+        applications: BTreeMap::new(),
+    });
+    user.auth_level = level;
+    user.hash = crypto::hash_password(&password).map_err(text)?;
+    kv::set_json(&key(email), &user).map_err(text)?;
+    Ok(format!(
+        "user {email} (AuthLevel {level})\npassword: {password}\n"
+    ))
+}
