@@ -1054,6 +1054,38 @@ async fn a_fleet_of_two_berths_deploys_through_a_beacon() {
         engine.inspect(&local_name).unwrap()["State"]["Running"],
         false
     );
+
+    // Remove the instance (its container goes), then add it back.
+    let update = format!("/applications/update/{local_name}");
+    let (lines, _) = admin
+        .stream("PUT", &update, Some(json!({ "Remove": ["a.local"] })))
+        .await;
+    assert_eq!(
+        statuses(&lines),
+        ["Starting", "OK", "Complete", "Finalized"],
+        "{lines:?}"
+    );
+    assert_eq!(lines[1]["Method"], "DELETE");
+    assert!(engine.inspect(&local_name).is_none());
+    assert_eq!(
+        admin.put(&update, json!({ "Remove": ["a.local"] })).await.0,
+        400,
+        "not an instance of it"
+    );
+    let (lines, _) = admin
+        .stream(
+            "PUT",
+            &format!("{update}?restart=true"),
+            Some(json!({ "Add": ["local/local"] })),
+        )
+        .await;
+    assert_eq!(statuses(&lines), FULL_DEPLOY, "{lines:?}");
+    assert_eq!(
+        engine.inspect(&local_name).unwrap()["State"]["Running"],
+        true
+    );
+    let (_, apps) = admin.get("/applications/list").await;
+    assert_eq!(apps[1]["Instances"], json!(["local/local"]));
     engine.cli(&["rm", "-f", &local_name]);
 
     // Another user sees none of it until granted.

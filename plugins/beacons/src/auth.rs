@@ -31,7 +31,12 @@ struct Session {
 pub fn login(req: &Request) -> HttpResult {
     let login: Login = crate::body(req)?;
     let wrong = || fail(401, "auth", "email or password incorrect");
-    let user = users::load(&login.email)?.ok_or_else(wrong)?;
+    let Some(user) = users::load(&login.email)? else {
+        // Spend what a password check costs, so the answer's timing does
+        // not tell which emails exist.
+        crypto::hash_password(&login.password).map_err(host)?;
+        return Err(wrong());
+    };
     if !crypto::verify_password(&login.password, &user.hash).map_err(host)? {
         return Err(wrong());
     }

@@ -9,9 +9,10 @@
 //! old `NAME` (force); rename `NAME_tmp` to `NAME`; optional start.
 //!
 //! A job may run twice (the host delivers jobs at least once); every step
-//! tolerates what a previous run left behind.
+//! tolerates what a previous run left behind. Jobs of one application
+//! take its lock, so two operations never interleave on its containers.
 
-use berth_sdk::{events, log};
+use berth_sdk::{events, kv, log};
 use serde::{Deserialize, Serialize};
 
 use crate::apps;
@@ -131,6 +132,10 @@ impl Out<'_> {
 pub fn run(payload: &[u8]) -> Result<(), String> {
     let task: Task =
         serde_json::from_slice(payload).map_err(|e| format!("bad deploy task: {e}"))?;
+    // One operation of an application at a time: a second one waits for
+    // this job's transaction (or is retried after its own deadline).
+    kv::set(&format!("lock/app/{}", task.app), b"")
+        .map_err(|e| format!("the application is busy: {}", berth_sdk::error_text(&e)))?;
     let out = Out {
         topic: &task.topic,
         total: task.instances.len(),
