@@ -649,6 +649,46 @@ async fn authlevels_follow_the_seed() {
         admin.get("/beacons/list").await.1,
         json!([{ "Alias": "here", "Address": "local" }])
     );
+
+    // Failed logins from one address are throttled (5 a minute by
+    // default): then even the right password gets 429. A new minute may
+    // start mid-way, which resets the count; then try again.
+    let login = |password: &str| {
+        let body = json!({ "Email": "admin", "Password": password });
+        let (http, berth) = (&http, &berth);
+        async move { status_json(send(http, berth, "POST", "/login", "", Some(body)).await).await }
+    };
+    let minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60
+    };
+    let mut checked = false;
+    for _ in 0..3 {
+        let start = minute();
+        let mut statuses = Vec::new();
+        while statuses.last() != Some(&429) && statuses.len() < 12 {
+            statuses.push(login("wrong").await.0);
+        }
+        let right = login(&admin_pw).await;
+        if minute() == start {
+            assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+            assert!(
+                statuses[..statuses.len() - 1].iter().all(|s| *s == 401),
+                "{statuses:?}"
+            );
+            assert_eq!(right.0, 429);
+            assert_eq!(right.1["Cause"], "auth");
+            checked = true;
+            break;
+        }
+    }
+    assert!(
+        checked,
+        "three minutes turned over during the throttling check"
+    );
 }
 
 /// Lighthouse on host A, a beacon on host B in front of the test engine:

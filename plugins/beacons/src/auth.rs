@@ -5,7 +5,8 @@
 //! neither the KV store nor the plugin's memory can forge one, and logout
 //! really ends it.
 
-use berth_sdk::{HttpResult, Request, Response, config, crypto, kv};
+use berth_sdk::attempts::{self, Attempts};
+use berth_sdk::{HttpResult, Request, Response, config, crypto, kv, time};
 use serde::{Deserialize, Serialize};
 
 use crate::users::{self, User};
@@ -30,21 +31,35 @@ struct Session {
 /// `POST /login {Email, Password}`: a session cookie, or 401.
 pub fn login(req: &Request) -> HttpResult {
     let login: Login = crate::body(req)?;
-    let wrong = || fail(401, "auth", "email or password incorrect");
-    let Some(user) = users::load(&login.email)? else {
-        // Spend what a password check costs, so the answer's timing does
-        // not tell which emails exist.
-        crypto::hash_password(&login.password).map_err(host)?;
-        return Err(wrong());
-    };
-    if !crypto::verify_password(&login.password, &user.hash).map_err(host)? {
-        return Err(wrong());
+    let limit: u32 = config::get_or("login_attempts_per_minute", 5).map_err(host)?;
+    let key = format!("attempts/{}", attempts::client_ip(req));
+    let mut attempts = Attempts::load(&key, limit).map_err(host)?;
+    if attempts.exceeded() {
+        return Err(fail(
+            429,
+            "auth",
+            "too many failed logins; try again in a minute",
+        ));
     }
+    let user = users::load(&login.email)?;
+    let ok = match &user {
+        Some(u) => crypto::verify_password(&login.password, &u.hash).map_err(host)?,
+        None => {
+            // Spend what a password check costs, so the answer's timing
+            // does not tell which emails exist.
+            crypto::hash_password(&login.password).map_err(host)?;
+            false
+        }
+    };
+    let Some(user) = user.filter(|_| ok) else {
+        attempts.fail().map_err(host)?;
+        return Err(fail(401, "auth", "email or password incorrect"));
+    };
     let ttl: u64 = config::get_or("session_ttl_secs", 86_400).map_err(host)?;
     let token = crypto::random_token(32).map_err(host)?;
     let session = Session {
         email: user.email.clone(),
-        expires: now_secs() + ttl,
+        expires: time::now_secs() + ttl,
     };
     kv::set_json(&session_key(&token)?, &session).map_err(host)?;
     let cookie =
@@ -67,7 +82,7 @@ pub fn session(req: &Request) -> Result<User, Response> {
     let token = cookie(req).ok_or_else(missing)?;
     let key = session_key(token)?;
     let session: Session = kv::get_json(&key).map_err(host)?.ok_or_else(missing)?;
-    if session.expires <= now_secs() {
+    if session.expires <= time::now_secs() {
         kv::delete(&key).map_err(host)?;
         return Err(missing());
     }
@@ -93,11 +108,4 @@ fn session_key(token: &str) -> Result<String, Response> {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -9,6 +9,7 @@
 //! - [`Request`] and [`Response`]: JSON, form and query helpers;
 //! - [`kv`], [`crypto`], [`config`], [`log`], [`jobs`], [`dokku`],
 //!   [`http_out`], [`docker`], [`events`]: the host capabilities, typed.
+//! - [`attempts`]: failed-login throttling on top of [`kv`]; [`time`]: clock helpers.
 //!
 //! ```ignore
 //! use berth_sdk::{Info, Plugin, Request, Response, Router, HttpResult};
@@ -37,6 +38,7 @@
 mod http;
 mod router;
 
+pub mod attempts;
 pub mod config;
 pub mod crypto;
 pub mod docker;

@@ -3,11 +3,15 @@
 
 /// Now, UTC.
 pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
+    format_rfc3339(now_secs())
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format_rfc3339(secs)
+        .unwrap_or(0)
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SS+00:00`.

@@ -4,7 +4,8 @@
 //! either key work.
 
 use base64::Engine as _;
-use berth_sdk::{HttpResult, Request, Response, config, crypto, docker, kv, percent_encode};
+use berth_sdk::attempts::{self, Attempts};
+use berth_sdk::{HttpResult, Request, Response, config, crypto, docker, kv, percent_encode, time};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -42,13 +43,6 @@ fn host(e: berth_sdk::Error) -> Response {
 
 fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 // ---- users and auth -----------------------------------------------------------
@@ -137,30 +131,12 @@ pub fn admin_init(req: &Request) -> HttpResult {
 }
 
 /// Failed logins per client address in the current minute.
-#[derive(Serialize, Deserialize, Default)]
-struct Attempts {
-    minute: u64,
-    failures: u32,
-}
-
 pub fn auth(req: &Request) -> HttpResult {
     let c = credentials(req)?;
-    let ip = req
-        .client()
-        .rsplit_once(':')
-        .map(|(ip, _)| ip)
-        .unwrap_or_default();
-    let key = format!("p/attempts/{ip}");
-    let minute = now_secs() / 60;
     let limit = config::get_or("login_attempts_per_minute", 5u32).unwrap_or(5);
-    let mut attempts: Attempts = kv::get_json(&key).map_err(host)?.unwrap_or_default();
-    if attempts.minute != minute {
-        attempts = Attempts {
-            minute,
-            failures: 0,
-        };
-    }
-    if attempts.failures >= limit {
+    let key = format!("p/attempts/{}", attempts::client_ip(req));
+    let mut attempts = Attempts::load(&key, limit).map_err(host)?;
+    if attempts.exceeded() {
         return Err(fail(
             429,
             "Too many failed login attempts",
@@ -173,8 +149,7 @@ pub fn auth(req: &Request) -> HttpResult {
         None => false,
     };
     let Some(user) = user.filter(|_| ok) else {
-        attempts.failures += 1;
-        kv::set_json(&key, &attempts).map_err(host)?;
+        attempts.fail().map_err(host)?;
         return Err(fail(422, "Invalid credentials", "Unauthorized"));
     };
     let ttl = config::get_or("jwt_ttl_secs", 28_800u64).unwrap_or(28_800);
@@ -183,7 +158,7 @@ pub fn auth(req: &Request) -> HttpResult {
         "id": user.id,
         "username": user.username,
         "role": user.role,
-        "exp": now_secs() + ttl,
+        "exp": time::now_secs() + ttl,
     });
     let signed = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
     let tag = crypto::sign(JWT_KEY, signed.as_bytes()).map_err(host)?;
@@ -220,7 +195,7 @@ fn authenticate(req: &Request) -> Result<User, Response> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or_else(denied)?;
-    if claims["exp"].as_u64().unwrap_or(0) <= now_secs() {
+    if claims["exp"].as_u64().unwrap_or(0) <= time::now_secs() {
         return Err(fail(401, "Unauthorized", "Token expired"));
     }
     let id = claims["id"].as_u64().ok_or_else(denied)?;
