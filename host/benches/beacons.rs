@@ -12,7 +12,9 @@
 //!
 //! - through beacon B (A's job -> http-out -> B's agent -> proxy-docker);
 //! - through A's own agent (A's job -> the docker capability);
-//! - the same five calls per engine straight to the sockets (baseline).
+//! - the same five calls per engine straight to the sockets, one engine
+//!   after another and one thread per engine (baselines). Berth deploys
+//!   the instances side by side, as jobs.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -105,32 +107,57 @@ fn direct(socket: &str, method: &str, path: &str, body: &str) -> anyhow::Result<
     Ok(status)
 }
 
-/// The deploy sequence straight to every engine, one after another.
-fn direct_deploy(engines: &[Engine], name: &str, command: &Value) -> anyhow::Result<Duration> {
+/// The deploy sequence on one engine, straight to its socket.
+fn direct_one(engine: &Engine, name: &str, body: &str) -> anyhow::Result<()> {
+    let socket = engine.host.trim_start_matches("unix://");
+    direct(
+        socket,
+        "DELETE",
+        &format!("/containers/{name}_tmp?force=1"),
+        "",
+    )?;
+    direct(
+        socket,
+        "POST",
+        &format!("/containers/create?name={name}_tmp"),
+        body,
+    )?;
+    direct(socket, "DELETE", &format!("/containers/{name}?force=1"), "")?;
+    direct(
+        socket,
+        "POST",
+        &format!("/containers/{name}_tmp/rename?name={name}"),
+        "",
+    )?;
+    direct(socket, "POST", &format!("/containers/{name}/start"), "")?;
+    Ok(())
+}
+
+/// The deploy sequence straight to every engine: one after another, or
+/// one thread per engine.
+fn direct_deploy(
+    engines: &[Engine],
+    name: &str,
+    command: &Value,
+    parallel: bool,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let body = command.to_string();
-    for engine in engines {
-        let socket = engine.host.trim_start_matches("unix://");
-        direct(
-            socket,
-            "DELETE",
-            &format!("/containers/{name}_tmp?force=1"),
-            "",
-        )?;
-        direct(
-            socket,
-            "POST",
-            &format!("/containers/create?name={name}_tmp"),
-            &body,
-        )?;
-        direct(socket, "DELETE", &format!("/containers/{name}?force=1"), "")?;
-        direct(
-            socket,
-            "POST",
-            &format!("/containers/{name}_tmp/rename?name={name}"),
-            "",
-        )?;
-        direct(socket, "POST", &format!("/containers/{name}/start"), "")?;
+    if parallel {
+        std::thread::scope(|s| {
+            let runs: Vec<_> = engines
+                .iter()
+                .map(|e| s.spawn(|| direct_one(e, name, &body)))
+                .collect();
+            runs.into_iter().try_for_each(|r| {
+                r.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a thread panicked")))
+            })
+        })?;
+    } else {
+        for engine in engines {
+            direct_one(engine, name, &body)?;
+        }
     }
     Ok(started.elapsed())
 }
@@ -260,20 +287,26 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
 
-    let mut totals = Vec::new();
-    for round in 0..=rounds {
-        totals.push(direct_deploy(
-            &engines,
-            "bench-direct",
-            &command(20_000 + round),
-        )?);
+    for (label, parallel) in [
+        ("one after another", false),
+        ("one thread per engine", true),
+    ] {
+        let mut totals = Vec::new();
+        for round in 0..=rounds {
+            totals.push(direct_deploy(
+                &engines,
+                "bench-direct",
+                &command(20_000 + round),
+                parallel,
+            )?);
+        }
+        println!(
+            "  straight to the sockets, {label}: median {} (min {}, max {})",
+            ms(median(totals.clone())),
+            ms(*totals.iter().min().unwrap()),
+            ms(*totals.iter().max().unwrap())
+        );
     }
-    println!(
-        "  straight to the sockets (same calls, same order): median {} (min {}, max {})",
-        ms(median(totals.clone())),
-        ms(*totals.iter().min().unwrap()),
-        ms(*totals.iter().max().unwrap())
-    );
     Ok(())
 }
 

@@ -191,6 +191,8 @@ fn task(app: &App, op: Op) -> Result<Task, Response> {
         remove: Vec::new(),
         start: false,
         pull: false,
+        item: 0,
+        total: 0,
     })
 }
 

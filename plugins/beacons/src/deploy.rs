@@ -8,14 +8,20 @@
 //! `NAME_tmp` (pulling first when the engine lacks the image); remove the
 //! old `NAME` (force); rename `NAME_tmp` to `NAME`; optional start.
 //!
+//! A deploy is planned by one job, which queues one job per instance; they
+//! run side by side (up to the host's job workers), and the last to end
+//! sends the summary and `Finalized`. Start and stop visit the instances
+//! in turn (a failed stop starts the stopped ones again).
+//!
 //! A job may run twice (the host delivers jobs at least once); every step
-//! tolerates what a previous run left behind. Jobs of one application
-//! take its lock, so two operations never interleave on its containers.
+//! tolerates what a previous run left behind. A job holds a lock per
+//! (application, instance), so two operations never interleave on one
+//! container.
 
-use berth_sdk::{events, kv, log};
+use berth_sdk::{events, jobs, kv, log};
 use serde::{Deserialize, Serialize};
 
-use crate::apps;
+use crate::apps::{self, Deployment};
 use crate::beacons;
 use crate::target::{Step, Target};
 
@@ -27,7 +33,11 @@ const DEPLOYMENT_LABEL: &str = "berth.beacons.deployment";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
+    /// Plan a deploy: remove what goes, then queue one `DeployOne` per
+    /// instance; they run side by side.
     Deploy,
+    /// Deploy to `instances[0]`, item `item` of `total`.
+    DeployOne,
     Start,
     Stop,
 }
@@ -49,6 +59,11 @@ pub struct Task {
     pub start: bool,
     /// For `Deploy`: pull the image even when the engine has it.
     pub pull: bool,
+    /// For `DeployOne`: its place (1-based) among `total` instances.
+    #[serde(default)]
+    pub item: usize,
+    #[serde(default)]
+    pub total: usize,
 }
 
 /// One line of the progress stream.
@@ -128,78 +143,118 @@ impl Out<'_> {
 }
 
 /// Run a [`Task`]. Failures are reported on the stream, not retried: the
-/// job itself fails only when its payload is unreadable.
+/// job itself fails only when its payload is unreadable or storage fails.
 pub fn run(payload: &[u8]) -> Result<(), String> {
     let task: Task =
         serde_json::from_slice(payload).map_err(|e| format!("bad deploy task: {e}"))?;
-    // One operation of an application at a time: a second one waits for
-    // this job's transaction (or is retried after its own deadline).
-    kv::set(&format!("lock/app/{}", task.app), b"")
-        .map_err(|e| format!("the application is busy: {}", berth_sdk::error_text(&e)))?;
+    let total = match task.op {
+        Op::DeployOne => task.total,
+        _ => task.instances.len(),
+    };
     let out = Out {
         topic: &task.topic,
-        total: task.instances.len(),
+        total,
     };
     let failed = match task.op {
-        Op::Deploy => deploy(&task, &out),
-        Op::Start => start(&task, &out),
-        Op::Stop => stop(&task, &out),
+        Op::Deploy => return plan(&task, &out),
+        Op::DeployOne => return deploy_one(&task, &out),
+        Op::Start => start(&task, &out)?,
+        Op::Stop => stop(&task, &out)?,
     };
+    finish(&task, &out, failed)
+}
+
+fn text(e: berth_sdk::Error) -> String {
+    berth_sdk::error_text(&e)
+}
+
+/// Hold instance `address`'s lock for `task`'s application until this
+/// job ends: two operations never interleave on one container (a second
+/// waits, or is retried after its own deadline).
+fn hold(task: &Task, address: &str) -> Result<(), String> {
+    kv::set(&format!("lock/app/{}/{address}", task.app), b"")
+        .map_err(|e| format!("the application is busy on {address}: {}", text(e)))
+}
+
+/// The summary line and `{"Status":"Finalized"}`, which ends the stream.
+fn finish(task: &Task, out: &Out, failed: usize) -> Result<(), String> {
     let verb = match task.op {
-        Op::Deploy => "deployed to",
+        Op::Deploy | Op::DeployOne => "deployed to",
         Op::Start => "started on",
         Op::Stop => "stopped on",
     };
-    let done = task.instances.len() - failed;
     let summary = format!(
-        "{} {verb} {done} of {} instances",
+        "{} {verb} {} of {} instances",
         task.name,
-        task.instances.len()
+        out.total.saturating_sub(failed),
+        out.total
     );
     out.note(if failed == 0 { "Complete" } else { "Failed" }, &summary);
-    events::close(&task.topic, br#"{"Status":"Finalized"}"#).map_err(|e| {
-        format!(
-            "cannot end the progress stream: {}",
-            berth_sdk::error_text(&e)
-        )
-    })?;
+    events::close(&task.topic, br#"{"Status":"Finalized"}"#)
+        .map_err(|e| format!("cannot end the progress stream: {}", text(e)))?;
     Ok(())
 }
 
-/// The target of each instance, or the reason there is none.
-fn targets(task: &Task, out: &Out) -> Vec<(usize, String, Option<Target>)> {
-    task.instances
-        .iter()
-        .enumerate()
-        .map(|(i, address)| {
-            let target = match beacons::find_instance(address) {
-                Ok(Some((beacon, instance))) => Some(Target::new(&beacon, &instance)),
-                Ok(None) => {
-                    out.fail(
-                        address,
-                        i + 1,
-                        "this instance is no longer known (refresh its beacon)",
-                    );
-                    None
-                }
-                Err(_) => {
-                    out.fail(address, i + 1, "cannot read this instance's beacon");
-                    None
-                }
-            };
-            (i + 1, address.clone(), target)
-        })
-        .collect()
+fn left_key(topic: &str) -> String {
+    format!("run/{topic}/left")
 }
 
-/// Returns how many instances failed.
-fn deploy(task: &Task, out: &Out) -> usize {
+fn failed_key(topic: &str) -> String {
+    format!("run/{topic}/failed")
+}
+
+/// The target of each instance (or the reason there is none), each
+/// instance's lock held.
+fn targets(task: &Task, out: &Out) -> Result<Vec<(usize, String, Option<Target>)>, String> {
+    let mut targets = Vec::new();
+    for (i, address) in task.instances.iter().enumerate() {
+        hold(task, address)?;
+        let target = match beacons::find_instance(address) {
+            Ok(Some((beacon, instance))) => Some(Target::new(&beacon, &instance)),
+            Ok(None) => {
+                out.fail(
+                    address,
+                    i + 1,
+                    "this instance is no longer known (refresh its beacon)",
+                );
+                None
+            }
+            Err(_) => {
+                out.fail(address, i + 1, "cannot read this instance's beacon");
+                None
+            }
+        };
+        targets.push((i + 1, address.clone(), target));
+    }
+    Ok(targets)
+}
+
+/// The deployment a task runs, with the application's labels added to
+/// its create body.
+fn command(task: &Task) -> Option<(Deployment, serde_json::Value)> {
     let deployment = task
         .deployment
-        .and_then(|id| apps::deployment(task.app, id).ok().flatten());
-    let Some(deployment) = deployment else {
+        .and_then(|id| apps::deployment(task.app, id).ok().flatten())?;
+    let mut body = deployment.command.clone();
+    if let Some(object) = body.as_object_mut() {
+        let labels = object
+            .entry("Labels")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(APP_LABEL.into(), task.name.clone().into());
+            labels.insert(DEPLOYMENT_LABEL.into(), deployment.id.to_string().into());
+        }
+    }
+    Some((deployment, body))
+}
+
+/// Announce the deploy, remove the containers of removed instances, and
+/// queue one job per instance; the last of those to end finishes the
+/// stream.
+fn plan(task: &Task, out: &Out) -> Result<(), String> {
+    let Some((deployment, _)) = command(task) else {
         out.note("Error", "the deployment to run is missing");
-        return task.instances.len();
+        return finish(task, out, out.total);
     };
     out.note(
         "Starting",
@@ -212,44 +267,86 @@ fn deploy(task: &Task, out: &Out) -> usize {
         ),
     );
     for address in &task.remove {
+        hold(task, address)?;
         if let Ok(Some((beacon, instance))) = beacons::find_instance(address) {
             let step = Target::new(&beacon, &instance).remove(&task.name);
             out.step(address, 0, &step, "removed the container");
         }
     }
-    let mut body = deployment.command.clone();
-    if let Some(object) = body.as_object_mut() {
-        let labels = object
-            .entry("Labels")
-            .or_insert_with(|| serde_json::json!({}));
-        if let Some(labels) = labels.as_object_mut() {
-            labels.insert(APP_LABEL.into(), task.name.clone().into());
-            labels.insert(DEPLOYMENT_LABEL.into(), deployment.id.to_string().into());
-        }
+    if task.instances.is_empty() {
+        return finish(task, out, 0);
     }
-    let mut failed = 0;
-    for (item, address, target) in targets(task, out) {
-        let Some(target) = target else {
-            failed += 1;
-            continue;
+    kv::set_json(&left_key(&task.topic), &task.instances.len()).map_err(text)?;
+    for (i, address) in task.instances.iter().enumerate() {
+        let one = Task {
+            topic: task.topic.clone(),
+            name: task.name.clone(),
+            op: Op::DeployOne,
+            instances: vec![address.clone()],
+            remove: Vec::new(),
+            item: i + 1,
+            total: task.instances.len(),
+            ..*task
         };
-        if !deploy_one(task, out, &target, &address, item, &body, &deployment.image) {
-            failed += 1;
-        }
+        jobs::enqueue_json(JOB, &one, 0).map_err(text)?;
     }
-    failed
+    Ok(())
 }
 
-fn deploy_one(
+/// Deploy to one instance; the last instance job to end finishes the
+/// stream. The counters change in this job's transaction, so a job that
+/// traps and runs again counts once.
+fn deploy_one(task: &Task, out: &Out) -> Result<(), String> {
+    let address = task
+        .instances
+        .first()
+        .ok_or("a deploy job without an instance")?;
+    hold(task, address)?;
+    let item = task.item;
+    let ok = match (command(task), beacons::find_instance(address)) {
+        (Some((deployment, body)), Ok(Some((beacon, instance)))) => {
+            let target = Target::new(&beacon, &instance);
+            deploy_to(task, out, &target, address, &body, &deployment.image)
+        }
+        (None, _) => {
+            out.fail(address, item, "the deployment to run is missing");
+            false
+        }
+        (_, Ok(None)) => {
+            out.fail(
+                address,
+                item,
+                "this instance is no longer known (refresh its beacon)",
+            );
+            false
+        }
+        (_, Err(_)) => {
+            out.fail(address, item, "cannot read this instance's beacon");
+            false
+        }
+    };
+    if !ok {
+        kv::increment(&failed_key(&task.topic), 1).map_err(text)?;
+    }
+    if kv::increment(&left_key(&task.topic), -1).map_err(text)? > 0 {
+        return Ok(());
+    }
+    let failed = kv::increment(&failed_key(&task.topic), 0).map_err(text)?;
+    kv::delete(&left_key(&task.topic)).map_err(text)?;
+    kv::delete(&failed_key(&task.topic)).map_err(text)?;
+    finish(task, out, usize::try_from(failed).unwrap_or(0))
+}
+
+/// The deploy sequence on one instance; true if every step worked.
+fn deploy_to(
     task: &Task,
     out: &Out,
     target: &Target,
     address: &str,
-    item: usize,
     body: &serde_json::Value,
     image: &str,
 ) -> bool {
-    let name = task.name.as_str();
+    let (name, item) = (task.name.as_str(), task.item);
     let tmp = format!("{name}_tmp");
     let step = |step: Step, what: &str| out.step(address, item, &step, what);
     let mut pulled = false;
@@ -280,9 +377,9 @@ fn deploy_one(
         && (!task.start || step(target.start(name), &format!("started {name}")))
 }
 
-fn start(task: &Task, out: &Out) -> usize {
+fn start(task: &Task, out: &Out) -> Result<usize, String> {
     let mut failed = 0;
-    for (item, address, target) in targets(task, out) {
+    for (item, address, target) in targets(task, out)? {
         let ok = target.is_some_and(|t| {
             out.step(
                 &address,
@@ -295,15 +392,15 @@ fn start(task: &Task, out: &Out) -> usize {
             failed += 1;
         }
     }
-    failed
+    Ok(failed)
 }
 
 /// Stop every instance; on the first failure, start again those already
 /// stopped and mark the application running.
-fn stop(task: &Task, out: &Out) -> usize {
+fn stop(task: &Task, out: &Out) -> Result<usize, String> {
     let mut stopped: Vec<(usize, String, Target)> = Vec::new();
     let mut failure = false;
-    for (item, address, target) in targets(task, out) {
+    for (item, address, target) in targets(task, out)? {
         let Some(target) = target else {
             failure = true;
             break;
@@ -320,7 +417,7 @@ fn stop(task: &Task, out: &Out) -> usize {
         stopped.push((item, address, target));
     }
     if !failure {
-        return 0;
+        return Ok(0);
     }
     out.note(
         "RollingBack",
@@ -340,5 +437,5 @@ fn stop(task: &Task, out: &Out) -> usize {
             log::warn("cannot mark the application running after a failed stop");
         }
     }
-    task.instances.len()
+    Ok(task.instances.len())
 }
