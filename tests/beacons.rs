@@ -92,6 +92,15 @@ impl<'a> Session<'a> {
         self.call("GET", path, None).await
     }
 
+    /// How many items `GET path` lists.
+    async fn count(&self, path: &str) -> usize {
+        let (status, list) = self.get(path).await;
+        assert_eq!(status, 200, "{path}: {list}");
+        list.as_array()
+            .unwrap_or_else(|| panic!("{path}: {list}"))
+            .len()
+    }
+
     async fn put(&self, path: &str, body: Value) -> (u16, Value) {
         self.call("PUT", path, Some(body)).await
     }
@@ -291,10 +300,7 @@ async fn authlevels_follow_the_seed() {
     );
 
     // Both ways for each level.
-    assert_eq!(
-        admin.get("/users/list").await.1.as_array().unwrap().len(),
-        3
-    );
+    assert_eq!(admin.count("/users/list").await, 3);
     assert_eq!(
         employee.get("/users/list").await,
         (200, json!(["employee"]))
@@ -641,10 +647,7 @@ async fn authlevels_follow_the_seed() {
         http: client(),
         cookie,
     };
-    assert_eq!(
-        admin.get("/users/list").await.1.as_array().unwrap().len(),
-        3
-    );
+    assert_eq!(admin.count("/users/list").await, 3);
     assert_eq!(
         admin.get("/beacons/list").await.1,
         json!([{ "Alias": "here", "Address": "local" }])
@@ -974,12 +977,8 @@ async fn a_fleet_of_two_berths_deploys_through_a_beacon() {
     assert_eq!(history[0]["Image"], docker::IMAGE);
     assert_eq!(
         admin
-            .get(&format!("/applications/list/{name}?count=1"))
-            .await
-            .1
-            .as_array()
-            .unwrap()
-            .len(),
+            .count(&format!("/applications/list/{name}?count=1"))
+            .await,
         1
     );
 
@@ -1002,16 +1001,7 @@ async fn a_fleet_of_two_berths_deploys_through_a_beacon() {
         .await;
     assert!(lines.iter().any(|l| l["Status"] == "Complete"), "{lines:?}");
     assert!(running("sleep 7200"));
-    assert_eq!(
-        admin
-            .get(&format!("/applications/list/{name}"))
-            .await
-            .1
-            .as_array()
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(admin.count(&format!("/applications/list/{name}")).await, 4);
 
     // Stop and start.
     let (lines, _) = admin
@@ -1156,15 +1146,7 @@ async fn a_fleet_of_two_berths_deploys_through_a_beacon() {
             .0,
         200
     );
-    assert_eq!(
-        dev.get("/applications/list")
-            .await
-            .1
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(dev.count("/applications/list").await, 1);
     assert_eq!(
         dev.call("POST", &format!("/applications/stop/{name}"), None)
             .await
@@ -1194,16 +1176,121 @@ async fn a_fleet_of_two_berths_deploys_through_a_beacon() {
         ["Error", "RollingBack", "Failed", "Finalized"],
         "{lines:?}"
     );
-    assert_eq!(
-        admin
-            .get("/beacons/list/b")
-            .await
-            .1
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(admin.count("/beacons/list/b").await, 1);
 
+    engine.cli(&["rm", "-f", &name]);
+}
+
+/// One application on two instances behind one beacon (two engines): the
+/// per-instance jobs run side by side and the stream ends once, after the
+/// last; an instance whose engine is down fails alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_reaches_every_instance_and_reports_each() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let Some(mut second) = docker::private() else {
+        return;
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let beacon_b = Berth::start(
+        dir_b.path(),
+        &format!(
+            "[docker]\nlocal = \"{}\"\n\n[docker.endpoints.second]\naddress = \"{}\"\n\n\
+             [plugins.beacons.settings]\ntoken = \"t\"\ninstances = \"local,second\"\n",
+            engine.host, second.host
+        ),
+    );
+    let lighthouse = Berth::start(
+        dir_a.path(),
+        "[http_out]\nallow = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1\"]\n",
+    );
+    let admin = Session::login(
+        &lighthouse,
+        "admin",
+        &create_admin(&lighthouse, "admin", None),
+    )
+    .await;
+    let b_address = beacon_b.url.trim_start_matches("http://").to_string();
+    let (status, body) = admin
+        .call(
+            "POST",
+            "/beacons/create",
+            Some(json!({ "Address": b_address, "Token": "t", "Alias": "b" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(admin.count("/beacons/list/b").await, 2);
+
+    let name = format!("pair-{}", std::process::id());
+    // No network: the private engine shares the docker0 bridge.
+    let command = |secs: &str| json!({ "Image": docker::IMAGE, "Cmd": ["sleep", secs], "HostConfig": { "NetworkMode": "none" } });
+    let (lines, _) = admin
+        .stream(
+            "POST",
+            "/applications/create?start=true",
+            Some(json!({ "Name": name, "Command": command("600"), "Instances": ["b.local", "b.second"] })),
+        )
+        .await;
+    let seen = statuses(&lines);
+    assert_eq!(seen.first(), Some(&"Starting"), "{lines:?}");
+    assert_eq!(
+        seen[seen.len() - 2..],
+        ["Complete", "Finalized"],
+        "{lines:?}"
+    );
+    for (item, instance) in [(1, "local"), (2, "second")] {
+        let steps: Vec<&Value> = lines.iter().filter(|l| l["Item"] == item).collect();
+        assert_eq!(steps.len(), 5, "{lines:?}");
+        assert!(
+            steps.iter().all(|l| l["Status"] == "OK" && l["Total"] == 2),
+            "{lines:?}"
+        );
+        assert_eq!(steps[0]["Instance"], format!("{b_address}/{instance}"));
+    }
+    assert!(
+        lines[lines.len() - 2]["Message"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 2"),
+        "{lines:?}"
+    );
+    for e in [engine, &second] {
+        assert_eq!(e.inspect(&name).unwrap()["State"]["Running"], true);
+    }
+
+    // The second engine goes down: that instance fails, the other is
+    // updated, and the stream still ends once.
+    second.stop();
+    let (lines, _) = admin
+        .stream(
+            "PUT",
+            &format!("/applications/update/{name}"),
+            Some(json!({ "Command": command("700") })),
+        )
+        .await;
+    assert_eq!(
+        statuses(&lines)[lines.len() - 2..],
+        ["Failed", "Finalized"],
+        "{lines:?}"
+    );
+    assert!(
+        lines[lines.len() - 2]["Message"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 2"),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["Item"] == 2 && l["Status"] == "Error"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        engine.inspect(&name).unwrap()["Config"]["Cmd"],
+        json!(["sleep", "700"])
+    );
     engine.cli(&["rm", "-f", &name]);
 }

@@ -118,12 +118,10 @@ impl From<Result<String, String>> for AdminResponse {
     }
 }
 
-/// Serve the admin socket until `shutdown` flips.
-pub async fn serve_socket(
-    app: Arc<App>,
-    path: &Path,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+/// Bind the admin socket (owner-only), refusing when another berth
+/// answers on it. Bound before the server says it is listening, so `berth
+/// run` works as soon as it does.
+pub async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
             anyhow::bail!(
@@ -135,6 +133,16 @@ pub async fn serve_socket(
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serve the admin socket at `path` until `shutdown` flips, then remove it.
+pub async fn serve_socket(
+    app: Arc<App>,
+    listener: UnixListener,
+    path: &Path,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -150,7 +158,6 @@ pub async fn serve_socket(
         }
     }
     let _ = std::fs::remove_file(path);
-    Ok(())
 }
 
 async fn serve_client(app: Arc<App>, stream: UnixStream) -> anyhow::Result<()> {

@@ -209,12 +209,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let background = app.spawn_background(stopped.clone());
+    let admin_listener = berth::admin::bind_socket(&socket).await.inspect_err(|e| {
+        tracing::error!(error = %e, "admin socket unavailable: `berth run` and `berth plugins` will not work");
+    });
     let admin = tokio::spawn({
         let app = app.clone();
         let stopped = stopped.clone();
         async move {
-            if let Err(e) = berth::admin::serve_socket(app, &socket, stopped).await {
-                tracing::error!(error = %e, "admin socket unavailable: `berth run` and `berth plugins` will not work");
+            if let Ok(listener) = admin_listener {
+                berth::admin::serve_socket(app, listener, &socket, stopped).await;
             }
         }
     });
