@@ -27,13 +27,6 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::docker::{self, Engine};
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Lighthouse {
     base: String,
     cookie: String,
@@ -172,8 +165,8 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let instances = knob("BENCH_INSTANCES", 10).max(1);
-    let rounds = knob("BENCH_ROUNDS", 5).max(1);
+    let instances = support::knob("BENCH_INSTANCES", 10).max(1);
+    let rounds = support::knob("BENCH_ROUNDS", 5).max(1);
     let started = Instant::now();
     let engines: Vec<Engine> = std::thread::scope(|s| {
         let starting: Vec<_> = (0..instances).map(|_| s.spawn(docker::private)).collect();

@@ -30,13 +30,6 @@ use tokio::sync::Notify;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Api {
     base: String,
     auth: String,
@@ -129,8 +122,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn fan_out(api: Arc<Api>) -> anyhow::Result<()> {
-    let subscribers = knob("BENCH_SUBSCRIBERS", 100);
-    let events = knob("BENCH_EVENTS", 4000);
+    let subscribers = support::knob("BENCH_SUBSCRIBERS", 100);
+    let events = support::knob("BENCH_EVENTS", 4000);
     let mut uris = Vec::new();
     for i in 0..4 {
         let s = api
@@ -253,7 +246,7 @@ fn engine_creates(
 }
 
 async fn scale_to_event(api: Arc<Api>, engine: &support::docker::Engine) -> anyhow::Result<()> {
-    let rounds = knob("BENCH_SCALES", 8);
+    let rounds = support::knob("BENCH_SCALES", 8);
     let s = api
         .call(
             "POST",

@@ -254,6 +254,15 @@ pub fn totp(secret_b32: &str, offset: i64) -> String {
     format!("{:06}", n % 1_000_000)
 }
 
+/// A benchmark setting from the environment variable `name`, else
+/// `default`.
+pub fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A plain HTTP client.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -71,7 +71,7 @@ pub fn find(name: &str) -> Result<Option<App>, Response> {
     }
 }
 
-fn save(app: &App) -> Result<(), Response> {
+pub fn save(app: &App) -> Result<(), Response> {
     kv::set_json(&app_key(app.id), app).map_err(host)
 }
 
@@ -330,21 +330,21 @@ pub fn history(req: &Request) -> HttpResult {
 
 /// `POST /applications/start/{app}`.
 pub fn start(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
-    let mut app = app_for(req, &me, MODIFY)?;
-    app.running = true;
-    save(&app)?;
-    stream(task(&app, Op::Start)?)
+    start_or_stop(req, Op::Start)
 }
 
 /// `POST /applications/stop/{app}`: on a failure the instances already
 /// stopped are started again.
 pub fn stop(req: &Request) -> HttpResult {
+    start_or_stop(req, Op::Stop)
+}
+
+fn start_or_stop(req: &Request, op: Op) -> HttpResult {
     let me = auth::session(req)?;
     let mut app = app_for(req, &me, MODIFY)?;
-    app.running = false;
+    app.running = op == Op::Start;
     save(&app)?;
-    stream(task(&app, Op::Stop)?)
+    stream(task(&app, op)?)
 }
 
 /// `POST|PUT /applications/revert/{app}?target=&forcePull=`: deploy again
@@ -478,8 +478,4 @@ pub fn deployment(app: u64, id: u64) -> Result<Option<Deployment>, Response> {
 /// The application with this id.
 pub fn load(id: u64) -> Result<Option<App>, Response> {
     kv::get_json(&app_key(id)).map_err(host)
-}
-
-pub fn store(app: &App) -> Result<(), Response> {
-    save(app)
 }

@@ -10,7 +10,7 @@ use berth_sdk::{HttpResult, Request, Response, kv, percent_encode};
 use serde::{Deserialize, Serialize};
 
 use crate::target::{self, Beacon, Call, Instance, Target};
-use crate::users::{self, ACCESS, MODIFY, OWNER, User};
+use crate::users::{self, ACCESS, Kind, MODIFY, OWNER, User};
 use crate::{auth, fail, host, ok};
 
 fn beacon_key(address: &str) -> String {
@@ -219,7 +219,7 @@ pub fn grant(req: &Request) -> HttpResult {
         serde_json::from_slice(req.body())
             .map_err(|_| fail(400, "request", "the body must be a level: 0, 1, 2 or -1"))?
     };
-    users::set_level(&me, &mut user.beacons, &beacon.address, level, "beacon")?;
+    users::set_level(&me, &mut user, Kind::Beacon, &beacon.address, level)?;
     users::save(&user)?;
     ok()
 }

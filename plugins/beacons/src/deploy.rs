@@ -203,38 +203,45 @@ fn failed_key(topic: &str) -> String {
     format!("run/{topic}/failed")
 }
 
-/// The target of each instance (or the reason there is none), each
-/// instance's lock held.
+/// Where instance `address` (item `item`) is reached, or `None` after
+/// reporting why it cannot be.
+fn target(out: &Out, address: &str, item: usize) -> Option<Target> {
+    match beacons::find_instance(address) {
+        Ok(Some((beacon, instance))) => Some(Target::new(&beacon, &instance)),
+        Ok(None) => {
+            out.fail(
+                address,
+                item,
+                "this instance is no longer known (refresh its beacon)",
+            );
+            None
+        }
+        Err(_) => {
+            out.fail(address, item, "cannot read this instance's beacon");
+            None
+        }
+    }
+}
+
+/// The target of each instance (or `None`, reported), each instance's
+/// lock held.
 fn targets(task: &Task, out: &Out) -> Result<Vec<(usize, String, Option<Target>)>, String> {
     let mut targets = Vec::new();
     for (i, address) in task.instances.iter().enumerate() {
         hold(task, address)?;
-        let target = match beacons::find_instance(address) {
-            Ok(Some((beacon, instance))) => Some(Target::new(&beacon, &instance)),
-            Ok(None) => {
-                out.fail(
-                    address,
-                    i + 1,
-                    "this instance is no longer known (refresh its beacon)",
-                );
-                None
-            }
-            Err(_) => {
-                out.fail(address, i + 1, "cannot read this instance's beacon");
-                None
-            }
-        };
-        targets.push((i + 1, address.clone(), target));
+        targets.push((i + 1, address.clone(), target(out, address, i + 1)));
     }
     Ok(targets)
 }
 
-/// The deployment a task runs, with the application's labels added to
-/// its create body.
-fn command(task: &Task) -> Option<(Deployment, serde_json::Value)> {
-    let deployment = task
-        .deployment
-        .and_then(|id| apps::deployment(task.app, id).ok().flatten())?;
+/// The deployment a task runs.
+fn deployment(task: &Task) -> Option<Deployment> {
+    task.deployment
+        .and_then(|id| apps::deployment(task.app, id).ok().flatten())
+}
+
+/// A deployment's create body with the application's labels added.
+fn labelled(task: &Task, deployment: &Deployment) -> serde_json::Value {
     let mut body = deployment.command.clone();
     if let Some(object) = body.as_object_mut() {
         let labels = object
@@ -245,14 +252,14 @@ fn command(task: &Task) -> Option<(Deployment, serde_json::Value)> {
             labels.insert(DEPLOYMENT_LABEL.into(), deployment.id.to_string().into());
         }
     }
-    Some((deployment, body))
+    body
 }
 
 /// Announce the deploy, remove the containers of removed instances, and
 /// queue one job per instance; the last of those to end finishes the
 /// stream.
 fn plan(task: &Task, out: &Out) -> Result<(), String> {
-    let Some((deployment, _)) = command(task) else {
+    let Some(deployment) = deployment(task) else {
         out.note("Error", "the deployment to run is missing");
         return finish(task, out, out.total);
     };
@@ -302,28 +309,15 @@ fn deploy_one(task: &Task, out: &Out) -> Result<(), String> {
         .first()
         .ok_or("a deploy job without an instance")?;
     hold(task, address)?;
-    let item = task.item;
-    let ok = match (command(task), beacons::find_instance(address)) {
-        (Some((deployment, body)), Ok(Some((beacon, instance)))) => {
-            let target = Target::new(&beacon, &instance);
+    let ok = match deployment(task) {
+        None => {
+            out.fail(address, task.item, "the deployment to run is missing");
+            false
+        }
+        Some(deployment) => target(out, address, task.item).is_some_and(|target| {
+            let body = labelled(task, &deployment);
             deploy_to(task, out, &target, address, &body, &deployment.image)
-        }
-        (None, _) => {
-            out.fail(address, item, "the deployment to run is missing");
-            false
-        }
-        (_, Ok(None)) => {
-            out.fail(
-                address,
-                item,
-                "this instance is no longer known (refresh its beacon)",
-            );
-            false
-        }
-        (_, Err(_)) => {
-            out.fail(address, item, "cannot read this instance's beacon");
-            false
-        }
+        }),
     };
     if !ok {
         kv::increment(&failed_key(&task.topic), 1).map_err(text)?;
@@ -433,7 +427,7 @@ fn stop(task: &Task, out: &Out) -> Result<usize, String> {
     }
     if let Ok(Some(mut app)) = apps::load(task.app) {
         app.running = true;
-        if apps::store(&app).is_err() {
+        if apps::save(&app).is_err() {
             log::warn("cannot mark the application running after a failed stop");
         }
     }

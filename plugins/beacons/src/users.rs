@@ -164,17 +164,17 @@ pub fn update(req: &Request) -> HttpResult {
     for (name, level) in update.beacons {
         let beacon = beacons::find(&name)?
             .ok_or_else(|| fail(400, "databases", "databases: given key not found"))?;
-        set_level(&me, &mut user.beacons, &beacon.address, level, "beacon")?;
+        set_level(&me, &mut user, Kind::Beacon, &beacon.address, level)?;
     }
     for (name, level) in update.applications {
         let app = crate::apps::find(&name)?
             .ok_or_else(|| fail(400, "databases", "databases: given key not found"))?;
         set_level(
             &me,
-            &mut user.applications,
+            &mut user,
+            Kind::Application,
             &app.id.to_string(),
             level,
-            "application",
         )?;
     }
     // The requester may have changed their own record.
@@ -182,16 +182,40 @@ pub fn update(req: &Request) -> HttpResult {
     ok()
 }
 
-/// Change `resource`'s entry in a user's levels, on `me`'s authority:
-/// `me` needs modify on it, and may neither grant above its own level
-/// nor touch an owner unless it is one.
+/// The kinds of resource a user holds levels on.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Beacon,
+    Application,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Beacon => "beacon",
+            Kind::Application => "application",
+        }
+    }
+
+    fn levels(self, user: &mut User) -> &mut BTreeMap<String, i64> {
+        match self {
+            Kind::Beacon => &mut user.beacons,
+            Kind::Application => &mut user.applications,
+        }
+    }
+}
+
+/// Change `user`'s level on `resource`, on `me`'s authority: `me` needs
+/// modify on it, and may neither grant above its own level nor touch an
+/// owner unless it is one.
 pub fn set_level(
     me: &User,
-    levels: &mut BTreeMap<String, i64>,
+    user: &mut User,
+    kind: Kind,
     resource: &str,
     level: i64,
-    what: &str,
 ) -> Result<(), Response> {
+    let what = kind.name();
     if !(REMOVE..=OWNER).contains(&level) {
         return Err(fail(
             400,
@@ -201,11 +225,12 @@ pub fn set_level(
             ),
         ));
     }
-    let mine = match what {
-        "beacon" => me.beacon_level(resource),
-        _ => me.applications.get(resource).copied(),
+    let mine = match kind {
+        Kind::Beacon => me.beacons.get(resource),
+        Kind::Application => me.applications.get(resource),
     }
-    .unwrap_or(-1);
+    .copied()
+    .unwrap_or(REMOVE);
     if mine < MODIFY {
         return Err(fail(
             403,
@@ -220,6 +245,7 @@ pub fn set_level(
             &format!("cannot grant level {level} above your own ({mine}) on this {what}"),
         ));
     }
+    let levels = kind.levels(user);
     if levels.get(resource).copied() == Some(OWNER) && mine < OWNER {
         return Err(fail(
             403,
