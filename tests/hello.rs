@@ -69,6 +69,36 @@ async fn hello_routes_answer_and_the_counter_survives_a_restart() {
     assert_eq!(body["visits"], 3, "the counter survives a restart");
 }
 
+/// A call's store is torn down after its response is sent: every one must
+/// still go back to the pool, or requests past its size would fail.
+#[tokio::test]
+async fn more_requests_than_the_pool_has_instances_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(dir.path(), CONFIG);
+    let c = client();
+    let total = berth::runtime::POOL_INSTANCES as usize + 200;
+    let mut failed = Vec::new();
+    for i in 0..total {
+        let r = c
+            .get(berth.url(&format!("/hello/n{i}")))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 200 {
+            failed.push((i, r.status(), r.text().await.unwrap()));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {total} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let metrics = get_text(&c, &berth.url("/_berth/metrics")).await;
+    let served = format!("berth_requests_total{{plugin=\"hello\",code=\"2xx\"}} {total}");
+    assert!(metrics.contains(&served), "metrics lack `{served}`");
+}
+
 #[tokio::test]
 async fn kill_9_right_after_acknowledged_writes_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! Berth's benchmarks, in one run (`cargo bench --bench berth`; needs `wrk`).
 //!
-//! 1. instantiate + dispatch of the hello plugin in-process (median, p99);
+//! 1. instantiate + dispatch of the hello plugin in-process (median, p99),
+//!    and the teardown of its spent store, timed apart;
 //! 2. hello-route req/s through the real berth binary vs a native hyper
 //!    hello server, both driven by wrk on loopback;
 //! 3. time from dropping a .wasm into the plugins folder to its first 200,
@@ -34,13 +35,16 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut report = Vec::new();
 
-    let (median, p99, inst, parallel) = rt.block_on(instantiate_and_dispatch(
+    let (median, p99, inst, teardown, parallel) = rt.block_on(instantiate_and_dispatch(
         std::env::var("BENCH_CALLS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(20_000),
     ))?;
     report.push(format!("instantiate+dispatch (in-process, hello GET): median {median:.1} us, p99 {p99:.1} us (instantiate alone: median {inst:.1} us)"));
+    report.push(format!(
+        "store teardown after the answer (memory reset, slots back to the pool): median {teardown:.1} us"
+    ));
     report.push(format!(
         "fresh instance per call, one task per core: {parallel:.0} calls/s"
     ));
@@ -177,9 +181,10 @@ fn print_report(lines: &[String]) {
     }
 }
 
-/// Median and p99 of one sequential call, median instantiation alone, and
-/// calls per second with one task per core.
-async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// Median and p99 of one sequential call (instantiate + dispatch, up to the
+/// outcome), median instantiation alone, median teardown of the spent
+/// store, and calls per second (teardown included) with one task per core.
+async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f64, f64)> {
     let runtime = Arc::new(Runtime::new(None)?);
     let hello = berth::BUNDLED
         .iter()
@@ -208,6 +213,7 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
     let limits = config.limits("hello");
     let mut total = Vec::with_capacity(n);
     let mut inst = Vec::with_capacity(n);
+    let mut teardown = Vec::with_capacity(n);
     for i in 0..n + 1000 {
         let request = greet_request();
         let cx = CallCx::new(
@@ -219,9 +225,13 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
         let started = Instant::now();
         let called = runtime.handle(&prepared.pre, cx, &limits, request).await?;
         let took = started.elapsed();
+        let started = Instant::now();
+        drop(called.spent);
+        let torn = started.elapsed();
         if i >= 1000 {
             total.push(took.as_secs_f64() * 1e6);
             inst.push(called.instantiate.as_secs_f64() * 1e6);
+            teardown.push(torn.as_secs_f64() * 1e6);
         }
     }
     // Throughput with one task per core, as the server runs it.
@@ -246,7 +256,8 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
                     Some(db.begin("hello")),
                     Instant::now() + limits.deadline,
                 );
-                runtime.handle(&pre, cx, &limits, request).await.unwrap();
+                let called = runtime.handle(&pre, cx, &limits, request).await.unwrap();
+                drop(called.spent);
             }
         }));
     }
@@ -260,7 +271,13 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
     };
     let median = pct(&mut total, 0.5);
     let p99 = pct(&mut total, 0.99);
-    Ok((median, p99, pct(&mut inst, 0.5), parallel_rate))
+    Ok((
+        median,
+        p99,
+        pct(&mut inst, 0.5),
+        pct(&mut teardown, 0.5),
+        parallel_rate,
+    ))
 }
 
 /// What dispatch builds for `GET /hello/bench`.

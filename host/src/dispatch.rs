@@ -217,6 +217,7 @@ async fn call(
     let _running = plugin.metrics.running();
     match runtime.handle(&plugin.pre, cx, &limits, request).await {
         Ok(called) => {
+            called.spent.retire();
             plugin.metrics.instantiated(called.instantiate);
             let response = match called.value {
                 Outcome::Respond(response) => response,

@@ -25,7 +25,7 @@ use crate::caps::{CapSet, Capability};
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, PluginMetrics};
 use crate::router::{self, Pattern};
-use crate::runtime::{HostState, Manifest, PluginEnv, PluginPre, Runtime};
+use crate::runtime::{Linked, Manifest, PluginEnv, Runtime};
 use crate::store::Store;
 
 /// A file is loaded once it has not been modified for this long, so a
@@ -37,7 +37,7 @@ pub struct Mounted {
     pub manifest: Manifest,
     pub file: PathBuf,
     pub hash: String,
-    pub pre: PluginPre<HostState>,
+    pub pre: Linked,
     pub env: Arc<PluginEnv>,
     pub limits: Limits,
     pub permits: Arc<Semaphore>,

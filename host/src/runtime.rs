@@ -4,13 +4,18 @@
 //! interruption.
 
 use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentNamedList, HasSelf, Instance, InstancePre, Lift,
+    Linker, Lower, ResourceTable, TypedFunc,
+};
 use wasmtime::{
     Engine, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
@@ -32,7 +37,6 @@ pub mod bindings {
     });
 }
 
-pub use bindings::PluginPre;
 pub use bindings::berth::plugin::types::{Manifest, Outcome, Request};
 
 /// The WIT package version this host implements.
@@ -42,6 +46,10 @@ pub const WIT_VERSION: &str = "0.1.0";
 /// How often the epoch ticks; deadlines are checked (and long-running wasm
 /// yields to other tasks) at this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Instances alive at once across all plugins: calls running plus stores
+/// not yet torn down.
+pub const POOL_INSTANCES: u32 = 1000;
 
 /// Bytes of a plugin's stderr kept per call (panic messages end up here).
 const STDERR_CAP: usize = 4096;
@@ -118,11 +126,32 @@ pub enum CallError {
 }
 
 /// What a successful call returns: the value, the call's transaction (to
-/// commit) and how long instantiation took.
+/// commit), how long instantiation took, and the finished store.
 pub struct Called<R> {
     pub value: R,
     pub txn: Option<Txn>,
     pub instantiate: Duration,
+    pub spent: Spent,
+}
+
+/// A finished call's store. Dropping it resets the instance's memory (the
+/// pages the call dirtied) and returns its pool slots, a few microseconds
+/// that the caller's answer need not wait for: see [`Spent::retire`].
+pub struct Spent {
+    _store: Store<HostState>,
+}
+
+impl Spent {
+    /// Tear the store down once the current task next yields, which on the
+    /// request path is after hyper has written the response. A task spawned
+    /// from a worker goes to that worker's LIFO slot: it wakes no other
+    /// thread and runs next. Outside a runtime, tear down now.
+    pub fn retire(self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move { drop(self) })),
+            Err(_) => drop(self),
+        }
+    }
 }
 
 /// The engine, the linker and the compile cache.
@@ -144,11 +173,11 @@ impl Runtime {
     /// Compiled code is cached under `cache_dir` when given.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(1000)
-            .total_core_instances(4000)
-            .total_memories(2000)
-            .total_tables(2000)
-            .total_stacks(1000)
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(4 * POOL_INSTANCES)
+            .total_memories(2 * POOL_INSTANCES)
+            .total_tables(2 * POOL_INSTANCES)
+            .total_stacks(POOL_INSTANCES)
             .max_memory_size((MAX_MEMORY_MIB << 20) as usize)
             // Reset slots between calls by rewriting only the pages the call
             // dirtied (found with PAGEMAP_SCAN on Linux >= 6.7), keeping them
@@ -203,7 +232,7 @@ impl Runtime {
         let (component, cached) = self.compile(wasm, &hash)?;
         self.check_contract(&component)?;
         let pre = self.linker.instantiate_pre(&component)?;
-        let pre = PluginPre::new(pre).map_err(|e| {
+        let pre = Linked::new(pre).map_err(|e| {
             anyhow::anyhow!("its exports do not match the {WIT_PACKAGE}@{WIT_VERSION} world: {e:#}")
         })?;
         Ok(Prepared { pre, hash, cached })
@@ -290,7 +319,7 @@ impl Runtime {
     /// Call `describe` on a fresh instance.
     pub async fn describe(
         &self,
-        pre: &PluginPre<HostState>,
+        pre: &Linked,
         env: Arc<PluginEnv>,
         limits: &Limits,
     ) -> Result<Manifest, CallError> {
@@ -300,89 +329,82 @@ impl Runtime {
             None,
             Instant::now() + limits.deadline,
         );
-        let called = self
-            .call(pre, cx, limits, |p, s| Box::pin(p.call_describe(s)))
-            .await?;
+        let called = self.call(pre, &pre.describe, cx, limits, ()).await?;
         Ok(called.value)
     }
 
     /// Call `handle` on a fresh instance.
     pub async fn handle(
         &self,
-        pre: &PluginPre<HostState>,
+        pre: &Linked,
         cx: CallCx,
         limits: &Limits,
         request: Request,
     ) -> Result<Called<Outcome>, CallError> {
-        self.call(pre, cx, limits, move |p, s| {
-            Box::pin(async move { p.call_handle(s, &request).await })
-        })
-        .await
+        self.call(pre, &pre.handle, cx, limits, (request,)).await
     }
 
     /// Call `admin` on a fresh instance.
     pub async fn admin(
         &self,
-        pre: &PluginPre<HostState>,
+        pre: &Linked,
         cx: CallCx,
         limits: &Limits,
         args: Vec<String>,
     ) -> Result<Called<Result<String, String>>, CallError> {
-        self.call(pre, cx, limits, move |p, s| {
-            Box::pin(async move { p.call_admin(s, &args).await })
-        })
-        .await
+        self.call(pre, &pre.admin, cx, limits, (args,)).await
     }
 
     /// Call `run-job` on a fresh instance.
     pub async fn run_job(
         &self,
-        pre: &PluginPre<HostState>,
+        pre: &Linked,
         cx: CallCx,
         limits: &Limits,
         kind: String,
         payload: Vec<u8>,
-    ) -> Result<Called<Result<(), String>>, CallError> {
-        self.call(pre, cx, limits, move |p, s| {
-            Box::pin(async move { p.call_run_job(s, &kind, &payload).await })
-        })
-        .await
+    ) -> Result<Called<JobResult>, CallError> {
+        self.call(pre, &pre.run_job, cx, limits, (kind, payload))
+            .await
     }
 
-    async fn call<R, F>(
+    /// Instantiate `pre` in a fresh store and call its `export` with `params`.
+    async fn call<P, R>(
         &self,
-        pre: &PluginPre<HostState>,
+        pre: &Linked,
+        export: &Export<P, (R,)>,
         cx: CallCx,
         limits: &Limits,
-        f: F,
+        params: P,
     ) -> Result<Called<R>, CallError>
     where
-        F: for<'a> FnOnce(
-            &'a bindings::Plugin,
-            &'a mut Store<HostState>,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>,
-        >,
+        P: ComponentNamedList + Lower + Send + Sync,
+        (R,): ComponentNamedList + Lift + Send + Sync + 'static,
     {
         let started = Instant::now();
         let plugin_name = cx.plugin.name.clone();
         let (mut store, stderr) = self.new_store(cx, limits);
-        let plugin = pre
+        let instance = pre
+            .pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let func = export
+            .get(&mut store, &instance)
+            .ok_or_else(|| CallError::Instantiate("an export is missing".into()))?;
         let instantiate = started.elapsed();
         // The epoch callback stops wasm at the deadline. Host calls that
         // may wait (key locks) are bounded by the same deadline themselves,
         // so no timer is armed per call on this hot path.
-        let result = f(&plugin, &mut store).await;
+        let result = func.call_async(&mut store, params).await;
         match result {
-            Ok(value) => {
+            Ok((value,)) => {
                 let txn = store.data_mut().call.txn.take();
                 Ok(Called {
                     value,
                     txn,
                     instantiate,
+                    spent: Spent { _store: store },
                 })
             }
             Err(_) if store.data().timed_out => Err(CallError::Timeout(limits.deadline)),
@@ -401,9 +423,81 @@ impl Runtime {
     }
 }
 
+/// A linked plugin version: what each call instantiates, and the exports
+/// Berth calls, found and type-checked once here rather than on every
+/// instantiation.
+#[derive(Clone)]
+pub struct Linked {
+    pre: InstancePre<HostState>,
+    describe: Export<(), (Manifest,)>,
+    handle: Export<(Request,), (Outcome,)>,
+    admin: Export<(Vec<String>,), (Result<String, String>,)>,
+    run_job: Export<(String, Vec<u8>), (JobResult,)>,
+}
+
+/// What `run-job` returns: done, or why not.
+type JobResult = Result<(), String>;
+
+impl Linked {
+    fn new(pre: InstancePre<HostState>) -> anyhow::Result<Linked> {
+        Ok(Linked {
+            describe: Export::find(&pre, "describe")?,
+            handle: Export::find(&pre, "handle")?,
+            admin: Export::find(&pre, "admin")?,
+            run_job: Export::find(&pre, "run-job")?,
+            pre,
+        })
+    }
+}
+
+/// An exported function, type-checked as taking `P` and returning `R`.
+struct Export<P, R> {
+    index: ComponentExportIndex,
+    signature: PhantomData<fn(P) -> R>,
+}
+
+impl<P, R> Clone for Export<P, R> {
+    fn clone(&self) -> Self {
+        Export {
+            index: self.index,
+            signature: PhantomData,
+        }
+    }
+}
+
+impl<P, R> Export<P, R>
+where
+    P: ComponentNamedList + Lower + Send + Sync,
+    R: ComponentNamedList + Lift + Send + Sync + 'static,
+{
+    fn find(pre: &InstancePre<HostState>, name: &str) -> anyhow::Result<Self> {
+        let (item, index) = pre
+            .component()
+            .get_export(None, name)
+            .ok_or_else(|| anyhow::anyhow!("no export `{name}`"))?;
+        let ComponentItem::ComponentFunc(func) = item else {
+            anyhow::bail!("export `{name}` is not a function");
+        };
+        func.typecheck::<P, R>(&pre.instance_type())
+            .map_err(|e| anyhow::anyhow!("export `{name}`: {e:#}"))?;
+        Ok(Export {
+            index,
+            signature: PhantomData,
+        })
+    }
+
+    /// This export of `instance`, ready to call.
+    fn get(&self, store: &mut Store<HostState>, instance: &Instance) -> Option<TypedFunc<P, R>> {
+        let func = instance.get_func(&mut *store, self.index)?;
+        // SAFETY: `find` type-checked this export as taking `P` and
+        // returning `R`, and `instance` comes from the same component.
+        Some(unsafe { TypedFunc::new_unchecked(func) })
+    }
+}
+
 /// A compiled and linked plugin version.
 pub struct Prepared {
-    pub pre: PluginPre<HostState>,
+    pub pre: Linked,
     /// SHA-256 of the wasm file, hex.
     pub hash: String,
     /// Whether the compiled code came from the on-disk cache.
