@@ -10,6 +10,10 @@
 //!
 //! Knobs: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 64).
 
+/// The allocator the `berth` binary uses, so in-process figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // The end-to-end tests' harness: start the real binary, read its address.
 #[path = "../../tests/support/mod.rs"]
 mod support;

@@ -3,6 +3,7 @@
 //! per call, with a memory cap and a wall-clock deadline enforced by epoch
 //! interruption.
 
+use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -141,17 +142,28 @@ pub struct Spent {
     _store: Store<HostState>,
 }
 
+thread_local! {
+    /// The store this thread retired last, not yet torn down.
+    static RETIRED: RefCell<Option<Spent>> = const { RefCell::new(None) };
+}
+
 impl Spent {
-    /// Tear the store down once the current task next yields, which on the
-    /// request path is after hyper has written the response. A task spawned
-    /// from a worker goes to that worker's LIFO slot: it wakes no other
-    /// thread and runs next. Outside a runtime, tear down now.
+    /// Keep the store for this thread to tear down later: when the thread
+    /// next goes idle or exits ([`reap`], which `berth serve` runs as the
+    /// async workers' park and stop hooks) or when it retires the next
+    /// store, whichever comes first. On the request path that is after
+    /// hyper has written the response, and it wakes no other thread. At
+    /// most one store per thread waits this way.
     pub fn retire(self) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(async move { drop(self) })),
-            Err(_) => drop(self),
-        }
+        let previous = RETIRED.with(|slot| slot.borrow_mut().replace(self));
+        drop(previous);
     }
+}
+
+/// Tear down the store this thread retired last, if any.
+pub fn reap() {
+    let spent = RETIRED.with(|slot| slot.borrow_mut().take());
+    drop(spent);
 }
 
 /// The engine, the linker and the compile cache.
@@ -185,7 +197,13 @@ impl Runtime {
             .pagemap_scan(wasmtime::Enabled::Auto)
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(1 << 20)
-            .decommit_batch_size(32);
+            // Give a slot back to its pool as soon as its store is dropped,
+            // so the next call takes the same warm slot. wasmtime queues a
+            // zero-length decommit for every memory and table even when it
+            // kept all pages resident; with a larger batch, slots waited in
+            // that queue and a quiet server's next call took a cold slot
+            // (mprotect, mmap of the image, page faults).
+            .decommit_batch_size(1);
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
