@@ -1,7 +1,10 @@
 //! Counting failed attempts (logins, say) per key and wall-clock minute,
 //! in KV, to refuse a client that keeps failing.
 //!
-//! ```ignore
+//! ```no_run
+//! # use berth_sdk::attempts::{Attempts, client_ip};
+//! # use berth_sdk::{HttpResult, Request, Response};
+//! # fn login(req: &Request, password_ok: bool) -> HttpResult {
 //! let mut attempts = Attempts::load(&format!("attempts/{}", client_ip(req)), 5)?;
 //! if attempts.exceeded() {
 //!     return Err(Response::error(429, "too many failed logins; try again in a minute"));
@@ -10,6 +13,8 @@
 //!     attempts.fail()?;
 //!     return Err(Response::error(401, "wrong password"));
 //! }
+//! # Ok(Response::json(200, &"signed in"))
+//! # }
 //! ```
 //!
 //! The failure is stored by the call that fails, so answer the failure

@@ -2,10 +2,13 @@
 //! engine API's own JSON for the large documents (create bodies, inspect
 //! results, service specs). See `wit/docker.wit` for every function.
 //!
-//! ```ignore
+//! ```no_run
 //! use berth_sdk::docker;
 //!
+//! # fn main() -> Result<(), docker::DockerError> {
 //! let running = docker::container_list("local", false, &[("label".into(), vec!["app=web".into()])])?;
+//! # Ok(())
+//! # }
 //! ```
 
 use crate::Response;

@@ -11,7 +11,7 @@
 //!   [`http_out`], [`docker`], [`events`]: the host capabilities, typed.
 //! - [`attempts`]: failed-login throttling on top of [`kv`]; [`time`]: clock helpers.
 //!
-//! ```ignore
+//! ```no_run
 //! use berth_sdk::{Info, Plugin, Request, Response, Router, HttpResult};
 //!
 //! struct Hello;
