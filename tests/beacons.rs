@@ -59,6 +59,11 @@ async fn status_json(r: reqwest::Response) -> (u16, Value) {
 }
 
 impl<'a> Session<'a> {
+    /// Create the admin with `berth run beacons create-admin` and sign in.
+    async fn admin(berth: &'a Berth) -> Session<'a> {
+        Session::login(berth, "admin", &create_admin(berth, "admin", None)).await
+    }
+
     async fn login(berth: &'a Berth, email: &str, password: &str) -> Session<'a> {
         let http = client();
         let r = send(
@@ -719,12 +724,7 @@ async fn a_fleet_of_two_berths_deploys_through_a_beacon() {
         ),
     );
     let b_address = beacon_b.url.trim_start_matches("http://").to_string();
-    let admin = Session::login(
-        &lighthouse,
-        "admin",
-        &create_admin(&lighthouse, "admin", None),
-    )
-    .await;
+    let admin = Session::admin(&lighthouse).await;
 
     // The agent on B checks its token.
     let http = client();
@@ -1206,12 +1206,7 @@ async fn a_deploy_reaches_every_instance_and_reports_each() {
         dir_a.path(),
         "[http_out]\nallow = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1\"]\n",
     );
-    let admin = Session::login(
-        &lighthouse,
-        "admin",
-        &create_admin(&lighthouse, "admin", None),
-    )
-    .await;
+    let admin = Session::admin(&lighthouse).await;
     let b_address = beacon_b.url.trim_start_matches("http://").to_string();
     let (status, body) = admin
         .call(
