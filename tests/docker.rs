@@ -247,6 +247,22 @@ async fn proxied_requests_stream_byte_for_byte() {
             .any(|id| run.stdout.starts_with(id.as_bytes()))
     );
 
+    // An answer the engine wrote in one piece, chunked (`/info` is over the
+    // 2 KiB under which the engine gives a length itself), goes out whole,
+    // with its length.
+    let whole = http
+        .get(berth.url("/probe/local/docker/info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whole.status(), 200);
+    assert!(whole.headers().get("transfer-encoding").is_none());
+    let length = whole.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(length, whole.bytes().await.unwrap().len().to_string());
+
     // Engine errors come back as the engine gave them.
     let (status, body) = call(
         &http,

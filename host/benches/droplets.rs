@@ -1,6 +1,7 @@
 //! Docker latency (`cargo bench --bench droplets`; needs root for the
 //! private dockerd, like the Docker tests): sequential keep-alive requests,
-//! one at a time, timing
+//! one at a time, each Berth call paired with its direct baseline (the two
+//! take turns, so both see the same state of the machine), timing
 //!
 //! - `GET /containers/json` straight to the engine's socket (the baseline);
 //! - the same call proxied by Berth (`proxy-docker`, through the
@@ -98,6 +99,15 @@ struct Stats {
     p99: Duration,
 }
 
+fn stats(mut times: Vec<Duration>) -> Stats {
+    times.sort();
+    let n = times.len();
+    Stats {
+        median: times[n / 2],
+        p99: times[n * 99 / 100],
+    }
+}
+
 fn measure(n: usize, mut call: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Stats> {
     for _ in 0..n / 10 {
         call()?;
@@ -108,11 +118,39 @@ fn measure(n: usize, mut call: impl FnMut() -> anyhow::Result<()>) -> anyhow::Re
         call()?;
         times.push(start.elapsed());
     }
-    times.sort();
-    Ok(Stats {
-        median: times[n / 2],
-        p99: times[n * 99 / 100],
-    })
+    Ok(stats(times))
+}
+
+/// Time two calls in turn, `n` times each, taking turns at going first, so
+/// both see the same state of the machine (this VM's speed drifts by up to
+/// 1.8x between phases, which separate runs would put into the ratio).
+fn measure_pair(
+    n: usize,
+    mut a: impl FnMut() -> anyhow::Result<()>,
+    mut b: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(Stats, Stats)> {
+    for _ in 0..n / 10 {
+        a()?;
+        b()?;
+    }
+    let (mut times_a, mut times_b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        for first in [i % 2 == 0, i % 2 != 0] {
+            let start = Instant::now();
+            if first {
+                a()?
+            } else {
+                b()?
+            }
+            let took = start.elapsed();
+            if first {
+                times_a.push(took);
+            } else {
+                times_b.push(took);
+            }
+        }
+    }
+    Ok((stats(times_a), stats(times_b)))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -207,12 +245,22 @@ fn main() -> anyhow::Result<()> {
 
     let health = measure(n, || get("/_berth/health", false))?;
     let hello = measure(n, || get("/hello/bench", false))?;
-    let ping_direct = measure(n, || direct.get("/_ping").map(drop))?;
-    let ping = measure(n, || get("/probe/local/docker/_ping", false))?;
-    let base = measure(n, || direct.get(list_path).map(drop))?;
-    let proxied = measure(n, || get(&format!("/probe/local/docker{list_path}"), false))?;
-    let base_filtered = measure(n, || direct.get(filtered).map(drop))?;
-    let list = measure(n, || get("/api/v1/droplet/list", true))?;
+    let (ping_direct, ping) = measure_pair(
+        n,
+        || direct.get("/_ping").map(drop),
+        || get("/probe/local/docker/_ping", false),
+    )?;
+    let proxied_path = format!("/probe/local/docker{list_path}");
+    let (base, proxied) = measure_pair(
+        n,
+        || direct.get(list_path).map(drop),
+        || get(&proxied_path, false),
+    )?;
+    let (base_filtered, list) = measure_pair(
+        n,
+        || direct.get(filtered).map(drop),
+        || get("/api/v1/droplet/list", true),
+    )?;
 
     let containers = direct.get(list_path)?;
     let count = serde_json::from_slice::<serde_json::Value>(&containers)?
