@@ -7,6 +7,7 @@
 //! literal beats parameter beats rest.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,27 +135,39 @@ impl Pattern {
         other.segments.len().cmp(&self.segments.len())
     }
 
-    /// Match a path's segments, returning the captured parameters.
-    fn matches(&self, parts: &[&str]) -> Option<Vec<(String, String)>> {
+    /// Whether a path's segments match, without capturing anything.
+    fn fits(&self, parts: &[&str]) -> bool {
+        for (i, segment) in self.segments.iter().enumerate() {
+            match segment {
+                Segment::Rest(_) => return true,
+                Segment::Literal(text) => {
+                    if parts.get(i) != Some(&text.as_str()) {
+                        return false;
+                    }
+                }
+                Segment::Param(_) => {
+                    if i >= parts.len() {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.len() == self.segments.len()
+    }
+
+    /// The parameters captured from a path that `fits`.
+    fn params(&self, parts: &[&str]) -> Vec<(String, String)> {
         let mut params = Vec::new();
         for (i, segment) in self.segments.iter().enumerate() {
             match segment {
                 Segment::Rest(name) => {
                     params.push((name.clone(), parts.get(i..).unwrap_or_default().join("/")));
-                    return Some(params);
                 }
-                Segment::Literal(text) => {
-                    if parts.get(i) != Some(&text.as_str()) {
-                        return None;
-                    }
-                }
-                Segment::Param(name) => {
-                    let part = parts.get(i)?;
-                    params.push((name.clone(), percent_decode(part)));
-                }
+                Segment::Param(name) => params.push((name.clone(), percent_decode(parts[i]))),
+                Segment::Literal(_) => {}
             }
         }
-        (parts.len() == self.segments.len()).then_some(params)
+        params
     }
 }
 
@@ -210,21 +223,44 @@ pub enum Found<'a, T> {
     NotFound,
 }
 
-/// All routes, most specific first.
+/// All routes, most specific first, indexed by their first segment.
 pub struct Table<T> {
     routes: Vec<Route<T>>,
+    /// For each literal first segment of a pattern, the positions in
+    /// `routes` of the routes a path starting with it may match: those
+    /// starting with it and those starting with a parameter, in order.
+    by_first: HashMap<String, Vec<usize>>,
+    /// The positions of the routes that start with a parameter (or are
+    /// `/`): all a path with any other first segment may match.
+    others: Vec<usize>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
-        Table { routes: Vec::new() }
+        Table::new(Vec::new())
     }
 }
 
 impl<T> Table<T> {
     pub fn new(mut routes: Vec<Route<T>>) -> Table<T> {
         routes.sort_by(|a, b| a.pattern.specificity(&b.pattern));
-        Table { routes }
+        let mut by_first: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut others = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            match route.pattern.segments.first() {
+                Some(Segment::Literal(first)) => by_first.entry(first.clone()).or_default().push(i),
+                _ => others.push(i),
+            }
+        }
+        for under in by_first.values_mut() {
+            under.extend(&others);
+            under.sort_unstable();
+        }
+        Table {
+            routes,
+            by_first,
+            others,
+        }
     }
 
     pub fn routes(&self) -> &[Route<T>] {
@@ -233,17 +269,24 @@ impl<T> Table<T> {
 
     pub fn find(&self, method: &str, path: &str) -> Found<'_, T> {
         let parts = split(path);
+        let candidates = parts
+            .first()
+            .and_then(|first| self.by_first.get(*first))
+            .unwrap_or(&self.others);
         let mut allow: Vec<String> = Vec::new();
-        for route in &self.routes {
-            if let Some(params) = route.pattern.matches(&parts) {
-                if route.method == method || route.method == "*" {
-                    // A more specific pattern for another method does not
-                    // shadow this one: keep looking only if methods differ.
-                    return Found::Route { route, params };
-                }
-                if !allow.contains(&route.method) {
-                    allow.push(route.method.clone());
-                }
+        for &next in candidates {
+            let route = &self.routes[next];
+            if !route.pattern.fits(&parts) {
+                continue;
+            }
+            if route.method == method || route.method == "*" {
+                // A more specific pattern for another method does not
+                // shadow this one: keep looking only if methods differ.
+                let params = route.pattern.params(&parts);
+                return Found::Route { route, params };
+            }
+            if !allow.contains(&route.method) {
+                allow.push(route.method.clone());
             }
         }
         if allow.is_empty() {
@@ -306,6 +349,26 @@ mod tests {
         );
         assert_eq!(id(&t, "GET", "/"), "root ");
         assert_eq!(id(&t, "GET", "/nope"), "404");
+    }
+
+    #[test]
+    fn literal_and_parameter_first_segments_keep_one_order() {
+        let t = table(&[
+            ("GET", "/{kind}/list", "kind-list"),
+            ("POST", "/{kind}/{id}", "kind-id"),
+            ("GET", "/d/{x}", "d-x"),
+            ("PUT", "/d/list", "d-list"),
+            ("GET", "/{all...}", "all"),
+        ]);
+        // A literal first segment beats a parameter, and the routes that
+        // start with a parameter still answer what the `/d/` ones do not.
+        assert_eq!(id(&t, "GET", "/d/list"), "d-x x=list");
+        assert_eq!(id(&t, "PUT", "/d/list"), "d-list ");
+        assert_eq!(id(&t, "POST", "/d/list"), "kind-id kind=d,id=list");
+        assert_eq!(id(&t, "GET", "/e/list"), "kind-list kind=e");
+        assert_eq!(id(&t, "DELETE", "/d/list"), "405 GET,POST,PUT");
+        assert_eq!(id(&t, "GET", "/"), "all all=");
+        assert_eq!(id(&t, "GET", "/e/f/g"), "all all=e/f/g");
     }
 
     #[test]
