@@ -135,15 +135,15 @@ fn measure_pair(
     }
     let (mut times_a, mut times_b) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
-        for first in [i % 2 == 0, i % 2 != 0] {
+        for run_a in [i % 2 == 0, i % 2 != 0] {
             let start = Instant::now();
-            if first {
+            if run_a {
                 a()?
             } else {
                 b()?
             }
             let took = start.elapsed();
-            if first {
+            if run_a {
                 times_a.push(took);
             } else {
                 times_b.push(took);
@@ -154,14 +154,8 @@ fn measure_pair(
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_REQUESTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
-    let droplets: usize = std::env::var("BENCH_DROPLETS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let n = support::knob("BENCH_REQUESTS", 500);
+    let droplets = support::knob("BENCH_DROPLETS", 10);
     let Some(engine) = support::docker::shared() else {
         anyhow::bail!("no Docker engine: this benchmark needs dockerd (run as root)");
     };
