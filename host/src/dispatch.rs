@@ -454,18 +454,20 @@ async fn arrived(body: &mut Incoming) -> Result<Arrived, hyper::Error> {
                 yielded = false;
             }
             Some(None) if frames.iter().all(Frame::is_data) => {
-                let mut data = frames.into_iter().filter_map(|f| f.into_data().ok());
-                return Ok(Arrived::All(match (data.next(), data.next()) {
-                    (None, _) => Bytes::new(),
-                    (Some(only), None) => only,
-                    (Some(first), Some(second)) => {
-                        let mut all = bytes::BytesMut::with_capacity(taken);
-                        for part in [first, second].into_iter().chain(data) {
-                            all.extend_from_slice(&part);
-                        }
-                        all.freeze()
-                    }
-                }));
+                // Usually one frame: hand it on without a copy.
+                let all = match frames.len() {
+                    1 => frames.pop_front().and_then(|f| f.into_data().ok()),
+                    _ => None,
+                };
+                let all = all.unwrap_or_else(|| {
+                    let mut all = bytes::BytesMut::with_capacity(taken);
+                    frames
+                        .iter()
+                        .filter_map(Frame::data_ref)
+                        .for_each(|d| all.extend_from_slice(d));
+                    all.freeze()
+                });
+                return Ok(Arrived::All(all));
             }
             Some(None) => break,
             None if !yielded => {
