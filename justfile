@@ -2,7 +2,7 @@
 
 # Run berth with the bundled plugins on the embedded defaults.
 run:
-    rustup target add wasm32-wasip2 && cargo run --release -- serve
+    rustup target add wasm32-wasip2 && cargo run --profile dist -- serve
 
 # The test suite, exactly as CI and the README run it.
 test:
@@ -23,7 +23,7 @@ plugins:
 # The benchmarks (berth needs wrk: apt-get install wrk; droplets and
 # stacks start a private dockerd, as the tests do).
 bench:
-    cargo bench --bench berth
-    cargo bench --bench commands
-    cargo bench --bench droplets
-    cargo bench --bench stacks
+    cargo bench --profile dist --bench berth
+    cargo bench --profile dist --bench commands
+    cargo bench --profile dist --bench droplets
+    cargo bench --profile dist --bench stacks

@@ -1,4 +1,4 @@
-//! Application deploys of the `beacons` plugin (`cargo bench --bench
+//! Application deploys of the `beacons` plugin (`cargo bench --profile dist --bench
 //! beacons`; needs root for the private dockerds, like the Docker tests).
 //!
 //! BENCH_INSTANCES (default 10) private engines stand for as many hosts.

@@ -1,4 +1,4 @@
-//! Berth's benchmarks, in one run (`cargo bench --bench berth`; needs `wrk`).
+//! Berth's benchmarks, in one run (`cargo bench --profile dist --bench berth`; needs `wrk`).
 //!
 //! 1. instantiate + dispatch of the hello plugin in-process (median, p99),
 //!    and the teardown of its spent store, timed apart;

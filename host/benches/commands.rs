@@ -1,4 +1,4 @@
-//! The `commands` plugin's benchmark (`cargo bench --bench commands`;
+//! The `commands` plugin's benchmark (`cargo bench --profile dist --bench commands`;
 //! needs `wrk`): acknowledged async POST /commands per second with
 //! concurrent clients (each 200 is durable: the command and its job are
 //! committed before the answer), and the sync round trip's overhead above

@@ -1,4 +1,4 @@
-//! Docker latency (`cargo bench --bench droplets`; needs root for the
+//! Docker latency (`cargo bench --profile dist --bench droplets`; needs root for the
 //! private dockerd, like the Docker tests): sequential keep-alive requests,
 //! one at a time, each Berth call paired with its direct baseline (the two
 //! take turns, so both see the same state of the machine), timing

@@ -1,5 +1,5 @@
 //! Event fan-out of the `stacks` plugin's Docker Cloud stream
-//! (`cargo bench --bench stacks`; needs root for the private dockerd, like
+//! (`cargo bench --profile dist --bench stacks`; needs root for the private dockerd, like
 //! the Docker tests):
 //!
 //! - latency: one `PATCH service/{uuid}/` at a time, from the request to
