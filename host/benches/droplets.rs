@@ -108,16 +108,19 @@ fn stats(mut times: Vec<Duration>) -> Stats {
     }
 }
 
+fn timed(call: &mut impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    call()?;
+    Ok(start.elapsed())
+}
+
 fn measure(n: usize, mut call: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Stats> {
     for _ in 0..n / 10 {
         call()?;
     }
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        call()?;
-        times.push(start.elapsed());
-    }
+    let times = (0..n)
+        .map(|_| timed(&mut call))
+        .collect::<anyhow::Result<_>>()?;
     Ok(stats(times))
 }
 
@@ -135,20 +138,15 @@ fn measure_pair(
     }
     let (mut times_a, mut times_b) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
-        for run_a in [i % 2 == 0, i % 2 != 0] {
-            let start = Instant::now();
-            if run_a {
-                a()?
-            } else {
-                b()?
-            }
-            let took = start.elapsed();
-            if run_a {
-                times_a.push(took);
-            } else {
-                times_b.push(took);
-            }
-        }
+        let (took_a, took_b) = if i % 2 == 0 {
+            let took_a = timed(&mut a)?;
+            (took_a, timed(&mut b)?)
+        } else {
+            let took_b = timed(&mut b)?;
+            (timed(&mut a)?, took_b)
+        };
+        times_a.push(took_a);
+        times_b.push(took_b);
     }
     Ok((stats(times_a), stats(times_b)))
 }
