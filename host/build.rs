@@ -4,7 +4,9 @@
 //! given to the tests as `BERTH_TEST_PLUGINS`.
 //!
 //! The nested cargo gets its own target directory (no lock contention with
-//! the outer build) and no inherited RUSTFLAGS (which are for the host).
+//! the outer build) and no inherited RUSTFLAGS (which are for the host). It
+//! runs in the built workspace's folder, since cargo finds `.cargo/config.toml`
+//! from its working directory: the plugins' wasm stack size is set there.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,9 +37,11 @@ fn main() {
         "plugins/fixtures",
         "plugins/Cargo.toml",
         "plugins/Cargo.lock",
+        "plugins/.cargo/config.toml",
         "examples/hello/src",
         "examples/hello/Cargo.toml",
         "examples/hello/Cargo.lock",
+        "examples/hello/.cargo/config.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
@@ -103,6 +107,7 @@ fn build(manifest: &Path, target_dir: &Path) {
             "--manifest-path",
         ])
         .arg(manifest)
+        .current_dir(manifest.parent().expect("a manifest is in a folder"))
         .env("CARGO_TARGET_DIR", target_dir)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")

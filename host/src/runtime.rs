@@ -526,3 +526,33 @@ pub struct Prepared {
 pub fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every call resets its instance's linear memory. Without the
+    /// `PAGEMAP_SCAN` ioctl (Linux before 6.7) that reset rewrites all of
+    /// it, so the plugins are linked with a 256 KiB stack rather than
+    /// rustc's 1 MiB (`.cargo/config.toml` of each plugin workspace, which
+    /// build.rs must run cargo beside to pick up).
+    #[test]
+    fn bundled_plugins_start_with_a_small_linear_memory() {
+        const WASM_PAGE: u64 = 64 << 10;
+        for (file, bytes) in crate::BUNDLED {
+            let mut memories = 0;
+            for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+                if let wasmparser::Payload::MemorySection(section) = payload.unwrap() {
+                    for memory in section {
+                        let initial = memory.unwrap().initial * WASM_PAGE;
+                        assert!(
+                            initial < 1 << 20,
+                            "{file} starts with {} KiB of linear memory: the 1 MiB default stack?",
+                            initial >> 10
+                        );
+                        memories += 1;
+                    }
+                }
+            }
+            assert!(memories > 0, "{file}: no linear memory found");
+        }
+    }
+}
