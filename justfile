@@ -21,9 +21,10 @@ plugins:
     cd examples/hello && cargo build --release --target wasm32-wasip2
 
 # The benchmarks (berth needs wrk: apt-get install wrk; droplets and
-# stacks start a private dockerd, as the tests do).
+# stacks and beacons start private dockerds, as the tests do).
 bench:
     cargo bench --profile dist --bench berth
     cargo bench --profile dist --bench commands
     cargo bench --profile dist --bench droplets
     cargo bench --profile dist --bench stacks
+    cargo bench --profile dist --bench beacons
