@@ -1,7 +1,6 @@
 //! From an HTTP request to a plugin call and back: routing, body limits,
 //! concurrency limits, the call, committing its writes, the response.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,11 +8,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 
 use crate::App;
 use crate::caps::Capability;
@@ -337,45 +335,53 @@ async fn proxy_docker(
     request_id: &str,
 ) -> Response {
     let name = &plugin.manifest.name;
-    let bad_path = target.path.is_empty()
-        || !target.path.starts_with('/')
-        || target.path.split('/').any(|s| s == "..")
-        || target.path.contains(['?', '#', ' ']);
-    let query = target
-        .query
+    let DockerTarget {
+        endpoint,
+        path,
+        query,
+    } = target;
+    let bad_path = path.is_empty()
+        || !path.starts_with('/')
+        || path.split('/').any(|s| s == "..")
+        || path.contains(['?', '#', ' ']);
+    let query = query
         .or_else(|| parts.uri.query().map(str::to_string))
         .filter(|q| !q.is_empty());
-    let uri = match query {
-        Some(q) => format!("http://docker{}?{q}", target.path),
-        None => format!("http://docker{}", target.path),
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
     };
-    let uri = match (bad_path, uri.parse::<http::Uri>()) {
-        (false, Ok(uri)) => uri,
-        _ => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!(
-                    "plugin `{name}` gave an invalid Docker path `{}`",
-                    target.path
-                ),
-                request_id,
-            );
-        }
-    };
+    if bad_path || target.parse::<http::uri::PathAndQuery>().is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("plugin `{name}` gave an invalid Docker path `{target}`"),
+            request_id,
+        );
+    }
     let mut request = http::Request::new(body);
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
     *request.headers_mut() = parts.headers.clone();
     match plugin
         .env
         .docker
-        .proxy(name, &target.endpoint, request)
+        .proxy(name, &endpoint, &target, request)
         .await
     {
         Ok((answer, permit)) => {
             let (parts, mut body) = answer.into_parts();
-            let arrived = match arrived(&mut body).await {
-                Ok(arrived) => arrived,
+            let body = match body.whole() {
+                // The whole answer is here: send it in one write, with its
+                // length, and free the stream's permit now.
+                Ok(Some(bytes)) => full(bytes),
+                // The permit counts this stream until hyper drops the body:
+                // when the engine ends it or the client leaves.
+                Ok(None) => body
+                    .map_err(|e| Box::new(e) as BoxError)
+                    .map_frame(move |frame| {
+                        let _open = &permit;
+                        frame
+                    })
+                    .boxed(),
                 Err(e) => {
                     return engine_shaped(
                         StatusCode::BAD_GATEWAY,
@@ -383,24 +389,6 @@ async fn proxy_docker(
                         request_id,
                     );
                 }
-            };
-            let body = match arrived {
-                // The whole answer is here: send it in one write, with its
-                // length, and free the stream's permit now.
-                Arrived::All(bytes) => full(bytes),
-                // The permit counts this stream until hyper drops the body:
-                // when the engine ends it or the client leaves.
-                Arrived::Part(head) => Prefixed {
-                    head,
-                    rest: body
-                        .map_err(|e| Box::new(e) as BoxError)
-                        .map_frame(move |frame| {
-                            let _open = &permit;
-                            frame
-                        })
-                        .boxed(),
-                }
-                .boxed(),
             };
             http::Response::from_parts(parts, body)
         }
@@ -419,89 +407,6 @@ async fn proxy_docker(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
-    }
-}
-
-/// The most of an engine's answer taken up front.
-const ARRIVED_MAX: usize = 256 << 10;
-
-/// What of an engine's answer body has already arrived.
-enum Arrived {
-    /// All of it.
-    All(Bytes),
-    /// These frames; the rest is still coming.
-    Part(VecDeque<Frame<Bytes>>),
-}
-
-/// Take the frames of `body` that are already here, never waiting for the
-/// engine. An engine usually writes a small answer in one piece, but hyper
-/// hands it over a frame at a time from the connection's task; streaming
-/// it as it comes would write the head and data, then the chunked end, to
-/// the client in two writes, and wake the client twice. So after each
-/// frame yield once, to let that task pass on what it already read.
-/// A long-lived stream (logs, events) has nothing here yet and goes on
-/// streaming after one yield.
-async fn arrived(body: &mut Incoming) -> Result<Arrived, hyper::Error> {
-    let mut frames = VecDeque::new();
-    let mut taken = 0;
-    let mut yielded = false;
-    while taken < ARRIVED_MAX {
-        match body.frame().now_or_never() {
-            Some(Some(frame)) => {
-                let frame = frame?;
-                taken += frame.data_ref().map_or(0, Bytes::len);
-                frames.push_back(frame);
-                yielded = false;
-            }
-            Some(None) if frames.iter().all(Frame::is_data) => {
-                // Usually one frame: hand it on without a copy.
-                let all = match frames.len() {
-                    1 => frames.pop_front().and_then(|f| f.into_data().ok()),
-                    _ => None,
-                };
-                let all = all.unwrap_or_else(|| {
-                    let mut all = bytes::BytesMut::with_capacity(taken);
-                    frames
-                        .iter()
-                        .filter_map(Frame::data_ref)
-                        .for_each(|d| all.extend_from_slice(d));
-                    all.freeze()
-                });
-                return Ok(Arrived::All(all));
-            }
-            Some(None) => break,
-            None if !yielded => {
-                tokio::task::yield_now().await;
-                yielded = true;
-            }
-            None => break,
-        }
-    }
-    Ok(Arrived::Part(frames))
-}
-
-/// A body that starts with frames already taken and goes on with the rest.
-struct Prefixed {
-    head: VecDeque<Frame<Bytes>>,
-    rest: Body,
-}
-
-impl hyper::body::Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.head.pop_front() {
-            Some(frame) => std::task::Poll::Ready(Some(Ok(frame))),
-            None => std::pin::Pin::new(&mut self.rest).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.is_empty() && self.rest.is_end_stream()
     }
 }
 
