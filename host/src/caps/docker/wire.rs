@@ -51,8 +51,9 @@ pub(super) struct Answer {
 
 /// How an exchange failed.
 enum Failure {
-    /// Before any of the answer arrived: on a kept connection, the engine
-    /// closed it while it was idle and never saw the request.
+    /// The request could not be written.
+    Unsent(io::Error),
+    /// The connection ended before any of the answer arrived.
     Unanswered(io::Error),
     /// Part-way through the answer.
     Broken(io::Error),
@@ -68,8 +69,8 @@ impl Wire {
 
     fn checkout(&self) -> Option<Stream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() < IDLE_FOR {
+        while let Some((mut stream, since)) = idle.pop() {
+            if since.elapsed() < IDLE_FOR && still_open(&mut stream) {
                 return Some(stream);
             }
         }
@@ -85,7 +86,8 @@ impl Wire {
 
     /// Send one request (`target`: path and query) and read the answer's
     /// head. A kept connection that fails before any of the answer arrives
-    /// is one the engine closed; the request goes once more on a new one.
+    /// is one the engine closed while it idled: the request goes once more
+    /// on a new connection if it was not written, or is idempotent.
     pub async fn send(
         self: &Arc<Self>,
         method: &Method,
@@ -97,14 +99,15 @@ impl Wire {
         if let Some(stream) = self.checkout() {
             match self.exchange(stream, method, &request).await {
                 Ok(answer) => return Ok(answer),
-                Err(Failure::Broken(e)) => return Err(e),
-                Err(Failure::Unanswered(_)) => {}
+                Err(Failure::Unsent(_)) => {}
+                Err(Failure::Unanswered(_)) if method.is_idempotent() => {}
+                Err(Failure::Unanswered(e) | Failure::Broken(e)) => return Err(e),
             }
         }
         let stream = self.dialer.dial().await?;
         match self.exchange(stream, method, &request).await {
             Ok(answer) => Ok(answer),
-            Err(Failure::Unanswered(e) | Failure::Broken(e)) => Err(e),
+            Err(Failure::Unsent(e) | Failure::Unanswered(e) | Failure::Broken(e)) => Err(e),
         }
     }
 
@@ -114,10 +117,7 @@ impl Wire {
         method: &Method,
         request: &[u8],
     ) -> Result<Answer, Failure> {
-        stream
-            .write_all(request)
-            .await
-            .map_err(Failure::Unanswered)?;
+        stream.write_all(request).await.map_err(Failure::Unsent)?;
         let mut buf = BytesMut::with_capacity(16 << 10);
         loop {
             let read = std::future::poll_fn(|cx| read_more(&mut stream, &mut buf, cx)).await;
@@ -164,6 +164,17 @@ impl Wire {
             }
         }
     }
+}
+
+/// Whether a kept connection is still open: the engine has neither closed
+/// it nor sent anything on it while it idled. No syscall unless the
+/// reactor has seen it become readable.
+fn still_open(stream: &mut Stream) -> bool {
+    let mut probe = [0; 1];
+    let mut probe = tokio::io::ReadBuf::new(&mut probe);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let read = tokio::io::AsyncRead::poll_read(Pin::new(stream), &mut cx, &mut probe);
+    read.is_pending()
 }
 
 fn invalid(text: &str) -> io::Error {
@@ -611,15 +622,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_on_a_connection_the_engine_closed_goes_again_on_a_new_one() {
-        let e = engine(vec![
+    async fn a_connection_the_engine_closed_while_it_idled_is_not_used() {
+        let mut e = engine(vec![
             vec![vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"]],
-            vec![vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"]],
+            vec![vec![b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nb"]],
         ]);
         assert_eq!(&get(&e.wire, "/").await.unwrap().1[..], b"a");
         // The engine closed the first connection after its one answer.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(&get(&e.wire, "/").await.unwrap().1[..], b"b");
+        assert!(
+            e.wire.checkout().is_none(),
+            "a closed connection is not taken"
+        );
+        let answer = e
+            .wire
+            .send(
+                &Method::POST,
+                "/containers/create",
+                &HeaderMap::new(),
+                b"{}",
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED);
+        let seen: Vec<usize> = [e.seen.recv().await, e.seen.recv().await]
+            .map(|s| s.unwrap().0)
+            .into();
+        assert_eq!(seen, [0, 1], "the POST went once, on a new connection");
     }
 
     #[tokio::test]
