@@ -936,13 +936,18 @@ fn filter_map(filters: Filters) -> Option<HashMap<String, Vec<String>>> {
 
 /// `text` with every byte but the URL-unreserved ones percent-encoded.
 fn percent_encode(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
                 out.push(b as char)
             }
-            _ => out.push_str(&format!("%{b:02X}")),
+            _ => {
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 15)] as char);
+            }
         }
     }
     out
@@ -1025,7 +1030,6 @@ impl HostState {
 #[serde(rename_all = "PascalCase")]
 struct Summary {
     id: String,
-    #[serde(default)]
     names: Option<Vec<String>>,
     #[serde(default)]
     image: String,
@@ -1038,9 +1042,7 @@ struct Summary {
     #[serde(default)]
     status: String,
     /// A `BTreeMap`, so the labels come sorted.
-    #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
     ports: Option<Vec<SummaryPort>>,
 }
 
@@ -1048,11 +1050,11 @@ struct Summary {
 struct SummaryPort {
     #[serde(rename = "PrivatePort")]
     private_port: u16,
-    #[serde(rename = "PublicPort", default)]
+    #[serde(rename = "PublicPort")]
     public_port: Option<u16>,
-    #[serde(rename = "IP", default)]
+    #[serde(rename = "IP")]
     ip: Option<String>,
-    #[serde(rename = "Type", default)]
+    #[serde(rename = "Type")]
     protocol: Option<String>,
 }
 
@@ -1604,6 +1606,14 @@ mod tests {
             ("5c1d", "exited")
         );
         assert!(second.names.is_empty() && second.labels.is_empty() && second.ports.is_empty());
+    }
+
+    #[test]
+    fn filters_are_percent_encoded() {
+        assert_eq!(
+            percent_encode(r#"{"label":["berth.droplet=a b"]}"#),
+            "%7B%22label%22%3A%5B%22berth.droplet%3Da%20b%22%5D%7D"
+        );
     }
 
     #[test]
