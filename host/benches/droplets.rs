@@ -8,7 +8,9 @@
 //!   `dockerprobe` fixture);
 //! - `GET /api/v1/droplet/list` of the `droplets` plugin (token check, the
 //!   engine's list filtered by label, the surface's JSON) against the
-//!   engine's filtered list straight from the socket.
+//!   engine's filtered list straight from the socket;
+//! - `_ping` through a bare tokio proxy with no wasm, against `_ping`
+//!   direct: the floor of any hop on this machine.
 //!
 //! Both sides are timed with the same minimal HTTP/1.1 client.
 //!
@@ -40,12 +42,12 @@ impl Direct {
         })
     }
 
-    fn berth(addr: &str, token: &str) -> anyhow::Result<Direct> {
+    fn tcp(addr: &str, headers: String) -> anyhow::Result<Direct> {
         let tcp = std::net::TcpStream::connect(addr)?;
         tcp.set_nodelay(true)?;
         Ok(Direct {
             reader: BufReader::new(Box::new(tcp)),
-            headers: format!("Authorization: Bearer {token}\r\n"),
+            headers,
         })
     }
 
@@ -122,6 +124,67 @@ fn measure(n: usize, mut call: impl FnMut() -> anyhow::Result<()>) -> anyhow::Re
         .map(|_| timed(&mut call))
         .collect::<anyhow::Result<_>>()?;
     Ok(stats(times))
+}
+
+/// A bare proxy, the floor of any hop: TCP in, the engine's socket out,
+/// on one tokio thread, no wasm, no routing. It passes on bodyless
+/// requests and answers framed by `Content-Length` (enough for `_ping`).
+/// Its address.
+fn bare_proxy(socket: String) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn message<R: AsyncReadExt + Unpin>(from: &mut R, buf: &mut Vec<u8>) -> Option<()> {
+        buf.clear();
+        let mut chunk = [0; 16 << 10];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                assert!(
+                    !head.contains("chunked"),
+                    "the bare proxy takes lengths only"
+                );
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + length {
+                    return Some(());
+                }
+            }
+            match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                client.set_nodelay(true).unwrap();
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let mut engine = tokio::net::UnixStream::connect(socket).await.unwrap();
+                    let (mut request, mut answer) = (Vec::new(), Vec::new());
+                    while message(&mut client, &mut request).await.is_some() {
+                        engine.write_all(&request).await.unwrap();
+                        message(&mut engine, &mut answer).await.unwrap();
+                        client.write_all(&answer).await.unwrap();
+                    }
+                });
+            }
+        })
+    });
+    Ok(addr)
 }
 
 /// Time two calls in turn, `n` times each, taking turns at going first, so
@@ -232,7 +295,7 @@ fn main() -> anyhow::Result<()> {
     let list_path = "/containers/json?all=1";
     let filtered = "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22berth.droplet%22%5D%7D";
     let addr = berth.url.trim_start_matches("http://").to_string();
-    let mut through = Direct::berth(&addr, &token)?;
+    let mut through = Direct::tcp(&addr, format!("Authorization: Bearer {token}\r\n"))?;
     let mut get = |path: &str, _auth: bool| through.get(path).map(drop);
 
     let health = measure(n, || get("/_berth/health", false))?;
@@ -241,6 +304,12 @@ fn main() -> anyhow::Result<()> {
         n,
         || direct.get("/_ping").map(drop),
         || get("/probe/local/docker/_ping", false),
+    )?;
+    let mut bare = Direct::tcp(&bare_proxy(socket.clone())?, String::new())?;
+    let (bare_direct, bare_ping) = measure_pair(
+        n,
+        || direct.get("/_ping").map(drop),
+        || bare.get("/_ping").map(drop),
     )?;
     let proxied_path = format!("/probe/local/docker{list_path}");
     let (base, proxied) = measure_pair(
@@ -273,6 +342,16 @@ fn main() -> anyhow::Result<()> {
     row("/hello/{name} (a wasm call)", &hello, &hello);
     row("_ping, direct to the socket", &ping_direct, &ping_direct);
     row("_ping, proxied by Berth", &ping, &ping_direct);
+    row(
+        "_ping, direct (taking turns with the next)",
+        &bare_direct,
+        &bare_direct,
+    );
+    row(
+        "_ping, through a bare proxy (no wasm)",
+        &bare_ping,
+        &bare_direct,
+    );
     row("containers/json, direct to the socket", &base, &base);
     row("containers/json, proxied by Berth", &proxied, &base);
     row(
