@@ -68,8 +68,14 @@ async fn faults_answer_json_errors_while_other_requests_succeed() {
                 body["request_id"].as_str().is_some_and(|id| !id.is_empty()),
                 "{body}"
             );
+            // Backtraces stay in the log.
+            assert!(!body.to_string().contains("wasm"), "{path}: {body}");
         }
     }
+    assert!(
+        berth.log().contains("wasm backtrace"),
+        "the log has the trap's details"
+    );
     // The host survives and stays bounded: a 32 MiB cap per instance,
     // memory returned to the pool after each call.
     let rss_after = berth.rss_kib();

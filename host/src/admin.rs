@@ -14,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::App;
 use crate::dispatch::{Response, error, full, json};
 use crate::runtime::CallCx;
+use crate::store::StoreError;
 
 /// Routes under `/_berth/`.
 pub fn handle<B>(app: &App, req: &http::Request<B>, request_id: &str) -> Response {
@@ -219,9 +220,13 @@ pub async fn run(app: &App, name: &str, args: Vec<String>) -> Result<String, Str
         .await
         .map_err(|e| format!("plugin `{name}` failed: {e}"))?;
     if let Some(txn) = called.txn {
-        txn.commit()
-            .await
-            .map_err(|e| format!("storage failed: {e}"))?;
+        if called.value.is_err() && txn.aborted().is_some() {
+            return called.value;
+        }
+        txn.commit().await.map_err(|e| match e {
+            StoreError::Aborted(why) => why,
+            e => format!("storage failed: {e}"),
+        })?;
     }
     called.value
 }

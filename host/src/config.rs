@@ -39,6 +39,7 @@ pub struct Config {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub shutdown_grace_ms: u64,
+    pub server: ServerConfig,
     pub jobs: JobsConfig,
     pub dokku: DokkuConfig,
     pub http_out: HttpOutConfig,
@@ -46,6 +47,33 @@ pub struct Config {
     pub defaults: PluginDefaults,
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// Connections: timeouts, caps and the proxies in front of Berth.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_connections: u32,
+    pub max_connections_per_client: u32,
+    pub max_header_kib: u32,
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
 }
 
 /// The Dokku daemon socket.
@@ -241,6 +269,33 @@ impl Config {
             if l.memory_mib.is_some_and(|m| m > MAX_MEMORY_MIB) {
                 return Err(ConfigError::Invalid(format!(
                     "[{section}] memory_mib is at most {MAX_MEMORY_MIB}"
+                )));
+            }
+        }
+        let server = &self.server;
+        let positive = [
+            ("header_timeout_ms", server.header_timeout_ms),
+            ("body_timeout_ms", server.body_timeout_ms),
+            ("idle_timeout_ms", server.idle_timeout_ms),
+            ("max_connections", u64::from(server.max_connections)),
+            (
+                "max_connections_per_client",
+                u64::from(server.max_connections_per_client),
+            ),
+            ("max_header_kib", u64::from(server.max_header_kib)),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "[server] {key} must be above 0"
+                )));
+            }
+        }
+        for proxy in &server.trusted_proxies {
+            if crate::net::Cidr::parse(proxy).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "[server] trusted_proxies: `{proxy}` is not an IP address or CIDR block \
+                     (e.g. \"10.0.0.1\" or \"10.0.0.0/8\")"
                 )));
             }
         }

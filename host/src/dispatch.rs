@@ -20,7 +20,7 @@ use crate::plugins::Mounted;
 use crate::router::{Found, percent_decode};
 use crate::runtime::bindings::berth::plugin::types::DockerTarget;
 use crate::runtime::{CallCx, CallError, Outcome, Request};
-use crate::store::Txn;
+use crate::store::{StoreError, Txn};
 
 /// Error type of response bodies (streams may fail mid-way).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,11 +54,17 @@ pub fn error(status: StatusCode, message: &str, request_id: &str) -> Response {
     )
 }
 
-/// Handle one request end to end.
-pub async fn handle(app: Arc<App>, req: http::Request<Incoming>, client: SocketAddr) -> Response {
+/// Handle one request end to end. `peer` is the connection's address; the
+/// client is behind it when it is a trusted proxy.
+pub async fn handle(app: Arc<App>, req: http::Request<Incoming>, peer: SocketAddr) -> Response {
     let request_id = app.next_request_id();
-    let mut response = if req.uri().path().starts_with("/_berth/") || req.uri().path() == "/_berth"
-    {
+    let forwarded = req.headers().get_all("x-forwarded-for");
+    let client = app
+        .trusted
+        .client(peer, forwarded.iter().filter_map(|v| v.to_str().ok()));
+    let mut response = if let Some(refused) = refuse(&req, &request_id) {
+        refused
+    } else if req.uri().path().starts_with("/_berth/") || req.uri().path() == "/_berth" {
         crate::admin::handle(&app, &req, &request_id)
     } else {
         route(&app, req, client, &request_id).await
@@ -67,6 +73,27 @@ pub async fn handle(app: Arc<App>, req: http::Request<Incoming>, client: SocketA
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// Requests no route may take: HTTP/1.1 without `Host` (RFC 9112 says
+/// 400), and `TRACE` and `CONNECT`, which would echo or tunnel through a
+/// plugin.
+fn refuse(req: &http::Request<Incoming>, request_id: &str) -> Option<Response> {
+    if req.version() == http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "an HTTP/1.1 request must have a Host header",
+            request_id,
+        ));
+    }
+    if req.method() == http::Method::TRACE || req.method() == http::Method::CONNECT {
+        return Some(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{} is not served", req.method()),
+            request_id,
+        ));
+    }
+    None
 }
 
 async fn route(
@@ -91,6 +118,14 @@ async fn route(
                 r.headers_mut().insert(header::ALLOW, allow);
             }
             return r;
+        }
+        Found::BadParam(name) => {
+            app.metrics.unrouted.fetch_add(1, Relaxed);
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("path parameter `{name}` is not valid UTF-8 once percent-decoded"),
+                request_id,
+            );
         }
         Found::NotFound => {
             app.metrics.unrouted.fetch_add(1, Relaxed);
@@ -277,6 +312,12 @@ async fn call(
                     request_id,
                 );
             }
+            // A plugin that answered a rolled-back call with its own
+            // failure (503 in its format) is believed; a success is not.
+            if response.status >= 500 && called.txn.as_ref().is_some_and(|t| t.aborted().is_some())
+            {
+                return to_http(name, response, request_id);
+            }
             // Durable before the response leaves.
             if let Err(r) = commit(name, called.txn, request_id).await {
                 return r;
@@ -294,10 +335,11 @@ async fn call(
         }
         Err(e) => {
             plugin.metrics.traps.fetch_add(1, Relaxed);
-            tracing::warn!(plugin = %name, request_id, error = %e, "plugin call failed");
+            // The trap's backtrace is for the log, not for the client.
+            tracing::warn!(plugin = %name, request_id, error = ?e, "plugin call failed");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("plugin `{name}` failed: {e}"),
+                &format!("plugin `{name}` failed on this request ({})", e.kind()),
                 request_id,
             )
         }
@@ -307,13 +349,32 @@ async fn call(
 /// Make a call's writes durable; the error response if that fails.
 async fn commit(plugin: &str, txn: Option<Txn>, request_id: &str) -> Result<(), Response> {
     let Some(txn) = txn else { return Ok(()) };
-    txn.commit().await.map_err(|e| {
-        tracing::error!(plugin, request_id, error = %e, "commit failed");
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("storage failed: {e}"),
-            request_id,
-        )
+    txn.commit().await.map_err(|e| match e {
+        // The plugin claimed success for a call whose transaction was
+        // rolled back: its writes are gone, so it must not look done.
+        StoreError::Aborted(why) => {
+            tracing::warn!(
+                plugin,
+                request_id,
+                "answered a rolled-back call as a success: {why}"
+            );
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request met a concurrent one and was not done; retry it",
+                request_id,
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        e => {
+            tracing::error!(plugin, request_id, error = %e, "commit failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage failed; nothing of this request was kept",
+                request_id,
+            )
+        }
     })
 }
 
@@ -395,7 +456,12 @@ async fn proxy_docker(
         Err(ProxyError::Refused(m)) => engine_shaped(StatusCode::FORBIDDEN, &m, request_id),
         Err(ProxyError::Unknown(m)) => engine_shaped(StatusCode::NOT_FOUND, &m, request_id),
         Err(ProxyError::Unreachable(m)) => {
-            engine_shaped(StatusCode::SERVICE_UNAVAILABLE, &m, request_id)
+            tracing::warn!(plugin = %name, request_id, endpoint, "Docker engine unreachable: {m}");
+            engine_shaped(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &crate::caps::docker::unreachable_text(&endpoint, request_id),
+                request_id,
+            )
         }
         Err(ProxyError::Busy) => {
             let mut r = engine_shaped(

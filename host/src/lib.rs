@@ -10,6 +10,7 @@ pub mod caps;
 pub mod config;
 pub mod dispatch;
 pub mod metrics;
+pub mod net;
 pub mod plugins;
 pub mod router;
 pub mod runtime;
@@ -17,7 +18,7 @@ pub mod server;
 pub mod store;
 pub mod streams;
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,6 +43,8 @@ pub struct App {
     pub plugins: Arc<Plugins>,
     pub metrics: Arc<Metrics>,
     pub jobs: Arc<Jobs>,
+    /// Whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
+    pub trusted: net::TrustedProxies,
     /// Flips to true when the host starts shutting down: event streams end.
     pub closing: tokio::sync::watch::Sender<bool>,
     queued: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<store::Queued>>>,
@@ -61,7 +64,14 @@ impl App {
             .mode(0o700)
             .create(data)
             .with_context(|| format!("cannot create data directory {}", data.display()))?;
-        let db = Store::open(&data.join("berth.redb"))
+        // Owner-only even when the operator made the folder beforehand: it
+        // holds the store (secrets' HMAC keys, uploaded TLS keys) and the
+        // admin token.
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} owner-only", data.display()))?;
+        let db_path = data.join("berth.redb");
+        private_file(&db_path)?;
+        let db = Store::open(&db_path)
             .with_context(|| format!("cannot open storage in {}", data.display()))?;
         let admin_token = admin_token(&config)?;
         let runtime = Arc::new(Runtime::new(Some(data.join("cache")))?);
@@ -98,6 +108,7 @@ impl App {
         db.set_job_sink(sink);
         let jobs = Jobs::new(db.clone(), config.jobs.clone())?;
         Ok(Arc::new(App {
+            trusted: net::TrustedProxies::new(&config.server.trusted_proxies),
             config,
             db,
             plugins,
@@ -149,14 +160,31 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
     }
     let path = config.data_dir.join("admin-token");
     if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_string());
+        let token = token.trim();
+        // An emptied file is a token nobody should be able to match.
+        if !token.is_empty() {
+            private_file(&path)?;
+            return Ok(token.to_string());
+        }
     }
     let mut bytes = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
+    private_file(&path)?;
     std::fs::write(&path, format!("{token}\n"))
-        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
         .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(path = %path.display(), "generated an admin token for /_berth/plugins");
     Ok(token)
+}
+
+/// Make `path` an owner-only (0600) file, creating it empty if missing,
+/// before anything secret is written to it.
+fn private_file(path: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+        .with_context(|| format!("cannot make {} owner-only", path.display()))
 }

@@ -155,19 +155,24 @@ impl Pattern {
         parts.len() == self.segments.len()
     }
 
-    /// The parameters captured from a path that `fits`.
-    fn params(&self, parts: &[&str]) -> Vec<(String, String)> {
+    /// The parameters captured from a path that `fits`; `Err` names a
+    /// parameter whose percent-decoded bytes are not UTF-8.
+    fn params(&self, parts: &[&str]) -> Result<Vec<(String, String)>, String> {
         let mut params = Vec::new();
         for (i, segment) in self.segments.iter().enumerate() {
             match segment {
                 Segment::Rest(name) => {
                     params.push((name.clone(), parts.get(i..).unwrap_or_default().join("/")));
                 }
-                Segment::Param(name) => params.push((name.clone(), percent_decode(parts[i]))),
+                Segment::Param(name) => {
+                    let value = String::from_utf8(percent_decode_bytes(parts[i]))
+                        .map_err(|_| name.clone())?;
+                    params.push((name.clone(), value));
+                }
                 Segment::Literal(_) => {}
             }
         }
-        params
+        Ok(params)
     }
 }
 
@@ -184,6 +189,11 @@ fn split(path: &str) -> Vec<&str> {
 
 /// Percent-decode a path segment (invalid escapes are kept as they are).
 pub fn percent_decode(input: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(input)).into_owned()
+}
+
+/// Percent-decode to bytes (invalid escapes are kept as they are).
+fn percent_decode_bytes(input: &str) -> Vec<u8> {
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -199,7 +209,7 @@ pub fn percent_decode(input: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// One route of one plugin.
@@ -220,6 +230,8 @@ pub enum Found<'a, T> {
     MethodNotAllowed {
         allow: Vec<String>,
     },
+    /// A route matched, but the named parameter does not decode to UTF-8.
+    BadParam(String),
     NotFound,
 }
 
@@ -279,11 +291,16 @@ impl<T> Table<T> {
             if !route.pattern.fits(&parts) {
                 continue;
             }
-            if route.method == method || route.method == "*" {
+            // HEAD is served by the GET route when there is no HEAD one
+            // (the host then sends the head without the body).
+            let head_as_get = method == "HEAD" && route.method == "GET";
+            if route.method == method || route.method == "*" || head_as_get {
                 // A more specific pattern for another method does not
                 // shadow this one: keep looking only if methods differ.
-                let params = route.pattern.params(&parts);
-                return Found::Route { route, params };
+                return match route.pattern.params(&parts) {
+                    Ok(params) => Found::Route { route, params },
+                    Err(name) => Found::BadParam(name),
+                };
             }
             if !allow.contains(&route.method) {
                 allow.push(route.method.clone());
@@ -329,7 +346,23 @@ mod tests {
                 format!("{} {}", route.id, params.join(","))
             }
             Found::MethodNotAllowed { allow } => format!("405 {}", allow.join(",")),
+            Found::BadParam(name) => format!("400 {name}"),
             Found::NotFound => "404".to_string(),
+        }
+    }
+
+    #[test]
+    fn head_is_served_by_get_and_parameters_must_be_utf8() {
+        let t = table(&[
+            ("GET", "/hello/{name}", "greet"),
+            ("HEAD", "/own", "own-head"),
+            ("GET", "/own", "own-get"),
+        ]);
+        assert_eq!(id(&t, "HEAD", "/hello/ann"), "greet name=ann");
+        assert_eq!(id(&t, "HEAD", "/own"), "own-head ");
+        assert_eq!(id(&t, "GET", "/hello/%C3%A9"), "greet name=\u{e9}");
+        for bad in ["%ff", "%fe", "%C0", "a%C3"] {
+            assert_eq!(id(&t, "GET", &format!("/hello/{bad}")), "400 name", "{bad}");
         }
     }
 

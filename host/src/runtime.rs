@@ -77,6 +77,10 @@ pub struct CallCx {
     pub txn: Option<Txn>,
     /// When the call must end; the plugin's deadline caps it.
     pub deadline: Instant,
+    /// The first thing this call did outside KV that running it again would
+    /// repeat (a Docker change, a Dokku command, ...); `kv.restart` is then
+    /// refused.
+    pub acted_outside: Option<&'static str>,
 }
 
 impl CallCx {
@@ -93,6 +97,7 @@ impl CallCx {
             request_id,
             txn,
             deadline,
+            acted_outside: None,
         }
     }
 }
@@ -124,6 +129,17 @@ pub enum CallError {
     Timeout(Duration),
     #[error("cannot instantiate plugin: {0}")]
     Instantiate(String),
+}
+
+impl CallError {
+    /// What went wrong, in a word a client may see.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Trap(_) => "it trapped",
+            CallError::Timeout(_) => "it ran past its deadline",
+            CallError::Instantiate(_) => "it could not be started",
+        }
+    }
 }
 
 /// What a successful call returns: the value, the call's transaction (to

@@ -1,11 +1,27 @@
 //! The listener: plain TCP or TLS (rustls), HTTP/1.1 and HTTP/2 on both,
-//! graceful shutdown that waits for in-flight requests.
+//! connection caps and deadlines, graceful shutdown that waits for
+//! in-flight requests.
+//!
+//! Hostile connections cost little and starve nobody: a connection that
+//! has no request in progress is closed when its deadline passes (the
+//! header timeout before its first request, the idle timeout after each),
+//! so a silent, idle or slowly-sending client cannot hold a slot; and every
+//! client address has a cap of its own below the global one, so one
+//! address cannot take every slot. A refused connection is closed at once
+//! and logged (at most once a second per kind).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 
 use anyhow::Context;
 use hyper::service::service_fn;
@@ -16,9 +32,186 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::App;
+use crate::config::ServerConfig;
+use crate::dispatch::{Body, BoxError};
+use crate::net::TrustedProxies;
 
-/// Most connections served at once; further ones wait in the backlog.
-const MAX_CONNECTIONS: usize = 16 * 1024;
+/// Open connections, in all and per client address.
+struct Connections {
+    max: u32,
+    max_per_client: u32,
+    trusted: TrustedProxies,
+    open: Mutex<(u32, HashMap<IpAddr, u32>)>,
+    /// When a refusal was last logged, and how many since.
+    refusals: Mutex<(Option<Instant>, u64)>,
+}
+
+/// One admitted connection; gives its slot back when dropped.
+struct Admitted {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Connections {
+    fn new(config: &ServerConfig) -> Connections {
+        Connections {
+            max: config.max_connections,
+            max_per_client: config.max_connections_per_client,
+            trusted: TrustedProxies::new(&config.trusted_proxies),
+            open: Mutex::new((0, HashMap::new())),
+            refusals: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Admit a connection from `peer`, or say which cap it meets. A trusted
+    /// proxy carries many clients, so only the global cap applies to it.
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Admitted, &'static str> {
+        let ip = peer.ip().to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= self.max {
+            return Err("max_connections");
+        }
+        let mine = open.1.entry(ip).or_insert(0);
+        if *mine >= self.max_per_client && !self.trusted.trusts(ip) {
+            return Err("max_connections_per_client");
+        }
+        *mine += 1;
+        open.0 += 1;
+        Ok(Admitted {
+            connections: self.clone(),
+            ip,
+        })
+    }
+
+    fn refused(&self, peer: SocketAddr, cap: &str) {
+        let mut log = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        log.1 += 1;
+        let due = log
+            .0
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if due {
+            tracing::warn!(
+                client = %peer.ip(),
+                refused = log.1,
+                "refused connections at the [server] {cap} cap (count since the last such line)"
+            );
+            *log = (Some(Instant::now()), 0);
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(mine) = open.1.get_mut(&self.ip) {
+            *mine -= 1;
+            if *mine == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Whether a connection has a request in progress, and since when it has
+/// had none: its watchdog closes it when idle past its deadline.
+struct Activity {
+    started: Instant,
+    busy: AtomicU32,
+    /// Milliseconds after `started` when the last request ended; `NEVER`
+    /// before the first.
+    last_done_ms: AtomicU64,
+}
+
+const NEVER: u64 = u64::MAX;
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            started: Instant::now(),
+            busy: AtomicU32::new(0),
+            last_done_ms: AtomicU64::new(NEVER),
+        })
+    }
+
+    /// When the connection is to be closed if nothing happens; None while
+    /// a request is in progress.
+    fn deadline(&self, header: Duration, idle: Duration) -> Option<Instant> {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(match self.last_done_ms.load(Ordering::Acquire) {
+            NEVER => self.started + header,
+            done => self.started + Duration::from_millis(done) + idle,
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+}
+
+/// A request in progress, until its response body is done or dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let done = self.0.started.elapsed().as_millis() as u64;
+        self.0.last_done_ms.store(done, Ordering::Release);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in progress.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Run a connection until it ends or idles past its deadline.
+async fn watch<F: Future>(conn: F, activity: Arc<Activity>, config: Arc<ServerConfig>) {
+    let (header, idle) = (config.header_timeout(), config.idle_timeout());
+    tokio::pin!(conn);
+    loop {
+        let wake = activity
+            .deadline(header, idle)
+            .unwrap_or_else(|| Instant::now() + idle);
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if activity.deadline(header, idle).is_some_and(|d| d <= Instant::now()) {
+                    // Dropping the connection closes its socket.
+                    return;
+                }
+            }
+        }
+    }
+}
 
 /// A TLS acceptor for the PEM certificate chain and key, offering h2 and
 /// http/1.1 by ALPN.
@@ -63,19 +256,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let config = Arc::new(app.config.server.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper refuses a larger head with 431; it needs at least 8 KiB.
+    let max_head = (config.max_header_kib as usize * 1024).max(8192);
+    builder.http1().max_buf_size(max_head);
+    builder.http2().max_header_list_size(max_head as u32);
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(Connections::new(&config));
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
-        let (stream, client) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -87,20 +278,34 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let admitted = match connections.admit(peer) {
+            Ok(admitted) => admitted,
+            Err(cap) => {
+                connections.refused(peer, cap);
+                // Closed at once: the client sees the end, not a hang.
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let socket = ConnSocket(stream.as_raw_fd());
+        let activity = Activity::new();
         let service = service_fn({
             let app = app.clone();
+            let activity = activity.clone();
             move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let app = app.clone();
+                let busy = activity.begin();
                 req.extensions_mut().insert(socket);
                 async move {
+                    let response = crate::dispatch::handle(app, req, peer).await;
                     Ok::<_, std::convert::Infallible>(
-                        crate::dispatch::handle(app, req, client).await,
+                        response.map(|body| Tracked { body, _busy: busy }),
                     )
                 }
             }
         });
+        let config = config.clone();
         match &tls {
             None => {
                 let conn = builder
@@ -108,8 +313,8 @@ pub async fn serve(
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _ = conn.await;
-                    drop(permit);
+                    watch(conn, activity, config).await;
+                    drop(admitted);
                 });
             }
             Some(acceptor) => {
@@ -118,17 +323,17 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        tokio::time::timeout(config.header_timeout(), acceptor.accept(stream))
                             .await;
                     let Ok(Ok(stream)) = handshake else {
-                        tracing::debug!(%client, "TLS handshake failed or timed out");
+                        tracing::debug!(client = %peer, "TLS handshake failed or timed out");
                         return;
                     };
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    let _ = watcher.watch(conn).await;
-                    drop(permit);
+                    watch(watcher.watch(conn), activity, config).await;
+                    drop(admitted);
                 });
             }
         }

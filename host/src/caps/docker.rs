@@ -1007,20 +1007,44 @@ impl HostState {
     {
         let engine = self.docker_engine(endpoint);
         let deadline = tokio::time::Instant::from_std(self.call.deadline);
+        let (plugin, request_id) = (self.call.plugin.name.clone(), self.call.request_id.clone());
+        let endpoint = endpoint.to_string();
         async move {
             let engine = match engine {
                 Ok(engine) => engine,
                 Err(e) => return Ok(Err(e)),
             };
             let address = engine.spec.address.clone();
-            Ok(match tokio::time::timeout_at(deadline, op(engine)).await {
+            let result = match tokio::time::timeout_at(deadline, op(engine)).await {
                 Ok(result) => result,
                 Err(_) => Err(DockerError::Unreachable(format!(
                     "{address} did not answer before the call's deadline"
                 ))),
-            })
+            };
+            Ok(result.map_err(|e| match e {
+                // Addresses and socket errors are the operator's to read,
+                // not every client's a plugin passes the text on to.
+                DockerError::Unreachable(detail) => {
+                    tracing::warn!(
+                        plugin,
+                        request_id,
+                        endpoint,
+                        "Docker engine unreachable: {detail}"
+                    );
+                    DockerError::Unreachable(unreachable_text(&endpoint, &request_id))
+                }
+                e => e,
+            }))
         }
     }
+}
+
+/// What a plugin (and so its client) is told of an unreachable engine.
+pub(crate) fn unreachable_text(endpoint: &str, request_id: &str) -> String {
+    format!(
+        "the Docker endpoint `{endpoint}` cannot be reached now (the host log has the \
+         details under request {request_id})"
+    )
 }
 
 /// The fields of the engine's container list that `container` carries:
@@ -1118,6 +1142,7 @@ impl Host for HostState {
         name: Option<String>,
         body: String,
     ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.acted("a Docker call that changes the engine");
         let body: bollard::models::ContainerCreateBody = match parse("create body", &body) {
             Ok(body) => body,
             Err(e) => return Ok(Err(e)),
@@ -1137,6 +1162,7 @@ impl Host for HostState {
         endpoint: String,
         id: String,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         self.on_engine(&endpoint, |api| async move {
             api.start_container(&id, None).await
         })
@@ -1149,6 +1175,7 @@ impl Host for HostState {
         id: String,
         timeout_secs: Option<u32>,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         let options = q::StopContainerOptions {
             t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
             signal: None,
@@ -1165,6 +1192,7 @@ impl Host for HostState {
         id: String,
         timeout_secs: Option<u32>,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         let options = q::RestartContainerOptions {
             t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
             signal: None,
@@ -1181,6 +1209,7 @@ impl Host for HostState {
         id: String,
         signal: Option<String>,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         let options = q::KillContainerOptions {
             signal: signal.unwrap_or_else(|| "SIGKILL".into()),
         };
@@ -1197,6 +1226,7 @@ impl Host for HostState {
         force: bool,
         volumes: bool,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         let options = q::RemoveContainerOptions {
             force,
             v: volumes,
@@ -1214,6 +1244,7 @@ impl Host for HostState {
         id: String,
         name: String,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         self.on_engine(&endpoint, |api| async move {
             api.rename_container(&id, q::RenameContainerOptions { name })
                 .await
@@ -1280,6 +1311,7 @@ impl Host for HostState {
         endpoint: String,
         image: String,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         let (name, tag) = split_image(&image);
         let options = q::CreateImageOptions {
             from_image: Some(name.to_string()),
@@ -1302,6 +1334,7 @@ impl Host for HostState {
         endpoint: String,
         body: String,
     ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.acted("a Docker call that changes the engine");
         let body: bollard::models::NetworkCreateRequest = match parse("network body", &body) {
             Ok(body) => body,
             Err(e) => return Ok(Err(e)),
@@ -1317,6 +1350,7 @@ impl Host for HostState {
         endpoint: String,
         id: String,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         self.on_engine(
             &endpoint,
             |api| async move { api.remove_network(&id).await },
@@ -1369,6 +1403,7 @@ impl Host for HostState {
         endpoint: String,
         spec: String,
     ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.acted("a Docker call that changes the engine");
         let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
             Ok(spec) => spec,
             Err(e) => return Ok(Err(e)),
@@ -1386,6 +1421,7 @@ impl Host for HostState {
         version: u64,
         spec: String,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
             Ok(spec) => spec,
             Err(e) => return Ok(Err(e)),
@@ -1412,6 +1448,7 @@ impl Host for HostState {
         endpoint: String,
         id: String,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         self.on_engine(
             &endpoint,
             |api| async move { api.delete_service(&id).await },
@@ -1473,6 +1510,7 @@ impl Host for HostState {
         topic: String,
         filters: Filters,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         for cap in [Capability::Docker, Capability::Events] {
             if let Err(e) = self.check(cap) {
                 return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
@@ -1500,6 +1538,7 @@ impl Host for HostState {
         kind: String,
         filters: Filters,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         for cap in [Capability::Docker, Capability::Jobs] {
             if let Err(e) = self.check(cap) {
                 return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
@@ -1527,6 +1566,7 @@ impl Host for HostState {
         address: String,
         tls: Option<TlsFiles>,
     ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
         if let Err(e) = self.check(Capability::DockerEndpoints) {
             return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
         }
@@ -1541,6 +1581,7 @@ impl Host for HostState {
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<bool, DockerError>> {
+        self.acted("a Docker call that changes the engine");
         if let Err(e) = self.check(Capability::DockerEndpoints) {
             return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
         }

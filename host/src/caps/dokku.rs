@@ -24,6 +24,7 @@ impl Host for HostState {
         command: String,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<Reply, DokkuError>> {
+        self.acted("a Dokku command");
         if let Err(e) = self.check(Capability::Dokku) {
             return Ok(Err(DokkuError::Denied(crate::caps::denied_text(&e))));
         }
@@ -65,6 +66,15 @@ impl Host for HostState {
             Ok(parse_reply(&String::from_utf8_lossy(&line)))
         };
         Ok(match tokio::time::timeout(timeout, exchange).await {
+            // The socket path and the OS error are the operator's to read.
+            Ok(Err(DokkuError::Unreachable(detail))) => {
+                let request_id = &self.call.request_id;
+                tracing::warn!(plugin = %self.call.plugin.name, request_id, "Dokku daemon unreachable: {detail}");
+                Err(DokkuError::Unreachable(format!(
+                    "the Dokku daemon cannot be reached now (the host log has the details \
+                     under request {request_id})"
+                )))
+            }
             Ok(result) => result,
             Err(_) => Err(DokkuError::Timeout),
         })

@@ -144,6 +144,7 @@ impl Host for HostState {
         topic: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<u64, WitError>> {
+        self.acted("a published event");
         Ok(self.publish_event(topic, payload, false))
     }
 
@@ -152,6 +153,7 @@ impl Host for HostState {
         topic: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<u64, WitError>> {
+        self.acted("a published event");
         Ok(self.publish_event(topic, payload, true))
     }
 }

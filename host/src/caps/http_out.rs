@@ -227,6 +227,7 @@ fn classify(url: &reqwest::Url, e: reqwest::Error) -> HttpError {
 
 impl Host for HostState {
     async fn send(&mut self, request: Outgoing) -> wasmtime::Result<Result<Incoming, HttpError>> {
+        self.acted("an outbound HTTP request");
         if let Err(e) = self.check(Capability::HttpOut) {
             return Ok(Err(HttpError::Denied(crate::caps::denied_text(&e))));
         }

@@ -24,7 +24,7 @@ use crate::plugins::Plugins;
 use crate::runtime::bindings::berth::plugin::jobs::Host;
 use crate::runtime::bindings::berth::plugin::types::Error;
 use crate::runtime::{CallCx, HostState};
-use crate::store::{JobRecord, Queued, Store, now_ms};
+use crate::store::{JobRecord, Queued, Store, StoreError, now_ms};
 
 impl Host for HostState {
     async fn enqueue(
@@ -187,6 +187,7 @@ impl Jobs {
                         tracing::debug!(plugin = %job.plugin, job = job.id, kind = %job.kind, "job done");
                         return;
                     }
+                    Err(StoreError::Aborted(why)) => format!("conflict: {why}"),
                     Err(e) => format!("storage failed: {e}"),
                 },
                 (Ok(()), None) => "the job's transaction was lost".to_string(),

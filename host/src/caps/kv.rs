@@ -22,16 +22,23 @@ impl From<TxnError> for Error {
 impl HostState {
     fn txn(&mut self) -> Result<&mut Txn, Error> {
         self.check(Capability::Kv)?;
-        self.call
-            .txn
-            .as_mut()
-            .ok_or_else(|| Error::Unavailable("storage is not available while describing".into()))
+        let pinned = self.call.acted_outside.is_some();
+        let txn = self.call.txn.as_mut().ok_or_else(|| {
+            Error::Unavailable("storage is not available while describing".into())
+        })?;
+        if pinned {
+            txn.pin();
+        }
+        Ok(txn)
     }
 }
 
 impl Host for HostState {
     async fn get(&mut self, key: String) -> Answer<Option<Vec<u8>>> {
-        Ok(self.txn().and_then(|t| Ok(t.get(&key)?)))
+        Ok(match self.txn() {
+            Ok(t) => t.get(&key).await.map_err(Error::from),
+            Err(e) => Err(e),
+        })
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Answer<()> {
@@ -49,13 +56,17 @@ impl Host for HostState {
     }
 
     async fn list(&mut self, prefix: String, after: Option<String>, limit: u32) -> Answer<Page> {
-        Ok(self.txn().and_then(|t| {
-            let page = t.list(&prefix, after.as_deref(), limit)?;
-            Ok(Page {
-                entries: page.entries,
-                next: page.next,
-            })
-        }))
+        Ok(match self.txn() {
+            Ok(t) => t
+                .list(&prefix, after.as_deref(), limit)
+                .await
+                .map(|page| Page {
+                    entries: page.entries,
+                    next: page.next,
+                })
+                .map_err(Error::from),
+            Err(e) => Err(e),
+        })
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Answer<i64> {
@@ -95,5 +106,14 @@ impl Host for HostState {
                 .map_err(Error::from),
             Err(e) => Err(e),
         })
+    }
+
+    async fn restart(&mut self) -> Answer<()> {
+        if let Some(what) = self.call.acted_outside {
+            return Ok(Err(Error::Conflict(format!(
+                "this call cannot run again: it already acted outside KV ({what})"
+            ))));
+        }
+        Ok(self.txn().map(Txn::restart))
     }
 }

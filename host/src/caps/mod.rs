@@ -123,6 +123,11 @@ pub(crate) fn denied_text(e: &WitError) -> String {
 }
 
 impl HostState {
+    /// Note that this call acted outside KV (see `CallCx::acted_outside`).
+    pub(crate) fn acted(&mut self, what: &'static str) {
+        self.call.acted_outside.get_or_insert(what);
+    }
+
     /// `Ok` if this call's plugin holds `cap`, else the `denied` error the
     /// plugin sees, saying how an operator grants it.
     pub(crate) fn check(&self, cap: Capability) -> Result<(), WitError> {

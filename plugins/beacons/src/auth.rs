@@ -5,7 +5,7 @@
 //! neither the KV store nor the plugin's memory can forge one, and logout
 //! really ends it.
 
-use berth_sdk::attempts::{self, Attempts};
+use berth_sdk::attempts::{self, Limits};
 use berth_sdk::{HttpResult, Request, Response, config, crypto, kv, time};
 use serde::{Deserialize, Serialize};
 
@@ -31,28 +31,19 @@ struct Session {
 /// `POST /login {Email, Password}`: a session cookie, or 401.
 pub fn login(req: &Request) -> HttpResult {
     let login: Login = crate::body(req)?;
-    let limit: u32 = config::get_or("login_attempts_per_minute", 5).map_err(host)?;
-    let key = format!("attempts/{}", attempts::client_ip(req));
-    let mut attempts = Attempts::load(&key, limit).map_err(host)?;
-    if attempts.exceeded() {
-        return Err(fail(
-            429,
-            "auth",
-            "too many failed logins; try again in a minute",
-        ));
-    }
+    let mut attempt = attempts::Login::begin(req, "", &login.email, Limits::from_config())
+        .map_err(|e| {
+            e.respond(
+                || fail(429, "auth", "too many failed logins; try again in a minute"),
+                host,
+            )
+        })?;
     let user = users::load(&login.email)?;
-    let ok = match &user {
-        Some(u) => crypto::verify_password(&login.password, &u.hash).map_err(host)?,
-        None => {
-            // Spend what a password check costs, so the answer's timing
-            // does not tell which emails exist.
-            crypto::hash_password(&login.password).map_err(host)?;
-            false
-        }
-    };
+    let hash = user.as_ref().map(|u| u.hash.as_str());
+    let ok = attempt
+        .verify_password(&login.password, hash)
+        .map_err(host)?;
     let Some(user) = user.filter(|_| ok) else {
-        attempts.fail().map_err(host)?;
         return Err(fail(401, "auth", "email or password incorrect"));
     };
     let ttl: u64 = config::get_or("session_ttl_secs", 86_400).map_err(host)?;

@@ -163,7 +163,7 @@ pub(crate) fn fail(status: u16, cause: &str, message: &str) -> Response {
 
 /// A host failure inside a handler (storage, crypto, jobs).
 pub(crate) fn host(e: berth_sdk::Error) -> Response {
-    fail(500, "control", &berth_sdk::error_text(&e))
+    berth_sdk::host_failure(&e, |status, text| fail(status, "control", text))
 }
 
 /// The answer to a request Lighthouse does not know, once logged in.

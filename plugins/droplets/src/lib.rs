@@ -8,6 +8,7 @@
 mod droplet;
 mod qr;
 
+use berth_sdk::attempts::{self, Limits};
 use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router, config, crypto, kv, time};
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +75,7 @@ pub(crate) fn fail(status: u16, id: u16, text: &str) -> Response {
 
 /// A host error inside a handler: storage or crypto failed.
 pub(crate) fn host(e: berth_sdk::Error) -> Response {
-    fail(500, 900, &berth_sdk::error_text(&e))
+    berth_sdk::host_failure(&e, |status, text| fail(status, 900, text))
 }
 
 fn not_found(_: &Request) -> HttpResult {
@@ -322,12 +323,31 @@ fn auth(req: &Request) -> HttpResult {
             "TOTP data missing: username and code are required",
         ));
     };
-    let mut user = load_user(&username)?.ok_or_else(|| fail(400, 903, "User not found"))?;
+    let mut attempt =
+        attempts::Login::begin(req, "", &username, Limits::from_config()).map_err(|e| {
+            e.respond(
+                || {
+                    fail(
+                        429,
+                        429,
+                        "Too many failed login attempts; try again in a minute",
+                    )
+                },
+                host,
+            )
+        })?;
+    let Some(mut user) = load_user(&username)? else {
+        attempt.failed().map_err(host)?;
+        return Err(fail(400, 903, "User not found"));
+    };
     let secret = unhex(&user.secret).ok_or_else(|| fail(500, 900, "stored secret is damaged"))?;
     let step = crypto::totp_verify(&secret, code.trim()).map_err(host)?;
     match step {
         Some(step) if step > user.last_step => user.last_step = step,
-        _ => return Err(fail(400, 902, "TOTP code invalid")),
+        _ => {
+            attempt.failed().map_err(host)?;
+            return Err(fail(400, 902, "TOTP code invalid"));
+        }
     }
     issue_tokens(&mut user)
 }

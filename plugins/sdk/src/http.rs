@@ -339,17 +339,16 @@ impl Response {
     }
 }
 
-/// A host capability error becomes a 500 (403 when the capability was not
-/// granted) with the error text, so handlers can use `?` on host calls.
+/// A host capability error becomes a response with the error text, so
+/// handlers can use `?` on host calls: 403 when the capability was not
+/// granted, 400 for a bad argument, 503 with `Retry-After` for a conflict
+/// or an unavailable host.
 impl From<crate::Error> for Response {
     fn from(e: crate::Error) -> Self {
-        let status = match e {
-            crate::Error::Denied(_) => 403,
-            crate::Error::Invalid(_) => 400,
-            crate::Error::Conflict(_) => 409,
-            crate::Error::Unavailable(_) => 503,
-        };
-        Response::error(status, &crate::error_text(&e))
+        match e {
+            crate::Error::Denied(_) => Response::error(403, &crate::error_text(&e)),
+            _ => crate::host_failure(&e, Response::error),
+        }
     }
 }
 

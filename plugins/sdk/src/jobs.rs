@@ -10,7 +10,7 @@ use crate::bindings::berth::plugin::jobs as raw;
 /// committed with the current call's KV writes (not at all if the call
 /// fails). Returns the job id.
 pub fn enqueue(kind: &str, payload: &[u8], delay_ms: u64) -> Result<u64, Error> {
-    raw::enqueue(kind, payload, delay_ms)
+    crate::kv::noted(raw::enqueue(kind, payload, delay_ms))
 }
 
 /// Queue a job whose payload is `value` as JSON.
@@ -22,5 +22,5 @@ pub fn enqueue_json<T: Serialize + ?Sized>(
     let payload = serde_json::to_vec(value).map_err(|e| {
         Error::Invalid(format!("cannot serialise the payload of job `{kind}`: {e}"))
     })?;
-    raw::enqueue(kind, &payload, delay_ms)
+    crate::kv::noted(raw::enqueue(kind, &payload, delay_ms))
 }

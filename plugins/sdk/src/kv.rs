@@ -1,8 +1,20 @@
 //! Durable key-value storage, namespaced to this plugin.
 //!
-//! Every write made while handling one request is part of one transaction:
-//! visible to later reads in the same request, durable before the response
-//! is sent, and discarded if the plugin traps or times out.
+//! Every call (request, job, admin command) is one serializable
+//! transaction: its writes are visible to its later reads, durable before
+//! the response is sent, and discarded if the plugin traps or times out;
+//! concurrent calls behave as if they ran one at a time. The host locks
+//! what a call reads and writes until the call ends (see the `kv` WIT).
+//!
+//! When two calls would wait for each other, one of them gets
+//! [`Error::Conflict`] from the kv call that met the other, and its
+//! transaction is rolled back. The SDK then runs the handler (or job, or
+//! admin command) again from the start, in a fresh transaction, unless the
+//! call already acted outside KV (a Docker change, a Dokku command, an
+//! outbound request, an event): then the handler's own answer stands, which
+//! should be a 503 with `Retry-After` (see [`crate::host_failure`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,45 +26,45 @@ pub use raw::Page;
 
 /// Read a key's bytes.
 pub fn get(key: &str) -> Result<Option<Vec<u8>>, Error> {
-    raw::get(key)
+    noted(raw::get(key))
 }
 
 /// Read a key as UTF-8 text (invalid UTF-8 is replaced).
 pub fn get_string(key: &str) -> Result<Option<String>, Error> {
-    Ok(raw::get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    Ok(noted(raw::get(key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
 }
 
 /// Read a key holding JSON into `T`.
 pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, Error> {
-    match raw::get(key)? {
+    match noted(raw::get(key))? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            Error::Conflict(format!("value at `{key}` is not the expected JSON: {e}"))
-        }),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Invalid(format!("value at `{key}` is not the expected JSON: {e}"))),
     }
 }
 
 /// Write bytes.
 pub fn set(key: &str, value: &[u8]) -> Result<(), Error> {
-    raw::set(key, value)
+    noted(raw::set(key, value))
 }
 
 /// Write `value` as JSON.
 pub fn set_json<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<(), Error> {
     let bytes = serde_json::to_vec(value)
         .map_err(|e| Error::Invalid(format!("cannot serialise value for `{key}`: {e}")))?;
-    raw::set(key, &bytes)
+    noted(raw::set(key, &bytes))
 }
 
 /// Delete a key; returns whether it existed.
 pub fn delete(key: &str) -> Result<bool, Error> {
-    raw::delete(key)
+    noted(raw::delete(key))
 }
 
 /// Atomically add `delta` to the integer at `key` (missing = 0); returns
 /// the new value.
 pub fn increment(key: &str, delta: i64) -> Result<i64, Error> {
-    raw::increment(key, delta)
+    noted(raw::increment(key, delta))
 }
 
 /// The next number of sequence `name` (1, 2, 3, ...): unique and
@@ -69,12 +81,12 @@ pub fn compare_and_swap(
     expected: Option<&[u8]>,
     new: Option<&[u8]>,
 ) -> Result<bool, Error> {
-    raw::compare_and_swap(key, expected, new)
+    noted(raw::compare_and_swap(key, expected, new))
 }
 
 /// One page of keys starting with `prefix`, strictly after `after`.
 pub fn list(prefix: &str, after: Option<&str>, limit: u32) -> Result<Page, Error> {
-    raw::list(prefix, after, limit)
+    noted(raw::list(prefix, after, limit))
 }
 
 /// Every entry under `prefix`, fetched page by page as the iterator is
@@ -107,7 +119,7 @@ impl Iterator for Scan {
             if self.done {
                 return None;
             }
-            match raw::list(&self.prefix, self.after.as_deref(), 500) {
+            match noted(raw::list(&self.prefix, self.after.as_deref(), 500)) {
                 Ok(page) => {
                     self.done = page.next.is_none();
                     self.after = page.next;
@@ -119,5 +131,48 @@ impl Iterator for Scan {
                 }
             }
         }
+    }
+}
+
+/// Set when a host call of this call answered [`Error::Conflict`]: its
+/// transaction was rolled back.
+static CONFLICTED: AtomicBool = AtomicBool::new(false);
+
+/// Most times one call is run again after conflicts. N calls that all
+/// read and then write one key need up to N - 1 runs again for the last of
+/// them; the call's deadline bounds the whole anyway.
+const RERUNS: u32 = 64;
+
+/// Pass a host answer through, noting a conflict.
+pub(crate) fn noted<T>(answer: Result<T, Error>) -> Result<T, Error> {
+    if matches!(answer, Err(Error::Conflict(_))) {
+        CONFLICTED.store(true, Ordering::Relaxed);
+    }
+    answer
+}
+
+/// Begin this call's transaction again after a conflict: its writes,
+/// queued jobs and locks are dropped. Refused (`Conflict`) once the call has
+/// acted outside KV. [`rerun_on_conflict`] does this for you.
+pub fn restart() -> Result<(), Error> {
+    raw::restart()
+}
+
+/// Run `call`, and run it again from the start (up to 64 times, with a
+/// short growing pause) while it met a conflict and the host agrees to restart
+/// its transaction. The SDK wraps every handler, job and admin command in
+/// this; use it directly only for exports of your own.
+pub fn rerun_on_conflict<T>(mut call: impl FnMut() -> T) -> T {
+    let mut reruns = 0;
+    loop {
+        CONFLICTED.store(false, Ordering::Relaxed);
+        let answer = call();
+        if !CONFLICTED.load(Ordering::Relaxed) || reruns == RERUNS || restart().is_err() {
+            return answer;
+        }
+        reruns += 1;
+        // The host queues a restarted call behind the one it met, so a
+        // short pause is enough to let that one finish first.
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(reruns.min(10))));
     }
 }

@@ -67,10 +67,34 @@ pub mod bindings {
 }
 
 /// The error every host capability returns: the capability was not granted
-/// (`Denied`), an argument was bad (`Invalid`), a lock or stored value got
-/// in the way (`Conflict`), or the host could not do it now
-/// (`Unavailable`). Converts into a 500 [`Response`] with `?`.
+/// (`Denied`), an argument was bad (`Invalid`), a concurrent call got in the
+/// way and this call's transaction was rolled back (`Conflict`), or the
+/// host could not do it now (`Unavailable`). Converts into a [`Response`]
+/// with `?`; surfaces with their own error format use [`host_failure`].
 pub use bindings::berth::plugin::types::Error;
+
+impl Error {
+    /// Whether the client should simply try again later: a conflict with a
+    /// concurrent call, or the host unable to do the work now.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Conflict(_) | Error::Unavailable(_))
+    }
+}
+
+/// A host failure inside a handler, in the surface's own error format:
+/// `render(status, text)` builds the body. A transient failure
+/// ([`Error::is_transient`]) is a 503 with `Retry-After: 1`; an argument
+/// the host refused (`Invalid`: a key or value too large, made from what
+/// the client sent) a 400; a capability not granted a 500.
+pub fn host_failure(e: &Error, render: impl FnOnce(u16, &str) -> Response) -> Response {
+    match e {
+        Error::Conflict(_) | Error::Unavailable(_) => {
+            render(503, &error_text(e)).header("retry-after", "1")
+        }
+        Error::Invalid(_) => render(400, &error_text(e)),
+        Error::Denied(_) => render(500, &error_text(e)),
+    }
+}
 
 /// Human-readable text of a host [`Error`]: its kind and message.
 pub fn error_text(e: &Error) -> String {
@@ -182,11 +206,15 @@ macro_rules! export {
                 }
 
                 fn run_job(kind: String, payload: Vec<u8>) -> Result<(), String> {
-                    <$plugin as $crate::Plugin>::run_job(&kind, &payload)
+                    $crate::kv::rerun_on_conflict(|| {
+                        <$plugin as $crate::Plugin>::run_job(&kind, &payload)
+                    })
                 }
 
                 fn admin(args: Vec<String>) -> Result<String, String> {
-                    <$plugin as $crate::Plugin>::admin(args)
+                    $crate::kv::rerun_on_conflict(|| {
+                        <$plugin as $crate::Plugin>::admin(args.clone())
+                    })
                 }
             }
 

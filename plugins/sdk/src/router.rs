@@ -74,11 +74,15 @@ impl Router {
         self
     }
 
-    /// Call the handler for the request's route id. An id this router does
-    /// not know (a host/plugin mismatch) answers 404.
+    /// Call the handler for the request's route id, again from the start
+    /// if it met a KV conflict and had not acted outside KV (see
+    /// [`crate::kv::rerun_on_conflict`]). An id this router does not know
+    /// (a host/plugin mismatch) answers 404.
     pub fn dispatch(&self, request: Request) -> Response {
         match self.routes.iter().find(|r| r.id == request.route()) {
-            Some(route) => (route.handler)(&request).unwrap_or_else(|e| e),
+            Some(route) => {
+                crate::kv::rerun_on_conflict(|| (route.handler)(&request).unwrap_or_else(|e| e))
+            }
             None => Response::error(404, &format!("no handler for route `{}`", request.route())),
         }
     }

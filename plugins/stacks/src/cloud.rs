@@ -22,7 +22,7 @@ pub fn fail(status: u16, text: &str) -> Response {
 }
 
 fn host(e: berth_sdk::Error) -> Response {
-    fail(500, &berth_sdk::error_text(&e))
+    berth_sdk::host_failure(&e, fail)
 }
 
 fn engine_error(e: DockerError) -> Response {

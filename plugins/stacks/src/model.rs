@@ -160,7 +160,7 @@ pub fn scan<T: serde::de::DeserializeOwned>(prefix: &str) -> Result<Vec<T>, bert
     for entry in kv::scan(prefix) {
         let (key, value) = entry?;
         out.push(serde_json::from_slice(&value).map_err(|e| {
-            berth_sdk::Error::Conflict(format!("stored `{key}` is not readable: {e}"))
+            berth_sdk::Error::Invalid(format!("stored `{key}` is not readable: {e}"))
         })?);
     }
     Ok(out)

@@ -4,7 +4,7 @@
 //! either key work.
 
 use base64::Engine as _;
-use berth_sdk::attempts::{self, Attempts};
+use berth_sdk::attempts::{self, Limits};
 use berth_sdk::{HttpResult, Request, Response, config, crypto, docker, kv, percent_encode, time};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -38,7 +38,7 @@ fn not_found(what: &str) -> Response {
 }
 
 fn host(e: berth_sdk::Error) -> Response {
-    fail(500, "Storage failure", &berth_sdk::error_text(&e))
+    berth_sdk::host_failure(&e, |status, text| fail(status, "Storage failure", text))
 }
 
 fn b64url(bytes: &[u8]) -> String {
@@ -130,26 +130,27 @@ pub fn admin_init(req: &Request) -> HttpResult {
     Ok(Response::json(200, &new_user(&c, ADMIN)?.render()))
 }
 
-/// Failed logins per client address in the current minute.
+/// `POST /api/auth`: a JWT, or 422; failures are throttled per client
+/// address and per user.
 pub fn auth(req: &Request) -> HttpResult {
     let c = credentials(req)?;
-    let limit = config::get_or("login_attempts_per_minute", 5u32).unwrap_or(5);
-    let key = format!("p/attempts/{}", attempts::client_ip(req));
-    let mut attempts = Attempts::load(&key, limit).map_err(host)?;
-    if attempts.exceeded() {
-        return Err(fail(
-            429,
-            "Too many failed login attempts",
-            "try again in a minute",
-        ));
-    }
+    let mut attempt = attempts::Login::begin(req, "p/", &c.username, Limits::from_config())
+        .map_err(|e| {
+            e.respond(
+                || {
+                    fail(
+                        429,
+                        "Too many failed login attempts",
+                        "try again in a minute",
+                    )
+                },
+                host,
+            )
+        })?;
     let user = user_by_name(&c.username)?;
-    let ok = match &user {
-        Some(u) => crypto::verify_password(&c.password, &u.hash).map_err(host)?,
-        None => false,
-    };
+    let hash = user.as_ref().map(|u| u.hash.as_str());
+    let ok = attempt.verify_password(&c.password, hash).map_err(host)?;
     let Some(user) = user.filter(|_| ok) else {
-        attempts.fail().map_err(host)?;
         return Err(fail(422, "Invalid credentials", "Unauthorized"));
     };
     let ttl = config::get_or("jwt_ttl_secs", 28_800u64).unwrap_or(28_800);

@@ -10,7 +10,7 @@
 //! so read-modify-write operations (increment, compare-and-swap) on one key
 //! are serialised while other keys proceed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{OwnedMutexGuard, oneshot};
+use tokio::sync::oneshot;
+
+mod locks;
+
+use locks::{LockTable, Mode, Refused, Span, TxnId};
 
 /// Plugin KV: (namespace, key) -> value.
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
@@ -47,6 +51,8 @@ pub enum StoreError {
     Storage(String),
     #[error("storage writer has stopped")]
     Closed,
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl StoreError {
@@ -95,7 +101,7 @@ type JobSink = Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<Queued>>>>;
 pub struct Store {
     db: Arc<Database>,
     writer: std::sync::mpsc::Sender<Batch>,
-    locks: Arc<KeyLocks>,
+    locks: Arc<LockTable>,
     next_job: AtomicU64,
     /// Sequences: (namespace, name) -> (last handed out, reserved up to).
     sequences: tokio::sync::Mutex<HashMap<(String, String), (u64, u64)>>,
@@ -182,7 +188,7 @@ impl Store {
         Ok(Arc::new(Store {
             db,
             writer,
-            locks: Arc::new(KeyLocks::default()),
+            locks: Arc::new(LockTable::default()),
             next_job,
             sequences: Default::default(),
             job_sink,
@@ -193,9 +199,13 @@ impl Store {
     pub fn begin(self: &Arc<Self>, plugin: &str) -> Txn {
         Txn {
             store: self.clone(),
+            id: self.locks.id(),
             ns: Arc::from(plugin),
             writes: BTreeMap::new(),
-            locks: HashMap::new(),
+            held: HashMap::new(),
+            aborted: None,
+            pinned: false,
+            hot: HashSet::new(),
             written: 0,
             deadline: Instant::now() + Duration::from_secs(3600),
             jobs: Vec::new(),
@@ -437,64 +447,31 @@ fn apply(db: &Database, group: &[Batch]) -> Result<(), StoreError> {
     tx.commit().map_err(StoreError::from_redb)
 }
 
-type LockKey = (Arc<str>, String);
-
-/// Per-key locks, created on demand and removed when nobody holds or waits.
-#[derive(Default)]
-struct KeyLocks {
-    map: Mutex<HashMap<LockKey, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// A held key lock; releases (and forgets the key when idle) on drop.
-struct KeyGuard {
-    locks: Arc<KeyLocks>,
-    key: LockKey,
-    guard: Option<OwnedMutexGuard<()>>,
-}
-
-impl KeyLocks {
-    /// Lock `key`, waiting at most until `deadline` if another call holds it.
-    async fn lock(self: &Arc<Self>, key: LockKey, deadline: Instant) -> Option<KeyGuard> {
-        let mutex = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(key.clone()).or_default().clone()
-        };
-        // Uncontended: no timer.
-        let guard = match mutex.clone().try_lock_owned() {
-            Ok(guard) => guard,
-            Err(_) => tokio::time::timeout_at(deadline.into(), mutex.lock_owned())
-                .await
-                .ok()?,
-        };
-        Some(KeyGuard {
-            locks: self.clone(),
-            key,
-            guard: Some(guard),
-        })
-    }
-}
-
-impl Drop for KeyGuard {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut map = self.locks.map.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the map's own reference left: nobody holds or waits.
-        if map
-            .get(&self.key)
-            .is_some_and(|m| Arc::strong_count(m) == 1)
-        {
-            map.remove(&self.key);
-        }
-    }
-}
-
 /// One call's view of a plugin's namespace: reads see its own writes; the
 /// writes are committed together by [`Txn::commit`] or dropped with it.
+///
+/// Serializable: reads lock what they read (keys, listed spans) and writes
+/// lock what they write until the transaction ends (see `locks`). A lock
+/// that cannot be had (a deadlock, or a holder past this call's deadline)
+/// rolls the transaction back and answers `conflict`; every later operation
+/// answers `conflict` too, until [`Txn::restart`].
 pub struct Txn {
     store: Arc<Store>,
+    id: TxnId,
     ns: Arc<str>,
     writes: BTreeMap<String, Option<Vec<u8>>>,
-    locks: HashMap<String, KeyGuard>,
+    /// Keys locked, with the strongest mode held.
+    held: HashMap<String, Mode>,
+    /// Why the transaction was rolled back, once it was.
+    aborted: Option<String>,
+    /// The call acted outside KV and cannot be run again: in a deadlock,
+    /// another call gives way if it can.
+    pinned: bool,
+    /// Keys this transaction was refused an upgrade from shared to
+    /// exclusive on (it read them, then meant to write them): after a
+    /// restart its reads lock them exclusively at once, so restarted calls
+    /// queue for the key instead of deadlocking again round after round.
+    hot: HashSet<String>,
     written: usize,
     deadline: Instant,
     /// Jobs to queue at commit.
@@ -521,34 +498,118 @@ fn check_key(key: &str) -> Result<(), TxnError> {
 
 impl Txn {
     /// Read a key, seeing this transaction's own writes.
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, TxnError> {
+    pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, TxnError> {
         check_key(key)?;
+        self.lock(key, Mode::Shared).await?;
         if let Some(pending) = self.writes.get(key) {
             return Ok(pending.clone());
         }
         Ok(self.store.get_in(Table::Kv, &self.ns, key)?)
     }
 
-    /// Wait for key locks at most until `deadline` (the call's own).
+    /// Wait for locks at most until `deadline` (the call's own).
     pub fn until(mut self, deadline: Instant) -> Txn {
         self.deadline = deadline;
         self
     }
 
-    async fn lock(&mut self, key: &str) -> Result<(), TxnError> {
-        if !self.locks.contains_key(key) {
-            let lock = self
-                .store
-                .locks
-                .lock((self.ns.clone(), key.to_string()), self.deadline);
-            let guard = lock.await.ok_or_else(|| {
-                TxnError::Conflict(format!(
-                    "key `{key}` stayed locked by another call until this call's deadline"
-                ))
-            })?;
-            self.locks.insert(key.to_string(), guard);
+    /// Mark the call as having acted outside KV (see `locks`).
+    pub fn pin(&mut self) {
+        self.pinned = true;
+    }
+
+    /// Why this transaction was rolled back, if it was.
+    pub fn aborted(&self) -> Option<&str> {
+        self.aborted.as_deref()
+    }
+
+    /// Drop every write, queued job and lock, and begin again, as if the
+    /// call had just started (the job a job call runs stays marked).
+    pub fn restart(&mut self) {
+        self.release();
+        self.writes.clear();
+        self.jobs.clear();
+        self.written = 0;
+        self.aborted = None;
+    }
+
+    fn release(&mut self) {
+        self.store
+            .locks
+            .release(self.id, &self.ns, self.held.keys());
+        self.held.clear();
+    }
+
+    fn live(&self) -> Result<(), TxnError> {
+        match &self.aborted {
+            Some(why) => Err(TxnError::Conflict(why.clone())),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Roll back on a refused lock: release everything at once, so the
+    /// calls this one waited with can go on.
+    fn abort(&mut self, what: &str, refused: Refused) -> TxnError {
+        let why = match refused {
+            Refused::Deadlock => format!(
+                "{what} is held by a concurrent call that waits for this one (a deadlock); \
+                 this call's transaction was rolled back: run the call again"
+            ),
+            Refused::Timeout => format!(
+                "{what} stayed locked by another call until this call's deadline; \
+                 this call's transaction was rolled back: run the call again"
+            ),
+        };
+        self.release();
+        self.writes.clear();
+        self.jobs.clear();
+        self.written = 0;
+        self.aborted = Some(why.clone());
+        TxnError::Conflict(why)
+    }
+
+    async fn lock(&mut self, key: &str, mode: Mode) -> Result<(), TxnError> {
+        self.live()?;
+        if self.held.get(key).is_some_and(|held| *held >= mode) {
+            return Ok(());
+        }
+        let upgrading = self.held.contains_key(key);
+        let mode = if self.hot.contains(key) {
+            Mode::Exclusive
+        } else {
+            mode
+        };
+        let store = self.store.clone();
+        match store
+            .locks
+            .key(self.id, &self.ns, key, mode, self.deadline, self.pinned)
+            .await
+        {
+            Ok(()) => {
+                self.held.insert(key.to_string(), mode);
+                Ok(())
+            }
+            Err(refused) => {
+                if upgrading {
+                    self.hot.insert(key.to_string());
+                }
+                Err(self.abort(&format!("key `{key}`"), refused))
+            }
+        }
+    }
+
+    async fn lock_span(&mut self, span: Span) -> Result<(), TxnError> {
+        self.live()?;
+        let what = format!("the keys under `{}`", span.prefix);
+        let store = self.store.clone();
+        match store
+            .locks
+            .span(self.id, &self.ns, span, self.deadline, self.pinned)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(refused) => Err(self.abort(&what, refused)),
+        }
     }
 
     fn put(&mut self, key: &str, value: Option<Vec<u8>>) -> Result<(), TxnError> {
@@ -572,15 +633,15 @@ impl Txn {
     /// Write a key.
     pub async fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), TxnError> {
         check_key(key)?;
-        self.lock(key).await?;
+        self.lock(key, Mode::Exclusive).await?;
         self.put(key, Some(value))
     }
 
     /// Delete a key; whether it existed.
     pub async fn delete(&mut self, key: &str) -> Result<bool, TxnError> {
         check_key(key)?;
-        self.lock(key).await?;
-        let existed = self.get(key)?.is_some();
+        self.lock(key, Mode::Exclusive).await?;
+        let existed = self.get(key).await?.is_some();
         self.put(key, None)?;
         Ok(existed)
     }
@@ -588,18 +649,18 @@ impl Txn {
     /// Add `delta` to the decimal integer at `key`.
     pub async fn increment(&mut self, key: &str, delta: i64) -> Result<i64, TxnError> {
         check_key(key)?;
-        self.lock(key).await?;
-        let current = match self.get(key)? {
+        self.lock(key, Mode::Exclusive).await?;
+        let current = match self.get(key).await? {
             None => 0,
             Some(bytes) => std::str::from_utf8(&bytes)
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .ok_or_else(|| {
-                    TxnError::Conflict(format!("value at `{key}` is not a decimal integer"))
+                    TxnError::Invalid(format!("value at `{key}` is not a decimal integer"))
                 })?,
         };
         let next = current.checked_add(delta).ok_or_else(|| {
-            TxnError::Conflict(format!("incrementing `{key}` by {delta} overflows"))
+            TxnError::Invalid(format!("incrementing `{key}` by {delta} overflows"))
         })?;
         self.put(key, Some(next.to_string().into_bytes()))?;
         Ok(next)
@@ -613,8 +674,8 @@ impl Txn {
         new: Option<Vec<u8>>,
     ) -> Result<bool, TxnError> {
         check_key(key)?;
-        self.lock(key).await?;
-        if self.get(key)? != expected {
+        self.lock(key, Mode::Exclusive).await?;
+        if self.get(key).await? != expected {
             return Ok(false);
         }
         self.put(key, new)?;
@@ -622,8 +683,20 @@ impl Txn {
     }
 
     /// List keys with `prefix` strictly after `after`, merging committed
-    /// entries with this transaction's writes.
-    pub fn list(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Page, TxnError> {
+    /// entries with this transaction's writes. Locks the span from `after`
+    /// to the end of the prefix, so no other call can add, change or remove
+    /// a key there until this transaction ends.
+    pub async fn list(
+        &mut self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, TxnError> {
+        self.lock_span(Span {
+            prefix: prefix.to_string(),
+            after: after.map(str::to_string),
+        })
+        .await?;
         let limit = match limit {
             0 => 100,
             n => n.min(MAX_PAGE),
@@ -672,6 +745,7 @@ impl Txn {
     /// Queue a job at commit: nothing is queued if the call fails.
     pub fn enqueue(&mut self, kind: &str, payload: &[u8], delay_ms: u64) -> Result<u64, TxnError> {
         use base64::Engine as _;
+        self.live()?;
         if kind.is_empty() || kind.len() > 128 {
             return Err(TxnError::Invalid("job kinds are 1 to 128 bytes".into()));
         }
@@ -706,8 +780,12 @@ impl Txn {
         self.done = Some(id);
     }
 
-    /// Commit durably, then release the key locks.
+    /// Commit durably, then release the locks. A rolled-back transaction
+    /// commits nothing, not even its job mark.
     pub async fn commit(mut self) -> Result<(), StoreError> {
+        if let Some(why) = &self.aborted {
+            return Err(StoreError::Aborted(why.clone()));
+        }
         if self.is_empty() {
             return Ok(());
         }
@@ -744,6 +822,12 @@ impl Txn {
     }
 }
 
+impl Drop for Txn {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,16 +843,22 @@ mod tests {
         let (dir, store) = store();
         let mut t = store.begin("a");
         t.set("k", b"v".to_vec()).await.unwrap();
-        assert_eq!(t.get("k").unwrap(), Some(b"v".to_vec()));
-        assert_eq!(
-            store.begin("a").get("k").unwrap(),
-            None,
-            "not visible before commit"
+        assert_eq!(t.get("k").await.unwrap(), Some(b"v".to_vec()));
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            matches!(
+                store.begin("a").until(soon).get("k").await,
+                Err(TxnError::Conflict(_))
+            ),
+            "a reader waits for the writer: nothing is seen before commit"
         );
         t.commit().await.unwrap();
-        assert_eq!(store.begin("a").get("k").unwrap(), Some(b"v".to_vec()));
         assert_eq!(
-            store.begin("b").get("k").unwrap(),
+            store.begin("a").get("k").await.unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(
+            store.begin("b").get("k").await.unwrap(),
             None,
             "namespaces are separate"
         );
@@ -780,7 +870,10 @@ mod tests {
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
             }
         };
-        assert_eq!(reopened.begin("a").get("k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            reopened.begin("a").get("k").await.unwrap(),
+            Some(b"v".to_vec())
+        );
     }
 
     #[tokio::test]
@@ -792,7 +885,7 @@ mod tests {
         let mut t = store.begin("a");
         assert_eq!(t.increment("n", 1).await.unwrap(), 1);
         t.commit().await.unwrap();
-        assert!(store.locks.map.lock().unwrap().is_empty());
+        assert!(store.locks.is_idle());
     }
 
     #[tokio::test]
@@ -835,13 +928,13 @@ mod tests {
                 .await
                 .unwrap()
         );
-        assert_eq!(t.get("k").unwrap(), None);
+        assert_eq!(t.get("k").await.unwrap(), None);
         let err = t.increment("", 1).await.unwrap_err();
         assert!(err.to_string().contains("keys must be 1 to 1024 bytes"));
         t.set("text", b"abc".to_vec()).await.unwrap();
         assert!(matches!(
             t.increment("text", 1).await,
-            Err(TxnError::Conflict(_))
+            Err(TxnError::Invalid(_))
         ));
     }
 
@@ -890,6 +983,158 @@ mod tests {
         assert!(next > 150, "never reused after a restart: {next}");
     }
 
+    /// Run `$body` (an expression using `$t` and `$attempt`) in a
+    /// transaction until it commits, restarting it on a conflict as the SDK
+    /// does; the number of restarts.
+    macro_rules! until_committed {
+        ($store:expr, |$t:ident, $attempt:ident| $body:expr) => {{
+            let mut $t = $store.begin("a");
+            let mut $attempt = 0u32;
+            loop {
+                let result: Result<(), TxnError> = async { $body }.await;
+                match result {
+                    Ok(()) => break,
+                    Err(TxnError::Conflict(_)) => {
+                        $t.restart();
+                        $attempt += 1;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            $t.commit().await.unwrap();
+            $attempt
+        }};
+    }
+
+    async fn read_number(t: &mut Txn, key: &str) -> Result<i64, TxnError> {
+        Ok(t.get(key)
+            .await?
+            .map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn get_then_set_by_racing_calls_loses_no_update() {
+        let (_dir, store) = store();
+        let both_read = Arc::new(tokio::sync::Barrier::new(20));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (store, both_read) = (store.clone(), both_read.clone());
+            tasks.push(tokio::spawn(async move {
+                until_committed!(store, |t, attempt| {
+                    let n = read_number(&mut t, "n").await?;
+                    if attempt == 0 {
+                        // Every call has read before any writes.
+                        both_read.wait().await;
+                    }
+                    t.set("n", (n + 1).to_string().into_bytes()).await
+                })
+            }));
+        }
+        let mut reruns = 0;
+        for task in tasks {
+            reruns += task.await.unwrap();
+        }
+        let mut t = store.begin("a");
+        assert_eq!(read_number(&mut t, "n").await.unwrap(), 20);
+        // All but one met a deadlock once; restarted, each asked for the
+        // key it had failed to upgrade exclusively and queued for it.
+        assert_eq!(reruns, 19, "each loser ran once more");
+        drop(t);
+        assert!(store.locks.is_idle());
+    }
+
+    #[tokio::test]
+    async fn write_skew_is_prevented() {
+        // Two on call, each may go off call if the other stays: at least
+        // one must remain, whatever the interleaving.
+        let (_dir, store) = store();
+        let mut t = store.begin("a");
+        t.set("on/ann", b"1".to_vec()).await.unwrap();
+        t.set("on/bob", b"1".to_vec()).await.unwrap();
+        t.commit().await.unwrap();
+        let both_read = Arc::new(tokio::sync::Barrier::new(2));
+        let mut tasks = Vec::new();
+        for me in ["on/ann", "on/bob"] {
+            let (store, both_read) = (store.clone(), both_read.clone());
+            tasks.push(tokio::spawn(async move {
+                until_committed!(store, |t, attempt| {
+                    let on = read_number(&mut t, "on/ann").await?
+                        + read_number(&mut t, "on/bob").await?;
+                    if attempt == 0 {
+                        both_read.wait().await;
+                    }
+                    if on >= 2 {
+                        t.set(me, b"0".to_vec()).await?;
+                    }
+                    Ok(())
+                })
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut t = store.begin("a");
+        let on = read_number(&mut t, "on/ann").await.unwrap()
+            + read_number(&mut t, "on/bob").await.unwrap();
+        assert_eq!(on, 1, "exactly one went off call");
+    }
+
+    #[tokio::test]
+    async fn a_listed_prefix_gains_no_phantom() {
+        // Each call adds a user only if there is none yet.
+        let (_dir, store) = store();
+        let both_read = Arc::new(tokio::sync::Barrier::new(5));
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let (store, both_read) = (store.clone(), both_read.clone());
+            tasks.push(tokio::spawn(async move {
+                until_committed!(store, |t, attempt| {
+                    let none = t.list("user/", None, 0).await?.entries.is_empty();
+                    if attempt == 0 {
+                        both_read.wait().await;
+                    }
+                    if none {
+                        t.set(&format!("user/{i}"), b"admin".to_vec()).await?;
+                    }
+                    Ok(())
+                })
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut t = store.begin("a");
+        assert_eq!(t.list("user/", None, 0).await.unwrap().entries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_rolls_back_and_refuses_until_restart() {
+        let (_dir, store) = store();
+        let mut holder = store.begin("a");
+        holder.set("k", b"1".to_vec()).await.unwrap();
+        let mut t = store
+            .begin("a")
+            .until(Instant::now() + Duration::from_millis(30));
+        t.set("mine", b"x".to_vec()).await.unwrap();
+        t.enqueue("job", b"", 0).unwrap();
+        assert!(matches!(t.get("k").await, Err(TxnError::Conflict(_))));
+        assert!(t.aborted().is_some());
+        assert!(
+            matches!(t.get("mine").await, Err(TxnError::Conflict(_))),
+            "every later call answers conflict"
+        );
+        drop(holder);
+        t.restart();
+        assert_eq!(t.get("mine").await.unwrap(), None, "the write was dropped");
+        assert!(t.is_empty(), "and the job too");
+        t.set("mine", b"y".to_vec()).await.unwrap();
+        t.commit().await.unwrap();
+        assert_eq!(
+            store.begin("a").get("mine").await.unwrap(),
+            Some(b"y".to_vec())
+        );
+    }
+
     #[tokio::test]
     async fn list_merges_pending_writes_and_pages() {
         let (_dir, store) = store();
@@ -902,10 +1147,10 @@ mod tests {
         let mut t = store.begin("a");
         t.delete("p/1").await.unwrap();
         t.set("p/5", vec![5]).await.unwrap();
-        let page = t.list("p/", None, 3).unwrap();
+        let page = t.list("p/", None, 3).await.unwrap();
         let keys: Vec<_> = page.entries.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["p/0", "p/2", "p/3"]);
-        let page = t.list("p/", page.next.as_deref(), 3).unwrap();
+        let page = t.list("p/", page.next.as_deref(), 3).await.unwrap();
         let keys: Vec<_> = page.entries.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["p/4", "p/5"]);
         assert_eq!(page.next, None);

@@ -1,0 +1,351 @@
+//! Hostile and careless clients against the real binary: silent, idle and
+//! half-sent connections, one address holding many, malformed requests,
+//! brute-forced logins, and a data directory made too open beforehand.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Berth, client, poll};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+fn addr(berth: &Berth) -> SocketAddr {
+    berth
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+/// A connection to `berth` from the loopback address `from`.
+async fn connect_from(berth: &Berth, from: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr(berth)).await.unwrap()
+}
+
+/// Whether the server has closed `stream`: a read ends (0 bytes, or an
+/// answer followed by the end) within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// One raw HTTP/1.1 exchange on a fresh connection: the status line and
+/// the rest of the answer.
+async fn raw(berth: &Berth, request: &[u8]) -> (String, String) {
+    let mut stream = TcpStream::connect(addr(berth)).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (status, rest) = text.split_once("\r\n").unwrap_or((&text, ""));
+    (status.to_string(), rest.to_string())
+}
+
+#[tokio::test]
+async fn idle_and_half_sent_connections_are_closed_while_another_client_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(
+        dir.path(),
+        "[server]\nheader_timeout_ms = 1500\nidle_timeout_ms = 1500\nmax_connections_per_client = 400\n",
+    );
+    let mut hostile = Vec::new();
+    for i in 0..300 {
+        let mut stream = connect_from(&berth, "127.0.0.1").await;
+        match i % 3 {
+            // Silent from the start.
+            0 => {}
+            // Half a request head, never finished.
+            1 => stream
+                .write_all(b"GET /hello/slow HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap(),
+            // One whole request, then idle on keep-alive.
+            _ => {
+                stream
+                    .write_all(b"GET /hello/idle HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 1024];
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            }
+        }
+        hostile.push(stream);
+    }
+
+    // Another client keeps being served while they hang on.
+    let served = tokio::spawn({
+        let url = berth.url("/hello/bystander");
+        async move {
+            let http = client();
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut ok = 0;
+            while Instant::now() < until {
+                let r = http
+                    .get(&url)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                ok += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ok
+        }
+    });
+
+    let started = Instant::now();
+    for (i, stream) in hostile.iter_mut().enumerate() {
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "connection {i} still open after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        served.await.unwrap() > 10,
+        "the bystander was served throughout"
+    );
+}
+
+#[tokio::test]
+async fn one_address_at_its_cap_cannot_starve_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(
+        dir.path(),
+        "[server]\nmax_connections_per_client = 20\nmax_connections = 100\n",
+    );
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect_from(&berth, "127.0.0.1").await);
+    }
+    // The 21st from the same address is refused at once, and logged.
+    let mut over = connect_from(&berth, "127.0.0.1").await;
+    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+    poll(Duration::from_secs(5), "the refusal logged", || async {
+        berth
+            .log()
+            .contains("max_connections_per_client")
+            .then_some(())
+    })
+    .await;
+
+    // Another address is served.
+    let mut other = connect_from(&berth, "127.0.0.2").await;
+    other
+        .write_all(b"GET /hello/other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // A slot given back is free again.
+    drop(held.pop());
+    poll(Duration::from_secs(5), "a freed slot", || async {
+        let mut again = connect_from(&berth, "127.0.0.1").await;
+        again
+            .write_all(b"GET /hello/again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        again.read_to_end(&mut answer).await.ok()?;
+        answer.starts_with(b"HTTP/1.1 200").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_get_clear_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(dir.path(), "");
+    let http = client();
+
+    // Path parameters that are not UTF-8 once decoded.
+    for bad in ["%ff", "%fe", "%C0"] {
+        let r = http
+            .post(berth.url(&format!("/hello/{bad}/visits")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("UTF-8"), "{body}");
+    }
+
+    // A key over the store's limit is the client's fault, not a 500.
+    let long = "n".repeat(2000);
+    let r = http
+        .post(berth.url(&format!("/hello/{long}/visits")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // HTTP/1.1 without Host; TRACE; HEAD answered like GET without a body.
+    let (status, _) = raw(
+        &berth,
+        b"GET /hello/ann HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    let (status, _) = raw(
+        &berth,
+        b"TRACE /hello/ann HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 405"), "{status}");
+    let (status, rest) = raw(
+        &berth,
+        b"HEAD /hello/ann HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let (head, body) = rest.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: "),
+        "{head}"
+    );
+    assert_eq!(body, "", "no body for HEAD");
+
+    // A request head over the cap (32 KiB by default).
+    let big = format!(
+        "GET /hello/ann HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+    let (status, _) = raw(&berth, big.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+
+    // An oversized email at Lighthouse's login: its own format, a 4xx.
+    let r = http
+        .post(berth.url("/api/v0.2/login"))
+        .json(&json!({ "Email": "e".repeat(3000), "Password": "x" }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert!((400..500).contains(&status), "{status} {body}");
+    assert!(body["Message"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn wrong_totp_codes_meet_429_and_proxied_clients_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(dir.path(), "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let out = berth.cli(&[
+        "run",
+        "droplets",
+        "create-user",
+        "-u",
+        "boss",
+        "-g",
+        "owner",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let secret = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: ").map(str::to_string))
+        .unwrap();
+    let http = client();
+    let login = |code: String, from: &str| {
+        http.post(berth.url("/api/v1/user/auth"))
+            .header("x-forwarded-for", from)
+            .json(&json!({ "username": "boss", "code": code }))
+            .send()
+    };
+    let wrong = |i: u32| {
+        let right = support::totp(&secret, 0);
+        let code = format!("{:06}", (i * 7919 + 1) % 1_000_000);
+        if code == right {
+            "000000".to_string()
+        } else {
+            code
+        }
+    };
+
+    // 40 wrong codes from one client: the first are 902, then 429.
+    let mut seen = Vec::new();
+    for i in 0..40 {
+        let r = login(wrong(i), "203.0.113.5").await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        seen.push((status, body["errorId"].as_u64().unwrap()));
+    }
+    assert_eq!(seen[0], (400, 902));
+    assert!(seen.contains(&(429, 429)), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|s| s.0 == 400).count(),
+        5,
+        "five failures a minute per client: {seen:?}"
+    );
+
+    // Another client behind the same proxy is not locked out by them...
+    let r = login(wrong(99), "198.51.100.7").await.unwrap();
+    assert_eq!(r.status(), 400, "a wrong code, not 429");
+    // ... until the account itself has failed too often (10 a minute),
+    // from whichever addresses.
+    for i in 0..10 {
+        login(wrong(100 + i), &format!("198.51.100.{}", 10 + i))
+            .await
+            .unwrap();
+    }
+    let r = login(support::totp(&secret, 0), "192.0.2.1").await.unwrap();
+    assert_eq!(
+        r.status(),
+        429,
+        "the account is throttled, even a right code"
+    );
+}
+
+#[tokio::test]
+async fn a_data_dir_made_too_open_is_made_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // An emptied admin token is replaced, not matched by an empty one.
+    std::fs::write(data.join("admin-token"), "").unwrap();
+    std::fs::set_permissions(
+        data.join("admin-token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let berth = Berth::start(dir.path(), "");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("berth.redb")), 0o600);
+    assert_eq!(mode(&data.join("admin-token")), 0o600);
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    assert_eq!(token.trim().len(), 48, "{token:?}");
+    let r = client()
+        .get(berth.url("/_berth/plugins"))
+        .header("authorization", "Bearer ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
