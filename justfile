@@ -28,3 +28,4 @@ bench:
     cargo bench --profile dist --bench droplets
     cargo bench --profile dist --bench stacks
     cargo bench --profile dist --bench beacons
+    cargo bench --profile dist --bench concurrency

@@ -125,6 +125,25 @@ async fn idle_and_half_sent_connections_are_closed_while_another_client_is_serve
 }
 
 #[tokio::test]
+async fn a_body_that_stops_arriving_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(dir.path(), "[server]\nbody_timeout_ms = 1000\n");
+    let mut stream = TcpStream::connect(addr(&berth)).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"message\":")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1000 ms"), "{answer}");
+}
+
+#[tokio::test]
 async fn one_address_at_its_cap_cannot_starve_another() {
     let dir = tempfile::tempdir().unwrap();
     let berth = Berth::start(

@@ -246,16 +246,7 @@ async fn cikit_keeps_one_owner_and_one_user_per_name() {
         .unwrap()
         .to_string();
     let http = client();
-    let (status, auth) = support::call_bearer(
-        &http,
-        "POST",
-        &berth.url("/api/v1/user/auth"),
-        None,
-        Some(json!({ "username": owner, "code": support::totp(&secret, 0) })),
-    )
-    .await;
-    assert_eq!(status, 200, "{auth}");
-    let token = auth["access_token"].as_str().unwrap().to_string();
+    let token = cikit_login(&berth, &owner, &secret).await;
 
     let answers = race(|_| {
         http.post(berth.url("/api/v1/user/add"))
@@ -277,4 +268,100 @@ async fn cikit_keeps_one_owner_and_one_user_per_name() {
     .await;
     let twins = listed(&users, |u| u["username"] == "twin");
     assert_eq!(twins, 1, "{users}");
+}
+
+/// A CIKit access token for `user`, logging in with its TOTP `secret`.
+async fn cikit_login(berth: &Berth, user: &str, secret: &str) -> String {
+    let (status, auth) = support::call_bearer(
+        &client(),
+        "POST",
+        &berth.url("/api/v1/user/auth"),
+        None,
+        Some(json!({ "username": user, "code": support::totp(secret, 0) })),
+    )
+    .await;
+    assert_eq!(status, 200, "{auth}");
+    auth["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn droplets_and_docker_cloud_stacks_keep_one_per_name() {
+    let Some(engine) = support::docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[docker]\nlocal = \"{}\"\n\n[plugins.droplets.settings]\nimage = \"{}\"\n",
+        engine.host,
+        support::docker::IMAGE
+    );
+    let berth = Berth::start(dir.path(), &config);
+    let http = client();
+
+    // One droplet per name: the engine's name is the lock here, and the
+    // losers hear CIKit's 914.
+    let secret = berth.cli_line(
+        &[
+            "run",
+            "droplets",
+            "create-user",
+            "-u",
+            "boss",
+            "-g",
+            "owner",
+        ],
+        "secret: ",
+    );
+    let token = cikit_login(&berth, "boss", &secret).await;
+    let answers = race(|_| {
+        http.post(berth.url("/api/v1/droplet/add"))
+            .bearer_auth(&token)
+            .json(&json!({ "name": "racer" }))
+    })
+    .await;
+    assert_eq!(count(&answers, 200), 1, "{answers:?}");
+    for (status, body, _) in answers.iter().filter(|a| a.0 != 200) {
+        assert_eq!((*status, &body["errorId"]), (400, &json!(914)), "{body}");
+    }
+    let droplets = body(
+        http.get(berth.url("/api/v1/droplet/list"))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(listed(&droplets, |d| d["name"] == "racer"), 1, "{droplets}");
+    let (status, _) = support::call_bearer(
+        &http,
+        "DELETE",
+        &berth.url("/api/v1/droplet/delete/racer"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // One Docker Cloud stack per name, whatever its case.
+    let auth = berth.cli_line(
+        &["run", "stacks", "apikey:create", "alice"],
+        "Authorization: ",
+    );
+    let answers = race(|i| {
+        let name = if i % 2 == 0 { "same" } else { "SAME" };
+        http.post(berth.url("/api/app/v1/stack/"))
+            .header("authorization", &auth)
+            .header("accept", "application/json")
+            .json(&json!({ "name": name, "services": [{ "name": "web", "image": "busybox:latest" }] }))
+    })
+    .await;
+    assert_eq!(count(&answers, 201), 1, "{answers:?}");
+    assert_eq!(count(&answers, 409), RACERS - 1, "{answers:?}");
+    let stacks = body(
+        http.get(berth.url("/api/app/v1/stack/"))
+            .header("authorization", &auth)
+            .header("accept", "application/json"),
+    )
+    .await;
+    let same = listed(&stacks["objects"], |s| {
+        s["name"].as_str().unwrap().eq_ignore_ascii_case("same")
+    });
+    assert_eq!(same, 1, "{stacks}");
 }

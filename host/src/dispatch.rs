@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};
+use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -180,14 +181,34 @@ async fn call(
     let max = limits.max_body_bytes as usize;
     let read = if declared.is_some_and(|n| n > limits.max_body_bytes) {
         Err(BodyError::TooLarge)
+    } else if body.is_end_stream() {
+        Ok(Bytes::new())
     } else {
-        read_body(&mut body, max).await
+        // A client that sends its body slower than this holds a plugin
+        // slot's worth of memory for nothing.
+        let within = app.config.server.body_timeout();
+        tokio::time::timeout(within, read_body(&mut body, max))
+            .await
+            .unwrap_or(Err(BodyError::TimedOut(within)))
     };
     let body = match read {
         Ok(bytes) => bytes,
         Err(BodyError::TooLarge) => {
             drain(&mut body).await;
             return too_large();
+        }
+        Err(BodyError::TimedOut(within)) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} ms",
+                    within.as_millis()
+                ),
+                request_id,
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
         Err(BodyError::Read(e)) => {
             return error(
@@ -478,6 +499,7 @@ async fn proxy_docker(
 
 enum BodyError {
     TooLarge,
+    TimedOut(std::time::Duration),
     Read(String),
 }
 

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod caps;
 pub mod config;
 pub mod dispatch;
+pub mod lanes;
 pub mod metrics;
 pub mod net;
 pub mod plugins;

@@ -18,7 +18,8 @@ use wasmtime::component::{
     Linker, Lower, ResourceTable, TypedFunc,
 };
 use wasmtime::{
-    Engine, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+    CallHook, Engine, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
+    UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -26,6 +27,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::caps::CapSet;
 use crate::caps::crypto::KeyVault;
 use crate::config::{Limits, MAX_MEMORY_MIB};
+use crate::lanes::{LaneSlot, Lanes};
 use crate::store::{Store as Db, Txn};
 
 /// Bindings generated from `wit/`, the one source of the contract.
@@ -108,6 +110,8 @@ pub struct HostState {
     table: ResourceTable,
     limits: StoreLimits,
     timed_out: bool,
+    /// The lane this call holds while it runs long, if any.
+    lane: LaneSlot,
     pub call: CallCx,
 }
 
@@ -188,6 +192,8 @@ pub struct Runtime {
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     stop_ticker: Arc<AtomicBool>,
+    /// What a call running wasm past a tick must hold (see `lanes`).
+    lanes: Arc<Lanes>,
 }
 
 impl Drop for Runtime {
@@ -247,11 +253,14 @@ impl Runtime {
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir)?;
         }
+        // The async runtime runs one worker per core.
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
         Ok(Runtime {
             engine,
             linker,
             cache_dir,
             stop_ticker,
+            lanes: Lanes::for_workers(workers),
         })
     }
 
@@ -333,18 +342,34 @@ impl Runtime {
                 .trap_on_grow_failure(true)
                 .build(),
             timed_out: false,
+            lane: LaneSlot::default(),
             call,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        // Yield to other tasks every tick; trap once the deadline passes.
+        // A call in the host is not using the CPU: its lane goes back.
+        store.call_hook(|cx, hook| {
+            if matches!(hook, CallHook::CallingHost) {
+                cx.data().lane.clear();
+            }
+            Ok(())
+        });
+        // At every tick: trap once the deadline passed, else yield and
+        // go on only with a lane, in turn with other long runners.
+        let lanes = self.lanes.clone();
         store.epoch_deadline_callback(move |mut cx| {
             if Instant::now() >= deadline {
                 cx.data_mut().timed_out = true;
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+                return Ok(UpdateDeadline::Interrupt);
             }
+            let slot = cx.data().lane.clone();
+            slot.clear();
+            let plugin: Arc<str> = Arc::from(cx.data().call.plugin.name.as_str());
+            let lanes = lanes.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move { slot.put(lanes.acquire(&plugin).await) }),
+            ))
         });
         store.set_epoch_deadline(1);
         (store, stderr)
@@ -431,6 +456,7 @@ impl Runtime {
         // may wait (key locks) are bounded by the same deadline themselves,
         // so no timer is armed per call on this hot path.
         let result = func.call_async(&mut store, params).await;
+        store.data().lane.clear();
         match result {
             Ok((value,)) => {
                 let txn = store.data_mut().call.txn.take();

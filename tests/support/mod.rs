@@ -26,6 +26,8 @@ pub fn drop_file(from: &Path, to: &Path) {
 /// A running berth.
 pub struct Berth {
     child: Option<Child>,
+    /// The binary it runs (benchmarks compare two).
+    bin: PathBuf,
     pub url: String,
     pub data: PathBuf,
     pub config: PathBuf,
@@ -40,6 +42,11 @@ impl Berth {
 
     /// Like `start`, with extra `serve` arguments.
     pub fn start_with(dir: &Path, config: &str, args: &[&str]) -> Berth {
+        Berth::start_bin(Path::new(env!("CARGO_BIN_EXE_berth")), dir, config, args)
+    }
+
+    /// Like `start_with`, running the berth binary at `bin`.
+    pub fn start_bin(bin: &Path, dir: &Path, config: &str, args: &[&str]) -> Berth {
         let data = dir.join("data");
         let config_path = dir.join("berth.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -49,7 +56,7 @@ impl Berth {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut child = Command::new(bin)
             .arg("--config")
             .arg(&config_path)
             .arg("--data-dir")
@@ -82,6 +89,7 @@ impl Berth {
         };
         Berth {
             child: Some(child),
+            bin: bin.to_path_buf(),
             url,
             data,
             config: config_path,
@@ -114,7 +122,7 @@ impl Berth {
 
     /// Run `berth ARGS...` against this server's data directory.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_berth"))
+        Command::new(&self.bin)
             .arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
