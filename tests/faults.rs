@@ -19,11 +19,15 @@ max_response_mib = 4
 "#;
 
 fn start(dir: &std::path::Path) -> Berth {
+    start_with(dir, CONFIG)
+}
+
+fn start_with(dir: &std::path::Path, config: &str) -> Berth {
     let plugins = dir.join("data/plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     drop_file(&plugin_wasm("faults"), &plugins.join("faults.wasm"));
     drop_file(&plugin_wasm("hello"), &plugins.join("hello.wasm"));
-    Berth::start(dir, CONFIG)
+    Berth::start(dir, config)
 }
 
 #[tokio::test]
@@ -216,7 +220,11 @@ fn futures_stream(
 #[tokio::test]
 async fn sigterm_waits_for_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let mut berth = start(dir.path());
+    // A loop that lasts long enough to be seen in flight on a busy machine.
+    let mut berth = start_with(
+        dir.path(),
+        &CONFIG.replace("deadline_ms = 500", "deadline_ms = 5000"),
+    );
     let c = client();
     let url = berth.url("/faults/loop");
     let in_flight = tokio::spawn({

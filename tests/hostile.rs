@@ -275,20 +275,7 @@ async fn malformed_and_oversized_requests_get_clear_4xx() {
 async fn wrong_totp_codes_meet_429_and_proxied_clients_are_told_apart() {
     let dir = tempfile::tempdir().unwrap();
     let berth = Berth::start(dir.path(), "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n");
-    let out = berth.cli(&[
-        "run",
-        "droplets",
-        "create-user",
-        "-u",
-        "boss",
-        "-g",
-        "owner",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let secret = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("secret: ").map(str::to_string))
-        .unwrap();
+    let secret = berth.cikit_user("boss", "owner");
     let http = client();
     let login = |code: String, from: &str| {
         http.post(berth.url("/api/v1/user/auth"))
@@ -367,4 +354,40 @@ async fn a_data_dir_made_too_open_is_made_owner_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn the_merged_openapi_names_each_operation_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(dir.path(), "");
+    let doc: Value = client()
+        .get(berth.url("/_berth/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    let mut rest = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            ids.push(op["operationId"].as_str().unwrap().to_string());
+            for p in op["parameters"].as_array().unwrap() {
+                if p["x-multi-segment"] == true {
+                    rest += 1;
+                    assert!(p["description"].is_string(), "{path} {method}");
+                }
+            }
+        }
+    }
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "an operationId is used twice");
+    assert!(count > 100, "every bundled route: {count}");
+    assert!(
+        rest > 0,
+        "the Docker proxies' {{rest...}} parameters are marked"
+    );
 }

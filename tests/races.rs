@@ -300,18 +300,7 @@ async fn droplets_and_docker_cloud_stacks_keep_one_per_name() {
 
     // One droplet per name: the engine's name is the lock here, and the
     // losers hear CIKit's 914.
-    let secret = berth.cli_line(
-        &[
-            "run",
-            "droplets",
-            "create-user",
-            "-u",
-            "boss",
-            "-g",
-            "owner",
-        ],
-        "secret: ",
-    );
+    let secret = berth.cikit_user("boss", "owner");
     let token = cikit_login(&berth, "boss", &secret).await;
     let answers = race(|_| {
         http.post(berth.url("/api/v1/droplet/add"))

@@ -41,24 +41,7 @@ fn main() -> anyhow::Result<()> {
         &plugins.join("commands.wasm"),
     );
     let berth = support::Berth::start(dir.path(), &config);
-    let out = berth.cli(&["run", "commands", "keys:generate"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let pair = text
-        .lines()
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("keys:generate said {text}"))?;
-    let key = pair
-        .split(" | ")
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("API KEY: ")
-        .to_string();
-    let secret = pair
-        .split(" | ")
-        .nth(1)
-        .unwrap_or_default()
-        .trim_start_matches("API SECRET: ")
-        .to_string();
+    let (key, secret) = berth.commands_keys();
 
     let script = dir.path().join("post.lua");
     std::fs::write(

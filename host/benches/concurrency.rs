@@ -92,21 +92,7 @@ fn commands(build: &Build, seconds: u64) -> anyhow::Result<f64> {
         daemon.socket
     );
     let berth = build.start(dir.path(), &config, &["commands"])?;
-    let out = berth.cli(&["run", "commands", "keys:generate"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let pair = text
-        .lines()
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("keys:generate said {text}"))?;
-    let mut parts = pair.split(" | ");
-    let key = parts
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("API KEY: ");
-    let secret = parts
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("API SECRET: ");
+    let (key, secret) = berth.commands_keys();
     let script = format!(
         "wrk.method = \"POST\"\nwrk.body = \"cmd=version\"\n\
          wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\

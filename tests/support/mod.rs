@@ -132,6 +132,21 @@ impl Berth {
             .unwrap()
     }
 
+    /// `berth run commands keys:generate`: the new API key and secret.
+    pub fn commands_keys(&self) -> (String, String) {
+        let pair = self.cli_line(&["run", "commands", "keys:generate"], "API KEY: ");
+        let (key, secret) = pair
+            .split_once(" | API SECRET: ")
+            .unwrap_or_else(|| panic!("no key pair in {pair}"));
+        (key.to_string(), secret.to_string())
+    }
+
+    /// `berth run droplets create-user -u NAME -g GROUP`: its TOTP secret.
+    pub fn cikit_user(&self, name: &str, group: &str) -> String {
+        let args = ["run", "droplets", "create-user", "-u", name, "-g", group];
+        self.cli_line(&args, "secret: ")
+    }
+
     /// Run `berth ARGS...`, which must succeed, and return what follows
     /// `prefix` on the first stdout line starting with it.
     pub fn cli_line(&self, args: &[&str], prefix: &str) -> String {

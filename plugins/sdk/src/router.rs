@@ -112,11 +112,20 @@ impl Router {
                 openapi_path.push('/');
                 match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                     Some(name) => {
+                        let rest = name.ends_with("...");
                         let name = name.trim_end_matches("...");
-                        params.push(serde_json::json!({
+                        let mut param = serde_json::json!({
                             "name": name, "in": "path", "required": true,
                             "schema": { "type": "string" }
-                        }));
+                        });
+                        if rest {
+                            // OpenAPI 3.0 has no multi-segment parameter.
+                            param["description"] = "the rest of the path: zero or more \
+                                segments, `/` included"
+                                .into();
+                            param["x-multi-segment"] = true.into();
+                        }
+                        params.push(param);
                         openapi_path.push_str(&format!("{{{name}}}"));
                     }
                     None => openapi_path.push_str(segment),
@@ -135,9 +144,16 @@ impl Router {
             let entry = paths
                 .entry(openapi_path)
                 .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            let any_method = methods.len() > 1;
             for method in methods {
+                // One operation per method: each needs its own id.
+                let id = if any_method {
+                    format!("{}.{method}", r.id)
+                } else {
+                    r.id.clone()
+                };
                 entry[method] = serde_json::json!({
-                    "operationId": r.id,
+                    "operationId": id,
                     "parameters": params,
                     "responses": { "default": { "description": "the plugin's response" } }
                 });
