@@ -13,7 +13,7 @@ use support::{Berth, client, drop_file, plugin_wasm, poll};
 fn config(socket: &std::path::Path) -> String {
     format!(
         "install_bundled = false\n[dokku]\nsocket = {socket:?}\n\
-         [http_out]\nallow = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1\"]\n\
+         [http_out]\nallow = [\"127.0.0.1\", \"localhost\"]\nallow_private = [\"127.0.0.1\"]\n\
          [jobs]\nmax_attempts = 3\nbackoff_ms = 50\n\
          [plugins.commands]\ngrants = [\"kv\", \"crypto\", \"jobs\", \"dokku\", \"http-out\"]\n\
          [plugins.commands.settings]\ntimeout_ms = 1000\n"
@@ -386,16 +386,32 @@ async fn callbacks_are_delivered_and_retried_and_other_hosts_refused() {
     assert_eq!(bodies[1], command, "the receiver gets the command JSON");
     assert_eq!(bodies[0], bodies[1]);
 
-    // localhost is not in [http_out] allow: refused before connecting.
+    // A host outside [http_out] allow is refused when the command is
+    // posted, in the API's own 422 shape; nothing is stored.
+    let (status, refused) = api
+        .post_form("cmd=apps&sync=true&callback_url=http://elsewhere.example/hook")
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    let message = refused["messages"][0].as_str().unwrap();
+    assert!(
+        message.contains("callback_url is not allowed")
+            && message.contains("`elsewhere.example` is not in the operator's allow-list"),
+        "{refused}"
+    );
+
+    // localhost is allowed by name but resolves to a private address that
+    // is not in allow_private: accepted, then refused before connecting.
     let port = receiver
         .url
         .trim_start_matches("http://127.0.0.1:")
         .trim_end_matches("/hook")
         .to_string();
-    api.post_form(&format!(
-        "cmd=apps&sync=true&callback_url=http://localhost:{port}/hook"
-    ))
-    .await;
+    let (status, _) = api
+        .post_form(&format!(
+            "cmd=apps&sync=true&callback_url=http://localhost:{port}/hook"
+        ))
+        .await;
+    assert_eq!(status, 200);
     let view = poll(
         Duration::from_secs(30),
         "the refused callback job to be dead",
@@ -414,8 +430,7 @@ async fn callbacks_are_delivered_and_retried_and_other_hosts_refused() {
     .await;
     let error = view["dead"][0]["last_error"].as_str().unwrap();
     assert!(
-        error.contains("refused")
-            && error.contains("`localhost` is not in the operator's allow-list"),
+        error.contains("refused") && error.contains("a non-public address"),
         "{error}"
     );
     assert_eq!(

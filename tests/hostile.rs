@@ -269,6 +269,31 @@ async fn malformed_and_oversized_requests_get_clear_4xx() {
     let body: Value = r.json().await.unwrap();
     assert!((400..500).contains(&status), "{status} {body}");
     assert!(body["Message"].is_string(), "{body}");
+
+    // A beacon address outside [http_out] allow is the client's to fix.
+    let password = berth.cli_line(&["run", "beacons", "create-admin", "admin"], "password: ");
+    let login = http
+        .post(berth.url("/api/v0.2/login"))
+        .json(&json!({ "Email": "admin", "Password": password }))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let r = http
+        .post(berth.url("/api/v0.2/beacons/create"))
+        .header("cookie", cookie)
+        .json(&json!({ "Address": "http://not-allowed.example:8080", "Alias": "far" }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["Message"].as_str().unwrap().contains("allow-list"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -137,10 +137,11 @@ impl HttpOut {
         Ok(HttpOut { client, policy })
     }
 
-    /// Send `request` under the policy.
-    pub async fn send(&self, request: Outgoing) -> Result<Incoming, HttpError> {
-        let url = reqwest::Url::parse(&request.url)
-            .map_err(|e| HttpError::Invalid(format!("bad URL {:?}: {e}", request.url)))?;
+    /// Whether `url` passes the policy as far as it can be told without
+    /// resolving its host: scheme, host name, and an IP literal's address.
+    pub fn check(&self, url: &str) -> Result<reqwest::Url, HttpError> {
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| HttpError::Invalid(format!("bad URL {url:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(HttpError::Invalid(format!(
                 "only http and https URLs, not {}",
@@ -158,6 +159,12 @@ impl HttpOut {
                 .check_addr(host, ip)
                 .map_err(HttpError::Refused)?;
         }
+        Ok(url)
+    }
+
+    /// Send `request` under the policy.
+    pub async fn send(&self, request: Outgoing) -> Result<Incoming, HttpError> {
+        let url = self.check(&request.url)?;
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| HttpError::Invalid(format!("bad method {:?}", request.method)))?;
         let timeout = match request.timeout_ms {
@@ -228,11 +235,19 @@ fn classify(url: &reqwest::Url, e: reqwest::Error) -> HttpError {
 impl Host for HostState {
     async fn send(&mut self, request: Outgoing) -> wasmtime::Result<Result<Incoming, HttpError>> {
         self.acted("an outbound HTTP request");
-        if let Err(e) = self.check(Capability::HttpOut) {
+        // `HostState::check` (the grant), not this interface's `check`.
+        if let Err(e) = HostState::check(self, Capability::HttpOut) {
             return Ok(Err(HttpError::Denied(crate::caps::denied_text(&e))));
         }
         let http = self.call.plugin.http.clone();
         Ok(http.send(request).await)
+    }
+
+    async fn check(&mut self, url: String) -> wasmtime::Result<Result<(), HttpError>> {
+        if let Err(e) = HostState::check(self, Capability::HttpOut) {
+            return Ok(Err(HttpError::Denied(crate::caps::denied_text(&e))));
+        }
+        Ok(self.call.plugin.http.check(&url).map(drop))
     }
 }
 

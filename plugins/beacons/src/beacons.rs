@@ -9,7 +9,7 @@
 use berth_sdk::{HttpResult, Request, Response, kv, percent_encode};
 use serde::{Deserialize, Serialize};
 
-use crate::target::{self, Beacon, Call, Instance, Target};
+use crate::target::{self, Beacon, Call, FetchError, Instance, Target};
 use crate::users::{self, ACCESS, Kind, MODIFY, OWNER, User};
 use crate::{auth, fail, host, ok};
 
@@ -119,8 +119,10 @@ fn store(beacon: &mut Beacon, vms: Vec<target::Vm>) -> Result<(), Response> {
 
 /// Ask the beacon for its instances again and store them.
 fn refetch(beacon: &mut Beacon) -> Result<(), Response> {
-    let vms =
-        target::fetch_vms(&beacon.address, &beacon.token).map_err(|e| fail(500, "beacon", &e))?;
+    let vms = target::fetch_vms(&beacon.address, &beacon.token).map_err(|e| match e {
+        FetchError::NotAllowed(m) => fail(400, "beacon", &m),
+        FetchError::Failed(m) => fail(500, "beacon", &m),
+    })?;
     store(beacon, vms)
 }
 
@@ -147,7 +149,8 @@ fn valid_alias(alias: &str) -> Result<(), Response> {
 }
 
 /// `POST /beacons/create {Address, Token, Alias}`: the beacon's instances
-/// are fetched first; if that fails nothing is stored (500).
+/// are fetched first; if that fails nothing is stored (500; 400 for an
+/// address this host may not call).
 pub fn create(req: &Request) -> HttpResult {
     let mut me = auth::session(req)?;
     let new: NewBeacon = crate::body(req)?;

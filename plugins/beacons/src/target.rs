@@ -7,7 +7,7 @@
 //! at `http://ADDRESS/vms` and `http://ADDRESS/d/{instance}/{docker path}`,
 //! with the beacon's token in the `Token` header.
 
-use berth_sdk::bindings::berth::plugin::http_out::Outgoing;
+use berth_sdk::bindings::berth::plugin::http_out::{HttpError, Outgoing};
 use berth_sdk::docker::{self, DockerError};
 use berth_sdk::{config, http_out, percent_encode};
 use serde::{Deserialize, Serialize};
@@ -127,11 +127,22 @@ fn base_url(address: &str) -> String {
     }
 }
 
+/// Why a beacon's instances could not be fetched.
+pub enum FetchError {
+    /// The address is malformed or not one this host may call (`[http_out]
+    /// allow`): the client's to fix.
+    NotAllowed(String),
+    /// The beacon could not be reached, or answered badly.
+    Failed(String),
+}
+
 /// The instances behind the beacon at `address`, asked with `token`.
-pub fn fetch_vms(address: &str, token: &str) -> Result<Vec<Vm>, String> {
+pub fn fetch_vms(address: &str, token: &str) -> Result<Vec<Vm>, FetchError> {
     if address == LOCAL {
-        if !agent::token_matches(token)? {
-            return Err("this host's beacon agent refused the token".to_string());
+        if !agent::token_matches(token).map_err(FetchError::Failed)? {
+            return Err(FetchError::Failed(
+                "this host's beacon agent refused the token".to_string(),
+            ));
         }
         return Ok(agent::local_vms());
     }
@@ -142,21 +153,28 @@ pub fn fetch_vms(address: &str, token: &str) -> Result<Vec<Vm>, String> {
         body: Vec::new(),
         timeout_ms: 0,
     })
-    .map_err(|e| {
-        format!(
+    .map_err(|e| match e {
+        HttpError::Refused(_) | HttpError::Invalid(_) => FetchError::NotAllowed(format!(
+            "the beacon address {address} cannot be used: {}",
+            http_out::error_text(&e)
+        )),
+        e => FetchError::Failed(format!(
             "the beacon at {address} cannot be reached: {}",
             http_out::error_text(&e)
-        )
+        )),
     })?;
     if answer.status != 200 {
-        return Err(format!(
+        return Err(FetchError::Failed(format!(
             "the beacon at {address} answered {}: {}",
             answer.status,
             engine_message(&answer.body)
-        ));
+        )));
     }
-    serde_json::from_slice(&answer.body)
-        .map_err(|e| format!("the beacon at {address} sent an unreadable instance list: {e}"))
+    serde_json::from_slice(&answer.body).map_err(|e| {
+        FetchError::Failed(format!(
+            "the beacon at {address} sent an unreadable instance list: {e}"
+        ))
+    })
 }
 
 /// The message in a Docker (`{"message"}`) or Lighthouse (`{"Message"}`)

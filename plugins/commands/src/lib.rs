@@ -249,10 +249,18 @@ fn create(req: &Request) -> HttpResult {
         messages.push("cmd must be a single line".to_string());
     }
     let callback_url = params.callback_url.filter(|u| !u.trim().is_empty());
-    if let Some(url) = &callback_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
-    {
-        messages.push("callback_url must be an http or https URL".to_string());
+    if let Some(url) = &callback_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            messages.push("callback_url must be an http or https URL".to_string());
+        } else if let Err(e @ (http_out::HttpError::Refused(_) | http_out::HttpError::Invalid(_))) =
+            http_out::check(url)
+        {
+            // Stored, it would only fail at every delivery.
+            messages.push(format!(
+                "callback_url is not allowed on this host ({})",
+                http_out::error_text(&e)
+            ));
+        }
     }
     if !messages.is_empty() {
         return Ok(Response::json(

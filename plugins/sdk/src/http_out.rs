@@ -11,6 +11,13 @@ pub fn send(request: &Outgoing) -> Result<Incoming, HttpError> {
     raw::send(request)
 }
 
+/// Whether a request to `url` would be allowed (`Invalid`: malformed or
+/// not HTTP; `Refused`: outside the operator's allow-list), without
+/// sending anything. Check an address a client gives before storing it.
+pub fn check(url: &str) -> Result<(), HttpError> {
+    raw::check(url)
+}
+
 /// POST `value` as JSON to `url`; `timeout_ms` 0 uses the operator's default.
 pub fn post_json<T: Serialize + ?Sized>(
     url: &str,
