@@ -271,15 +271,7 @@ async fn malformed_and_oversized_requests_get_clear_4xx() {
     assert!(body["Message"].is_string(), "{body}");
 
     // A beacon address outside [http_out] allow is the client's to fix.
-    let password = berth.cli_line(&["run", "beacons", "create-admin", "admin"], "password: ");
-    let login = http
-        .post(berth.url("/api/v0.2/login"))
-        .json(&json!({ "Email": "admin", "Password": password }))
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_string();
+    let cookie = support::lighthouse_admin(&berth).await;
     let r = http
         .post(berth.url("/api/v0.2/beacons/create"))
         .header("cookie", cookie)

@@ -167,22 +167,8 @@ async fn portainer_keeps_one_admin_and_one_user_per_name() {
 async fn lighthouse_keeps_one_user_per_email() {
     let dir = tempfile::tempdir().unwrap();
     let berth = Berth::start(dir.path(), "");
-    let password = berth.cli_line(&["run", "beacons", "create-admin", "admin"], "password: ");
     let http = client();
-    let login = http
-        .post(berth.url("/api/v0.2/login"))
-        .json(&json!({ "Email": "admin", "Password": password }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 200);
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = support::lighthouse_admin(&berth).await;
 
     let answers = race(|_| {
         http.post(berth.url("/api/v0.2/users/create"))

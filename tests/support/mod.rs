@@ -208,6 +208,21 @@ impl Drop for Berth {
     }
 }
 
+/// `berth run beacons create-admin admin`, then a Lighthouse login: the
+/// session cookie (`name=value`).
+pub async fn lighthouse_admin(berth: &Berth) -> String {
+    let password = berth.cli_line(&["run", "beacons", "create-admin", "admin"], "password: ");
+    let login = client()
+        .post(berth.url("/api/v0.2/login"))
+        .json(&serde_json::json!({ "Email": "admin", "Password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
 /// Poll `check` until it returns Some, or panic after `timeout` with `what`.
 pub async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
