@@ -377,14 +377,7 @@ async fn a_data_dir_made_too_open_is_made_owner_only() {
 async fn the_merged_openapi_names_each_operation_once() {
     let dir = tempfile::tempdir().unwrap();
     let berth = Berth::start(dir.path(), "");
-    let doc: Value = client()
-        .get(berth.url("/_berth/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = support::json_of(client().get(berth.url("/_berth/openapi.json"))).await;
     let mut ids = Vec::new();
     let mut rest = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {

@@ -46,11 +46,6 @@ fn statuses(answers: &[(u16, Value, Option<String>)]) -> Vec<u16> {
     s
 }
 
-/// Send `request`; its JSON answer.
-async fn body(request: reqwest::RequestBuilder) -> Value {
-    request.send().await.unwrap().json().await.unwrap()
-}
-
 /// How many items of the JSON array `list` match.
 fn listed(list: &Value, matches: impl Fn(&Value) -> bool) -> usize {
     list.as_array()
@@ -78,7 +73,7 @@ async fn racing_calls_behave_as_if_one_at_a_time() {
     let mut seen: Vec<i64> = answers.iter().map(|a| a.1.as_i64().unwrap()).collect();
     seen.sort();
     assert_eq!(seen, (1..=RACERS as i64).collect::<Vec<_>>());
-    let read = body(http.get(berth.url("/racer/read/n"))).await;
+    let read = support::json_of(http.get(berth.url("/racer/read/n"))).await;
     assert_eq!(read, json!(RACERS));
 
     // Write skew: ann and bob may each go off call only while both are on.
@@ -94,7 +89,7 @@ async fn racing_calls_behave_as_if_one_at_a_time() {
     let answers = race(|i| http.post(berth.url(&format!("/racer/claim/c{i}")))).await;
     assert_eq!(count(&answers, 200), 1, "{answers:?}");
     assert_eq!(count(&answers, 409), RACERS - 1, "{answers:?}");
-    let listed = body(http.get(berth.url("/racer/list/claims"))).await;
+    let listed = support::json_of(http.get(berth.url("/racer/list/claims"))).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 
     // After an outside effect a call is not run again: the losers of the
@@ -115,7 +110,7 @@ async fn racing_calls_behave_as_if_one_at_a_time() {
             );
         }
     }
-    let read = body(http.get(berth.url("/racer/read/e"))).await;
+    let read = support::json_of(http.get(berth.url("/racer/read/e"))).await;
     assert_eq!(read, json!(done));
     assert!(!berth.log().contains("panicked"), "{}", berth.log());
 }
@@ -137,7 +132,7 @@ async fn portainer_keeps_one_admin_and_one_user_per_name() {
         .as_str()
         .unwrap()
         .to_string();
-    let auth = body(
+    let auth = support::json_of(
         http.post(berth.url("/api/auth"))
             .json(&json!({ "Username": winner, "Password": "secret-pass" })),
     )
@@ -154,7 +149,7 @@ async fn portainer_keeps_one_admin_and_one_user_per_name() {
     .await;
     assert_eq!(count(&answers, 200), 1, "{answers:?}");
     assert_eq!(count(&answers, 409), RACERS - 1, "{answers:?}");
-    let users = body(http.get(berth.url("/api/users")).bearer_auth(&jwt)).await;
+    let users = support::json_of(http.get(berth.url("/api/users")).bearer_auth(&jwt)).await;
     let dupes = listed(&users, |u| {
         u["Username"].as_str().unwrap().eq_ignore_ascii_case("dupe")
     });
@@ -183,7 +178,7 @@ async fn lighthouse_keeps_one_user_per_email() {
         refused.iter().all(|s| (400..500).contains(s)),
         "{answers:?}"
     );
-    let users = body(
+    let users = support::json_of(
         http.get(berth.url("/api/v0.2/users/list"))
             .header("cookie", &cookie),
     )
@@ -298,7 +293,7 @@ async fn droplets_and_docker_cloud_stacks_keep_one_per_name() {
     for (status, body, _) in answers.iter().filter(|a| a.0 != 200) {
         assert_eq!((*status, &body["errorId"]), (400, &json!(914)), "{body}");
     }
-    let droplets = body(
+    let droplets = support::json_of(
         http.get(berth.url("/api/v1/droplet/list"))
             .bearer_auth(&token),
     )
@@ -329,7 +324,7 @@ async fn droplets_and_docker_cloud_stacks_keep_one_per_name() {
     .await;
     assert_eq!(count(&answers, 201), 1, "{answers:?}");
     assert_eq!(count(&answers, 409), RACERS - 1, "{answers:?}");
-    let stacks = body(
+    let stacks = support::json_of(
         http.get(berth.url("/api/app/v1/stack/"))
             .header("authorization", &auth)
             .header("accept", "application/json"),

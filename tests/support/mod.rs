@@ -208,6 +208,11 @@ impl Drop for Berth {
     }
 }
 
+/// Send `request`; its JSON answer.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// `berth run beacons create-admin admin`, then a Lighthouse login: the
 /// session cookie (`name=value`).
 pub async fn lighthouse_admin(berth: &Berth) -> String {
@@ -359,8 +364,32 @@ pub mod dokkud;
 /// unless `BERTH_REQUIRE_DOCKER=1` (CI), where that is a failure.
 pub fn python() -> Option<PathBuf> {
     static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    let made = PYTHON.get_or_init(|| {
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyenv");
+    venv(
+        &PYTHON,
+        "pyenv",
+        &[
+            "python-dockercloud==1.0.12",
+            "websocket-client==0.59.0",
+            "httpie==3.2.4",
+        ],
+    )
+}
+
+/// schemathesis's `st` command, in a venv of its own made the same way.
+pub fn schemathesis() -> Option<PathBuf> {
+    static ST: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    venv(&ST, "st-venv", &["schemathesis==4.32.5"]).map(|python| python.with_file_name("st"))
+}
+
+/// The python of venv `name` under the target dir, with `packages`
+/// installed from PyPI on first use.
+fn venv(
+    made: &'static std::sync::OnceLock<Result<PathBuf, String>>,
+    name: &str,
+    packages: &[&str],
+) -> Option<PathBuf> {
+    let made = made.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
         let python = venv.join("bin/python");
         let marker = venv.join("berth-ready");
         if marker.exists() {
@@ -375,25 +404,19 @@ pub fn python() -> Option<PathBuf> {
             }
         };
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "python-dockercloud==1.0.12",
-            "websocket-client==0.59.0",
-            "httpie==3.2.4",
-        ]))?;
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(packages))?;
         std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
         Ok(python)
     });
     match made {
         Ok(p) => Some(p.clone()),
         Err(why) if std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1") => {
-            panic!("cannot make the Python test environment: {why}")
+            panic!("cannot make the Python test environment {name}: {why}")
         }
         Err(why) => {
-            eprintln!("skipping: cannot make the Python test environment: {why}");
+            eprintln!("skipping: cannot make the Python test environment {name}: {why}");
             None
         }
     }
