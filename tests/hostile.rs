@@ -198,6 +198,44 @@ async fn one_address_at_its_cap_cannot_starve_another() {
 }
 
 #[tokio::test]
+async fn open_websockets_count_against_the_cap_until_they_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(
+        dir.path(),
+        "[server]\nmax_connections_per_client = 2\n\n[plugins.streamer]\ngrants = [\"events\", \"jobs\"]\n",
+    );
+    support::mount(&berth, "streamer", "/stream/t/close").await;
+    let url = berth
+        .url("/stream/ws?framing=websocket")
+        .replace("http://", "ws://");
+    let (first, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (second, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+
+    // Both upgraded connections still hold their slots.
+    let mut over = connect_from(&berth, "127.0.0.1").await;
+    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+
+    // Closing one frees its slot.
+    drop(first);
+    poll(
+        Duration::from_secs(5),
+        "the websocket's slot freed",
+        || async {
+            let mut again = connect_from(&berth, "127.0.0.1").await;
+            again
+                .write_all(b"GET /hello/again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut answer = Vec::new();
+            again.read_to_end(&mut answer).await.ok()?;
+            answer.starts_with(b"HTTP/1.1 200").then_some(())
+        },
+    )
+    .await;
+    drop(second);
+}
+
+#[tokio::test]
 async fn malformed_and_oversized_requests_get_clear_4xx() {
     let dir = tempfile::tempdir().unwrap();
     let berth = Berth::start(dir.path(), "");

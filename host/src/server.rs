@@ -52,6 +52,12 @@ struct Admitted {
     ip: IpAddr,
 }
 
+/// A connection's admission, shared by its requests: a handler that takes
+/// over the connection (a websocket) keeps it, so the connection counts
+/// against the caps for as long as it is open.
+#[derive(Clone)]
+pub struct ConnSlot(#[allow(dead_code)] Arc<Admitted>);
+
 impl Connections {
     fn new(config: &ServerConfig) -> Connections {
         Connections {
@@ -279,7 +285,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let admitted = match connections.admit(peer) {
-            Ok(admitted) => admitted,
+            Ok(admitted) => ConnSlot(Arc::new(admitted)),
             Err(cap) => {
                 connections.refused(peer, cap);
                 // Closed at once: the client sees the end, not a hang.
@@ -293,10 +299,12 @@ pub async fn serve(
         let service = service_fn({
             let app = app.clone();
             let activity = activity.clone();
+            let slot = admitted.clone();
             move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 let busy = activity.begin();
                 req.extensions_mut().insert(socket);
+                req.extensions_mut().insert(slot.clone());
                 async move {
                     let response = crate::dispatch::handle(app, req, peer).await;
                     Ok::<_, std::convert::Infallible>(

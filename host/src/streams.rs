@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use crate::caps::events::{Event, Subscription};
 use crate::dispatch::{BoxError, Response, error};
 use crate::runtime::bindings::berth::plugin::types::Framing;
-use crate::server::ConnSocket;
+use crate::server::{ConnSlot, ConnSocket};
 
 /// Why a stream ended other than by its topic closing.
 enum End {
@@ -250,7 +250,10 @@ fn websocket(mut feed: Feed, parts: &mut http::request::Parts, request_id: &str)
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return r;
     };
+    // The upgraded stream counts against the connection caps until it ends.
+    let slot = parts.extensions.remove::<ConnSlot>();
     tokio::spawn(async move {
+        let _slot = slot;
         let Ok(upgraded) = upgrade.await else { return };
         // Clients only send control frames and the odd small message: a
         // small read buffer and message cap keep an idle subscriber cheap.
