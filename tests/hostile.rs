@@ -44,6 +44,19 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// Whether a new connection from `from` is served a hello (Some) or
+/// refused (None).
+async fn served_from(berth: &Berth, from: &str) -> Option<()> {
+    let mut stream = connect_from(berth, from).await;
+    stream
+        .write_all(b"GET /hello/again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.ok()?;
+    answer.starts_with(b"HTTP/1.1 200").then_some(())
+}
+
 /// One raw HTTP/1.1 exchange on a fresh connection: the status line and
 /// the rest of the answer.
 async fn raw(berth: &Berth, request: &[u8]) -> (String, String) {
@@ -184,15 +197,8 @@ async fn one_address_at_its_cap_cannot_starve_another() {
 
     // A slot given back is free again.
     drop(held.pop());
-    poll(Duration::from_secs(5), "a freed slot", || async {
-        let mut again = connect_from(&berth, "127.0.0.1").await;
-        again
-            .write_all(b"GET /hello/again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut answer = Vec::new();
-        again.read_to_end(&mut answer).await.ok()?;
-        answer.starts_with(b"HTTP/1.1 200").then_some(())
+    poll(Duration::from_secs(5), "a freed slot", || {
+        served_from(&berth, "127.0.0.1")
     })
     .await;
 }
@@ -217,20 +223,9 @@ async fn open_websockets_count_against_the_cap_until_they_close() {
 
     // Closing one frees its slot.
     drop(first);
-    poll(
-        Duration::from_secs(5),
-        "the websocket's slot freed",
-        || async {
-            let mut again = connect_from(&berth, "127.0.0.1").await;
-            again
-                .write_all(b"GET /hello/again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await
-                .ok()?;
-            let mut answer = Vec::new();
-            again.read_to_end(&mut answer).await.ok()?;
-            answer.starts_with(b"HTTP/1.1 200").then_some(())
-        },
-    )
+    poll(Duration::from_secs(5), "the websocket's slot freed", || {
+        served_from(&berth, "127.0.0.1")
+    })
     .await;
     drop(second);
 }
