@@ -99,8 +99,10 @@ fn main() -> anyhow::Result<()> {
     };
     engine.swarm_init();
     let dir = tempfile::tempdir()?;
+    // Every subscriber connects from this one address.
     let config = format!(
-        "[docker]\nlocal = \"{}\"\n\n[plugins.stacks.settings]\nstop_timeout_secs = 1\n",
+        "[docker]\nlocal = \"{}\"\n\n[server]\nmax_connections_per_client = 100000\n\n\
+         [plugins.stacks.settings]\nstop_timeout_secs = 1\n",
         engine.host
     );
     let berth = support::Berth::start(dir.path(), &config);
