@@ -560,10 +560,7 @@ impl Txn {
                  this call's transaction was rolled back: run the call again"
             ),
         };
-        self.release();
-        self.writes.clear();
-        self.jobs.clear();
-        self.written = 0;
+        self.restart();
         self.aborted = Some(why.clone());
         TxnError::Conflict(why)
     }
