@@ -39,6 +39,7 @@ fn main() {
         "plugins/Cargo.lock",
         "plugins/.cargo/config.toml",
         "examples/hello/src",
+        "examples/hello/openapi.json",
         "examples/hello/Cargo.toml",
         "examples/hello/Cargo.lock",
         "examples/hello/.cargo/config.toml",

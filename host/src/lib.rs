@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod lanes;
 pub mod metrics;
 pub mod net;
+pub mod openapi;
 pub mod plugins;
 pub mod router;
 pub mod runtime;

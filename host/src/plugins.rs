@@ -24,6 +24,7 @@ use crate::caps::http_out::HttpOut;
 use crate::caps::{CapSet, Capability};
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, PluginMetrics};
+use crate::openapi;
 use crate::router::{self, Pattern};
 use crate::runtime::{Linked, Manifest, PluginEnv, Runtime};
 use crate::store::Store;
@@ -445,35 +446,48 @@ impl Plugins {
         serde_json::json!({ "plugins_dir": self.dir.display().to_string(), "plugins": plugins, "files": files })
     }
 
-    /// The OpenAPI document: every plugin's `paths` merged.
+    /// The OpenAPI document: every plugin's `paths` merged, its component
+    /// schemas renamed `PLUGIN.NAME`, and the answers the host itself may
+    /// give on any route documented beside the plugin's.
     pub fn openapi(&self) -> serde_json::Value {
         let routing = self.routing();
         let mut paths = serde_json::Map::new();
+        let mut schemas = serde_json::Map::new();
+        schemas.insert("_berth.HostError".into(), openapi::host_error_schema());
         for m in routing.plugins.values() {
             let Some(fragment) = &m.manifest.openapi else {
                 continue;
             };
-            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(fragment) {
-                for (path, ops) in map {
-                    match (paths.get_mut(&path), ops) {
-                        (
-                            Some(serde_json::Value::Object(existing)),
-                            serde_json::Value::Object(ops),
-                        ) => {
-                            existing.extend(ops);
-                        }
-                        (_, ops) => {
-                            paths.insert(path, ops);
-                        }
+            let Some((plugin_paths, plugin_schemas)) =
+                openapi::fragment(&m.manifest.name, fragment)
+            else {
+                continue;
+            };
+            schemas.extend(plugin_schemas);
+            for (path, ops) in plugin_paths {
+                match (paths.get_mut(&path), ops) {
+                    (Some(serde_json::Value::Object(existing)), serde_json::Value::Object(ops)) => {
+                        existing.extend(ops);
+                    }
+                    (_, ops) => {
+                        paths.insert(path, ops);
                     }
                 }
             }
+        }
+        for op in paths
+            .values_mut()
+            .filter_map(|p| p.as_object_mut())
+            .flat_map(|p| p.values_mut())
+        {
+            openapi::add_host_answers(op);
         }
         serde_json::json!({
             "openapi": "3.0.3",
             "info": { "title": "Berth", "version": env!("CARGO_PKG_VERSION"),
                       "description": "Routes of every mounted plugin" },
             "paths": paths,
+            "components": { "schemas": schemas },
         })
     }
 }

@@ -29,6 +29,8 @@ impl Plugin for Hello {
             .post("hello.visit", "/hello/{name}/visits", visit)
             .get("hello.visits", "/hello/{name}/visits", visits)
             .post("hello.echo", "/echo", echo)
+            // The routes in OpenAPI terms, for /_berth/openapi.json.
+            .describe(include_str!("../openapi.json"))
     }
 
     fn admin(args: Vec<String>) -> Result<String, String> {
@@ -103,3 +105,13 @@ fn echo(req: &Request) -> HttpResult {
 }
 
 berth_sdk::export!(Hello);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described() {
+        assert_eq!(Hello::router().check_description(), Ok(()));
+    }
+}

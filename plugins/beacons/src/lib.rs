@@ -118,6 +118,7 @@ impl Plugin for Beacons {
                 "/d/{instance}/{path...}",
                 agent::docker,
             )
+            .describe(include_str!("../openapi.json"))
     }
 
     fn run_job(kind: &str, payload: &[u8]) -> Result<(), String> {
@@ -204,4 +205,14 @@ pub(crate) fn flag(req: &Request, name: &str, default: bool) -> Result<bool, Res
 /// An empty 200.
 pub(crate) fn ok() -> HttpResult {
     Ok(Response::new(200))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described() {
+        assert_eq!(Beacons::router().check_description(), Ok(()));
+    }
 }

@@ -36,6 +36,7 @@ impl Plugin for Commands {
             .post("commands.create", "/commands", create)
             .get("commands.show", "/commands/{token}", show)
             .get("commands.retry", "/commands/{token}/retry", retry)
+            .describe(include_str!("../openapi.json"))
     }
 
     fn run_job(kind: &str, payload: &[u8]) -> Result<(), String> {
@@ -132,6 +133,17 @@ fn status_error(status: u16, message: &str) -> Response {
     )
 }
 
+/// A host failure in dokku-api's error format.
+fn host(e: berth_sdk::Error) -> Response {
+    berth_sdk::host_failure(&e, status_error)
+}
+
+/// Query parameter `name` as a count, or 400 in dokku-api's format.
+fn count_query(req: &Request, name: &str) -> Result<Option<usize>, Response> {
+    req.query_as(name)
+        .map_err(|_| status_error(400, &format!("{name} must be a non-negative integer")))
+}
+
 /// Api-Key and Api-Secret must name a stored pair.
 fn authenticate(req: &Request) -> Result<(), Response> {
     let denied = || status_error(401, "not_authenticated");
@@ -141,8 +153,10 @@ fn authenticate(req: &Request) -> Result<(), Response> {
     if key.is_empty() || key.len() > 128 {
         return Err(denied());
     }
-    let stored: ApiKey = kv::get_json(&format!("keys/{key}"))?.ok_or_else(denied)?;
-    let given = hmac(secret)?;
+    let stored: ApiKey = kv::get_json(&format!("keys/{key}"))
+        .map_err(host)?
+        .ok_or_else(denied)?;
+    let given = hmac(secret).map_err(host)?;
     if crypto::constant_time_eq(given.as_bytes(), stored.secret_hmac.as_bytes()) {
         Ok(())
     } else {
@@ -171,16 +185,17 @@ fn by_token(token: &str) -> Result<Command, Response> {
     if token.len() > 128 {
         return Err(not_found());
     }
-    let id: u64 = kv::get_string(&token_key(token))?
+    let id: u64 = kv::get_string(&token_key(token))
+        .map_err(host)?
         .and_then(|s| s.parse().ok())
         .ok_or_else(not_found)?;
-    load(id)?.ok_or_else(not_found)
+    load(id).map_err(host)?.ok_or_else(not_found)
 }
 
 fn list(req: &Request) -> HttpResult {
     authenticate(req)?;
-    let offset: usize = req.query_as("offset")?.unwrap_or(0);
-    let limit: Option<usize> = req.query_as("limit")?;
+    let offset = count_query(req, "offset")?.unwrap_or(0);
+    let limit = count_query(req, "limit")?;
     let mut out = Vec::new();
     for (i, entry) in kv::scan("cmd/id/").enumerate() {
         if i < offset {
@@ -189,7 +204,7 @@ fn list(req: &Request) -> HttpResult {
         if limit.is_some_and(|l| out.len() >= l) {
             break;
         }
-        let (_, value) = entry?;
+        let (_, value) = entry.map_err(host)?;
         if let Ok(c) = serde_json::from_slice::<serde_json::Value>(&value) {
             out.push(c);
         }
@@ -218,7 +233,8 @@ fn create(req: &Request) -> HttpResult {
         if req.body().is_empty() {
             CreateParams::default()
         } else {
-            req.json()?
+            serde_json::from_slice(req.body())
+                .map_err(|e| status_error(400, &format!("invalid JSON body: {e}")))?
         }
     } else {
         let mut p = CreateParams::default();
@@ -272,8 +288,8 @@ fn create(req: &Request) -> HttpResult {
 
     // A sequence, not `increment`: a hot counter key would serialise every
     // POST behind the previous one's commit.
-    let id = kv::next_in_sequence("commands")?;
-    let token = crypto::random_token(32)?;
+    let id = kv::next_in_sequence("commands").map_err(host)?;
+    let token = crypto::random_token(32).map_err(host)?;
     let command = Command {
         id,
         token: token.clone(),
@@ -283,13 +299,13 @@ fn create(req: &Request) -> HttpResult {
         callback_url,
         result_data: None,
     };
-    save(&command)?;
-    kv::set(&token_key(&token), id.to_string().as_bytes())?;
+    save(&command).map_err(host)?;
+    kv::set(&token_key(&token), id.to_string().as_bytes()).map_err(host)?;
     if sync {
-        let ran = execute(command)?;
+        let ran = execute(command).map_err(host)?;
         return Ok(Response::json(200, &ran));
     }
-    jobs::enqueue("run", id.to_string().as_bytes(), 0)?;
+    jobs::enqueue("run", id.to_string().as_bytes(), 0).map_err(host)?;
     Ok(Response::json(200, &command))
 }
 
@@ -304,8 +320,8 @@ fn retry(req: &Request) -> HttpResult {
     let mut command = by_token(req.param("token").unwrap_or_default())?;
     command.ran_at = None;
     command.result_data = None;
-    save(&command)?;
-    jobs::enqueue("run", command.id.to_string().as_bytes(), 0)?;
+    save(&command).map_err(host)?;
+    jobs::enqueue("run", command.id.to_string().as_bytes(), 0).map_err(host)?;
     Ok(Response::json(200, &command))
 }
 
@@ -369,3 +385,13 @@ fn callback(id: u64) -> Result<(), String> {
 }
 
 berth_sdk::export!(Commands);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described() {
+        assert_eq!(Commands::router().check_description(), Ok(()));
+    }
+}

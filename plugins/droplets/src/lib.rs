@@ -59,6 +59,7 @@ impl Plugin for Droplets {
                 droplet::delete,
             )
             .route("not-found", "*", "/api/{rest...}", not_found)
+            .describe(include_str!("../openapi.json"))
     }
 
     fn admin(args: Vec<String>) -> Result<String, String> {
@@ -559,6 +560,11 @@ mod tests {
         assert_eq!(unhex(&hex(&[0, 1, 254, 255])), Some(vec![0, 1, 254, 255]));
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex("abc"), None);
+    }
+
+    #[test]
+    fn every_route_is_described() {
+        assert_eq!(Droplets::router().check_description(), Ok(()));
     }
 
     #[test]

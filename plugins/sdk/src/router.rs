@@ -21,6 +21,7 @@ struct Route {
 pub struct Router {
     routes: Vec<Route>,
     openapi: Option<String>,
+    descriptions: Vec<&'static str>,
 }
 
 impl Router {
@@ -74,6 +75,86 @@ impl Router {
         self
     }
 
+    /// Describe routes in OpenAPI terms, for `/_berth/openapi.json`.
+    /// `doc` is JSON text (usually `include_str!("../openapi.json")`):
+    ///
+    /// - `schemas`: named OpenAPI schema objects, referred to as
+    ///   `{"$ref": "#/components/schemas/NAME"}`;
+    /// - `error`: the schema of the error bodies of this document's
+    ///   operations, documented as each one's `default` response;
+    /// - `operations`: route id → OpenAPI operation fields (`summary`,
+    ///   query `parameters`, `requestBody`, `responses`, ...) laid over the
+    ///   operation generated from the route. Shorthands: a response
+    ///   `{"schema": S}` is a JSON response, a 4xx or 5xx response without
+    ///   content has the `error` body, and `"body": S` is a required JSON
+    ///   request body.
+    ///
+    /// Call it once per document: a plugin serving two surfaces with two
+    /// error formats gives one document for each.
+    /// [`Router::check_description`] says whether they match the routes.
+    pub fn describe(mut self, doc: &'static str) -> Self {
+        self.descriptions.push(doc);
+        self
+    }
+
+    /// Whether the documents given to [`Router::describe`] are readable,
+    /// describe every route once, only routes this router has, and name
+    /// no schema twice.
+    pub fn check_description(&self) -> Result<(), String> {
+        let docs = self.description_docs()?;
+        if docs.is_empty() {
+            return Err("no description given".into());
+        }
+        let mut problems = Vec::new();
+        let mut described: Vec<&String> = Vec::new();
+        let mut schemas: Vec<&String> = Vec::new();
+        for doc in &docs {
+            for id in doc["operations"]
+                .as_object()
+                .into_iter()
+                .flat_map(|o| o.keys())
+            {
+                if described.contains(&id) {
+                    problems.push(format!("route `{id}` is described twice"));
+                } else if !self.routes.iter().any(|r| &r.id == id) {
+                    problems.push(format!("route `{id}` is described but does not exist"));
+                }
+                described.push(id);
+            }
+            for name in doc["schemas"]
+                .as_object()
+                .into_iter()
+                .flat_map(|o| o.keys())
+            {
+                if schemas.contains(&name) {
+                    problems.push(format!("schema `{name}` is defined twice"));
+                }
+                schemas.push(name);
+            }
+        }
+        for r in &self.routes {
+            if !described.contains(&&r.id) {
+                problems.push(format!("route `{}` has no description", r.id));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    fn description_docs(&self) -> Result<Vec<serde_json::Value>, String> {
+        self.descriptions
+            .iter()
+            .map(|text| match serde_json::from_str(text) {
+                Ok(doc @ serde_json::Value::Object(_)) => Ok(doc),
+                Ok(_) => Err("a description is not a JSON object".to_string()),
+                Err(e) => Err(format!("a description is not JSON: {e}")),
+            })
+            .collect()
+    }
+
     /// Call the handler for the request's route id, again from the start
     /// if it met a KV conflict and had not acted outside KV (see
     /// [`crate::kv::rerun_on_conflict`]). An id this router does not know
@@ -98,11 +179,20 @@ impl Router {
             .collect()
     }
 
-    /// The OpenAPI `paths` object for these routes: the one given with
-    /// [`Router::openapi`], or a minimal one generated from the patterns.
+    /// The OpenAPI fragment for these routes (JSON text): the `paths`
+    /// object given with [`Router::openapi`]; or `{"paths", "components"}`,
+    /// generated from the patterns with the description given to
+    /// [`Router::describe`] laid over it.
     pub fn openapi_paths(&self) -> String {
         if let Some(given) = &self.openapi {
             return given.clone();
+        }
+        // An unreadable description documents nothing rather than failing
+        // the manifest; `check_description` is where it is caught.
+        let docs = self.description_docs().unwrap_or_default();
+        let mut schemas = serde_json::Map::new();
+        for doc in &docs {
+            schemas.extend(doc["schemas"].as_object().cloned().unwrap_or_default());
         }
         let mut paths = serde_json::Map::new();
         for r in &self.routes {
@@ -152,13 +242,200 @@ impl Router {
                 } else {
                     r.id.clone()
                 };
-                entry[method] = serde_json::json!({
+                let mut op = serde_json::json!({
                     "operationId": id,
                     "parameters": params,
                     "responses": { "default": { "description": "the plugin's response" } }
                 });
+                if let Some((doc, described)) = docs
+                    .iter()
+                    .find_map(|doc| Some((doc, doc["operations"].get(&r.id)?)))
+                {
+                    describe_operation(&mut op, described, &doc["error"]);
+                }
+                entry[method] = op;
             }
         }
-        serde_json::Value::Object(paths).to_string()
+        serde_json::json!({
+            "paths": paths,
+            "components": { "schemas": schemas },
+        })
+        .to_string()
+    }
+}
+
+/// Lay `described` (an entry of the description's `operations`) over the
+/// generated operation `op`, expanding the shorthands.
+fn describe_operation(
+    op: &mut serde_json::Value,
+    described: &serde_json::Value,
+    error: &serde_json::Value,
+) {
+    use serde_json::{Value, json};
+    let json_content = |schema: &Value| json!({ "application/json": { "schema": schema } });
+    if !error.is_null() {
+        op["responses"]["default"] =
+            json!({ "description": "an error", "content": json_content(error) });
+    }
+    let Some(fields) = described.as_object() else {
+        return;
+    };
+    for (key, value) in fields {
+        match key.as_str() {
+            "body" => {
+                op["requestBody"] = json!({ "required": true, "content": json_content(value) });
+            }
+            "parameters" => {
+                if let (Some(all), Some(more)) = (op["parameters"].as_array_mut(), value.as_array())
+                {
+                    all.extend(more.iter().cloned());
+                }
+            }
+            "responses" => {
+                for (status, response) in value.as_object().into_iter().flatten() {
+                    let mut response = response.clone();
+                    if let Some(schema) = response.as_object_mut().and_then(|r| r.remove("schema"))
+                    {
+                        response["content"] = json_content(&schema);
+                    }
+                    if response.get("description").is_none() {
+                        response["description"] = format!("status {status}").into();
+                    }
+                    let failure = status.starts_with(['4', '5']);
+                    if failure && response.get("content").is_none() && !error.is_null() {
+                        response["content"] = json_content(error);
+                    }
+                    op["responses"][status] = response;
+                }
+            }
+            _ => op[key] = value.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Response;
+    use serde_json::json;
+
+    fn ok(_: &Request) -> HttpResult {
+        Ok(Response::json(200, &json!({})))
+    }
+
+    const DOC: &str = r##"{
+        "schemas": { "Thing": { "type": "object", "required": ["id"] } },
+        "error": { "type": "object", "required": ["error"] },
+        "operations": {
+            "things.get": {
+                "summary": "one thing",
+                "parameters": [{ "name": "full", "in": "query", "schema": { "type": "boolean" } }],
+                "responses": { "200": { "schema": { "$ref": "#/components/schemas/Thing" } } }
+            },
+            "things.put": { "body": { "$ref": "#/components/schemas/Thing" }, "responses": { "204": {}, "409": {} } }
+        }
+    }"##;
+
+    fn router() -> Router {
+        Router::new()
+            .get("things.get", "/things/{id}", ok)
+            .put("things.put", "/things/{id}", ok)
+            .describe(DOC)
+    }
+
+    #[test]
+    fn a_description_is_laid_over_the_generated_operations() {
+        let doc: serde_json::Value = serde_json::from_str(&router().openapi_paths()).unwrap();
+        let get = &doc["paths"]["/things/{id}"]["get"];
+        assert_eq!(get["operationId"], "things.get");
+        assert_eq!(get["summary"], "one thing");
+        let params: Vec<&str> = get["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            params,
+            ["id", "full"],
+            "path parameters first, then the described ones"
+        );
+        assert_eq!(
+            get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Thing"
+        );
+        assert_eq!(get["responses"]["200"]["description"], "status 200");
+        assert_eq!(
+            get["responses"]["default"]["content"]["application/json"]["schema"]["required"],
+            json!(["error"])
+        );
+        let put = &doc["paths"]["/things/{id}"]["put"];
+        assert_eq!(put["requestBody"]["required"], true);
+        assert!(put["requestBody"]["content"]["application/json"]["schema"].is_object());
+        assert_eq!(put["responses"]["204"]["description"], "status 204");
+        assert!(put["responses"]["204"].get("content").is_none());
+        assert_eq!(
+            put["responses"]["409"]["content"], get["responses"]["default"]["content"],
+            "a failure without content has the error body"
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["Thing"]["required"],
+            json!(["id"])
+        );
+    }
+
+    #[test]
+    fn a_description_must_match_the_routes() {
+        assert_eq!(router().check_description(), Ok(()));
+        let more = router().post("things.make", "/things", ok);
+        let why = more.check_description().unwrap_err();
+        assert_eq!(why, "route `things.make` has no description");
+        let fewer = Router::new()
+            .get("things.get", "/things/{id}", ok)
+            .describe(DOC);
+        let why = fewer.check_description().unwrap_err();
+        assert_eq!(why, "route `things.put` is described but does not exist");
+        let twice = router().describe(DOC).check_description().unwrap_err();
+        assert!(
+            twice.contains("route `things.get` is described twice"),
+            "{twice}"
+        );
+        assert!(twice.contains("schema `Thing` is defined twice"), "{twice}");
+        assert!(Router::new().describe("[]").check_description().is_err());
+        assert!(Router::new().check_description().is_err());
+    }
+
+    #[test]
+    fn each_document_has_its_own_error_body() {
+        const OTHER: &str = r##"{
+            "error": { "type": "object", "required": ["err"] },
+            "operations": { "other.get": { "responses": { "404": {} } } }
+        }"##;
+        let two = router().get("other.get", "/other", ok).describe(OTHER);
+        assert_eq!(two.check_description(), Ok(()));
+        let doc: serde_json::Value = serde_json::from_str(&two.openapi_paths()).unwrap();
+        let body = |path: &str, method: &str, status: &str| {
+            doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+                ["required"]
+                .clone()
+        };
+        assert_eq!(body("/other", "get", "404"), json!(["err"]));
+        assert_eq!(body("/other", "get", "default"), json!(["err"]));
+        assert_eq!(body("/things/{id}", "get", "default"), json!(["error"]));
+    }
+
+    #[test]
+    fn without_a_description_the_routes_are_still_documented() {
+        let doc: serde_json::Value = serde_json::from_str(
+            &Router::new()
+                .get("things.get", "/things/{id}", ok)
+                .openapi_paths(),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["paths"]["/things/{id}"]["get"]["operationId"],
+            "things.get"
+        );
+        assert_eq!(doc["components"]["schemas"], json!({}));
     }
 }

@@ -289,6 +289,8 @@ impl Plugin for Stacks {
             "/api/stacks/{id}/file",
             p::stack_file,
         )
+        .describe(include_str!("../cloud.json"))
+        .describe(include_str!("../portainer.json"))
     }
 
     fn run_job(kind: &str, payload: &[u8]) -> Result<(), String> {
@@ -312,3 +314,13 @@ fn cloud_not_found(_: &berth_sdk::Request) -> berth_sdk::HttpResult {
 }
 
 berth_sdk::export!(Stacks);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described() {
+        assert_eq!(Stacks::router().check_description(), Ok(()));
+    }
+}
