@@ -23,7 +23,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth::runtime::{CallCx, PluginEnv, Request, Runtime};
+use berth::bindings::Request;
+use berth::caps::{CallCx, PluginEnv};
+use berth::runtime::Runtime;
 
 fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
@@ -201,7 +203,7 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
     let config = berth::config::Config::embedded();
     let env = Arc::new(PluginEnv {
         name: "hello".into(),
-        asked: berth::caps::Capability::ALL.into_iter().collect(),
+        asked: berth::capability::Capability::ALL.into_iter().collect(),
         granted: config.grants("hello").into_iter().collect(),
         settings: config.settings("hello"),
         keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),

@@ -10,11 +10,12 @@ use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tracing::Instrument;
 
-use crate::App;
-use crate::dispatch::{Response, error, full, json};
-use crate::runtime::CallCx;
+use crate::app::App;
+use crate::caps::CallCx;
 use crate::store::StoreError;
+use crate::web::{Response, error, full, json};
 
 /// Routes under `/_berth/`.
 pub fn handle<B>(app: &App, req: &http::Request<B>, request_id: &str) -> Response {
@@ -213,10 +214,12 @@ pub async fn run(app: &App, name: &str, args: Vec<String>) -> Result<String, Str
         std::time::Instant::now() + plugin.limits.deadline,
     );
     tracing::info!(plugin = %name, request_id, "admin command");
+    let span = tracing::info_span!("admin", request_id, plugin = %name);
     let called = app
         .plugins
         .runtime()
         .admin(&plugin.pre, cx, &plugin.limits, args)
+        .instrument(span)
         .await
         .map_err(|e| format!("plugin `{name}` failed: {e}"))?;
     if let Some(txn) = called.txn {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::caps::Capability;
+use crate::capability::Capability;
 
 /// The defaults compiled into the binary; also the documentation of every key.
 pub const DEFAULTS: &str = include_str!("../berth.default.toml");

@@ -3,12 +3,31 @@
 //! One process owns the HTTP(S) listener, durable storage and every other
 //! outside resource; each API surface is a sandboxed wasm component (a
 //! plugin) that declares its routes and capabilities and handles its own
-//! requests. See DESIGN.md in the repository for the map.
-
+//! requests. See ARCHITECTURE.md in the repository for the map.
+//!
+//! The modules are layered one way; each uses only those on lines above
+//! its own (`tests/layers.rs` checks it):
+//!
+//! 1. `net`, `store`, `lanes`, `metrics`, `router`, `openapi`, `bundled`,
+//!    `web` (HTTP types), `capability` (names and sets)
+//! 2. `config`, `bindings` (the WIT contract, generated)
+//! 3. `caps`: the capability interfaces, implemented on a call's `CallCx`
+//! 4. `runtime`: the engine, the linker, one store per call
+//! 5. `plugins`: the mounted plugins and the folder watcher
+//! 6. `jobs`: the job runner
+//! 7. `app`: the host as one value
+//! 8. `streams`, `admin`: event streams and the `/_berth/*` routes
+//! 9. `dispatch`: from a request to a plugin call and back
+//! 10. `server`: connections
 pub mod admin;
+pub mod app;
+pub mod bindings;
+pub mod bundled;
+pub mod capability;
 pub mod caps;
 pub mod config;
 pub mod dispatch;
+pub mod jobs;
 pub mod lanes;
 pub mod metrics;
 pub mod net;
@@ -19,174 +38,7 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod streams;
+pub mod web;
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use anyhow::Context;
-use rand::RngCore;
-
-use crate::caps::crypto::KeyVault;
-use crate::caps::jobs::Jobs;
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::plugins::Plugins;
-use crate::runtime::Runtime;
-use crate::store::Store;
-
-// `BUNDLED`: the plugins built by build.rs and shipped inside the binary.
-include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
-
-/// The running host: configuration, storage, plugins, metrics.
-pub struct App {
-    pub config: Arc<Config>,
-    pub db: Arc<Store>,
-    pub plugins: Arc<Plugins>,
-    pub metrics: Arc<Metrics>,
-    pub jobs: Arc<Jobs>,
-    /// Whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
-    pub trusted: net::TrustedProxies,
-    /// Flips to true when the host starts shutting down: event streams end.
-    pub closing: tokio::sync::watch::Sender<bool>,
-    queued: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<store::Queued>>>,
-    admin_token: String,
-    request_prefix: u32,
-    request_seq: AtomicU64,
-}
-
-impl App {
-    /// Open the data directory, storage and runtime, install the bundled
-    /// plugins on first run, and mount every plugin in the folder.
-    pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
-        let config = Arc::new(config);
-        let data = &config.data_dir;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data)
-            .with_context(|| format!("cannot create data directory {}", data.display()))?;
-        // Owner-only even when the operator made the folder beforehand: it
-        // holds the store (secrets' HMAC keys, uploaded TLS keys) and the
-        // admin token.
-        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot make {} owner-only", data.display()))?;
-        let db_path = data.join("berth.redb");
-        private_file(&db_path)?;
-        let db = Store::open(&db_path)
-            .with_context(|| format!("cannot open storage in {}", data.display()))?;
-        let admin_token = admin_token(&config)?;
-        let runtime = Arc::new(Runtime::new(Some(data.join("cache")))?);
-        if config.install_bundled {
-            let dir = config.plugins_dir();
-            if plugins::install_bundled(&dir).with_context(|| {
-                format!("cannot install the bundled plugins into {}", dir.display())
-            })? {
-                tracing::info!(dir = %dir.display(), count = BUNDLED.len(), "installed the bundled plugins");
-            }
-        }
-        std::fs::create_dir_all(config.plugins_dir()).with_context(|| {
-            format!(
-                "cannot create plugins folder {}",
-                config.plugins_dir().display()
-            )
-        })?;
-        let metrics = Arc::new(Metrics::default());
-        let keys = Arc::new(KeyVault::new(db.clone()));
-        let plugins = Arc::new(Plugins::new(
-            runtime,
-            config.clone(),
-            db.clone(),
-            plugins::Services {
-                keys,
-                http: Arc::new(caps::http_out::HttpOut::new(&config.http_out)?),
-                docker: Arc::new(caps::docker::Docker::new(&config.docker, db.clone())?),
-                events: Arc::new(caps::events::Events::default()),
-            },
-            metrics.clone(),
-        ));
-        plugins.scan(false).await;
-        let (sink, queued) = tokio::sync::mpsc::unbounded_channel();
-        db.set_job_sink(sink);
-        let jobs = Jobs::new(db.clone(), config.jobs.clone())?;
-        Ok(Arc::new(App {
-            trusted: net::TrustedProxies::new(&config.server.trusted_proxies),
-            config,
-            db,
-            plugins,
-            metrics,
-            jobs,
-            closing: tokio::sync::watch::Sender::new(false),
-            queued: std::sync::Mutex::new(Some(queued)),
-            admin_token,
-            request_prefix: rand::rngs::OsRng.next_u32(),
-            request_seq: AtomicU64::new(0),
-        }))
-    }
-
-    /// Start the background work (folder watcher, job runner) until
-    /// `shutdown` flips. Call once.
-    pub fn spawn_background(
-        self: &Arc<Self>,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![tokio::spawn(self.plugins.clone().watch(shutdown.clone()))];
-        let queued = self.queued.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(queued) = queued {
-            let runner = self
-                .jobs
-                .clone()
-                .run(self.plugins.clone(), queued, shutdown);
-            tasks.push(tokio::spawn(runner));
-        }
-        tasks
-    }
-
-    /// A new request id: a per-process random prefix and a sequence number.
-    pub fn next_request_id(&self) -> String {
-        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-{n:08x}", self.request_prefix)
-    }
-
-    /// Whether `token` is the admin token (constant time).
-    pub fn is_admin_token(&self, token: &str) -> bool {
-        caps::crypto::constant_time_eq(token.as_bytes(), self.admin_token.as_bytes())
-    }
-}
-
-/// The configured admin token, or the one kept in DATA_DIR/admin-token
-/// (created owner-only on first start).
-fn admin_token(config: &Config) -> anyhow::Result<String> {
-    if !config.admin_token.is_empty() {
-        return Ok(config.admin_token.clone());
-    }
-    let path = config.data_dir.join("admin-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        let token = token.trim();
-        // An emptied file is a token nobody should be able to match.
-        if !token.is_empty() {
-            private_file(&path)?;
-            return Ok(token.to_string());
-        }
-    }
-    let mut bytes = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = hex::encode(bytes);
-    private_file(&path)?;
-    std::fs::write(&path, format!("{token}\n"))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated an admin token for /_berth/plugins");
-    Ok(token)
-}
-
-/// Make `path` an owner-only (0600) file, creating it empty if missing,
-/// before anything secret is written to it.
-fn private_file(path: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
-        .with_context(|| format!("cannot make {} owner-only", path.display()))
-}
+pub use app::App;
+pub use bundled::BUNDLED;

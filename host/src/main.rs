@@ -353,7 +353,7 @@ async fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCo
     };
     let dir = tempdir_for_check()?;
     let db = berth::store::Store::open(&dir.join("check.redb"))?;
-    let env = Arc::new(berth::runtime::PluginEnv {
+    let env = Arc::new(berth::caps::PluginEnv {
         name: "check".into(),
         asked: Default::default(),
         granted: Default::default(),

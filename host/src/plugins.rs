@@ -17,16 +17,18 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use crate::bindings::Manifest;
+use crate::capability::{CapSet, Capability};
+use crate::caps::PluginEnv;
 use crate::caps::crypto::KeyVault;
 use crate::caps::docker::Docker;
 use crate::caps::events::Events;
 use crate::caps::http_out::HttpOut;
-use crate::caps::{CapSet, Capability};
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, PluginMetrics};
 use crate::openapi;
 use crate::router::{self, Pattern};
-use crate::runtime::{Linked, Manifest, PluginEnv, Runtime};
+use crate::runtime::{Linked, Runtime};
 use crate::store::Store;
 
 /// A file is loaded once it has not been modified for this long, so a
@@ -528,6 +530,18 @@ pub fn check_manifest(m: &Manifest) -> Result<Vec<(String, Pattern, String)>, St
     if m.version.trim().is_empty() {
         return Err(format!("plugin `{}` has an empty version", m.name));
     }
+    if let Some(unknown) = m
+        .capabilities
+        .iter()
+        .find(|c| c.parse::<Capability>().is_err())
+    {
+        let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
+        return Err(format!(
+            "plugin `{}` asks for capability {unknown:?}, which this host does not know (it knows {})",
+            m.name,
+            known.join(", ")
+        ));
+    }
     if let Some(fragment) = &m.openapi
         && !matches!(
             serde_json::from_str(fragment),
@@ -582,7 +596,7 @@ pub fn install_bundled(dir: &Path) -> std::io::Result<bool> {
         return Ok(false);
     }
     std::fs::create_dir_all(dir)?;
-    for (file, bytes) in crate::BUNDLED {
+    for (file, bytes) in crate::bundled::BUNDLED {
         let tmp = dir.join(format!(".{file}.tmp"));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, dir.join(file))?;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{
-    Component, ComponentExportIndex, ComponentNamedList, HasSelf, Instance, InstancePre, Lift,
-    Linker, Lower, ResourceTable, TypedFunc,
+    Component, ComponentExportIndex, ComponentNamedList, Instance, InstancePre, Lift, Linker,
+    Lower, ResourceTable, TypedFunc,
 };
 use wasmtime::{
     CallHook, Engine, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
@@ -24,27 +24,11 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::caps::CapSet;
-use crate::caps::crypto::KeyVault;
+use crate::bindings::{self, Manifest, Outcome, Request, WIT_PACKAGE, WIT_VERSION};
+use crate::caps::{CallCx, Capabilities, PluginEnv};
 use crate::config::{Limits, MAX_MEMORY_MIB};
 use crate::lanes::{LaneSlot, Lanes};
-use crate::store::{Store as Db, Txn};
-
-/// Bindings generated from `wit/`, the one source of the contract.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "plugin",
-        imports: { default: async | trappable },
-        exports: { default: async },
-    });
-}
-
-pub use bindings::berth::plugin::types::{Manifest, Outcome, Request};
-
-/// The WIT package version this host implements.
-pub const WIT_PACKAGE: &str = "berth:plugin";
-pub const WIT_VERSION: &str = "0.1.0";
+use crate::store::Txn;
 
 /// How often the epoch ticks; deadlines are checked (and long-running wasm
 /// yields to other tasks) at this granularity.
@@ -56,53 +40,6 @@ pub const POOL_INSTANCES: u32 = 1000;
 
 /// Bytes of a plugin's stderr kept per call (panic messages end up here).
 const STDERR_CAP: usize = 4096;
-
-/// Everything a plugin's calls share: its identity, grants and settings.
-pub struct PluginEnv {
-    pub name: String,
-    pub asked: CapSet,
-    pub granted: CapSet,
-    pub settings: std::collections::BTreeMap<String, String>,
-    pub db: Arc<Db>,
-    pub keys: Arc<KeyVault>,
-    pub dokku: crate::config::DokkuConfig,
-    pub http: Arc<crate::caps::http_out::HttpOut>,
-    pub docker: Arc<crate::caps::docker::Docker>,
-    pub events: Arc<crate::caps::events::Events>,
-}
-
-/// Per-call context the capabilities use.
-pub struct CallCx {
-    pub plugin: Arc<PluginEnv>,
-    pub request_id: String,
-    /// None while describing a plugin (no storage then).
-    pub txn: Option<Txn>,
-    /// When the call must end; the plugin's deadline caps it.
-    pub deadline: Instant,
-    /// The first thing this call did outside KV that running it again would
-    /// repeat (a Docker change, a Dokku command, ...); `kv.restart` is then
-    /// refused.
-    pub acted_outside: Option<&'static str>,
-}
-
-impl CallCx {
-    /// A call of `plugin` for `request_id`, with a transaction when given.
-    pub fn new(
-        plugin: Arc<PluginEnv>,
-        request_id: String,
-        txn: Option<Txn>,
-        deadline: Instant,
-    ) -> CallCx {
-        let txn = txn.map(|t| t.until(deadline));
-        CallCx {
-            plugin,
-            request_id,
-            txn,
-            deadline,
-            acted_outside: None,
-        }
-    }
-}
 
 /// The data of one `Store`: one call of one plugin.
 pub struct HostState {
@@ -236,7 +173,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        bindings::Plugin::add_to_linker::<HostState, Capabilities>(&mut linker, |s| &mut s.call)?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
@@ -579,7 +516,7 @@ mod tests {
     #[test]
     fn bundled_plugins_start_with_a_small_linear_memory() {
         const WASM_PAGE: u64 = 64 << 10;
-        for (file, bytes) in crate::BUNDLED {
+        for (file, bytes) in crate::bundled::BUNDLED {
             let mut memories = 0;
             for payload in wasmparser::Parser::new(0).parse_all(bytes) {
                 if let wasmparser::Payload::MemorySection(section) = payload.unwrap() {

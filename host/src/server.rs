@@ -31,10 +31,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::App;
+use crate::app::App;
 use crate::config::ServerConfig;
-use crate::dispatch::{Body, BoxError};
 use crate::net::TrustedProxies;
+use crate::web::{Body, BoxError, ConnSlot, ConnSocket};
 
 /// Open connections, in all and per client address.
 struct Connections {
@@ -51,12 +51,6 @@ struct Admitted {
     connections: Arc<Connections>,
     ip: IpAddr,
 }
-
-/// A connection's admission, shared by its requests: a handler that takes
-/// over the connection (a websocket) keeps it, so the connection counts
-/// against the caps for as long as it is open.
-#[derive(Clone)]
-pub struct ConnSlot(#[allow(dead_code)] Arc<Admitted>);
 
 impl Connections {
     fn new(config: &ServerConfig) -> Connections {
@@ -247,12 +241,6 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The TCP socket a request arrived on, for per-connection socket
-/// options (see `streams`). Valid while the request is being handled: the
-/// connection, and so the descriptor, outlives each of its requests.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnSocket(pub std::os::fd::RawFd);
-
 /// Serve `listener` until `shutdown` resolves, then stop accepting and wait
 /// up to `grace` for in-flight requests.
 pub async fn serve(
@@ -285,7 +273,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let admitted = match connections.admit(peer) {
-            Ok(admitted) => ConnSlot(Arc::new(admitted)),
+            Ok(admitted) => ConnSlot::new(admitted),
             Err(cap) => {
                 connections.refused(peer, cap);
                 // Closed at once: the client sees the end, not a hang.

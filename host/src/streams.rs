@@ -19,10 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
+use crate::bindings::Framing;
 use crate::caps::events::{Event, Subscription};
-use crate::dispatch::{BoxError, Response, error};
-use crate::runtime::bindings::berth::plugin::types::Framing;
-use crate::server::{ConnSlot, ConnSocket};
+use crate::web::{BoxError, ConnSlot, ConnSocket, Response, error};
 
 /// Why a stream ended other than by its topic closing.
 enum End {
@@ -207,7 +206,7 @@ fn chunked(
         if let (Ok(name), Ok(value)) = (
             HeaderName::try_from(name.as_str()),
             HeaderValue::try_from(value.as_str()),
-        ) && !crate::dispatch::reserved(&name)
+        ) && !crate::web::reserved(&name)
         {
             response.headers_mut().append(name, value);
         }
@@ -301,7 +300,7 @@ fn websocket(mut feed: Feed, parts: &mut http::request::Parts, request_id: &str)
             }
         }
     });
-    let mut response = http::Response::new(crate::dispatch::full(Bytes::new()));
+    let mut response = http::Response::new(crate::web::full(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

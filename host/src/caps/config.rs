@@ -1,21 +1,20 @@
 //! `config`: the plugin's own settings from the operator's config file.
 
-use crate::caps::Capability;
-use crate::runtime::HostState;
-use crate::runtime::bindings::berth::plugin::config::Host;
-use crate::runtime::bindings::berth::plugin::types::Error;
+use crate::bindings::config::Host;
+use crate::bindings::types::Error;
+use crate::capability::Capability;
+use crate::caps::CallCx;
 
-impl Host for HostState {
+impl Host for CallCx {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, Error>> {
         Ok(self
             .check(Capability::Config)
-            .map(|()| self.call.plugin.settings.get(&key).cloned()))
+            .map(|()| self.plugin.settings.get(&key).cloned()))
     }
 
     async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
         Ok(self.check(Capability::Config).map(|()| {
-            self.call
-                .plugin
+            self.plugin
                 .settings
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
@@ -24,4 +23,4 @@ impl Host for HostState {
     }
 }
 
-impl crate::runtime::bindings::berth::plugin::types::Host for HostState {}
+impl crate::bindings::types::Host for CallCx {}

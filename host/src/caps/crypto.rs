@@ -9,10 +9,10 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::caps::Capability;
-use crate::runtime::HostState;
-use crate::runtime::bindings::berth::plugin::crypto::{Host, TotpParams};
-use crate::runtime::bindings::berth::plugin::types::Error;
+use crate::bindings::crypto::{Host, TotpParams};
+use crate::bindings::types::Error;
+use crate::capability::Capability;
+use crate::caps::CallCx;
 use crate::store::Store;
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
@@ -108,7 +108,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl Host for HostState {
+impl Host for CallCx {
     async fn hash_password(&mut self, password: String) -> Answer<String> {
         if let Err(e) = self.check(Capability::Crypto) {
             return Ok(Err(e));
@@ -143,7 +143,7 @@ impl Host for HostState {
         if let Err(e) = self.check(Capability::Crypto) {
             return Ok(Err(e));
         }
-        let env = self.call.plugin.clone();
+        let env = self.plugin.clone();
         Ok(env.keys.key(&env.name, &key_name).await.map(|key| {
             hmac_sha256(&key[..], &data)
                 .finalize()
@@ -156,7 +156,7 @@ impl Host for HostState {
         if let Err(e) = self.check(Capability::Crypto) {
             return Ok(Err(e));
         }
-        let env = self.call.plugin.clone();
+        let env = self.plugin.clone();
         Ok(env
             .keys
             .key(&env.name, &key_name)

@@ -11,14 +11,14 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::caps::Capability;
-use crate::runtime::HostState;
-use crate::runtime::bindings::berth::plugin::dokku::{DokkuError, Host, Reply};
+use crate::bindings::dokku::{DokkuError, Host, Reply};
+use crate::capability::Capability;
+use crate::caps::CallCx;
 
 /// Longest answer line read; the rest is cut.
 const MAX_LINE: u64 = 16 << 20;
 
-impl Host for HostState {
+impl Host for CallCx {
     async fn run(
         &mut self,
         command: String,
@@ -33,7 +33,7 @@ impl Host for HostState {
                 "a command is one non-empty line".into(),
             )));
         }
-        let dokku = &self.call.plugin.dokku;
+        let dokku = &self.plugin.dokku;
         let timeout = match timeout_ms {
             0 => Duration::from_millis(dokku.timeout_ms),
             ms => Duration::from_millis(u64::from(ms)),
@@ -68,8 +68,8 @@ impl Host for HostState {
         Ok(match tokio::time::timeout(timeout, exchange).await {
             // The socket path and the OS error are the operator's to read.
             Ok(Err(DokkuError::Unreachable(detail))) => {
-                let request_id = &self.call.request_id;
-                tracing::warn!(plugin = %self.call.plugin.name, request_id, "Dokku daemon unreachable: {detail}");
+                let request_id = &self.request_id;
+                tracing::warn!(plugin = %self.plugin.name, request_id, "Dokku daemon unreachable: {detail}");
                 Err(DokkuError::Unreachable(format!(
                     "the Dokku daemon cannot be reached now (the host log has the details \
                      under request {request_id})"

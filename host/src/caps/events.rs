@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::caps::Capability;
-use crate::runtime::HostState;
-use crate::runtime::bindings::berth::plugin::events::Host;
-use crate::runtime::bindings::berth::plugin::types::Error as WitError;
+use crate::bindings::events::Host;
+use crate::bindings::types::Error as WitError;
+use crate::capability::Capability;
+use crate::caps::CallCx;
 
 /// Events a subscriber may fall behind before it is dropped.
 pub const LAG_LIMIT: usize = 1024;
@@ -122,7 +122,7 @@ fn check_event(topic: &str, payload: &[u8]) -> Result<(), WitError> {
     Ok(())
 }
 
-impl HostState {
+impl CallCx {
     fn publish_event(
         &mut self,
         topic: String,
@@ -131,14 +131,14 @@ impl HostState {
     ) -> Result<u64, WitError> {
         self.check(Capability::Events)?;
         check_event(&topic, &payload)?;
-        let plugin = &self.call.plugin;
+        let plugin = &self.plugin;
         Ok(plugin
             .events
             .publish(&plugin.name, &topic, Bytes::from(payload), closing))
     }
 }
 
-impl Host for HostState {
+impl Host for CallCx {
     async fn publish(
         &mut self,
         topic: String,

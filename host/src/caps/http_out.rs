@@ -6,10 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::caps::Capability;
+use crate::bindings::http_out::{Host, HttpError, Incoming, Outgoing};
+use crate::capability::Capability;
+use crate::caps::CallCx;
 use crate::config::HttpOutConfig;
-use crate::runtime::HostState;
-use crate::runtime::bindings::berth::plugin::http_out::{Host, HttpError, Incoming, Outgoing};
 
 /// The shared client and its policy.
 pub struct HttpOut {
@@ -232,22 +232,22 @@ fn classify(url: &reqwest::Url, e: reqwest::Error) -> HttpError {
     HttpError::Unreachable(format!("{url}: {text}"))
 }
 
-impl Host for HostState {
+impl Host for CallCx {
     async fn send(&mut self, request: Outgoing) -> wasmtime::Result<Result<Incoming, HttpError>> {
         self.acted("an outbound HTTP request");
-        // `HostState::check` (the grant), not this interface's `check`.
-        if let Err(e) = HostState::check(self, Capability::HttpOut) {
+        // `CallCx::check` (the grant), not this interface's `check`.
+        if let Err(e) = CallCx::check(self, Capability::HttpOut) {
             return Ok(Err(HttpError::Denied(crate::caps::denied_text(&e))));
         }
-        let http = self.call.plugin.http.clone();
+        let http = self.plugin.http.clone();
         Ok(http.send(request).await)
     }
 
     async fn check(&mut self, url: String) -> wasmtime::Result<Result<(), HttpError>> {
-        if let Err(e) = HostState::check(self, Capability::HttpOut) {
+        if let Err(e) = CallCx::check(self, Capability::HttpOut) {
             return Ok(Err(HttpError::Denied(crate::caps::denied_text(&e))));
         }
-        Ok(self.call.plugin.http.check(&url).map(drop))
+        Ok(self.plugin.http.check(&url).map(drop))
     }
 }
 

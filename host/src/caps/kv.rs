@@ -1,10 +1,10 @@
 //! `kv`: the plugin's namespace in the redb file, through the call's
 //! transaction (see `store`).
 
-use crate::caps::Capability;
-use crate::runtime::HostState;
-use crate::runtime::bindings::berth::plugin::kv::{Host, Page};
-use crate::runtime::bindings::berth::plugin::types::Error;
+use crate::bindings::kv::{Host, Page};
+use crate::bindings::types::Error;
+use crate::capability::Capability;
+use crate::caps::CallCx;
 use crate::store::{Txn, TxnError};
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
@@ -19,11 +19,11 @@ impl From<TxnError> for Error {
     }
 }
 
-impl HostState {
+impl CallCx {
     fn txn(&mut self) -> Result<&mut Txn, Error> {
         self.check(Capability::Kv)?;
-        let pinned = self.call.acted_outside.is_some();
-        let txn = self.call.txn.as_mut().ok_or_else(|| {
+        let pinned = self.acted_outside.is_some();
+        let txn = self.txn.as_mut().ok_or_else(|| {
             Error::Unavailable("storage is not available while describing".into())
         })?;
         if pinned {
@@ -33,7 +33,7 @@ impl HostState {
     }
 }
 
-impl Host for HostState {
+impl Host for CallCx {
     async fn get(&mut self, key: String) -> Answer<Option<Vec<u8>>> {
         Ok(match self.txn() {
             Ok(t) => t.get(&key).await.map_err(Error::from),
@@ -85,7 +85,7 @@ impl Host for HostState {
                 "sequence names are 1 to 1024 bytes".into(),
             )));
         }
-        let env = self.call.plugin.clone();
+        let env = self.plugin.clone();
         Ok(env
             .db
             .next_in_sequence(&env.name, &name)
@@ -109,7 +109,7 @@ impl Host for HostState {
     }
 
     async fn restart(&mut self) -> Answer<()> {
-        if let Some(what) = self.call.acted_outside {
+        if let Some(what) = self.acted_outside {
             return Ok(Err(Error::Conflict(format!(
                 "this call cannot run again: it already acted outside KV ({what})"
             ))));

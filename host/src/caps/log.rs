@@ -1,9 +1,9 @@
 //! `log`: plugin log lines through `tracing`, tagged with plugin and
 //! request id.
 
-use crate::caps::Capability;
-use crate::runtime::HostState;
-use crate::runtime::bindings::berth::plugin::log::{Host, Level};
+use crate::bindings::log::{Host, Level};
+use crate::capability::Capability;
+use crate::caps::CallCx;
 
 /// Longest message kept; the rest is cut.
 const MAX_LINE: usize = 8 << 10;
@@ -19,7 +19,7 @@ fn clip(s: &str) -> &str {
     &s[..end]
 }
 
-impl Host for HostState {
+impl Host for CallCx {
     async fn log(
         &mut self,
         level: Level,
@@ -30,8 +30,8 @@ impl Host for HostState {
         if self.check(Capability::Log).is_err() {
             return Ok(());
         }
-        let plugin = self.call.plugin.name.as_str();
-        let request_id = self.call.request_id.as_str();
+        let plugin = self.plugin.name.as_str();
+        let request_id = self.request_id.as_str();
         let message = clip(&message);
         let fields: String = fields.iter().map(|(k, v)| format!(" {k}={v:?}")).collect();
         let fields = clip(&fields);

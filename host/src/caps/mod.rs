@@ -15,102 +15,16 @@ pub mod jobs;
 pub mod kv;
 pub mod log;
 
-use std::fmt;
-use std::str::FromStr;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::runtime::HostState;
-use crate::runtime::bindings::berth::plugin::types::Error as WitError;
+use wasmtime::component::HasData;
 
-/// A capability a plugin can ask for and an operator can grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Capability {
-    Kv,
-    Config,
-    Crypto,
-    Log,
-    Jobs,
-    Dokku,
-    HttpOut,
-    Docker,
-    DockerEndpoints,
-    Events,
-}
-
-impl Capability {
-    pub const ALL: [Capability; 10] = [
-        Capability::Kv,
-        Capability::Config,
-        Capability::Crypto,
-        Capability::Log,
-        Capability::Jobs,
-        Capability::Dokku,
-        Capability::HttpOut,
-        Capability::Docker,
-        Capability::DockerEndpoints,
-        Capability::Events,
-    ];
-
-    /// The name used in manifests and config.
-    pub fn name(self) -> &'static str {
-        match self {
-            Capability::Kv => "kv",
-            Capability::Config => "config",
-            Capability::Crypto => "crypto",
-            Capability::Log => "log",
-            Capability::Jobs => "jobs",
-            Capability::Dokku => "dokku",
-            Capability::HttpOut => "http-out",
-            Capability::Docker => "docker",
-            Capability::DockerEndpoints => "docker-endpoints",
-            Capability::Events => "events",
-        }
-    }
-
-    fn bit(self) -> u32 {
-        1 << self as u32
-    }
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Capability {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Capability::ALL
-            .into_iter()
-            .find(|c| c.name() == s)
-            .ok_or(())
-    }
-}
-
-/// A set of capabilities.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CapSet(u32);
-
-impl CapSet {
-    pub fn contains(self, cap: Capability) -> bool {
-        self.0 & cap.bit() != 0
-    }
-
-    pub fn names(self) -> Vec<&'static str> {
-        Capability::ALL
-            .into_iter()
-            .filter(|c| self.contains(*c))
-            .map(Capability::name)
-            .collect()
-    }
-}
-
-impl FromIterator<Capability> for CapSet {
-    fn from_iter<I: IntoIterator<Item = Capability>>(iter: I) -> Self {
-        CapSet(iter.into_iter().fold(0, |bits, c| bits | c.bit()))
-    }
-}
+use crate::bindings::types::Error as WitError;
+use crate::capability::{CapSet, Capability};
+use crate::config::DokkuConfig;
+use crate::store::{Store, Txn};
 
 /// The text of a `denied` error, for interfaces with their own error type.
 pub(crate) fn denied_text(e: &WitError) -> String {
@@ -122,20 +36,77 @@ pub(crate) fn denied_text(e: &WitError) -> String {
     }
 }
 
-impl HostState {
+/// Everything a plugin's calls share: its identity, grants and settings.
+pub struct PluginEnv {
+    pub name: String,
+    pub asked: CapSet,
+    pub granted: CapSet,
+    pub settings: BTreeMap<String, String>,
+    pub db: Arc<Store>,
+    pub keys: Arc<crypto::KeyVault>,
+    pub dokku: DokkuConfig,
+    pub http: Arc<http_out::HttpOut>,
+    pub docker: Arc<docker::Docker>,
+    pub events: Arc<events::Events>,
+}
+
+/// Per-call context the capabilities use.
+pub struct CallCx {
+    pub plugin: Arc<PluginEnv>,
+    pub request_id: String,
+    /// None while describing a plugin (no storage then).
+    pub txn: Option<Txn>,
+    /// When the call must end; the plugin's deadline caps it.
+    pub deadline: Instant,
+    /// The first thing this call did outside KV that running it again would
+    /// repeat (a Docker change, a Dokku command, ...); `kv.restart` is then
+    /// refused.
+    pub acted_outside: Option<&'static str>,
+}
+
+impl CallCx {
+    /// A call of `plugin` for `request_id`, with a transaction when given.
+    pub fn new(
+        plugin: Arc<PluginEnv>,
+        request_id: String,
+        txn: Option<Txn>,
+        deadline: Instant,
+    ) -> CallCx {
+        let txn = txn.map(|t| t.until(deadline));
+        CallCx {
+            plugin,
+            request_id,
+            txn,
+            deadline,
+            acted_outside: None,
+        }
+    }
+}
+
+/// Selects [`CallCx`] as what every capability interface is implemented
+/// on (wasmtime's `HasData`): the runtime links the interfaces with a
+/// function from its store data to the call's `CallCx`, so nothing here
+/// knows the runtime.
+pub struct Capabilities;
+
+impl HasData for Capabilities {
+    type Data<'a> = &'a mut CallCx;
+}
+
+impl CallCx {
     /// Note that this call acted outside KV (see `CallCx::acted_outside`).
     pub(crate) fn acted(&mut self, what: &'static str) {
-        self.call.acted_outside.get_or_insert(what);
+        self.acted_outside.get_or_insert(what);
     }
 
     /// `Ok` if this call's plugin holds `cap`, else the `denied` error the
     /// plugin sees, saying how an operator grants it.
     pub(crate) fn check(&self, cap: Capability) -> Result<(), WitError> {
-        if self.call.plugin.granted.contains(cap) {
+        if self.plugin.granted.contains(cap) {
             return Ok(());
         }
-        let name = &self.call.plugin.name;
-        let why = if self.call.plugin.asked.contains(cap) {
+        let name = &self.plugin.name;
+        let why = if self.plugin.asked.contains(cap) {
             format!(
                 "capability `{cap}` is not granted to plugin `{name}`; an operator grants it with \
                  grants = [\"{cap}\"] under [plugins.{name}] in the config file"

@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use hyper::body::{Body, Frame};
 use tokio::io::AsyncWriteExt;
 
-use super::{Dialer, Stream};
+use super::transport::{Dialer, Stream};
 
 /// The longest answer head taken.
 const MAX_HEAD: usize = 64 << 10;

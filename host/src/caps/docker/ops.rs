@@ -1,0 +1,744 @@
+//! The `docker` interface's operations, on bollard (and `wire` for the
+//! container list).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bollard::query_parameters as q;
+use serde::{Deserialize, Serialize};
+
+use bollard::errors::Error as BollardError;
+
+use super::{Engine, EventSink, engine_error, unreachable_text};
+use crate::bindings::docker::{Container, DockerError, Filters, Host, Port, TlsFiles};
+use crate::capability::Capability;
+use crate::caps::CallCx;
+
+/// `name[:tag]` into name and tag (`latest` when absent); a `:` inside
+/// the registry's `host:port` is not a tag.
+pub(super) fn split_image(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (image, "latest"),
+    }
+}
+
+pub(super) fn filter_map(filters: Filters) -> Option<HashMap<String, Vec<String>>> {
+    (!filters.is_empty()).then(|| filters.into_iter().collect())
+}
+
+/// `text` with every byte but the URL-unreserved ones percent-encoded.
+pub(super) fn percent_encode(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => {
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 15)] as char);
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("engine models serialise")
+}
+
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
+    what: &str,
+    text: &str,
+) -> Result<T, DockerError> {
+    serde_json::from_str(text).map_err(|e| DockerError::Invalid(format!("{what}: {e}")))
+}
+
+impl CallCx {
+    /// The engine behind `endpoint`, if this plugin holds `docker`; the
+    /// plugin's deadline bounds the call.
+    pub(super) fn docker_engine(&self, endpoint: &str) -> Result<Arc<Engine>, DockerError> {
+        if let Err(e) = self.check(Capability::Docker) {
+            return Err(DockerError::Denied(crate::caps::denied_text(&e)));
+        }
+        self.plugin.docker.engine(&self.plugin.name, endpoint)
+    }
+
+    /// Run bollard's `op` on `endpoint`'s engine within this call's
+    /// deadline. The future borrows nothing of the store's state.
+    pub(super) fn on_engine<T, F, Fut>(
+        &self,
+        endpoint: &str,
+        op: F,
+    ) -> impl Future<Output = wasmtime::Result<Result<T, DockerError>>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(bollard::Docker) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, BollardError>> + Send,
+    {
+        self.on_wire(endpoint, |engine| async move {
+            let api = engine.api().await?.clone();
+            op(api)
+                .await
+                .map_err(|e| engine_error(&engine.spec.address, e))
+        })
+    }
+
+    /// Run `op` with `endpoint`'s engine within this call's deadline.
+    pub(super) fn on_wire<T, F, Fut>(
+        &self,
+        endpoint: &str,
+        op: F,
+    ) -> impl Future<Output = wasmtime::Result<Result<T, DockerError>>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Engine>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, DockerError>> + Send,
+    {
+        let engine = self.docker_engine(endpoint);
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        let (plugin, request_id) = (self.plugin.name.clone(), self.request_id.clone());
+        let endpoint = endpoint.to_string();
+        async move {
+            let engine = match engine {
+                Ok(engine) => engine,
+                Err(e) => return Ok(Err(e)),
+            };
+            let address = engine.spec.address.clone();
+            let result = match tokio::time::timeout_at(deadline, op(engine)).await {
+                Ok(result) => result,
+                Err(_) => Err(DockerError::Unreachable(format!(
+                    "{address} did not answer before the call's deadline"
+                ))),
+            };
+            Ok(result.map_err(|e| match e {
+                // Addresses and socket errors are the operator's to read,
+                // not every client's a plugin passes the text on to.
+                DockerError::Unreachable(detail) => {
+                    tracing::warn!(
+                        plugin,
+                        request_id,
+                        endpoint,
+                        "Docker engine unreachable: {detail}"
+                    );
+                    DockerError::Unreachable(unreachable_text(&endpoint, &request_id))
+                }
+                e => e,
+            }))
+        }
+    }
+}
+
+/// The fields of the engine's container list that `container` carries:
+/// decoding only these takes about half the time of bollard's whole
+/// `ContainerSummary` (network settings, mounts, ...).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Summary {
+    id: String,
+    names: Option<Vec<String>>,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    created: i64,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    status: String,
+    /// A `BTreeMap`, so the labels come sorted.
+    labels: Option<BTreeMap<String, String>>,
+    ports: Option<Vec<SummaryPort>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct SummaryPort {
+    #[serde(rename = "PrivatePort")]
+    private_port: u16,
+    #[serde(rename = "PublicPort")]
+    public_port: Option<u16>,
+    #[serde(rename = "IP")]
+    ip: Option<String>,
+    #[serde(rename = "Type")]
+    protocol: Option<String>,
+}
+
+pub(super) fn container(c: Summary) -> Container {
+    Container {
+        id: c.id,
+        names: c.names.unwrap_or_default(),
+        image: c.image,
+        command: c.command,
+        created: c.created,
+        state: c.state,
+        status: c.status,
+        labels: c.labels.unwrap_or_default().into_iter().collect(),
+        ports: c
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| Port {
+                private_port: p.private_port,
+                public_port: p.public_port,
+                ip: p.ip,
+                protocol: p.protocol.unwrap_or_else(|| "tcp".into()),
+            })
+            .collect(),
+    }
+}
+
+impl Host for CallCx {
+    async fn container_list(
+        &mut self,
+        endpoint: String,
+        all: bool,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<Vec<Container>, DockerError>> {
+        let mut target = format!("/containers/json?all={all}");
+        if let Some(filters) = filter_map(filters) {
+            target.push_str("&filters=");
+            target.push_str(&percent_encode(&json(&filters)));
+        }
+        self.on_wire(&endpoint, |engine| async move {
+            let list: Vec<Summary> = engine.get(&target).await?;
+            Ok(list.into_iter().map(container).collect())
+        })
+        .await
+    }
+
+    async fn container_inspect(
+        &mut self,
+        endpoint: String,
+        id: String,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.on_engine(&endpoint, |api| async move {
+            Ok(json(&api.inspect_container(&id, None).await?))
+        })
+        .await
+    }
+
+    async fn container_create(
+        &mut self,
+        endpoint: String,
+        name: Option<String>,
+        body: String,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        let body: bollard::models::ContainerCreateBody = match parse("create body", &body) {
+            Ok(body) => body,
+            Err(e) => return Ok(Err(e)),
+        };
+        let options = q::CreateContainerOptions {
+            name,
+            ..Default::default()
+        };
+        self.on_engine(&endpoint, |api| async move {
+            Ok(api.create_container(Some(options), body).await?.id)
+        })
+        .await
+    }
+
+    async fn container_start(
+        &mut self,
+        endpoint: String,
+        id: String,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        self.on_engine(&endpoint, |api| async move {
+            api.start_container(&id, None).await
+        })
+        .await
+    }
+
+    async fn container_stop(
+        &mut self,
+        endpoint: String,
+        id: String,
+        timeout_secs: Option<u32>,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        let options = q::StopContainerOptions {
+            t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
+            signal: None,
+        };
+        self.on_engine(&endpoint, |api| async move {
+            api.stop_container(&id, Some(options)).await
+        })
+        .await
+    }
+
+    async fn container_restart(
+        &mut self,
+        endpoint: String,
+        id: String,
+        timeout_secs: Option<u32>,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        let options = q::RestartContainerOptions {
+            t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
+            signal: None,
+        };
+        self.on_engine(&endpoint, |api| async move {
+            api.restart_container(&id, Some(options)).await
+        })
+        .await
+    }
+
+    async fn container_kill(
+        &mut self,
+        endpoint: String,
+        id: String,
+        signal: Option<String>,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        let options = q::KillContainerOptions {
+            signal: signal.unwrap_or_else(|| "SIGKILL".into()),
+        };
+        self.on_engine(&endpoint, |api| async move {
+            api.kill_container(&id, Some(options)).await
+        })
+        .await
+    }
+
+    async fn container_remove(
+        &mut self,
+        endpoint: String,
+        id: String,
+        force: bool,
+        volumes: bool,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        let options = q::RemoveContainerOptions {
+            force,
+            v: volumes,
+            link: false,
+        };
+        self.on_engine(&endpoint, |api| async move {
+            api.remove_container(&id, Some(options)).await
+        })
+        .await
+    }
+
+    async fn container_rename(
+        &mut self,
+        endpoint: String,
+        id: String,
+        name: String,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        self.on_engine(&endpoint, |api| async move {
+            api.rename_container(&id, q::RenameContainerOptions { name })
+                .await
+        })
+        .await
+    }
+
+    async fn container_logs(
+        &mut self,
+        endpoint: String,
+        id: String,
+        tail: u32,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        use futures_util::StreamExt;
+        let options = q::LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: if tail == 0 {
+                "all".into()
+            } else {
+                tail.to_string()
+            },
+            ..Default::default()
+        };
+        self.on_engine(&endpoint, |api| async move {
+            let mut stream = api.logs(&id, Some(options));
+            let mut text = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                text.extend_from_slice(&chunk?.into_bytes());
+            }
+            Ok(String::from_utf8_lossy(&text).into_owned())
+        })
+        .await
+    }
+
+    async fn image_list(
+        &mut self,
+        endpoint: String,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        let options = q::ListImagesOptions {
+            filters: filter_map(filters),
+            ..Default::default()
+        };
+        self.on_engine(&endpoint, |api| async move {
+            Ok(json(&api.list_images(Some(options)).await?))
+        })
+        .await
+    }
+
+    async fn image_inspect(
+        &mut self,
+        endpoint: String,
+        name: String,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.on_engine(&endpoint, |api| async move {
+            Ok(json(&api.inspect_image(&name).await?))
+        })
+        .await
+    }
+
+    async fn image_pull(
+        &mut self,
+        endpoint: String,
+        image: String,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        let (name, tag) = split_image(&image);
+        let options = q::CreateImageOptions {
+            from_image: Some(name.to_string()),
+            tag: Some(tag.to_string()),
+            ..Default::default()
+        };
+        self.on_engine(&endpoint, |api| async move {
+            use futures_util::StreamExt;
+            let mut progress = api.create_image(Some(options), None, None);
+            while let Some(step) = progress.next().await {
+                step?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn network_create(
+        &mut self,
+        endpoint: String,
+        body: String,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        let body: bollard::models::NetworkCreateRequest = match parse("network body", &body) {
+            Ok(body) => body,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.on_engine(&endpoint, |api| async move {
+            Ok(api.create_network(body).await?.id)
+        })
+        .await
+    }
+
+    async fn network_remove(
+        &mut self,
+        endpoint: String,
+        id: String,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        self.on_engine(
+            &endpoint,
+            |api| async move { api.remove_network(&id).await },
+        )
+        .await
+    }
+
+    async fn network_list(
+        &mut self,
+        endpoint: String,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        let options = q::ListNetworksOptions {
+            filters: filter_map(filters),
+        };
+        self.on_engine(&endpoint, |api| async move {
+            Ok(json(&api.list_networks(Some(options)).await?))
+        })
+        .await
+    }
+
+    async fn service_list(
+        &mut self,
+        endpoint: String,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        let options = q::ListServicesOptions {
+            filters: filter_map(filters),
+            status: None,
+        };
+        self.on_engine(&endpoint, |api| async move {
+            Ok(json(&api.list_services(Some(options)).await?))
+        })
+        .await
+    }
+
+    async fn service_inspect(
+        &mut self,
+        endpoint: String,
+        id: String,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.on_engine(&endpoint, |api| async move {
+            Ok(json(&api.inspect_service(&id, None).await?))
+        })
+        .await
+    }
+
+    async fn service_create(
+        &mut self,
+        endpoint: String,
+        spec: String,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
+            Ok(spec) => spec,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.on_engine(&endpoint, |api| async move {
+            Ok(api.create_service(spec, None).await?.id.unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn service_update(
+        &mut self,
+        endpoint: String,
+        id: String,
+        version: u64,
+        spec: String,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
+            Ok(spec) => spec,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Ok(version) = i32::try_from(version) else {
+            return Ok(Err(DockerError::Invalid(format!(
+                "service version {version} is out of range"
+            ))));
+        };
+        let options = q::UpdateServiceOptions {
+            version,
+            ..Default::default()
+        };
+        self.on_engine(&endpoint, |api| async move {
+            api.update_service(&id, spec, options, None)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn service_remove(
+        &mut self,
+        endpoint: String,
+        id: String,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        self.on_engine(
+            &endpoint,
+            |api| async move { api.delete_service(&id).await },
+        )
+        .await
+    }
+
+    async fn task_list(
+        &mut self,
+        endpoint: String,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        let options = q::ListTasksOptions {
+            filters: filter_map(filters),
+        };
+        self.on_engine(&endpoint, |api| async move {
+            Ok(json(&api.list_tasks(Some(options)).await?))
+        })
+        .await
+    }
+
+    async fn node_list(
+        &mut self,
+        endpoint: String,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        let options = q::ListNodesOptions {
+            filters: filter_map(filters),
+        };
+        self.on_engine(&endpoint, |api| async move {
+            Ok(json(&api.list_nodes(Some(options)).await?))
+        })
+        .await
+    }
+
+    async fn swarm_inspect(
+        &mut self,
+        endpoint: String,
+    ) -> wasmtime::Result<Result<String, DockerError>> {
+        self.on_engine(&endpoint, |api| async move {
+            Ok(json(&api.inspect_swarm().await?))
+        })
+        .await
+    }
+
+    async fn info(&mut self, endpoint: String) -> wasmtime::Result<Result<String, DockerError>> {
+        self.on_engine(&endpoint, |api| async move { Ok(json(&api.info().await?)) })
+            .await
+    }
+
+    async fn ping(&mut self, endpoint: String) -> wasmtime::Result<Result<String, DockerError>> {
+        self.on_engine(&endpoint, |api| async move { api.ping().await })
+            .await
+    }
+
+    async fn follow_events(
+        &mut self,
+        endpoint: String,
+        topic: String,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        for cap in [Capability::Docker, Capability::Events] {
+            if let Err(e) = self.check(cap) {
+                return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+            }
+        }
+        if topic.is_empty() || topic.len() > 256 {
+            return Ok(Err(DockerError::Invalid(
+                "a topic is 1 to 256 bytes".into(),
+            )));
+        }
+        let plugin = self.plugin.clone();
+        let sink = EventSink::Publish {
+            events: plugin.events.clone(),
+            topic,
+        };
+        Ok(plugin
+            .docker
+            .follow(&plugin.name, &endpoint, filters, sink)
+            .await)
+    }
+
+    async fn follow_events_as_jobs(
+        &mut self,
+        endpoint: String,
+        kind: String,
+        filters: Filters,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        for cap in [Capability::Docker, Capability::Jobs] {
+            if let Err(e) = self.check(cap) {
+                return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+            }
+        }
+        if kind.is_empty() || kind.len() > 128 {
+            return Ok(Err(DockerError::Invalid(
+                "a job kind is 1 to 128 bytes".into(),
+            )));
+        }
+        let plugin = self.plugin.clone();
+        let sink = EventSink::Jobs {
+            db: plugin.db.clone(),
+            kind,
+        };
+        Ok(plugin
+            .docker
+            .follow(&plugin.name, &endpoint, filters, sink)
+            .await)
+    }
+
+    async fn register_endpoint(
+        &mut self,
+        name: String,
+        address: String,
+        tls: Option<TlsFiles>,
+    ) -> wasmtime::Result<Result<(), DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        if let Err(e) = self.check(Capability::DockerEndpoints) {
+            return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+        }
+        let plugin = self.plugin.clone();
+        Ok(plugin
+            .docker
+            .register(&plugin.name, &name, &address, tls)
+            .await)
+    }
+
+    async fn remove_endpoint(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<bool, DockerError>> {
+        self.acted("a Docker call that changes the engine");
+        if let Err(e) = self.check(Capability::DockerEndpoints) {
+            return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+        }
+        let plugin = self.plugin.clone();
+        Ok(plugin.docker.unregister(&plugin.name, &name).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_lists_decode_to_what_plugins_get() {
+        let engine = r#"[{"Id":"4a0b","Names":["/pf0"],"Image":"busybox","ImageID":"sha256:e7",
+            "Command":"sleep 1","Created":1763950000,"Ports":[{"PrivatePort":80,"Type":"tcp"},
+            {"IP":"127.0.0.1","PrivatePort":80,"PublicPort":32768,"Type":"udp"}],
+            "Labels":{"z":"1","berth.droplet":"pf0"},"State":"running","Status":"Up 2 minutes",
+            "HostConfig":{"NetworkMode":"bridge"},"NetworkSettings":{"Networks":{}},"Mounts":[]},
+            {"Id":"5c1d","Names":null,"Labels":null,"Ports":null,"State":"exited"}]"#;
+        let list: Vec<Container> = serde_json::from_str::<Vec<Summary>>(engine)
+            .unwrap()
+            .into_iter()
+            .map(container)
+            .collect();
+        let first = &list[0];
+        assert_eq!(
+            (first.id.as_str(), &first.names[..], first.image.as_str()),
+            ("4a0b", &["/pf0".to_string()][..], "busybox")
+        );
+        assert_eq!(
+            (first.created, first.state.as_str()),
+            (1763950000, "running")
+        );
+        assert_eq!(
+            (first.command.as_str(), first.status.as_str()),
+            ("sleep 1", "Up 2 minutes")
+        );
+        let labels = [("berth.droplet", "pf0"), ("z", "1")].map(|(k, v)| (k.into(), v.into()));
+        assert_eq!(first.labels, labels, "sorted by name");
+        let ports: Vec<_> = first
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    p.private_port,
+                    p.public_port,
+                    p.ip.as_deref(),
+                    p.protocol.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (80, None, None, "tcp"),
+                (80, Some(32768), Some("127.0.0.1"), "udp")
+            ]
+        );
+        let second = &list[1];
+        assert_eq!(
+            (second.id.as_str(), second.state.as_str()),
+            ("5c1d", "exited")
+        );
+        assert!(second.names.is_empty() && second.labels.is_empty() && second.ports.is_empty());
+    }
+
+    #[test]
+    fn filters_are_percent_encoded() {
+        assert_eq!(
+            percent_encode(r#"{"label":["berth.droplet=a b"]}"#),
+            "%7B%22label%22%3A%5B%22berth.droplet%3Da%20b%22%5D%7D"
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! The job runner. It keeps an in-memory schedule of due times, rebuilt
+//! from the redb queue at start, and runs each due job by calling the
+//! plugin's `run-job` export in a fresh instance with its own transaction;
+//! success removes the job in that same transaction. Failures are retried
+//! with exponential backoff, then kept as dead with the last error. A job
+//! is never marked "running" on disk, so one interrupted by a crash simply
+//! runs again after the restart (at-least-once delivery). Plugins queue
+//! jobs through the `jobs` capability (`caps::jobs`).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
+
+use crate::caps::CallCx;
+use crate::config::JobsConfig;
+use crate::plugins::Plugins;
+use crate::store::{JobRecord, Queued, Store, StoreError, now_ms};
+
+/// How long to wait before a plugin that is not mounted is looked for again.
+const UNMOUNTED_RETRY: Duration = Duration::from_secs(5);
+
+/// The runner: schedule, worker slots, counters for the admin view.
+pub struct Jobs {
+    db: Arc<Store>,
+    config: JobsConfig,
+    schedule: Mutex<BTreeSet<Queued>>,
+    running: Mutex<HashSet<u64>>,
+    workers: Arc<Semaphore>,
+    wake: tokio::sync::Notify,
+}
+
+/// Counts per plugin for `berth jobs` and `/_berth/jobs`.
+#[derive(Debug, Default, Serialize)]
+pub struct Counts {
+    pub queued: u64,
+    pub running: u64,
+    pub dead: u64,
+}
+
+impl Jobs {
+    /// A runner over `db`'s queue; every job stored and not dead is due.
+    pub fn new(db: Arc<Store>, config: JobsConfig) -> anyhow::Result<Arc<Jobs>> {
+        let mut schedule = BTreeSet::new();
+        for job in db.jobs()? {
+            if !job.dead {
+                schedule.insert(job.queued());
+            }
+        }
+        let jobs = Arc::new(Jobs {
+            workers: Arc::new(Semaphore::new(config.workers as usize)),
+            db,
+            config,
+            schedule: Mutex::new(schedule),
+            running: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        });
+        Ok(jobs)
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, BTreeSet<Queued>> {
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run jobs until `shutdown` flips. Jobs committed by calls arrive on
+    /// `queued`.
+    pub async fn run(
+        self: Arc<Self>,
+        plugins: Arc<Plugins>,
+        mut queued: mpsc::UnboundedReceiver<Queued>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let permit = tokio::select! {
+                permit = self.workers.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = shutdown.changed() => return,
+            };
+            let next = self.schedule().first().cloned();
+            let now = now_ms();
+            match next {
+                Some(job) if job.run_at_ms <= now => {
+                    self.schedule().remove(&job);
+                    self.running().insert(job.id);
+                    let (this, plugins) = (self.clone(), plugins.clone());
+                    tokio::spawn(async move {
+                        this.run_one(&plugins, job.clone()).await;
+                        this.running().remove(&job.id);
+                        drop(permit);
+                    });
+                    continue;
+                }
+                _ => drop(permit),
+            }
+            let sleep = next
+                .map(|j| Duration::from_millis(j.run_at_ms - now))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                Some(job) = queued.recv() => { self.schedule().insert(job); }
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            while let Ok(job) = queued.try_recv() {
+                self.schedule().insert(job);
+            }
+        }
+    }
+
+    async fn run_one(&self, plugins: &Plugins, queued: Queued) {
+        let job = match self.db.job(&queued.plugin, queued.id) {
+            Ok(Some(job)) if !job.dead => job,
+            Ok(_) => return, // Finished or killed meanwhile.
+            Err(e) => {
+                tracing::error!(job = queued.id, error = %e, "cannot read job; retrying later");
+                self.reschedule(Queued {
+                    run_at_ms: now_ms() + 1000,
+                    ..queued
+                });
+                return;
+            }
+        };
+        let routing = plugins.routing();
+        let Some(plugin) = routing.plugins.get(&job.plugin).cloned() else {
+            // Not mounted (yet, or any more): not the job's fault.
+            self.reschedule(Queued {
+                run_at_ms: now_ms() + UNMOUNTED_RETRY.as_millis() as u64,
+                ..queued
+            });
+            return;
+        };
+        drop(routing);
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(&job.payload)
+            .unwrap_or_default();
+        let request_id = format!("job-{}", job.id);
+        let mut txn = plugin.env.db.begin(&plugin.env.name);
+        txn.finish_job(job.id);
+        let cx = CallCx::new(
+            plugin.env.clone(),
+            request_id.clone(),
+            Some(txn),
+            Instant::now() + plugin.limits.deadline,
+        );
+        let span = tracing::info_span!("job", plugin = %job.plugin, job = job.id, kind = %job.kind);
+        let outcome = plugins
+            .runtime()
+            .run_job(&plugin.pre, cx, &plugin.limits, job.kind.clone(), payload)
+            .instrument(span)
+            .await;
+        let error = match outcome {
+            Ok(called) => match (called.value, called.txn) {
+                (Ok(()), Some(txn)) => match txn.commit().await {
+                    Ok(()) => {
+                        tracing::debug!(plugin = %job.plugin, job = job.id, kind = %job.kind, "job done");
+                        return;
+                    }
+                    Err(StoreError::Aborted(why)) => format!("conflict: {why}"),
+                    Err(e) => format!("storage failed: {e}"),
+                },
+                (Ok(()), None) => "the job's transaction was lost".to_string(),
+                (Err(message), _) => message,
+            },
+            Err(e) => e.to_string(),
+        };
+        self.failed(job, error).await;
+    }
+
+    async fn failed(&self, mut job: JobRecord, error: String) {
+        job.attempts += 1;
+        job.last_error = Some(error.clone());
+        if job.attempts >= self.config.max_attempts {
+            job.dead = true;
+            tracing::warn!(plugin = %job.plugin, job = job.id, kind = %job.kind, attempts = job.attempts, "job is dead: {error}");
+        } else {
+            let backoff = self
+                .config
+                .backoff_ms
+                .saturating_mul(1u64 << (job.attempts - 1).min(32))
+                .min(self.config.backoff_max_ms);
+            job.run_at_ms = now_ms() + backoff;
+            tracing::info!(plugin = %job.plugin, job = job.id, kind = %job.kind, attempts = job.attempts, retry_in_ms = backoff, "job failed: {error}");
+        }
+        // put_job announces a queued job back to the runner.
+        if let Err(e) = self.db.put_job(&job).await {
+            tracing::error!(job = job.id, error = %e, "cannot record the job's failure; it will run again");
+            self.reschedule(job.queued());
+        }
+    }
+
+    fn reschedule(&self, job: Queued) {
+        self.schedule().insert(job);
+        self.wake.notify_one();
+    }
+
+    /// Queued, running and dead counts per plugin, and the dead jobs.
+    pub fn status(&self) -> serde_json::Value {
+        let mut counts: std::collections::BTreeMap<String, Counts> = Default::default();
+        let mut dead = Vec::new();
+        let mut next = Vec::new();
+        let running = self.running().clone();
+        let scheduled: HashSet<u64> = self.schedule().iter().map(|q| q.id).collect();
+        match self.db.jobs() {
+            Ok(jobs) => {
+                for job in jobs {
+                    let c = counts.entry(job.plugin.clone()).or_default();
+                    if job.dead {
+                        c.dead += 1;
+                        dead.push(serde_json::json!({
+                            "id": job.id, "plugin": job.plugin, "kind": job.kind,
+                            "attempts": job.attempts, "last_error": job.last_error,
+                        }));
+                    } else if running.contains(&job.id) {
+                        c.running += 1;
+                    } else {
+                        c.queued += 1;
+                        if next.len() < 20 {
+                            next.push(serde_json::json!({
+                                "id": job.id, "plugin": job.plugin, "kind": job.kind,
+                                "attempts": job.attempts, "run_at_ms": job.run_at_ms,
+                                "scheduled": scheduled.contains(&job.id),
+                            }));
+                        }
+                    }
+                }
+            }
+            Err(e) => return serde_json::json!({ "error": e.to_string() }),
+        }
+        serde_json::json!({ "counts": counts, "dead": dead, "queued": next })
+    }
+
+    /// Queue dead job `id` again with a fresh attempt count.
+    pub async fn retry(&self, id: u64) -> Result<String, String> {
+        let jobs = self.db.jobs().map_err(|e| e.to_string())?;
+        let Some(mut job) = jobs.into_iter().find(|j| j.id == id) else {
+            return Err(format!("no job with id {id}"));
+        };
+        if !job.dead {
+            return Err(format!("job {id} is not dead (it is queued or running)"));
+        }
+        job.dead = false;
+        job.attempts = 0;
+        job.run_at_ms = now_ms();
+        self.db.put_job(&job).await.map_err(|e| e.to_string())?;
+        Ok(format!(
+            "job {id} ({} {}) queued again",
+            job.plugin, job.kind
+        ))
+    }
+}
