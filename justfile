@@ -2,7 +2,7 @@
 
 # Run berth with the bundled plugins on the embedded defaults.
 run:
-    rustup target add wasm32-wasip2 && cargo run --profile dist -- serve
+    rustup target add wasm32-wasip2 && cargo run --release -- serve
 
 # The test suite, exactly as CI and the README run it.
 test:
