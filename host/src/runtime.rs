@@ -256,7 +256,7 @@ impl Runtime {
         for (name, _) in ty.imports(&self.engine) {
             if let Some(rest) = name.strip_prefix(&format!("{WIT_PACKAGE}/")) {
                 let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(none)");
-                if version != WIT_VERSION {
+                if !semver_compatible(version, WIT_VERSION) {
                     anyhow::bail!(
                         "it was built against {WIT_PACKAGE}@{version} (import `{name}`); \
                          this host implements {WIT_PACKAGE}@{WIT_VERSION}"
@@ -501,6 +501,21 @@ pub struct Prepared {
     pub cached: bool,
 }
 
+/// Whether a plugin built against WIT version `built` links with this
+/// host's `ours`, by semver (as wasmtime's linker matches versioned
+/// imports): the same major version, and for 0.x the same minor.
+fn semver_compatible(built: &str, ours: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (parse(built), parse(ours)) {
+        (Some((0, a)), Some((0, b))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
+    }
+}
+
 /// Read a wasm file (helper for the loader and `plugins check`).
 pub fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
@@ -513,6 +528,17 @@ mod tests {
     /// it, so the plugins are linked with a 256 KiB stack rather than
     /// rustc's 1 MiB (`.cargo/config.toml` of each plugin workspace, which
     /// build.rs must run cargo beside to pick up).
+    #[test]
+    fn wit_versions_match_by_semver() {
+        assert!(super::semver_compatible("0.1.0", "0.1.0"));
+        assert!(super::semver_compatible("0.1.3", "0.1.0"));
+        assert!(super::semver_compatible("0.1.0-rc.1", "0.1.2"));
+        assert!(!super::semver_compatible("0.2.0", "0.1.0"));
+        assert!(!super::semver_compatible("1.0.0", "0.1.0"));
+        assert!(super::semver_compatible("1.4.0", "1.0.2"));
+        assert!(!super::semver_compatible("(none)", "0.1.0"));
+    }
+
     #[test]
     fn bundled_plugins_start_with_a_small_linear_memory() {
         const WASM_PAGE: u64 = 64 << 10;

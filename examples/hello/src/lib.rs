@@ -8,6 +8,7 @@
 //!
 //! Admin commands (`berth run hello ...`): `visits NAME`, `reset NAME`.
 
+use berth_sdk::Capability;
 use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router, config, kv};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,7 @@ impl Plugin for Hello {
             env!("CARGO_PKG_VERSION"),
             "Greets, counts visits, echoes JSON",
         )
-        .capabilities(&["kv", "config", "log"])
+        .capabilities(&[Capability::Kv, Capability::Config, Capability::Log])
     }
 
     fn router() -> Router {

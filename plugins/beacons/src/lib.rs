@@ -14,6 +14,7 @@ mod deploy;
 mod target;
 mod users;
 
+use berth_sdk::Capability;
 use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router};
 use serde::Serialize;
 
@@ -29,16 +30,7 @@ impl Plugin for Beacons {
             env!("CARGO_PKG_VERSION"),
             "Lighthouse API: beacons, instances, aliases, users and applications across Berth hosts",
         )
-        .capabilities(&[
-            "kv",
-            "crypto",
-            "config",
-            "log",
-            "docker",
-            "http-out",
-            "events",
-            "jobs",
-        ])
+        .capabilities(&[Capability::Kv, Capability::Crypto, Capability::Config, Capability::Log, Capability::Docker, Capability::HttpOut, Capability::Events, Capability::Jobs])
     }
 
     fn router() -> Router {

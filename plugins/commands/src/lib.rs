@@ -7,9 +7,11 @@
 //! keys:delete KEY`; only an HMAC of each secret (under a host-held key)
 //! is stored.
 
+use berth_sdk::Capability;
 use berth_sdk::dokku::{self, DokkuError};
 use berth_sdk::{
-    HttpResult, Info, Plugin, Request, Response, Router, config, crypto, http_out, jobs, kv, time,
+    HttpResult, Info, Plugin, Request, Response, Router, Scope, config, crypto, http_out, jobs, kv,
+    time,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,15 +29,26 @@ impl Plugin for Commands {
             env!("CARGO_PKG_VERSION"),
             "dokku-api: run Dokku commands over HTTP",
         )
-        .capabilities(&["kv", "crypto", "jobs", "dokku", "http-out", "config", "log"])
+        .capabilities(&[
+            Capability::Kv,
+            Capability::Crypto,
+            Capability::Jobs,
+            Capability::Dokku,
+            Capability::HttpOut,
+            Capability::Config,
+            Capability::Log,
+        ])
     }
 
     fn router() -> Router {
+        let keys = Scope::new().errors(status_error).guard(authenticate);
         Router::new()
-            .get("commands.list", "/commands", list)
-            .post("commands.create", "/commands", create)
-            .get("commands.show", "/commands/{token}", show)
-            .get("commands.retry", "/commands/{token}/retry", retry)
+            .scope(keys, |r| {
+                r.get("commands.list", "/commands", list)
+                    .post("commands.create", "/commands", create)
+                    .get("commands.show", "/commands/{token}", show)
+                    .get("commands.retry", "/commands/{token}/retry", retry)
+            })
             .describe(include_str!("../openapi.json"))
     }
 
@@ -45,7 +58,7 @@ impl Plugin for Commands {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("bad job payload for `{kind}`"))?;
         match kind {
-            "run" => run_command(id).map_err(|e| berth_sdk::error_text(&e)),
+            "run" => Ok(run_command(id)?),
             "callback" => callback(id),
             other => Err(format!("unknown job kind `{other}`")),
         }
@@ -53,17 +66,16 @@ impl Plugin for Commands {
 
     fn admin(args: Vec<String>) -> Result<String, String> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
         match args.as_slice() {
             ["keys:generate"] => {
-                let key = crypto::random_token(16).map_err(text)?;
-                let secret = crypto::random_token(16).map_err(text)?;
+                let key = crypto::random_token(16)?;
+                let secret = crypto::random_token(16)?;
                 let stored = ApiKey {
                     key: key.clone(),
-                    secret_hmac: hmac(&secret).map_err(text)?,
+                    secret_hmac: hmac(&secret)?,
                     created_at: time::now_rfc3339(),
                 };
-                kv::set_json(&format!("keys/{key}"), &stored).map_err(text)?;
+                kv::set_json(&format!("keys/{key}"), &stored)?;
                 Ok(format!(
                     "New API key was generated\nAPI KEY: {key} | API SECRET: {secret}"
                 ))
@@ -71,7 +83,7 @@ impl Plugin for Commands {
             ["keys:list"] => {
                 let mut lines = Vec::new();
                 for entry in kv::scan("keys/") {
-                    let (_, value) = entry.map_err(text)?;
+                    let (_, value) = entry?;
                     if let Ok(k) = serde_json::from_slice::<ApiKey>(&value) {
                         lines.push(format!("API KEY: {} | created at {}", k.key, k.created_at));
                     }
@@ -83,7 +95,7 @@ impl Plugin for Commands {
                 })
             }
             ["keys:delete", key] => {
-                if kv::delete(&format!("keys/{key}")).map_err(text)? {
+                if kv::delete(&format!("keys/{key}"))? {
                     Ok(format!("API key {key} was deleted"))
                 } else {
                     Err(format!("No API key {key}"))
@@ -133,17 +145,6 @@ fn status_error(status: u16, message: &str) -> Response {
     )
 }
 
-/// A host failure in dokku-api's error format.
-fn host(e: berth_sdk::Error) -> Response {
-    berth_sdk::host_failure(&e, status_error)
-}
-
-/// Query parameter `name` as a count, or 400 in dokku-api's format.
-fn count_query(req: &Request, name: &str) -> Result<Option<usize>, Response> {
-    req.query_as(name)
-        .map_err(|_| status_error(400, &format!("{name} must be a non-negative integer")))
-}
-
 /// Api-Key and Api-Secret must name a stored pair.
 fn authenticate(req: &Request) -> Result<(), Response> {
     let denied = || status_error(401, "not_authenticated");
@@ -153,10 +154,8 @@ fn authenticate(req: &Request) -> Result<(), Response> {
     if key.is_empty() || key.len() > 128 {
         return Err(denied());
     }
-    let stored: ApiKey = kv::get_json(&format!("keys/{key}"))
-        .map_err(host)?
-        .ok_or_else(denied)?;
-    let given = hmac(secret).map_err(host)?;
+    let stored: ApiKey = kv::get_json(&format!("keys/{key}"))?.ok_or_else(denied)?;
+    let given = hmac(secret)?;
     if crypto::constant_time_eq(given.as_bytes(), stored.secret_hmac.as_bytes()) {
         Ok(())
     } else {
@@ -185,17 +184,15 @@ fn by_token(token: &str) -> Result<Command, Response> {
     if token.len() > 128 {
         return Err(not_found());
     }
-    let id: u64 = kv::get_string(&token_key(token))
-        .map_err(host)?
+    let id: u64 = kv::get_string(&token_key(token))?
         .and_then(|s| s.parse().ok())
         .ok_or_else(not_found)?;
-    load(id).map_err(host)?.ok_or_else(not_found)
+    load(id)?.ok_or_else(not_found)
 }
 
 fn list(req: &Request) -> HttpResult {
-    authenticate(req)?;
-    let offset = count_query(req, "offset")?.unwrap_or(0);
-    let limit = count_query(req, "limit")?;
+    let offset: usize = req.query_as("offset")?.unwrap_or(0);
+    let limit: Option<usize> = req.query_as("limit")?;
     let mut out = Vec::new();
     for (i, entry) in kv::scan("cmd/id/").enumerate() {
         if i < offset {
@@ -204,7 +201,7 @@ fn list(req: &Request) -> HttpResult {
         if limit.is_some_and(|l| out.len() >= l) {
             break;
         }
-        let (_, value) = entry.map_err(host)?;
+        let (_, value) = entry?;
         if let Ok(c) = serde_json::from_slice::<serde_json::Value>(&value) {
             out.push(c);
         }
@@ -228,13 +225,11 @@ fn text_of(v: &Option<serde_json::Value>) -> Option<String> {
 }
 
 fn create(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let params: CreateParams = if req.is_json() {
         if req.body().is_empty() {
             CreateParams::default()
         } else {
-            serde_json::from_slice(req.body())
-                .map_err(|e| status_error(400, &format!("invalid JSON body: {e}")))?
+            req.json()?
         }
     } else {
         let mut p = CreateParams::default();
@@ -288,8 +283,8 @@ fn create(req: &Request) -> HttpResult {
 
     // A sequence, not `increment`: a hot counter key would serialise every
     // POST behind the previous one's commit.
-    let id = kv::next_in_sequence("commands").map_err(host)?;
-    let token = crypto::random_token(32).map_err(host)?;
+    let id = kv::next_in_sequence("commands")?;
+    let token = crypto::random_token(32)?;
     let command = Command {
         id,
         token: token.clone(),
@@ -299,29 +294,27 @@ fn create(req: &Request) -> HttpResult {
         callback_url,
         result_data: None,
     };
-    save(&command).map_err(host)?;
-    kv::set(&token_key(&token), id.to_string().as_bytes()).map_err(host)?;
+    save(&command)?;
+    kv::set(&token_key(&token), id.to_string().as_bytes())?;
     if sync {
-        let ran = execute(command).map_err(host)?;
+        let ran = execute(command)?;
         return Ok(Response::json(200, &ran));
     }
-    jobs::enqueue("run", id.to_string().as_bytes(), 0).map_err(host)?;
+    jobs::enqueue("run", id.to_string().as_bytes(), 0)?;
     Ok(Response::json(200, &command))
 }
 
 fn show(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let command = by_token(req.param("token").unwrap_or_default())?;
     Ok(Response::json(200, &command))
 }
 
 fn retry(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let mut command = by_token(req.param("token").unwrap_or_default())?;
     command.ran_at = None;
     command.result_data = None;
-    save(&command).map_err(host)?;
-    jobs::enqueue("run", command.id.to_string().as_bytes(), 0).map_err(host)?;
+    save(&command)?;
+    jobs::enqueue("run", command.id.to_string().as_bytes(), 0)?;
     Ok(Response::json(200, &command))
 }
 
@@ -369,8 +362,7 @@ fn execute(mut command: Command) -> Result<Command, berth_sdk::Error> {
 /// The job: POST the command's JSON to its callback URL; a non-2xx answer
 /// or a transport failure fails the job, which is retried with backoff.
 fn callback(id: u64) -> Result<(), String> {
-    let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
-    let Some(command) = load(id).map_err(text)? else {
+    let Some(command) = load(id)? else {
         return Ok(());
     };
     let Some(url) = &command.callback_url else {

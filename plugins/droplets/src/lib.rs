@@ -8,8 +8,11 @@
 mod droplet;
 mod qr;
 
+use berth_sdk::Capability;
 use berth_sdk::attempts::{self, Limits};
-use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router, config, crypto, kv, time};
+use berth_sdk::{
+    HttpResult, Info, Plugin, Request, Response, Router, Scope, config, crypto, kv, time,
+};
 use serde::{Deserialize, Serialize};
 
 struct Droplets;
@@ -24,41 +27,58 @@ impl Plugin for Droplets {
             env!("CARGO_PKG_VERSION"),
             "CIKit REST API: TOTP users and droplets on Docker",
         )
-        .capabilities(&["kv", "crypto", "docker", "config", "log"])
+        .capabilities(&[
+            Capability::Kv,
+            Capability::Crypto,
+            Capability::Docker,
+            Capability::Config,
+            Capability::Log,
+        ])
     }
 
     fn router() -> Router {
+        const V1: &str = "/api/v1";
+        let path = |p: &str| format!("{V1}{p}");
+        let cikit = Scope::new().errors(failure);
         Router::new()
-            .post("user.auth", "/api/v1/user/auth", auth)
-            .post("user.refresh", "/api/v1/user/auth/refresh", refresh)
-            .delete("user.revoke", "/api/v1/user/auth/revoke/{user}", revoke)
-            .get("user.setup", "/api/v1/user/auth/setup/{user}", setup)
-            .get("user.list", "/api/v1/user/list", user_list)
-            .post("user.add", "/api/v1/user/add", user_add)
-            .delete("user.delete", "/api/v1/user/delete/{user}", user_delete)
-            .get("droplet.list", "/api/v1/droplet/list", droplet::list)
-            .post("droplet.add", "/api/v1/droplet/add", droplet::add)
-            .patch(
-                "droplet.stop",
-                "/api/v1/droplet/stop/{droplet}",
-                droplet::stop,
-            )
-            .patch(
-                "droplet.start",
-                "/api/v1/droplet/start/{droplet}",
-                droplet::start,
-            )
-            .patch(
-                "droplet.restart",
-                "/api/v1/droplet/restart/{droplet}",
-                droplet::restart,
-            )
-            .delete(
-                "droplet.delete",
-                "/api/v1/droplet/delete/{droplet}",
-                droplet::delete,
-            )
-            .route("not-found", "*", "/api/{rest...}", not_found)
+            .scope(cikit, |r| {
+                r.post("user.auth", &path("/user/auth"), auth)
+                    .post("user.refresh", &path("/user/auth/refresh"), refresh)
+                    .route("not-found", "*", "/api/{rest...}", not_found)
+                    .scope(Scope::new().guard(viewer), |r| {
+                        r.delete("user.revoke", &path("/user/auth/revoke/{user}"), revoke)
+                            .get("droplet.list", &path("/droplet/list"), droplet::list)
+                    })
+                    .scope(Scope::new().guard(manager), |r| {
+                        r.post("droplet.add", &path("/droplet/add"), droplet::add)
+                            .patch(
+                                "droplet.stop",
+                                &path("/droplet/stop/{droplet}"),
+                                droplet::stop,
+                            )
+                            .patch(
+                                "droplet.start",
+                                &path("/droplet/start/{droplet}"),
+                                droplet::start,
+                            )
+                            .patch(
+                                "droplet.restart",
+                                &path("/droplet/restart/{droplet}"),
+                                droplet::restart,
+                            )
+                            .delete(
+                                "droplet.delete",
+                                &path("/droplet/delete/{droplet}"),
+                                droplet::delete,
+                            )
+                    })
+                    .scope(Scope::new().guard(owner), |r| {
+                        r.get("user.setup", &path("/user/auth/setup/{user}"), setup)
+                            .get("user.list", &path("/user/list"), user_list)
+                            .post("user.add", &path("/user/add"), user_add)
+                            .delete("user.delete", &path("/user/delete/{user}"), user_delete)
+                    })
+            })
             .describe(include_str!("../openapi.json"))
     }
 
@@ -75,8 +95,9 @@ pub(crate) fn fail(status: u16, id: u16, text: &str) -> Response {
 }
 
 /// A host error inside a handler: storage or crypto failed.
-pub(crate) fn host(e: berth_sdk::Error) -> Response {
-    berth_sdk::host_failure(&e, |status, text| fail(status, 900, text))
+/// CIKit's body for failures without an id of their own: 900.
+fn failure(status: u16, text: &str) -> Response {
+    fail(status, 900, text)
 }
 
 fn not_found(_: &Request) -> HttpResult {
@@ -148,11 +169,11 @@ fn user_key(name: &str) -> String {
 }
 
 fn load_user(name: &str) -> Result<Option<User>, Response> {
-    kv::get_json(&user_key(name)).map_err(host)
+    kv::get_json(&user_key(name)).map_err(Response::from)
 }
 
 fn save_user(user: &User) -> Result<(), Response> {
-    kv::set_json(&user_key(&user.username), user).map_err(host)
+    kv::set_json(&user_key(&user.username), user).map_err(Response::from)
 }
 
 fn now_ms() -> u64 {
@@ -228,10 +249,10 @@ fn otpauth_uri(user: &User) -> Result<String, Response> {
 /// Forget a user's tokens.
 fn revoke_tokens(user: &mut User) -> Result<(), Response> {
     if let Some(d) = user.access.take() {
-        kv::delete(&format!("access/{d}")).map_err(host)?;
+        kv::delete(&format!("access/{d}"))?;
     }
     if let Some(d) = user.refresh.take() {
-        kv::delete(&format!("refresh/{d}")).map_err(host)?;
+        kv::delete(&format!("refresh/{d}"))?;
     }
     Ok(())
 }
@@ -239,26 +260,24 @@ fn revoke_tokens(user: &mut User) -> Result<(), Response> {
 /// Revoke the user's previous pair and issue a new one.
 fn issue_tokens(user: &mut User) -> HttpResult {
     revoke_tokens(user)?;
-    let access = crypto::random_token(32).map_err(host)?;
-    let refresh = crypto::random_token(32).map_err(host)?;
+    let access = crypto::random_token(32)?;
+    let refresh = crypto::random_token(32)?;
     let ttl = token_ttl_secs();
-    let access_digest = digest(&access).map_err(host)?;
-    let refresh_digest = digest(&refresh).map_err(host)?;
+    let access_digest = digest(&access)?;
+    let refresh_digest = digest(&refresh)?;
     kv::set_json(
         &format!("access/{access_digest}"),
         &AccessToken {
             user: user.username.clone(),
             expires_ms: now_ms() + ttl * 1000,
         },
-    )
-    .map_err(host)?;
+    )?;
     kv::set_json(
         &format!("refresh/{refresh_digest}"),
         &RefreshToken {
             user: user.username.clone(),
         },
-    )
-    .map_err(host)?;
+    )?;
     user.access = Some(access_digest);
     user.refresh = Some(refresh_digest);
     save_user(user)?;
@@ -291,7 +310,26 @@ fn field(req: &Request, name: &str) -> Option<String> {
 
 /// The signed-in user, if their token is valid and their group is at
 /// least `needed`.
-pub(crate) fn require(req: &Request, needed: Group) -> Result<(String, Group), Response> {
+/// Who a request's access token names, once its group is at least the
+/// route's.
+pub(crate) struct Caller {
+    name: String,
+    group: Group,
+}
+
+fn viewer(req: &Request) -> Result<Caller, Response> {
+    require(req, Group::Viewer)
+}
+
+fn manager(req: &Request) -> Result<Caller, Response> {
+    require(req, Group::Manager)
+}
+
+fn owner(req: &Request) -> Result<Caller, Response> {
+    require(req, Group::Owner)
+}
+
+fn require(req: &Request, needed: Group) -> Result<Caller, Response> {
     let header = req.header("authorization").unwrap_or("");
     let from_header = header
         .strip_prefix("Bearer")
@@ -301,19 +339,21 @@ pub(crate) fn require(req: &Request, needed: Group) -> Result<(String, Group), R
     let token = from_header
         .or_else(|| field(req, "access_token"))
         .ok_or_else(|| fail(401, 908, "Access token not found"))?;
-    let key = format!("access/{}", digest(&token).map_err(host)?);
-    let stored: AccessToken = kv::get_json(&key)
-        .map_err(host)?
-        .ok_or_else(|| fail(401, 908, "Access token not found"))?;
+    let key = format!("access/{}", digest(&token)?);
+    let stored: AccessToken =
+        kv::get_json(&key)?.ok_or_else(|| fail(401, 908, "Access token not found"))?;
     if now_ms() >= stored.expires_ms {
-        kv::delete(&key).map_err(host)?;
+        kv::delete(&key)?;
         return Err(fail(401, 909, "Access token expired"));
     }
     let user = load_user(&stored.user)?.ok_or_else(|| fail(401, 908, "Access token not found"))?;
     if user.group < needed {
         return Err(fail(403, 912, "Access denied"));
     }
-    Ok((user.username, user.group))
+    Ok(Caller {
+        name: user.username,
+        group: user.group,
+    })
 }
 
 fn auth(req: &Request) -> HttpResult {
@@ -334,19 +374,19 @@ fn auth(req: &Request) -> HttpResult {
                         "Too many failed login attempts; try again in a minute",
                     )
                 },
-                host,
+                Response::from,
             )
         })?;
     let Some(mut user) = load_user(&username)? else {
-        attempt.failed().map_err(host)?;
+        attempt.failed()?;
         return Err(fail(400, 903, "User not found"));
     };
     let secret = unhex(&user.secret).ok_or_else(|| fail(500, 900, "stored secret is damaged"))?;
-    let step = crypto::totp_verify(&secret, code.trim()).map_err(host)?;
+    let step = crypto::totp_verify(&secret, code.trim())?;
     match step {
         Some(step) if step > user.last_step => user.last_step = step,
         _ => {
-            attempt.failed().map_err(host)?;
+            attempt.failed()?;
             return Err(fail(400, 902, "TOTP code invalid"));
         }
     }
@@ -359,19 +399,18 @@ fn refresh(req: &Request) -> HttpResult {
     }
     let token =
         field(req, "refresh_token").ok_or_else(|| fail(400, 913, "refresh_token is required"))?;
-    let key = format!("refresh/{}", digest(&token).map_err(host)?);
-    let stored: RefreshToken = kv::get_json(&key)
-        .map_err(host)?
-        .ok_or_else(|| fail(401, 910, "Refresh token not found"))?;
+    let key = format!("refresh/{}", digest(&token)?);
+    let stored: RefreshToken =
+        kv::get_json(&key)?.ok_or_else(|| fail(401, 910, "Refresh token not found"))?;
     let mut user =
         load_user(&stored.user)?.ok_or_else(|| fail(401, 910, "Refresh token not found"))?;
     issue_tokens(&mut user)
 }
 
 fn revoke(req: &Request) -> HttpResult {
-    let (me, group) = require(req, Group::Viewer)?;
+    let me = req.identity::<Caller>()?;
     let name = req.param("user").unwrap_or_default();
-    if name != me && group != Group::Owner {
+    if name != me.name && me.group != Group::Owner {
         return Err(fail(401, 904, "User not authorised"));
     }
     let mut user = load_user(name)?.ok_or_else(|| fail(400, 903, "User not found"))?;
@@ -381,7 +420,6 @@ fn revoke(req: &Request) -> HttpResult {
 }
 
 fn setup(req: &Request) -> HttpResult {
-    require(req, Group::Owner)?;
     let user = load_user(req.param("user").unwrap_or_default())?
         .ok_or_else(|| fail(400, 903, "User not found"))?;
     let uri = otpauth_uri(&user)?;
@@ -396,7 +434,7 @@ fn setup(req: &Request) -> HttpResult {
 fn all_users() -> Result<Vec<User>, Response> {
     let mut users = Vec::new();
     for entry in kv::scan("users/") {
-        let (_, value) = entry.map_err(host)?;
+        let (_, value) = entry?;
         if let Ok(user) = serde_json::from_slice::<User>(&value) {
             users.push(user);
         }
@@ -419,8 +457,7 @@ fn users_response() -> HttpResult {
     Ok(Response::json(200, &listed))
 }
 
-fn user_list(req: &Request) -> HttpResult {
-    require(req, Group::Owner)?;
+fn user_list(_: &Request) -> HttpResult {
     users_response()
 }
 
@@ -468,7 +505,6 @@ fn create_user(name: &str, group: Group) -> Result<User, (u16, u16, String)> {
 }
 
 fn user_add(req: &Request) -> HttpResult {
-    require(req, Group::Owner)?;
     let (Some(name), Some(group)) = (field(req, "username"), field(req, "group")) else {
         return Err(fail(400, 913, "username and group are required"));
     };
@@ -478,14 +514,14 @@ fn user_add(req: &Request) -> HttpResult {
 }
 
 fn user_delete(req: &Request) -> HttpResult {
-    let (me, _) = require(req, Group::Owner)?;
+    let me = req.identity::<Caller>()?;
     let name = req.param("user").unwrap_or_default();
     let mut user = load_user(name)?.ok_or_else(|| fail(400, 903, "User not found"))?;
-    if name == me {
+    if name == me.name {
         return Err(fail(403, 912, "The owner cannot delete themselves"));
     }
     revoke_tokens(&mut user)?;
-    kv::delete(&user_key(name)).map_err(host)?;
+    kv::delete(&user_key(name))?;
     users_response()
 }
 
@@ -507,16 +543,12 @@ fn create_user_command(args: &[String]) -> Result<String, String> {
         }
     }
     let name = name.ok_or_else(|| format!("-u NAME is required\n{USAGE}"))?;
-    let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
-    let user = match (
-        regenerate,
-        kv::get_json::<User>(&user_key(name)).map_err(text)?,
-    ) {
+    let user = match (regenerate, kv::get_json::<User>(&user_key(name))?) {
         (true, Some(mut user)) => {
             revoke_tokens(&mut user).map_err(|_| "cannot revoke the user's tokens".to_string())?;
-            user.secret = hex(&crypto::random_bytes(20).map_err(text)?);
+            user.secret = hex(&crypto::random_bytes(20)?);
             user.last_step = 0;
-            kv::set_json(&user_key(name), &user).map_err(text)?;
+            kv::set_json(&user_key(name), &user)?;
             user
         }
         (true, None) => return Err(format!("user `{name}` does not exist")),

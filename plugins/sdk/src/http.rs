@@ -1,5 +1,9 @@
 //! Requests and responses.
 
+use std::any::Any;
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -13,11 +17,31 @@ pub type HttpResult = Result<Response, Response>;
 #[derive(Debug, Clone)]
 pub struct Request {
     inner: types::Request,
+    identity: Identity,
+}
+
+/// What the route's guard proved about the caller (see
+/// [`crate::Scope::guard`]).
+#[derive(Clone, Default)]
+struct Identity(RefCell<Option<Rc<dyn Any>>>);
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let known = self.0.borrow().is_some();
+        f.write_str(if known {
+            "Identity(..)"
+        } else {
+            "Identity(none)"
+        })
+    }
 }
 
 impl From<types::Request> for Request {
     fn from(inner: types::Request) -> Self {
-        Request { inner }
+        Request {
+            inner,
+            identity: Identity::default(),
+        }
     }
 }
 
@@ -43,6 +67,29 @@ impl Request {
         &self.inner.route
     }
 
+    /// What the guard of the route's scope returned (the caller's
+    /// identity, say): `T` is the type of its `Ok` value. A route without
+    /// such a guard answers 500 in the scope's error format.
+    pub fn identity<T: 'static>(&self) -> Result<Rc<T>, Response> {
+        let found = self.identity.0.borrow().clone();
+        found
+            .and_then(|who| who.downcast::<T>().ok())
+            .ok_or_else(|| {
+                crate::router::render(
+                    500,
+                    &format!(
+                        "route `{}` has no guard that gives a {}",
+                        self.route(),
+                        std::any::type_name::<T>()
+                    ),
+                )
+            })
+    }
+
+    pub(crate) fn set_identity(&self, who: Rc<dyn Any>) {
+        *self.identity.0.borrow_mut() = Some(who);
+    }
+
     /// The client's `ip:port`.
     pub fn client(&self) -> &str {
         &self.inner.client
@@ -58,9 +105,9 @@ impl Request {
     pub fn param_as<T: std::str::FromStr>(&self, name: &str) -> Result<T, Response> {
         let raw = self
             .param(name)
-            .ok_or_else(|| Response::error(400, &format!("missing path parameter `{name}`")))?;
+            .ok_or_else(|| Response::failure(400, &format!("missing path parameter `{name}`")))?;
         raw.parse().map_err(|_| {
-            Response::error(
+            Response::failure(
                 400,
                 &format!("path parameter `{name}` has a bad value: {raw:?}"),
             )
@@ -78,7 +125,7 @@ impl Request {
         match self.query(name) {
             None => Ok(None),
             Some(raw) => raw.parse().map(Some).map_err(|_| {
-                Response::error(
+                Response::failure(
                     400,
                     &format!("query parameter `{name}` has a bad value: {raw:?}"),
                 )
@@ -114,7 +161,7 @@ impl Request {
     /// is not valid JSON of the expected shape.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Response> {
         serde_json::from_slice(&self.inner.body)
-            .map_err(|e| Response::error(400, &format!("invalid JSON body: {e}")))
+            .map_err(|e| Response::failure(400, &format!("invalid JSON body: {e}")))
     }
 
     /// The body parsed as `application/x-www-form-urlencoded` pairs.
@@ -326,6 +373,12 @@ impl Response {
         Response::json(status, &serde_json::json!({ "error": message }))
     }
 
+    /// An error in the format of the route being handled (its scope's
+    /// [`crate::Scope::errors`]; [`Response::error`]'s outside any).
+    pub fn failure(status: u16, message: &str) -> Self {
+        crate::router::render(status, message)
+    }
+
     /// Add a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
@@ -345,10 +398,7 @@ impl Response {
 /// or an unavailable host.
 impl From<crate::Error> for Response {
     fn from(e: crate::Error) -> Self {
-        match e {
-            crate::Error::Denied(_) => Response::error(403, &crate::error_text(&e)),
-            _ => crate::host_failure(&e, Response::error),
-        }
+        crate::host_failure(&e, Response::failure)
     }
 }
 

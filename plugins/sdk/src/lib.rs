@@ -12,13 +12,14 @@
 //! - [`attempts`]: failed-login throttling on top of [`kv`]; [`time`]: clock helpers.
 //!
 //! ```no_run
-//! use berth_sdk::{Info, Plugin, Request, Response, Router, HttpResult};
+//! use berth_sdk::{Capability, Info, Plugin, Request, Response, Router, HttpResult};
 //!
 //! struct Hello;
 //!
 //! impl Plugin for Hello {
 //!     fn info() -> Info {
-//!         Info::new("hello", env!("CARGO_PKG_VERSION"), "Says hello").capabilities(&["kv"])
+//!         Info::new("hello", env!("CARGO_PKG_VERSION"), "Says hello")
+//!             .capabilities(&[Capability::Kv])
 //!     }
 //!     fn router() -> Router {
 //!         Router::new().get("hello.greet", "/hello/{name}", greet)
@@ -51,7 +52,7 @@ pub mod log;
 pub mod time;
 
 pub use http::{Framing, HttpResult, Request, Response, percent_encode};
-pub use router::{Handler, Router};
+pub use router::{Handler, Render, Router, Scope};
 
 /// The generated bindings for the `berth:plugin` world. Most plugins never
 /// need these directly; the modules of this crate wrap them.
@@ -96,6 +97,14 @@ pub fn host_failure(e: &Error, render: impl FnOnce(u16, &str) -> Response) -> Re
     }
 }
 
+/// Admin commands and jobs answer `Err(String)`: `?` on a host [`Error`]
+/// gives its [`error_text`].
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        error_text(&e)
+    }
+}
+
 /// Human-readable text of a host [`Error`]: its kind and message.
 pub fn error_text(e: &Error) -> String {
     match e {
@@ -116,9 +125,52 @@ pub struct Info {
     pub version: String,
     /// One line for operators.
     pub description: String,
-    /// Capabilities asked for: `kv`, `config`, `crypto`, `log`, `jobs`,
-    /// `dokku`, `http-out`, `docker`, `docker-endpoints`, `events`.
-    pub capabilities: Vec<String>,
+    /// Capabilities asked for.
+    pub capabilities: Vec<Capability>,
+}
+
+/// A capability a plugin asks for in its manifest; the operator must also
+/// grant it. The WIT `manifest` record lists what each gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// The plugin's KV namespace, one serializable transaction per call.
+    Kv,
+    /// The plugin's settings.
+    Config,
+    /// Random tokens, host-held HMAC keys, password hashing, TOTP.
+    Crypto,
+    /// Log lines through the host.
+    Log,
+    /// Durable background jobs.
+    Jobs,
+    /// Commands on the Dokku daemon.
+    Dokku,
+    /// Outbound HTTP(S) to the operator's allow-list.
+    HttpOut,
+    /// Docker engines, the event stream, the `proxy-docker` answer.
+    Docker,
+    /// Registering Docker endpoints of the plugin's own.
+    DockerEndpoints,
+    /// Topics to publish on, and event streams to clients.
+    Events,
+}
+
+impl Capability {
+    /// The name in manifests and in the operator's config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Kv => "kv",
+            Capability::Config => "config",
+            Capability::Crypto => "crypto",
+            Capability::Log => "log",
+            Capability::Jobs => "jobs",
+            Capability::Dokku => "dokku",
+            Capability::HttpOut => "http-out",
+            Capability::Docker => "docker",
+            Capability::DockerEndpoints => "docker-endpoints",
+            Capability::Events => "events",
+        }
+    }
 }
 
 impl Info {
@@ -133,8 +185,8 @@ impl Info {
     }
 
     /// Ask for these capabilities (the operator must also grant them).
-    pub fn capabilities(mut self, caps: &[&str]) -> Self {
-        self.capabilities = caps.iter().map(|c| c.to_string()).collect();
+    pub fn capabilities(mut self, caps: &[Capability]) -> Self {
+        self.capabilities = caps.to_vec();
         self
     }
 }
@@ -173,7 +225,11 @@ pub fn __describe<P: Plugin>() -> bindings::berth::plugin::types::Manifest {
         name: info.name,
         version: info.version,
         description: info.description,
-        capabilities: info.capabilities,
+        capabilities: info
+            .capabilities
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect(),
         openapi: Some(router.openapi_paths()),
         routes: router.manifest_routes(),
     }

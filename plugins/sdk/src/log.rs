@@ -32,3 +32,27 @@ pub fn warn(message: &str) {
 pub fn error(message: &str) {
     log(Level::Error, message, &[]);
 }
+
+/// Log a formatted line at info level: `berth_sdk::info!("{} ready", name)`.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log::info(&format!($($arg)*)) };
+}
+
+/// Log a formatted line at debug level.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log::debug(&format!($($arg)*)) };
+}
+
+/// Log a formatted line at warn level.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log::warn(&format!($($arg)*)) };
+}
+
+/// Log a formatted line at error level.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log::error(&format!($($arg)*)) };
+}

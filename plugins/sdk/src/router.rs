@@ -1,17 +1,84 @@
-//! Route ids to handler functions.
+//! Route ids to handler functions, in scopes that share an error format
+//! and a guard.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::rc::Rc;
 
 use crate::bindings::berth::plugin::types;
 use crate::http::{HttpResult, Request, Response};
 
 /// A request handler: gets the request (with its path params), returns a
-/// response. Use `?` freely: host errors and bad input become responses.
+/// response. Use `?` freely: host errors and bad input become responses in
+/// the error format of the route's scope.
 pub type Handler = fn(&Request) -> HttpResult;
+
+/// Renders an error body: `(status, message)` to a response in a surface's
+/// own format.
+pub type Render = fn(u16, &str) -> Response;
+
+/// A scope's guard, type-erased: what it proves about the caller, or the
+/// answer that turns the caller away.
+type Guard = Rc<dyn Fn(&Request) -> Result<Rc<dyn Any>, Response>>;
+
+/// What routes registered in a [`Router::scope`] share: the format of their
+/// error bodies, and a guard run before each of their handlers.
+#[derive(Clone, Default)]
+pub struct Scope {
+    errors: Option<Render>,
+    guard: Option<Guard>,
+}
+
+impl Scope {
+    /// A scope that changes nothing of the one it is opened in.
+    pub fn new() -> Scope {
+        Scope::default()
+    }
+
+    /// Render this scope's errors with `render`: host failures and bad
+    /// input met with `?`, and [`Response::failure`].
+    pub fn errors(mut self, render: Render) -> Scope {
+        self.errors = Some(render);
+        self
+    }
+
+    /// Run `check` before every handler of the scope: its `Err` answers
+    /// the request instead; its `Ok` value (the caller's identity, say) is
+    /// what the handler gets from [`Request::identity`]. A guard of an
+    /// inner scope replaces the outer one.
+    pub fn guard<T: 'static>(mut self, check: fn(&Request) -> Result<T, Response>) -> Scope {
+        self.guard = Some(Rc::new(move |req: &Request| {
+            check(req).map(|who| Rc::new(who) as Rc<dyn Any>)
+        }));
+        self
+    }
+
+    /// This scope inside `outer`: what it leaves unset comes from `outer`.
+    fn within(self, outer: &Scope) -> Scope {
+        Scope {
+            errors: self.errors.or(outer.errors),
+            guard: self.guard.or_else(|| outer.guard.clone()),
+        }
+    }
+}
 
 struct Route {
     id: String,
     method: String,
     path: String,
     handler: Handler,
+    scope: Scope,
+}
+
+thread_local! {
+    /// The error format of the route being handled (see [`Scope::errors`]).
+    static ERRORS: Cell<Render> = Cell::new(Response::error);
+}
+
+/// An error response in the format of the route being handled: what the
+/// SDK's conversions (`?` on a host error, bad query or body) answer.
+pub(crate) fn render(status: u16, message: &str) -> Response {
+    ERRORS.with(|errors| errors.get())(status, message)
 }
 
 /// The plugin's routes. The host matches method and path (see the `route`
@@ -22,6 +89,8 @@ pub struct Router {
     routes: Vec<Route>,
     openapi: Option<String>,
     descriptions: Vec<&'static str>,
+    /// The scope routes are registered in now.
+    scope: Scope,
 }
 
 impl Router {
@@ -39,8 +108,32 @@ impl Router {
             method: method.to_ascii_uppercase(),
             path: path.to_string(),
             handler,
+            scope: self.scope.clone(),
         });
         self
+    }
+
+    /// Register the routes `routes` adds in `scope` (opened inside the
+    /// current one), then carry on in the current scope.
+    ///
+    /// ```no_run
+    /// # use berth_sdk::{HttpResult, Request, Response, Router, Scope};
+    /// # fn fail(status: u16, message: &str) -> Response { Response::error(status, message) }
+    /// # struct User;
+    /// # fn signed_in(req: &Request) -> Result<User, Response> { Ok(User) }
+    /// # fn list(req: &Request) -> HttpResult { Ok(Response::new(200)) }
+    /// # fn login(req: &Request) -> HttpResult { Ok(Response::new(200)) }
+    /// let router = Router::new().scope(Scope::new().errors(fail), |r| {
+    ///     r.post("login", "/login", login)
+    ///         .scope(Scope::new().guard(signed_in), |r| r.get("list", "/things", list))
+    /// });
+    /// ```
+    pub fn scope(mut self, scope: Scope, routes: impl FnOnce(Router) -> Router) -> Self {
+        let inner = scope.within(&self.scope);
+        let outer = std::mem::replace(&mut self.scope, inner);
+        let mut router = routes(self);
+        router.scope = outer;
+        router
     }
 
     /// A `GET` route.
@@ -160,12 +253,21 @@ impl Router {
     /// [`crate::kv::rerun_on_conflict`]). An id this router does not know
     /// (a host/plugin mismatch) answers 404.
     pub fn dispatch(&self, request: Request) -> Response {
-        match self.routes.iter().find(|r| r.id == request.route()) {
-            Some(route) => {
-                crate::kv::rerun_on_conflict(|| (route.handler)(&request).unwrap_or_else(|e| e))
+        let Some(route) = self.routes.iter().find(|r| r.id == request.route()) else {
+            return Response::error(404, &format!("no handler for route `{}`", request.route()));
+        };
+        ERRORS.with(|errors| errors.set(route.scope.errors.unwrap_or(Response::error)));
+        crate::kv::rerun_on_conflict(|| {
+            // The guard runs again with the handler: its reads belong to
+            // the transaction the handler's writes commit in.
+            if let Some(guard) = &route.scope.guard {
+                match guard(&request) {
+                    Ok(who) => request.set_identity(who),
+                    Err(turned_away) => return turned_away,
+                }
             }
-            None => Response::error(404, &format!("no handler for route `{}`", request.route())),
-        }
+            (route.handler)(&request).unwrap_or_else(|e| e)
+        })
     }
 
     pub(crate) fn manifest_routes(&self) -> Vec<types::Route> {
@@ -437,5 +539,122 @@ mod tests {
             "things.get"
         );
         assert_eq!(doc["components"]["schemas"], json!({}));
+    }
+
+    fn request(route: &str, headers: &[(&str, &str)]) -> Request {
+        Request::from(types::Request {
+            id: "test-1".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            route: route.into(),
+            params: Vec::new(),
+            query: vec![("n".into(), "x".into())],
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+            client: "127.0.0.1:1".into(),
+        })
+    }
+
+    fn body(r: &Response) -> serde_json::Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    fn ours(status: u16, message: &str) -> Response {
+        Response::json(status, &json!({ "err": message, "ours": true }))
+    }
+
+    struct User(String);
+
+    fn signed_in(req: &Request) -> Result<User, Response> {
+        match req.header("user") {
+            Some(name) => Ok(User(name.to_string())),
+            None => Err(Response::failure(401, "sign in first")),
+        }
+    }
+
+    fn admin(req: &Request) -> Result<User, Response> {
+        let user = signed_in(req)?;
+        if user.0 == "root" {
+            Ok(user)
+        } else {
+            Err(Response::failure(403, "admins only"))
+        }
+    }
+
+    fn whoami(req: &Request) -> HttpResult {
+        let user = req.identity::<User>()?;
+        Ok(Response::json(200, &json!({ "user": user.0 })))
+    }
+
+    fn bad_query(req: &Request) -> HttpResult {
+        let n: Option<u32> = req.query_as("n")?;
+        Ok(Response::json(200, &json!({ "n": n })))
+    }
+
+    fn host_error(_: &Request) -> HttpResult {
+        Err(crate::Error::Unavailable("storage is away".into()))?
+    }
+
+    fn scoped() -> Router {
+        Router::new()
+            .get("plain", "/plain", bad_query)
+            .scope(Scope::new().errors(ours), |r| {
+                r.get("query", "/query", bad_query)
+                    .get("host", "/host", host_error)
+                    .get("unguarded", "/unguarded", whoami)
+                    .scope(Scope::new().guard(signed_in), |r| {
+                        r.get("me", "/me", whoami)
+                            .scope(Scope::new().guard(admin), |r| {
+                                r.get("root", "/root", whoami)
+                            })
+                    })
+            })
+            .get("after", "/after", bad_query)
+    }
+
+    #[test]
+    fn a_scope_renders_its_errors_and_the_sdk_conversions_use_it() {
+        let r = scoped().dispatch(request("query", &[]));
+        assert_eq!((r.status, body(&r)["ours"].clone()), (400, json!(true)));
+        let host = scoped().dispatch(request("host", &[]));
+        assert_eq!(host.status, 503);
+        assert_eq!(body(&host)["ours"], true);
+        assert!(
+            host.headers
+                .iter()
+                .any(|(k, v)| k == "retry-after" && v == "1")
+        );
+        for outside in ["plain", "after"] {
+            let r = scoped().dispatch(request(outside, &[]));
+            assert_eq!(r.status, 400);
+            assert!(
+                body(&r)["error"].is_string(),
+                "the default format outside the scope"
+            );
+        }
+    }
+
+    #[test]
+    fn a_guard_turns_callers_away_or_gives_handlers_their_identity() {
+        let away = scoped().dispatch(request("me", &[]));
+        assert_eq!(
+            (away.status, body(&away)["err"].clone()),
+            (401, json!("sign in first"))
+        );
+        let me = scoped().dispatch(request("me", &[("user", "ann")]));
+        assert_eq!((me.status, body(&me)["user"].clone()), (200, json!("ann")));
+        let not_root = scoped().dispatch(request("root", &[("user", "ann")]));
+        assert_eq!(
+            not_root.status, 403,
+            "an inner guard replaces the outer one"
+        );
+        let root = scoped().dispatch(request("root", &[("user", "root")]));
+        assert_eq!(body(&root)["user"], "root");
+        let none = scoped().dispatch(request("unguarded", &[("user", "ann")]));
+        assert_eq!(none.status, 500, "no guard, no identity");
+        assert_eq!(body(&none)["ours"], true);
     }
 }

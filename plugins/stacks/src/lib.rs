@@ -13,6 +13,7 @@ mod model;
 mod portainer;
 mod stackfile;
 
+use berth_sdk::Capability;
 use berth_sdk::{Info, Plugin, Router};
 
 struct Stacks;
@@ -25,14 +26,14 @@ impl Plugin for Stacks {
             "Docker Cloud and Portainer APIs: stacks on Docker Swarm or containers",
         )
         .capabilities(&[
-            "kv",
-            "crypto",
-            "config",
-            "log",
-            "docker",
-            "docker-endpoints",
-            "events",
-            "jobs",
+            Capability::Kv,
+            Capability::Crypto,
+            Capability::Config,
+            Capability::Log,
+            Capability::Docker,
+            Capability::DockerEndpoints,
+            Capability::Events,
+            Capability::Jobs,
         ])
     }
 
