@@ -21,10 +21,6 @@ pub fn fail(status: u16, text: &str) -> Response {
     Response::json(status, &json!({ "error": text }))
 }
 
-fn host(e: berth_sdk::Error) -> Response {
-    berth_sdk::host_failure(&e, fail)
-}
-
 fn engine_error(e: DockerError) -> Response {
     match &e {
         DockerError::Unreachable(m) => fail(503, &format!("Docker engine unreachable: {m}")),
@@ -40,7 +36,7 @@ fn failure(f: Failure) -> Response {
         Failure::State(m) => fail(409, &m),
         Failure::Invalid(m) => fail(400, &m),
         Failure::Engine(e) => engine_error(e),
-        Failure::Host(e) => host(e),
+        Failure::Host(e) => Response::from(e),
     }
 }
 
@@ -77,12 +73,11 @@ pub fn make_key(user: &str, service: Option<&str>) -> Result<(String, String), b
 
 /// `berth run stacks apikey:create USER` and friends.
 pub fn admin(args: &[String]) -> Result<String, String> {
-    let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
     match args.first().map(String::as_str) {
         Some("apikey:create") => {
             let user = args.get(1).ok_or("usage: apikey:create USER")?;
             stackfile::check_name("user", user)?;
-            let (key, _) = make_key(user, None).map_err(text)?;
+            let (key, _) = make_key(user, None)?;
             let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"));
             Ok(format!(
                 "user:   {user}\napikey: {key}\nAuthorization: Basic {auth}\n"
@@ -91,7 +86,7 @@ pub fn admin(args: &[String]) -> Result<String, String> {
         Some("apikey:list") => {
             let mut out = String::new();
             for entry in kv::scan("apikey/") {
-                let (k, v) = entry.map_err(text)?;
+                let (k, v) = entry?;
                 let key: ApiKey = serde_json::from_slice(&v).map_err(|e| e.to_string())?;
                 let id = &k["apikey/".len()..][..12];
                 let role = key.service.map(|s| format!(" (roles of service {s})"));
@@ -109,14 +104,14 @@ pub fn admin(args: &[String]) -> Result<String, String> {
             let mut n = 0;
             let mut doomed = Vec::new();
             for entry in kv::scan("apikey/") {
-                let (k, v) = entry.map_err(text)?;
+                let (k, v) = entry?;
                 let key: ApiKey = serde_json::from_slice(&v).map_err(|e| e.to_string())?;
                 if &key.user == user {
                     doomed.push(k);
                 }
             }
             for k in doomed {
-                kv::delete(&k).map_err(text)?;
+                kv::delete(&k)?;
                 n += 1;
             }
             Ok(format!("revoked {n} key(s) of {user}\n"))
@@ -130,7 +125,10 @@ pub fn admin(args: &[String]) -> Result<String, String> {
 }
 
 /// The user a request's `Authorization: Basic user:apikey` names, or 401.
-pub fn authenticate(req: &Request) -> Result<String, Response> {
+/// The Docker Cloud user a request's API key names.
+pub struct Caller(pub String);
+
+pub fn authenticate(req: &Request) -> Result<Caller, Response> {
     let denied = || {
         fail(
             401,
@@ -147,9 +145,9 @@ pub fn authenticate(req: &Request) -> Result<String, Response> {
         .map_err(|_| denied())?;
     let decoded = String::from_utf8(decoded).map_err(|_| denied())?;
     let (user, key) = decoded.split_once(':').ok_or_else(denied)?;
-    let d = digest(user, key).map_err(host)?;
-    match kv::get_json::<ApiKey>(&format!("apikey/{d}")).map_err(host)? {
-        Some(k) if k.user == user => Ok(user.to_string()),
+    let d = digest(user, key)?;
+    match kv::get_json::<ApiKey>(&format!("apikey/{d}"))? {
+        Some(k) if k.user == user => Ok(Caller(user.to_string())),
         _ => Err(denied()),
     }
 }
@@ -486,8 +484,8 @@ fn act(
     run: impl FnOnce() -> Result<Value, Failure>,
 ) -> HttpResult {
     let mut action = Action {
-        uuid: model::uuid4().map_err(host)?,
-        seq: kv::next_in_sequence("action").map_err(host)?,
+        uuid: model::uuid4()?,
+        seq: kv::next_in_sequence("action")?,
         kind: kind.to_string(),
         action: label.to_string(),
         method: req.method().to_string(),
@@ -530,7 +528,7 @@ fn act(
             r
         }
     };
-    save_action(&action).map_err(host)?;
+    save_action(&action)?;
     model::emit(
         "action",
         "update",
@@ -692,16 +690,12 @@ fn body(req: &Request) -> Result<Value, Response> {
 
 fn find_service(req: &Request) -> Result<Service, Response> {
     let uuid = req.param("uuid").unwrap_or_default();
-    model::load_service(uuid)
-        .map_err(host)?
-        .ok_or_else(|| fail(404, "Not found"))
+    model::load_service(uuid)?.ok_or_else(|| fail(404, "Not found"))
 }
 
 fn find_stack(req: &Request) -> Result<Stack, Response> {
     let uuid = req.param("uuid").unwrap_or_default();
-    model::load_stack(uuid)
-        .map_err(host)?
-        .ok_or_else(|| fail(404, "Not found"))
+    model::load_stack(uuid)?.ok_or_else(|| fail(404, "Not found"))
 }
 
 /// Start following the engine's container events (idempotent): each
@@ -720,8 +714,7 @@ pub fn follow(endpoint: &str) {
 }
 
 pub fn service_list(req: &Request) -> HttpResult {
-    authenticate(req)?;
-    let services: Vec<Service> = model::scan("svc/").map_err(host)?;
+    let services: Vec<Service> = model::scan("svc/")?;
     let mut all: Vec<Container> = Vec::new();
     let mut endpoints: Vec<&str> = services.iter().map(|s| s.endpoint.as_str()).collect();
     endpoints.sort_unstable();
@@ -730,7 +723,7 @@ pub fn service_list(req: &Request) -> HttpResult {
         // An unreachable engine lists no containers rather than failing.
         all.extend(engine::all_containers(e).unwrap_or_default());
     }
-    let stacks: Vec<Stack> = model::scan("stack/").map_err(host)?;
+    let stacks: Vec<Stack> = model::scan("stack/")?;
     let mut objects = Vec::new();
     let mut sorted = services;
     sorted.sort_by(|a, b| b.created.cmp(&a.created).then(a.name.cmp(&b.name)));
@@ -755,11 +748,9 @@ pub fn service_list(req: &Request) -> HttpResult {
 }
 
 pub fn service_create(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let v = body(req)?;
     let (def, extra) = body_to_def(&v, None).map_err(|e| fail(400, &e))?;
-    let taken = model::scan::<Service>("svc/")
-        .map_err(host)?
+    let taken = model::scan::<Service>("svc/")?
         .into_iter()
         .any(|s| s.stack.is_none() && s.state != "Terminated" && s.name == def.name);
     if taken {
@@ -771,7 +762,7 @@ pub fn service_create(req: &Request) -> HttpResult {
     let endpoint = model::cloud_endpoint();
     let swarm = engine::is_swarm_manager(&endpoint).map_err(engine_error)?;
     let mut s = Service {
-        uuid: model::uuid4().map_err(host)?,
+        uuid: model::uuid4()?,
         name: def.name.clone(),
         nickname: v["nickname"].as_str().unwrap_or(&def.name).to_string(),
         stack: None,
@@ -789,19 +780,17 @@ pub fn service_create(req: &Request) -> HttpResult {
         role_key: None,
         role_env: Vec::new(),
     };
-    apply_roles(&mut s).map_err(host)?;
-    model::save_service(&s).map_err(host)?;
+    apply_roles(&mut s)?;
+    model::save_service(&s)?;
     model::emit("service", "create", &s.uri(), &s.uuid, &s.state, &[]);
     Ok(Response::json(201, &service_json(&s)))
 }
 
 pub fn service_get(req: &Request) -> HttpResult {
-    authenticate(req)?;
     Ok(Response::json(200, &service_json(&find_service(req)?)))
 }
 
 pub fn service_update(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let mut s = find_service(req)?;
     if s.state == "Terminated" {
         return Err(fail(409, "Cannot update a terminated service"));
@@ -837,14 +826,14 @@ pub fn service_update(req: &Request) -> HttpResult {
     for (k, v) in extra {
         s.extra.insert(k, v);
     }
-    apply_roles(&mut s).map_err(host)?;
-    model::save_service(&s).map_err(host)?;
+    apply_roles(&mut s)?;
+    model::save_service(&s)?;
     model::emit("service", "update", &s.uri(), &s.uuid, &s.state, &[]);
     Ok(Response::json(200, &service_json(&s)))
 }
 
 fn service_op(req: &Request, op: Op) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<Caller>()?.0.clone();
     let mut s = find_service(req)?;
     follow(&s.endpoint);
     let uri = s.uri();
@@ -879,7 +868,6 @@ pub fn service_terminate(req: &Request) -> HttpResult {
 }
 
 pub fn service_logs(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let s = find_service(req)?;
     let tail = req.query_as::<u32>("tail")?.unwrap_or(300);
     let mut out = String::new();
@@ -897,8 +885,7 @@ pub fn service_logs(req: &Request) -> HttpResult {
 // ---- stacks ----------------------------------------------------------------
 
 pub fn stack_list(req: &Request) -> HttpResult {
-    authenticate(req)?;
-    let mut stacks: Vec<Stack> = model::scan("stack/").map_err(host)?;
+    let mut stacks: Vec<Stack> = model::scan("stack/")?;
     stacks.sort_by(|a, b| b.created.cmp(&a.created).then(a.name.cmp(&b.name)));
     let mut objects = Vec::new();
     for st in &stacks {
@@ -937,7 +924,6 @@ fn defs_from_stack_body(v: &Value) -> Result<(Vec<Def>, Extras), String> {
 /// `POST stack/`: a JSON body `{name, services: [...]}`, or a stackfile
 /// (YAML) with `?name=`.
 pub fn stack_create(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let (name, nickname, defs, extras) = if req.is_json() || req.body().first() == Some(&b'{') {
         let v = body(req)?;
         let name = v["name"]
@@ -964,14 +950,12 @@ pub fn stack_create(req: &Request) -> HttpResult {
 }
 
 pub fn stack_get(req: &Request) -> HttpResult {
-    authenticate(req)?;
     Ok(Response::json(200, &render_stack(&find_stack(req)?)))
 }
 
 /// `PATCH stack/{uuid}/`: replace the services (by name: changed ones are
 /// updated, new ones added, missing ones terminated) and the nickname.
 pub fn stack_update(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let mut stack = find_stack(req)?;
     if stack.state == "Terminated" {
         return Err(fail(409, "Cannot update a terminated stack"));
@@ -984,7 +968,7 @@ pub fn stack_update(req: &Request) -> HttpResult {
         let (defs, extras) = defs_from_stack_body(&v).map_err(|e| fail(400, &e))?;
         update_stack_services(&mut stack, defs, extras).map_err(failure)?;
     }
-    model::save_stack(&stack).map_err(host)?;
+    model::save_stack(&stack)?;
     model::emit(
         "stack",
         "update",
@@ -1051,7 +1035,7 @@ pub fn update_stack_services(
 }
 
 fn stack_op(req: &Request, op: Op) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<Caller>()?.0.clone();
     let mut stack = find_stack(req)?;
     follow(&stack.endpoint);
     let uri = stack.uri();
@@ -1076,9 +1060,8 @@ pub fn stack_terminate(req: &Request) -> HttpResult {
 }
 
 pub fn stack_export(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let stack = find_stack(req)?;
-    let defs = model::stack_defs(&stack).map_err(host)?;
+    let defs = model::stack_defs(&stack)?;
     let yaml = stackfile::export(&defs);
     let wants_yaml = req.query("format") == Some("yaml")
         || req.header("accept").is_some_and(|a| a.contains("yaml"));
@@ -1093,11 +1076,10 @@ pub fn stack_export(req: &Request) -> HttpResult {
 // ---- containers -------------------------------------------------------------
 
 fn all_services() -> Result<Vec<Service>, Response> {
-    model::scan("svc/").map_err(host)
+    model::scan("svc/").map_err(Response::from)
 }
 
 pub fn container_list(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let services = all_services()?;
     let mut endpoints: Vec<&str> = services.iter().map(|s| s.endpoint.as_str()).collect();
     endpoints.sort_unstable();
@@ -1156,13 +1138,12 @@ fn find_container(req: &Request) -> Result<(Service, Container), Response> {
 }
 
 pub fn container_get(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let (s, c) = find_container(req)?;
     Ok(Response::json(200, &render_container(&s, &c)))
 }
 
 fn container_op(req: &Request, verb: &str) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<Caller>()?.0.clone();
     let (s, c) = find_container(req)?;
     follow(&s.endpoint);
     let uri = format!("{CONTAINER_URI}{}/", container_uuid(&c.id));
@@ -1212,7 +1193,6 @@ pub fn container_terminate(req: &Request) -> HttpResult {
 }
 
 pub fn container_logs(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let (s, c) = find_container(req)?;
     let tail = req.query_as::<u32>("tail")?.unwrap_or(300);
     let logs = docker::container_logs(&s.endpoint, &c.id, tail).map_err(engine_error)?;
@@ -1227,12 +1207,11 @@ pub fn container_logs(req: &Request) -> HttpResult {
 // ---- actions and events -------------------------------------------------------
 
 pub fn action_list(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let mut objects = Vec::new();
     for entry in kv::scan("actions/") {
-        let (_, uuid) = entry.map_err(host)?;
+        let (_, uuid) = entry?;
         let uuid = String::from_utf8_lossy(&uuid).into_owned();
-        if let Some(a) = kv::get_json::<Action>(&format!("action/{uuid}")).map_err(host)? {
+        if let Some(a) = kv::get_json::<Action>(&format!("action/{uuid}"))? {
             let v = a.render();
             if passes(req, &v, &["uuid", "state", "object", "type", "action"])? {
                 objects.push(v);
@@ -1244,18 +1223,14 @@ pub fn action_list(req: &Request) -> HttpResult {
 
 fn find_action(req: &Request) -> Result<Action, Response> {
     let uuid = req.param("uuid").unwrap_or_default();
-    kv::get_json::<Action>(&format!("action/{uuid}"))
-        .map_err(host)?
-        .ok_or_else(|| fail(404, "Not found"))
+    kv::get_json::<Action>(&format!("action/{uuid}"))?.ok_or_else(|| fail(404, "Not found"))
 }
 
 pub fn action_get(req: &Request) -> HttpResult {
-    authenticate(req)?;
     Ok(Response::json(200, &find_action(req)?.render()))
 }
 
 pub fn action_cancel(req: &Request) -> HttpResult {
-    authenticate(req)?;
     let a = find_action(req)?;
     // Berth runs an action within its request: by the time a client can
     // name it, it has finished and there is nothing to cancel.
@@ -1268,7 +1243,7 @@ pub fn action_cancel(req: &Request) -> HttpResult {
 /// Retry a failed service or stack action: run the same operation again
 /// as a new action.
 pub fn action_retry(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<Caller>()?.0.clone();
     let a = find_action(req)?;
     if a.state != "Failed" {
         return Err(fail(
@@ -1281,16 +1256,14 @@ pub fn action_retry(req: &Request) -> HttpResult {
     };
     let label = a.action.clone();
     if let Some(uuid) = a.object.strip_prefix(SERVICE_URI) {
-        let mut s = model::load_service(uuid.trim_end_matches('/'))
-            .map_err(host)?
+        let mut s = model::load_service(uuid.trim_end_matches('/'))?
             .ok_or_else(|| fail(404, "The action's service is gone"))?;
         act(req, &user, "Service", &label, &a.object, Some(op), || {
             model::run_service(&mut s, op)?;
             Ok(service_json(&s))
         })
     } else if let Some(uuid) = a.object.strip_prefix(STACK_URI) {
-        let mut st = model::load_stack(uuid.trim_end_matches('/'))
-            .map_err(host)?
+        let mut st = model::load_stack(uuid.trim_end_matches('/'))?
             .ok_or_else(|| fail(404, "The action's stack is gone"))?;
         act(req, &user, "Stack", &label, &a.object, Some(op), || {
             model::run_stack(&mut st, op)?;
@@ -1304,7 +1277,6 @@ pub fn action_retry(req: &Request) -> HttpResult {
 /// The events websocket. One filter at most (`type`, `object` or
 /// `parent`), since each maps to one topic the plugin publishes on.
 pub fn events(req: &Request) -> HttpResult {
-    authenticate(req)?;
     follow(&model::cloud_endpoint());
     let mut filters = req
         .query_pairs()

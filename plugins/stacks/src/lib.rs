@@ -14,7 +14,7 @@ mod portainer;
 mod stackfile;
 
 use berth_sdk::Capability;
-use berth_sdk::{Info, Plugin, Router};
+use berth_sdk::{Info, Plugin, Router, Scope};
 
 struct Stacks;
 
@@ -38,260 +38,237 @@ impl Plugin for Stacks {
     }
 
     fn router() -> Router {
+        use cloud as c;
+        use portainer as p;
         const APP: &str = "/api/app/v1";
         const AUDIT: &str = "/api/audit/v1";
-        let r = Router::new()
-            .get(
-                "cloud.service.list",
-                &format!("{APP}/service"),
-                cloud::service_list,
-            )
-            .post(
-                "cloud.service.create",
-                &format!("{APP}/service"),
-                cloud::service_create,
-            )
-            .get(
-                "cloud.service.get",
-                &format!("{APP}/service/{{uuid}}"),
-                cloud::service_get,
-            )
-            .patch(
-                "cloud.service.update",
-                &format!("{APP}/service/{{uuid}}"),
-                cloud::service_update,
-            )
-            .delete(
-                "cloud.service.terminate",
-                &format!("{APP}/service/{{uuid}}"),
-                cloud::service_terminate,
-            )
-            .post(
-                "cloud.service.start",
-                &format!("{APP}/service/{{uuid}}/start"),
-                cloud::service_start,
-            )
-            .post(
-                "cloud.service.stop",
-                &format!("{APP}/service/{{uuid}}/stop"),
-                cloud::service_stop,
-            )
-            .post(
-                "cloud.service.scale",
-                &format!("{APP}/service/{{uuid}}/scale"),
-                cloud::service_scale,
-            )
-            .post(
-                "cloud.service.redeploy",
-                &format!("{APP}/service/{{uuid}}/redeploy"),
-                cloud::service_redeploy,
-            )
-            .get(
-                "cloud.service.logs",
-                &format!("{APP}/service/{{uuid}}/logs"),
-                cloud::service_logs,
-            )
-            .get(
-                "cloud.stack.list",
-                &format!("{APP}/stack"),
-                cloud::stack_list,
-            )
-            .post(
-                "cloud.stack.create",
-                &format!("{APP}/stack"),
-                cloud::stack_create,
-            )
-            .get(
-                "cloud.stack.get",
-                &format!("{APP}/stack/{{uuid}}"),
-                cloud::stack_get,
-            )
-            .patch(
-                "cloud.stack.update",
-                &format!("{APP}/stack/{{uuid}}"),
-                cloud::stack_update,
-            )
-            .delete(
-                "cloud.stack.terminate",
-                &format!("{APP}/stack/{{uuid}}"),
-                cloud::stack_terminate,
-            )
-            .get(
-                "cloud.stack.export",
-                &format!("{APP}/stack/{{uuid}}/export"),
-                cloud::stack_export,
-            )
-            .post(
-                "cloud.stack.start",
-                &format!("{APP}/stack/{{uuid}}/start"),
-                cloud::stack_start,
-            )
-            .post(
-                "cloud.stack.stop",
-                &format!("{APP}/stack/{{uuid}}/stop"),
-                cloud::stack_stop,
-            )
-            .post(
-                "cloud.stack.redeploy",
-                &format!("{APP}/stack/{{uuid}}/redeploy"),
-                cloud::stack_redeploy,
-            )
-            .get(
-                "cloud.container.list",
-                &format!("{APP}/container"),
-                cloud::container_list,
-            )
-            .get(
-                "cloud.container.get",
-                &format!("{APP}/container/{{uuid}}"),
-                cloud::container_get,
-            )
-            .delete(
-                "cloud.container.terminate",
-                &format!("{APP}/container/{{uuid}}"),
-                cloud::container_terminate,
-            )
-            .post(
-                "cloud.container.start",
-                &format!("{APP}/container/{{uuid}}/start"),
-                cloud::container_start,
-            )
-            .post(
-                "cloud.container.stop",
-                &format!("{APP}/container/{{uuid}}/stop"),
-                cloud::container_stop,
-            )
-            .post(
-                "cloud.container.redeploy",
-                &format!("{APP}/container/{{uuid}}/redeploy"),
-                cloud::container_redeploy,
-            )
-            .get(
-                "cloud.container.logs",
-                &format!("{APP}/container/{{uuid}}/logs"),
-                cloud::container_logs,
-            )
-            .get(
-                "cloud.action.list",
-                &format!("{AUDIT}/action"),
-                cloud::action_list,
-            )
-            .get(
-                "cloud.action.get",
-                &format!("{AUDIT}/action/{{uuid}}"),
-                cloud::action_get,
-            )
-            .post(
-                "cloud.action.cancel",
-                &format!("{AUDIT}/action/{{uuid}}/cancel"),
-                cloud::action_cancel,
-            )
-            .post(
-                "cloud.action.retry",
-                &format!("{AUDIT}/action/{{uuid}}/retry"),
-                cloud::action_retry,
-            )
-            .get("cloud.events", &format!("{AUDIT}/events"), cloud::events)
-            .route(
-                "cloud.not-found",
-                "*",
-                &format!("{APP}/{{rest...}}"),
-                cloud_not_found,
-            )
-            .route(
-                "cloud.audit.not-found",
-                "*",
-                &format!("{AUDIT}/{{rest...}}"),
-                cloud_not_found,
-            );
-        use portainer as p;
-        r.get(
-            "portainer.admin.check",
-            "/api/users/admin/check",
-            p::admin_check,
-        )
-        .post(
-            "portainer.admin.init",
-            "/api/users/admin/init",
-            p::admin_init,
-        )
-        .post("portainer.auth", "/api/auth", p::auth)
-        .get("portainer.users.list", "/api/users", p::user_list)
-        .post("portainer.users.create", "/api/users", p::user_create)
-        .get("portainer.users.get", "/api/users/{id}", p::user_get)
-        .put("portainer.users.update", "/api/users/{id}", p::user_update)
-        .delete("portainer.users.delete", "/api/users/{id}", p::user_delete)
-        .get("portainer.teams.list", "/api/teams", p::team_list)
-        .post("portainer.teams.create", "/api/teams", p::team_create)
-        .get("portainer.teams.get", "/api/teams/{id}", p::team_get)
-        .put("portainer.teams.update", "/api/teams/{id}", p::team_update)
-        .delete("portainer.teams.delete", "/api/teams/{id}", p::team_delete)
-        .get(
-            "portainer.memberships.list",
-            "/api/team_memberships",
-            p::membership_list,
-        )
-        .post(
-            "portainer.memberships.create",
-            "/api/team_memberships",
-            p::membership_create,
-        )
-        .delete(
-            "portainer.memberships.delete",
-            "/api/team_memberships/{id}",
-            p::membership_delete,
-        )
-        .get(
-            "portainer.endpoints.list",
-            "/api/endpoints",
-            p::endpoint_list,
-        )
-        .post(
-            "portainer.endpoints.create",
-            "/api/endpoints",
-            p::endpoint_create,
-        )
-        .get(
-            "portainer.endpoints.get",
-            "/api/endpoints/{id}",
-            p::endpoint_get,
-        )
-        .put(
-            "portainer.endpoints.update",
-            "/api/endpoints/{id}",
-            p::endpoint_update,
-        )
-        .delete(
-            "portainer.endpoints.delete",
-            "/api/endpoints/{id}",
-            p::endpoint_delete,
-        )
-        .route(
-            "portainer.docker",
-            "*",
-            "/api/endpoints/{id}/docker/{path...}",
-            p::docker_proxy,
-        )
-        .get("portainer.stacks.list", "/api/stacks", p::stack_list)
-        .post("portainer.stacks.create", "/api/stacks", p::stack_create)
-        .get("portainer.stacks.get", "/api/stacks/{id}", p::stack_get)
-        .put(
-            "portainer.stacks.update",
-            "/api/stacks/{id}",
-            p::stack_update,
-        )
-        .delete(
-            "portainer.stacks.delete",
-            "/api/stacks/{id}",
-            p::stack_delete,
-        )
-        .get(
-            "portainer.stacks.file",
-            "/api/stacks/{id}/file",
-            p::stack_file,
-        )
-        .describe(include_str!("../cloud.json"))
-        .describe(include_str!("../portainer.json"))
+        let app = |path: &str| format!("{APP}{path}");
+        let audit = |path: &str| format!("{AUDIT}{path}");
+        let docker_cloud = Scope::new().errors(c::fail);
+        let api_key = Scope::new().guard(c::authenticate);
+        let portainer = Scope::new().errors(p::failure);
+        let signed_in = Scope::new().guard(p::authenticate);
+        let admin = Scope::new().guard(p::admin);
+        Router::new()
+            .scope(docker_cloud, |r| {
+                r.route("cloud.not-found", "*", &app("/{rest...}"), cloud_not_found)
+                    .route(
+                        "cloud.audit.not-found",
+                        "*",
+                        &audit("/{rest...}"),
+                        cloud_not_found,
+                    )
+                    .scope(api_key, |r| {
+                        r.get("cloud.service.list", &app("/service"), c::service_list)
+                            .post("cloud.service.create", &app("/service"), c::service_create)
+                            .get("cloud.service.get", &app("/service/{uuid}"), c::service_get)
+                            .patch(
+                                "cloud.service.update",
+                                &app("/service/{uuid}"),
+                                c::service_update,
+                            )
+                            .delete(
+                                "cloud.service.terminate",
+                                &app("/service/{uuid}"),
+                                c::service_terminate,
+                            )
+                            .post(
+                                "cloud.service.start",
+                                &app("/service/{uuid}/start"),
+                                c::service_start,
+                            )
+                            .post(
+                                "cloud.service.stop",
+                                &app("/service/{uuid}/stop"),
+                                c::service_stop,
+                            )
+                            .post(
+                                "cloud.service.scale",
+                                &app("/service/{uuid}/scale"),
+                                c::service_scale,
+                            )
+                            .post(
+                                "cloud.service.redeploy",
+                                &app("/service/{uuid}/redeploy"),
+                                c::service_redeploy,
+                            )
+                            .get(
+                                "cloud.service.logs",
+                                &app("/service/{uuid}/logs"),
+                                c::service_logs,
+                            )
+                            .get("cloud.stack.list", &app("/stack"), c::stack_list)
+                            .post("cloud.stack.create", &app("/stack"), c::stack_create)
+                            .get("cloud.stack.get", &app("/stack/{uuid}"), c::stack_get)
+                            .patch("cloud.stack.update", &app("/stack/{uuid}"), c::stack_update)
+                            .delete(
+                                "cloud.stack.terminate",
+                                &app("/stack/{uuid}"),
+                                c::stack_terminate,
+                            )
+                            .get(
+                                "cloud.stack.export",
+                                &app("/stack/{uuid}/export"),
+                                c::stack_export,
+                            )
+                            .post(
+                                "cloud.stack.start",
+                                &app("/stack/{uuid}/start"),
+                                c::stack_start,
+                            )
+                            .post(
+                                "cloud.stack.stop",
+                                &app("/stack/{uuid}/stop"),
+                                c::stack_stop,
+                            )
+                            .post(
+                                "cloud.stack.redeploy",
+                                &app("/stack/{uuid}/redeploy"),
+                                c::stack_redeploy,
+                            )
+                            .get(
+                                "cloud.container.list",
+                                &app("/container"),
+                                c::container_list,
+                            )
+                            .get(
+                                "cloud.container.get",
+                                &app("/container/{uuid}"),
+                                c::container_get,
+                            )
+                            .delete(
+                                "cloud.container.terminate",
+                                &app("/container/{uuid}"),
+                                c::container_terminate,
+                            )
+                            .post(
+                                "cloud.container.start",
+                                &app("/container/{uuid}/start"),
+                                c::container_start,
+                            )
+                            .post(
+                                "cloud.container.stop",
+                                &app("/container/{uuid}/stop"),
+                                c::container_stop,
+                            )
+                            .post(
+                                "cloud.container.redeploy",
+                                &app("/container/{uuid}/redeploy"),
+                                c::container_redeploy,
+                            )
+                            .get(
+                                "cloud.container.logs",
+                                &app("/container/{uuid}/logs"),
+                                c::container_logs,
+                            )
+                            .get("cloud.action.list", &audit("/action"), c::action_list)
+                            .get("cloud.action.get", &audit("/action/{uuid}"), c::action_get)
+                            .post(
+                                "cloud.action.cancel",
+                                &audit("/action/{uuid}/cancel"),
+                                c::action_cancel,
+                            )
+                            .post(
+                                "cloud.action.retry",
+                                &audit("/action/{uuid}/retry"),
+                                c::action_retry,
+                            )
+                            .get("cloud.events", &audit("/events"), c::events)
+                    })
+            })
+            .scope(portainer, |r| {
+                r.get(
+                    "portainer.admin.check",
+                    "/api/users/admin/check",
+                    p::admin_check,
+                )
+                .post(
+                    "portainer.admin.init",
+                    "/api/users/admin/init",
+                    p::admin_init,
+                )
+                .post("portainer.auth", "/api/auth", p::auth)
+                .scope(signed_in, |r| {
+                    r.get("portainer.users.get", "/api/users/{id}", p::user_get)
+                        .put("portainer.users.update", "/api/users/{id}", p::user_update)
+                        .get("portainer.teams.list", "/api/teams", p::team_list)
+                        .get("portainer.teams.get", "/api/teams/{id}", p::team_get)
+                        .get(
+                            "portainer.endpoints.list",
+                            "/api/endpoints",
+                            p::endpoint_list,
+                        )
+                        .get(
+                            "portainer.endpoints.get",
+                            "/api/endpoints/{id}",
+                            p::endpoint_get,
+                        )
+                        .route(
+                            "portainer.docker",
+                            "*",
+                            "/api/endpoints/{id}/docker/{path...}",
+                            p::docker_proxy,
+                        )
+                        .get("portainer.stacks.list", "/api/stacks", p::stack_list)
+                        .post("portainer.stacks.create", "/api/stacks", p::stack_create)
+                        .get("portainer.stacks.get", "/api/stacks/{id}", p::stack_get)
+                        .put(
+                            "portainer.stacks.update",
+                            "/api/stacks/{id}",
+                            p::stack_update,
+                        )
+                        .delete(
+                            "portainer.stacks.delete",
+                            "/api/stacks/{id}",
+                            p::stack_delete,
+                        )
+                        .get(
+                            "portainer.stacks.file",
+                            "/api/stacks/{id}/file",
+                            p::stack_file,
+                        )
+                })
+                .scope(admin, |r| {
+                    r.get("portainer.users.list", "/api/users", p::user_list)
+                        .post("portainer.users.create", "/api/users", p::user_create)
+                        .delete("portainer.users.delete", "/api/users/{id}", p::user_delete)
+                        .post("portainer.teams.create", "/api/teams", p::team_create)
+                        .put("portainer.teams.update", "/api/teams/{id}", p::team_update)
+                        .delete("portainer.teams.delete", "/api/teams/{id}", p::team_delete)
+                        .get(
+                            "portainer.memberships.list",
+                            "/api/team_memberships",
+                            p::membership_list,
+                        )
+                        .post(
+                            "portainer.memberships.create",
+                            "/api/team_memberships",
+                            p::membership_create,
+                        )
+                        .delete(
+                            "portainer.memberships.delete",
+                            "/api/team_memberships/{id}",
+                            p::membership_delete,
+                        )
+                        .post(
+                            "portainer.endpoints.create",
+                            "/api/endpoints",
+                            p::endpoint_create,
+                        )
+                        .put(
+                            "portainer.endpoints.update",
+                            "/api/endpoints/{id}",
+                            p::endpoint_update,
+                        )
+                        .delete(
+                            "portainer.endpoints.delete",
+                            "/api/endpoints/{id}",
+                            p::endpoint_delete,
+                        )
+                })
+            })
+            .describe(include_str!("../cloud.json"))
+            .describe(include_str!("../portainer.json"))
     }
 
     fn run_job(kind: &str, payload: &[u8]) -> Result<(), String> {

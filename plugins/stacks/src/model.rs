@@ -576,9 +576,8 @@ pub fn engine_event(event: &Value) -> Result<(), String> {
         "destroy" => ("delete", "Terminated"),
         _ => return Ok(()),
     };
-    let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
-    hold(uuid).map_err(text)?;
-    let Some(mut service) = load_service(uuid).map_err(text)? else {
+    hold(uuid)?;
+    let Some(mut service) = load_service(uuid)? else {
         return Ok(());
     };
     let id = event["Actor"]["ID"].as_str().unwrap_or_default();
@@ -609,7 +608,7 @@ pub fn engine_event(event: &Value) -> Result<(), String> {
         "Partly running"
     };
     if wanted != service.state {
-        set_service_state(&mut service, wanted).map_err(text)?;
+        set_service_state(&mut service, wanted)?;
     }
     Ok(())
 }

@@ -37,8 +37,14 @@ fn not_found(what: &str) -> Response {
     )
 }
 
-fn host(e: berth_sdk::Error) -> Response {
-    berth_sdk::host_failure(&e, |status, text| fail(status, "Storage failure", text))
+/// Portainer's body for what the SDK answers: a host failure, bad input.
+pub fn failure(status: u16, text: &str) -> Response {
+    let err = if status == 400 {
+        "Invalid request"
+    } else {
+        "Storage failure"
+    };
+    fail(status, err, text)
 }
 
 fn b64url(bytes: &[u8]) -> String {
@@ -48,7 +54,7 @@ fn b64url(bytes: &[u8]) -> String {
 // ---- users and auth -----------------------------------------------------------
 
 #[derive(Serialize, Deserialize, Clone)]
-struct User {
+pub struct User {
     id: u64,
     username: String,
     role: u8,
@@ -62,7 +68,7 @@ impl User {
 }
 
 fn users() -> Result<Vec<User>, Response> {
-    model::scan("p/user/").map_err(host)
+    model::scan("p/user/").map_err(Response::from)
 }
 
 fn user_by_name(name: &str) -> Result<Option<User>, Response> {
@@ -72,7 +78,7 @@ fn user_by_name(name: &str) -> Result<Option<User>, Response> {
 }
 
 fn save_user(u: &User) -> Result<(), Response> {
-    kv::set_json(&format!("p/user/{:010}", u.id), u).map_err(host)
+    kv::set_json(&format!("p/user/{:010}", u.id), u).map_err(Response::from)
 }
 
 #[derive(Deserialize)]
@@ -101,10 +107,10 @@ fn new_user(c: &Credentials, role: u8) -> Result<User, Response> {
         return Err(fail(409, "User already exists", &c.username));
     }
     let user = User {
-        id: kv::next_in_sequence("portainer-user").map_err(host)?,
+        id: kv::next_in_sequence("portainer-user")?,
         username: c.username.clone(),
         role,
-        hash: crypto::hash_password(&c.password).map_err(host)?,
+        hash: crypto::hash_password(&c.password)?,
     };
     save_user(&user)?;
     Ok(user)
@@ -144,12 +150,12 @@ pub fn auth(req: &Request) -> HttpResult {
                         "try again in a minute",
                     )
                 },
-                host,
+                Response::from,
             )
         })?;
     let user = user_by_name(&c.username)?;
     let hash = user.as_ref().map(|u| u.hash.as_str());
-    let ok = attempt.verify_password(&c.password, hash).map_err(host)?;
+    let ok = attempt.verify_password(&c.password, hash)?;
     let Some(user) = user.filter(|_| ok) else {
         return Err(fail(422, "Invalid credentials", "Unauthorized"));
     };
@@ -162,7 +168,7 @@ pub fn auth(req: &Request) -> HttpResult {
         "exp": time::now_secs() + ttl,
     });
     let signed = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
-    let tag = crypto::sign(JWT_KEY, signed.as_bytes()).map_err(host)?;
+    let tag = crypto::sign(JWT_KEY, signed.as_bytes())?;
     Ok(Response::json(
         200,
         &json!({ "jwt": format!("{signed}.{}", b64url(&tag)) }),
@@ -170,7 +176,7 @@ pub fn auth(req: &Request) -> HttpResult {
 }
 
 /// The user a request's JWT (`Authorization: Bearer` or `?token=`) names.
-fn authenticate(req: &Request) -> Result<User, Response> {
+pub fn authenticate(req: &Request) -> Result<User, Response> {
     let denied = || {
         fail(
             401,
@@ -187,7 +193,7 @@ fn authenticate(req: &Request) -> Result<User, Response> {
     let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(tag)
         .map_err(|_| denied())?;
-    if !crypto::verify(JWT_KEY, signed.as_bytes(), &tag).map_err(host)? {
+    if !crypto::verify(JWT_KEY, signed.as_bytes(), &tag)? {
         return Err(denied());
     }
     let payload = signed.split_once('.').ok_or_else(denied)?.1;
@@ -200,12 +206,10 @@ fn authenticate(req: &Request) -> Result<User, Response> {
         return Err(fail(401, "Unauthorized", "Token expired"));
     }
     let id = claims["id"].as_u64().ok_or_else(denied)?;
-    kv::get_json::<User>(&format!("p/user/{id:010}"))
-        .map_err(host)?
-        .ok_or_else(denied)
+    kv::get_json::<User>(&format!("p/user/{id:010}"))?.ok_or_else(denied)
 }
 
-fn admin(req: &Request) -> Result<User, Response> {
+pub fn admin(req: &Request) -> Result<User, Response> {
     let user = authenticate(req)?;
     if user.role != ADMIN {
         return Err(fail(
@@ -224,14 +228,12 @@ fn id_param(req: &Request) -> Result<u64, Response> {
         .map_err(|_| fail(400, "Invalid identifier route variable", "id"))
 }
 
-pub fn user_list(req: &Request) -> HttpResult {
-    admin(req)?;
+pub fn user_list(_: &Request) -> HttpResult {
     let list: Vec<Value> = users()?.iter().map(User::render).collect();
     Ok(Response::json(200, &list))
 }
 
 pub fn user_create(req: &Request) -> HttpResult {
-    admin(req)?;
     let c = credentials(req)?;
     let role = c.role.unwrap_or(2);
     if !matches!(role, 1 | 2) {
@@ -246,13 +248,11 @@ pub fn user_create(req: &Request) -> HttpResult {
 
 fn find_user(req: &Request) -> Result<User, Response> {
     let id = id_param(req)?;
-    kv::get_json::<User>(&format!("p/user/{id:010}"))
-        .map_err(host)?
-        .ok_or_else(|| not_found("a user"))
+    kv::get_json::<User>(&format!("p/user/{id:010}"))?.ok_or_else(|| not_found("a user"))
 }
 
 pub fn user_get(req: &Request) -> HttpResult {
-    let me = authenticate(req)?;
+    let me = req.identity::<User>()?;
     let user = find_user(req)?;
     if me.role != ADMIN && me.id != user.id {
         return Err(fail(403, "Access denied to resource", ""));
@@ -261,14 +261,14 @@ pub fn user_get(req: &Request) -> HttpResult {
 }
 
 pub fn user_update(req: &Request) -> HttpResult {
-    let me = authenticate(req)?;
+    let me = req.identity::<User>()?;
     let mut user = find_user(req)?;
     if me.role != ADMIN && me.id != user.id {
         return Err(fail(403, "Access denied to resource", ""));
     }
     let v: Value = payload(req)?;
     if let Some(p) = v["Password"].as_str().filter(|p| !p.is_empty()) {
-        user.hash = crypto::hash_password(p).map_err(host)?;
+        user.hash = crypto::hash_password(p)?;
     }
     if let Some(role) = v["Role"].as_u64() {
         if me.role != ADMIN {
@@ -288,82 +288,73 @@ pub fn user_update(req: &Request) -> HttpResult {
 }
 
 pub fn user_delete(req: &Request) -> HttpResult {
-    let me = admin(req)?;
+    let me = req.identity::<User>()?;
     let user = find_user(req)?;
     if user.id == me.id {
         return Err(fail(403, "Cannot remove your own user account", ""));
     }
-    kv::delete(&format!("p/user/{:010}", user.id)).map_err(host)?;
+    kv::delete(&format!("p/user/{:010}", user.id))?;
     Ok(Response::new(204))
 }
 
 // ---- teams -------------------------------------------------------------------
 
-pub fn team_list(req: &Request) -> HttpResult {
-    authenticate(req)?;
-    let teams: Vec<Value> = model::scan("p/team/").map_err(host)?;
+pub fn team_list(_: &Request) -> HttpResult {
+    let teams: Vec<Value> = model::scan("p/team/")?;
     Ok(Response::json(200, &teams))
 }
 
 pub fn team_create(req: &Request) -> HttpResult {
-    admin(req)?;
     let v: Value = payload(req)?;
     let name = v["Name"]
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| fail(400, "Invalid request payload", "Name is required"))?;
-    let teams: Vec<Value> = model::scan("p/team/").map_err(host)?;
+    let teams: Vec<Value> = model::scan("p/team/")?;
     if teams.iter().any(|t| t["Name"] == json!(name)) {
         return Err(fail(409, "Team already exists", name));
     }
-    let id = kv::next_in_sequence("portainer-team").map_err(host)?;
+    let id = kv::next_in_sequence("portainer-team")?;
     let team = json!({ "Id": id, "Name": name });
-    kv::set_json(&format!("p/team/{id:010}"), &team).map_err(host)?;
+    kv::set_json(&format!("p/team/{id:010}"), &team)?;
     Ok(Response::json(200, &team))
 }
 
 /// The route's team: its key and record.
 fn find_team(req: &Request) -> Result<(String, Value), Response> {
     let key = format!("p/team/{:010}", id_param(req)?);
-    let team = kv::get_json(&key)
-        .map_err(host)?
-        .ok_or_else(|| not_found("a team"))?;
+    let team = kv::get_json(&key)?.ok_or_else(|| not_found("a team"))?;
     Ok((key, team))
 }
 
 pub fn team_get(req: &Request) -> HttpResult {
-    authenticate(req)?;
     Ok(Response::json(200, &find_team(req)?.1))
 }
 
 pub fn team_update(req: &Request) -> HttpResult {
-    admin(req)?;
     let (key, mut team) = find_team(req)?;
     let v: Value = payload(req)?;
     if let Some(name) = v["Name"].as_str().filter(|n| !n.is_empty()) {
         team["Name"] = json!(name);
     }
-    kv::set_json(&key, &team).map_err(host)?;
+    kv::set_json(&key, &team)?;
     Ok(Response::json(200, &team))
 }
 
 pub fn team_delete(req: &Request) -> HttpResult {
-    admin(req)?;
     let id = id_param(req)?;
-    if !kv::delete(&format!("p/team/{id:010}")).map_err(host)? {
+    if !kv::delete(&format!("p/team/{id:010}"))? {
         return Err(not_found("a team"));
     }
     Ok(Response::new(204))
 }
 
-pub fn membership_list(req: &Request) -> HttpResult {
-    admin(req)?;
-    let list: Vec<Value> = model::scan("p/membership/").map_err(host)?;
+pub fn membership_list(_: &Request) -> HttpResult {
+    let list: Vec<Value> = model::scan("p/membership/")?;
     Ok(Response::json(200, &list))
 }
 
 pub fn membership_create(req: &Request) -> HttpResult {
-    admin(req)?;
     let v: Value = payload(req)?;
     let (Some(user), Some(team)) = (v["UserID"].as_u64(), v["TeamID"].as_u64()) else {
         return Err(fail(
@@ -373,25 +364,20 @@ pub fn membership_create(req: &Request) -> HttpResult {
         ));
     };
     let role = v["Role"].as_u64().unwrap_or(2);
-    if kv::get(&format!("p/user/{user:010}"))
-        .map_err(host)?
-        .is_none()
-        || kv::get(&format!("p/team/{team:010}"))
-            .map_err(host)?
-            .is_none()
+    if kv::get(&format!("p/user/{user:010}"))?.is_none()
+        || kv::get(&format!("p/team/{team:010}"))?.is_none()
     {
         return Err(fail(404, "Unable to find the user or the team", ""));
     }
-    let id = kv::next_in_sequence("portainer-membership").map_err(host)?;
+    let id = kv::next_in_sequence("portainer-membership")?;
     let m = json!({ "Id": id, "UserID": user, "TeamID": team, "Role": role });
-    kv::set_json(&format!("p/membership/{id:010}"), &m).map_err(host)?;
+    kv::set_json(&format!("p/membership/{id:010}"), &m)?;
     Ok(Response::json(200, &m))
 }
 
 pub fn membership_delete(req: &Request) -> HttpResult {
-    admin(req)?;
     let id = id_param(req)?;
-    if !kv::delete(&format!("p/membership/{id:010}")).map_err(host)? {
+    if !kv::delete(&format!("p/membership/{id:010}"))? {
         return Err(not_found("a team membership"));
     }
     Ok(Response::new(204))
@@ -444,7 +430,7 @@ fn endpoint_key(id: u64) -> String {
 }
 
 fn load_endpoint(id: u64) -> Result<Option<Endpoint>, Response> {
-    kv::get_json(&endpoint_key(id)).map_err(host)
+    kv::get_json(&endpoint_key(id)).map_err(Response::from)
 }
 
 /// Form fields: (name, value bytes) from multipart or urlencoded bodies.
@@ -524,7 +510,6 @@ fn field_text(fields: &[(String, Vec<u8>)], name: &str) -> Option<String> {
 }
 
 pub fn endpoint_create(req: &Request) -> HttpResult {
-    admin(req)?;
     let fields = form_fields(req)?;
     let name = field_text(&fields, "Name")
         .filter(|n| !n.is_empty())
@@ -546,7 +531,7 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
             "TLSSkipVerify is not supported: upload the engine's CA as TLSCACertFile",
         ));
     }
-    let id = kv::next_in_sequence("portainer-endpoint").map_err(host)?;
+    let id = kv::next_in_sequence("portainer-endpoint")?;
     let (docker_name, shown_url) = if url.is_empty() || url.starts_with("unix://") {
         if !url.is_empty() && url != "unix:///var/run/docker.sock" {
             return Err(fail(
@@ -616,7 +601,7 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
         authorized_users: Vec::new(),
         authorized_teams: Vec::new(),
     };
-    kv::set_json(&endpoint_key(id), &endpoint).map_err(host)?;
+    kv::set_json(&endpoint_key(id), &endpoint)?;
     Ok(Response::json(200, &endpoint.render()))
 }
 
@@ -625,8 +610,8 @@ fn can_use(user: &User, e: &Endpoint) -> bool {
 }
 
 pub fn endpoint_list(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
-    let list: Vec<Endpoint> = model::scan("p/endpoint/").map_err(host)?;
+    let user = req.identity::<User>()?;
+    let list: Vec<Endpoint> = model::scan("p/endpoint/")?;
     let shown: Vec<Value> = list
         .iter()
         .filter(|e| can_use(&user, e))
@@ -645,12 +630,12 @@ fn find_endpoint(req: &Request, user: &User) -> Result<Endpoint, Response> {
 }
 
 pub fn endpoint_get(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<User>()?;
     Ok(Response::json(200, &find_endpoint(req, &user)?.render()))
 }
 
 pub fn endpoint_update(req: &Request) -> HttpResult {
-    let user = admin(req)?;
+    let user = req.identity::<User>()?;
     let mut e = find_endpoint(req, &user)?;
     let v: Value = payload(req)?;
     if let Some(n) = v["Name"].as_str().filter(|n| !n.is_empty()) {
@@ -668,12 +653,12 @@ pub fn endpoint_update(req: &Request) -> HttpResult {
     if let Some(teams) = v["AuthorizedTeams"].as_array() {
         e.authorized_teams = teams.iter().filter_map(Value::as_u64).collect();
     }
-    kv::set_json(&endpoint_key(e.id), &e).map_err(host)?;
+    kv::set_json(&endpoint_key(e.id), &e)?;
     Ok(Response::json(200, &e.render()))
 }
 
 pub fn endpoint_delete(req: &Request) -> HttpResult {
-    let user = admin(req)?;
+    let user = req.identity::<User>()?;
     let e = find_endpoint(req, &user)?;
     if e.docker.starts_with("portainer-") {
         docker::remove_endpoint(&e.docker).map_err(|err| {
@@ -684,14 +669,14 @@ pub fn endpoint_delete(req: &Request) -> HttpResult {
             )
         })?;
     }
-    kv::delete(&endpoint_key(e.id)).map_err(host)?;
+    kv::delete(&endpoint_key(e.id))?;
     Ok(Response::new(204))
 }
 
 /// `/api/endpoints/{id}/docker/{path...}`: the engine's API, through the
 /// host's proxy, once the caller may use the endpoint.
 pub fn docker_proxy(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<User>()?;
     let e = find_endpoint(req, &user)?;
     let path = format!("/{}", req.param("path").unwrap_or_default());
     // A `?token=` is Berth's, not the engine's: it is not forwarded.
@@ -718,7 +703,7 @@ fn stack_failure(f: Failure) -> Response {
         Failure::State(m) => fail(409, "A stack with this name already exists", &m),
         Failure::Invalid(m) => fail(400, "Invalid stack", &m),
         Failure::Engine(e) => fail(500, "Unable to deploy the stack", &docker::error_text(&e)),
-        Failure::Host(e) => host(e),
+        Failure::Host(e) => Response::from(e),
     }
 }
 
@@ -770,7 +755,7 @@ fn parse_env(v: &Value) -> Result<Vec<(String, String)>, Response> {
 }
 
 pub fn stack_create(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<User>()?;
     let kind: u8 = req
         .query("type")
         .and_then(|t| t.parse().ok())
@@ -869,10 +854,10 @@ pub fn stack_create(req: &Request) -> HttpResult {
     if let Err(f) = model::run_stack(&mut stack, Op::Start) {
         // Nothing half-deployed stays: the stack is removed again.
         let _ = model::run_stack(&mut stack, Op::Terminate);
-        remove_stack_record(&stack).map_err(host)?;
+        remove_stack_record(&stack)?;
         return Err(stack_failure(f));
     }
-    kv::set(&format!("p/stack/{:010}", stack.id), stack.uuid.as_bytes()).map_err(host)?;
+    kv::set(&format!("p/stack/{:010}", stack.id), stack.uuid.as_bytes())?;
     Ok(Response::json(200, &render_stack(&stack)))
 }
 
@@ -896,12 +881,8 @@ fn may_see(user: &User, st: &Stack) -> Result<bool, Response> {
 fn find_stack(req: &Request, user: &User) -> Result<Stack, Response> {
     let id = id_param(req)?;
     let missing = || not_found("a stack");
-    let uuid = kv::get_string(&format!("p/stack/{id:010}"))
-        .map_err(host)?
-        .ok_or_else(missing)?;
-    let st = model::load_stack(&uuid)
-        .map_err(host)?
-        .ok_or_else(missing)?;
+    let uuid = kv::get_string(&format!("p/stack/{id:010}"))?.ok_or_else(missing)?;
+    let st = model::load_stack(&uuid)?.ok_or_else(missing)?;
     if !may_see(user, &st)? {
         return Err(fail(403, "Access denied to resource", ""));
     }
@@ -909,11 +890,11 @@ fn find_stack(req: &Request, user: &User) -> Result<Stack, Response> {
 }
 
 pub fn stack_list(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<User>()?;
     let mut list = Vec::new();
     for entry in kv::scan("p/stack/") {
-        let (_, uuid) = entry.map_err(host)?;
-        if let Some(st) = model::load_stack(&String::from_utf8_lossy(&uuid)).map_err(host)?
+        let (_, uuid) = entry?;
+        if let Some(st) = model::load_stack(&String::from_utf8_lossy(&uuid))?
             && may_see(&user, &st)?
         {
             list.push(render_stack(&st));
@@ -923,19 +904,19 @@ pub fn stack_list(req: &Request) -> HttpResult {
 }
 
 pub fn stack_get(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<User>()?;
     Ok(Response::json(200, &render_stack(&find_stack(req, &user)?)))
 }
 
 pub fn stack_file(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<User>()?;
     let st = find_stack(req, &user)?;
     let file = st.portainer.map(|p| p.file).unwrap_or_default();
     Ok(Response::json(200, &json!({ "StackFileContent": file })))
 }
 
 pub fn stack_update(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<User>()?;
     let mut st = find_stack(req, &user)?;
     let v: Value = payload(req)?;
     let content = v["StackFileContent"]
@@ -951,16 +932,16 @@ pub fn stack_update(req: &Request) -> HttpResult {
         p.file = content;
         p.env = env;
     }
-    model::save_stack(&st).map_err(host)?;
+    model::save_stack(&st)?;
     Ok(Response::json(200, &render_stack(&st)))
 }
 
 pub fn stack_delete(req: &Request) -> HttpResult {
-    let user = authenticate(req)?;
+    let user = req.identity::<User>()?;
     let mut st = find_stack(req, &user)?;
     if st.state != "Terminated" {
         model::run_stack(&mut st, Op::Terminate).map_err(stack_failure)?;
     }
-    remove_stack_record(&st).map_err(host)?;
+    remove_stack_record(&st)?;
     Ok(Response::new(204))
 }
