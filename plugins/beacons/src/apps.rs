@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::deploy::{self, Op, Task};
 use crate::users::{self, ACCESS, MODIFY, OWNER, User};
-use crate::{auth, beacons, fail, flag, host};
+use crate::{beacons, fail, flag};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -63,16 +63,16 @@ fn deployment_key(app: u64, version: u64) -> String {
 pub fn find(name: &str) -> Result<Option<App>, Response> {
     let id = match name.parse::<u64>() {
         Ok(id) => Some(id),
-        Err(_) => kv::get_json(&name_key(name)).map_err(host)?,
+        Err(_) => kv::get_json(&name_key(name))?,
     };
     match id {
-        Some(id) => kv::get_json(&app_key(id)).map_err(host),
+        Some(id) => kv::get_json(&app_key(id)).map_err(Response::from),
         None => Ok(None),
     }
 }
 
 pub fn save(app: &App) -> Result<(), Response> {
-    kv::set_json(&app_key(app.id), app).map_err(host)
+    kv::set_json(&app_key(app.id), app).map_err(Response::from)
 }
 
 /// The application in the path that `me` holds at least `needed` on:
@@ -102,7 +102,7 @@ fn app_for(req: &Request, me: &User, needed: i64) -> Result<App, Response> {
 fn deployments(app: u64) -> Result<Vec<Deployment>, Response> {
     let mut all = Vec::new();
     for item in kv::scan(&deployment_prefix(app)) {
-        let (_, value) = item.map_err(host)?;
+        let (_, value) = item?;
         all.push(serde_json::from_slice(&value).map_err(|e| {
             fail(
                 500,
@@ -135,14 +135,14 @@ fn deploy_new(
         .to_string();
     app.versions += 1;
     let deployment = Deployment {
-        id: kv::next_in_sequence("deployment").map_err(host)?,
+        id: kv::next_in_sequence("deployment")?,
         creator: me.email.clone(),
         date: time::now_rfc3339(),
         image,
         command,
         version: app.versions,
     };
-    kv::set_json(&deployment_key(app.id, deployment.version), &deployment).map_err(host)?;
+    kv::set_json(&deployment_key(app.id, deployment.version), &deployment)?;
     app.current_deployment = deployment.id;
     Ok(deployment)
 }
@@ -173,16 +173,13 @@ fn resolve(me: &User, names: &[String]) -> Result<Vec<String>, Response> {
 /// Queue `task` and answer with its progress stream.
 fn stream(task: Task) -> HttpResult {
     let topic = task.topic.clone();
-    jobs::enqueue_json(deploy::JOB, &task, 0).map_err(host)?;
+    jobs::enqueue_json(deploy::JOB, &task, 0)?;
     Ok(Response::subscribe(&topic, Framing::Ndjson).replay(None))
 }
 
 fn task(app: &App, op: Op) -> Result<Task, Response> {
     Ok(Task {
-        topic: format!(
-            "progress/{}",
-            kv::next_in_sequence("progress").map_err(host)?
-        ),
+        topic: format!("progress/{}", kv::next_in_sequence("progress")?),
         app: app.id,
         name: app.name.clone(),
         op,
@@ -228,7 +225,7 @@ struct NewApp {
 
 /// `POST /applications/create?start=&forcePull=`.
 pub fn create(req: &Request) -> HttpResult {
-    let mut me = auth::session(req)?;
+    let mut me = (*req.identity::<User>()?).clone();
     let start = flag(req, "start", false)?;
     let pull = flag(req, "forcePull", false)?;
     let new: NewApp = crate::body(req)?;
@@ -239,7 +236,7 @@ pub fn create(req: &Request) -> HttpResult {
             "Name must be 1-128 letters, digits, `_`, `.` or `-`, starting with a letter or digit",
         ));
     }
-    if kv::get(&name_key(&new.name)).map_err(host)?.is_some() {
+    if kv::get(&name_key(&new.name))?.is_some() {
         return Err(fail(
             400,
             "applications",
@@ -255,7 +252,7 @@ pub fn create(req: &Request) -> HttpResult {
     }
     let instances = resolve(&me, &new.instances)?;
     let mut app = App {
-        id: kv::next_in_sequence("app").map_err(host)?,
+        id: kv::next_in_sequence("app")?,
         name: new.name,
         current_deployment: 0,
         instances,
@@ -264,7 +261,7 @@ pub fn create(req: &Request) -> HttpResult {
     };
     let deployment = deploy_new(&mut app, &me, new.command)?;
     save(&app)?;
-    kv::set_json(&name_key(&app.name), &app.id).map_err(host)?;
+    kv::set_json(&name_key(&app.name), &app.id)?;
     me.applications.insert(app.id.to_string(), OWNER);
     users::save(&me)?;
     stream(deploy_task(&app, &deployment, start, pull)?)
@@ -281,15 +278,14 @@ struct Listed<'a> {
 
 /// `GET /applications/list`: the applications you can access.
 pub fn list(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let mut apps = Vec::new();
     for id in me.applications.keys() {
         if let Some(app) = id
             .parse()
             .ok()
             .map(|id| kv::get_json::<App>(&app_key(id)))
-            .transpose()
-            .map_err(host)?
+            .transpose()?
             .flatten()
         {
             apps.push(app);
@@ -310,7 +306,7 @@ pub fn list(req: &Request) -> HttpResult {
 
 /// `GET /applications/list/{app}?count=`: deployments, newest first.
 pub fn history(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let app = app_for(req, &me, ACCESS)?;
     let count = match req.query("count") {
         None | Some("") => usize::MAX,
@@ -340,7 +336,7 @@ pub fn stop(req: &Request) -> HttpResult {
 }
 
 fn start_or_stop(req: &Request, op: Op) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let mut app = app_for(req, &me, MODIFY)?;
     app.running = op == Op::Start;
     save(&app)?;
@@ -351,7 +347,7 @@ fn start_or_stop(req: &Request, op: Op) -> HttpResult {
 /// what deployment `target` ran (an id, or -N: N versions before the
 /// current one; default -1), as a new deployment.
 pub fn revert(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let pull = flag(req, "forcePull", false)?;
     let mut app = app_for(req, &me, MODIFY)?;
     let wanted = req
@@ -403,7 +399,7 @@ struct Update {
 /// deployment is deployed everywhere again. `restart` (default: whether
 /// the application is running) starts what was deployed.
 pub fn update(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let mut app = app_for(req, &me, MODIFY)?;
     let restart = flag(req, "restart", app.running)?;
     let update: Update = crate::body(req)?;
@@ -477,5 +473,5 @@ pub fn deployment(app: u64, id: u64) -> Result<Option<Deployment>, Response> {
 
 /// The application with this id.
 pub fn load(id: u64) -> Result<Option<App>, Response> {
-    kv::get_json(&app_key(id)).map_err(host)
+    kv::get_json(&app_key(id)).map_err(Response::from)
 }

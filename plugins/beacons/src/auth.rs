@@ -10,7 +10,7 @@ use berth_sdk::{HttpResult, Request, Response, config, crypto, kv, time};
 use serde::{Deserialize, Serialize};
 
 use crate::users::{self, User};
-use crate::{PREFIX, fail, host};
+use crate::{PREFIX, fail};
 
 const COOKIE: &str = "lighthouse_session";
 const SESSION_KEY: &str = "beacons-session";
@@ -35,24 +35,22 @@ pub fn login(req: &Request) -> HttpResult {
         .map_err(|e| {
             e.respond(
                 || fail(429, "auth", "too many failed logins; try again in a minute"),
-                host,
+                Response::from,
             )
         })?;
     let user = users::load(&login.email)?;
     let hash = user.as_ref().map(|u| u.hash.as_str());
-    let ok = attempt
-        .verify_password(&login.password, hash)
-        .map_err(host)?;
+    let ok = attempt.verify_password(&login.password, hash)?;
     let Some(user) = user.filter(|_| ok) else {
         return Err(fail(401, "auth", "email or password incorrect"));
     };
-    let ttl: u64 = config::get_or("session_ttl_secs", 86_400).map_err(host)?;
-    let token = crypto::random_token(32).map_err(host)?;
+    let ttl: u64 = config::get_or("session_ttl_secs", 86_400)?;
+    let token = crypto::random_token(32)?;
     let session = Session {
         email: user.email.clone(),
         expires: time::now_secs() + ttl,
     };
-    kv::set_json(&session_key(&token)?, &session).map_err(host)?;
+    kv::set_json(&session_key(&token)?, &session)?;
     let cookie =
         format!("{COOKIE}={token}; Path={PREFIX}; Max-Age={ttl}; HttpOnly; SameSite=Strict");
     Ok(Response::json(200, &users::view(&user)).header("set-cookie", &cookie))
@@ -61,7 +59,7 @@ pub fn login(req: &Request) -> HttpResult {
 /// `GET /logout`: the session ends and the cookie is cleared.
 pub fn logout(req: &Request) -> HttpResult {
     if let Some(token) = cookie(req) {
-        kv::delete(&session_key(token)?).map_err(host)?;
+        kv::delete(&session_key(token)?)?;
     }
     let cleared = format!("{COOKIE}=; Path={PREFIX}; Max-Age=0; HttpOnly; SameSite=Strict");
     Ok(Response::new(200).header("set-cookie", &cleared))
@@ -72,9 +70,9 @@ pub fn session(req: &Request) -> Result<User, Response> {
     let missing = || fail(401, "auth", "not logged in");
     let token = cookie(req).ok_or_else(missing)?;
     let key = session_key(token)?;
-    let session: Session = kv::get_json(&key).map_err(host)?.ok_or_else(missing)?;
+    let session: Session = kv::get_json(&key)?.ok_or_else(missing)?;
     if session.expires <= time::now_secs() {
-        kv::delete(&key).map_err(host)?;
+        kv::delete(&key)?;
         return Err(missing());
     }
     // A user deleted since keeps no session.
@@ -93,7 +91,7 @@ fn cookie(req: &Request) -> Option<&str> {
 }
 
 fn session_key(token: &str) -> Result<String, Response> {
-    let tag = crypto::sign(SESSION_KEY, token.as_bytes()).map_err(host)?;
+    let tag = crypto::sign(SESSION_KEY, token.as_bytes())?;
     Ok(format!("session/{}", hex(&tag)))
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::target::{self, Beacon, Call, FetchError, Instance, Target};
 use crate::users::{self, ACCESS, Kind, MODIFY, OWNER, User};
-use crate::{auth, fail, host, ok};
+use crate::{fail, ok};
 
 fn beacon_key(address: &str) -> String {
     format!("beacon/{address}")
@@ -30,7 +30,7 @@ fn unknown_beacon() -> Response {
 }
 
 fn alias(name: &str) -> Result<Option<String>, Response> {
-    kv::get_json(&alias_key(name)).map_err(host)
+    kv::get_json(&alias_key(name)).map_err(Response::from)
 }
 
 /// The beacon at `name`, or the one an alias `name` stands for.
@@ -38,11 +38,11 @@ pub fn find(name: &str) -> Result<Option<Beacon>, Response> {
     if name.is_empty() {
         return Ok(None);
     }
-    if let Some(beacon) = kv::get_json(&beacon_key(name)).map_err(host)? {
+    if let Some(beacon) = kv::get_json(&beacon_key(name))? {
         return Ok(Some(beacon));
     }
     match alias(name)? {
-        Some(address) => kv::get_json(&beacon_key(&address)).map_err(host),
+        Some(address) => kv::get_json(&beacon_key(&address)).map_err(Response::from),
         None => Ok(None),
     }
 }
@@ -51,11 +51,11 @@ pub fn find(name: &str) -> Result<Option<Beacon>, Response> {
 /// its beacon.
 pub fn find_instance(name: &str) -> Result<Option<(Beacon, Instance)>, Response> {
     let mut address = name.to_string();
-    let mut owner: Option<String> = kv::get_json(&instance_key(&address)).map_err(host)?;
+    let mut owner: Option<String> = kv::get_json(&instance_key(&address))?;
     if owner.is_none()
         && let Some(aliased) = alias(name)?
     {
-        owner = kv::get_json(&instance_key(&aliased)).map_err(host)?;
+        owner = kv::get_json(&instance_key(&aliased))?;
         address = aliased;
     }
     let Some(beacon) = owner.map(|b| find(&b)).transpose()?.flatten() else {
@@ -105,16 +105,16 @@ fn store(beacon: &mut Beacon, vms: Vec<target::Vm>) -> Result<(), Response> {
             .iter()
             .any(|i| i.instance_address == o.instance_address)
     }) {
-        kv::delete(&instance_key(&gone.instance_address)).map_err(host)?;
+        kv::delete(&instance_key(&gone.instance_address))?;
         if alias(&gone.alias)?.as_deref() == Some(gone.instance_address.as_str()) {
-            kv::delete(&alias_key(&gone.alias)).map_err(host)?;
+            kv::delete(&alias_key(&gone.alias))?;
         }
     }
     for i in &beacon.instances {
-        kv::set_json(&instance_key(&i.instance_address), &beacon.address).map_err(host)?;
-        kv::set_json(&alias_key(&i.alias), &i.instance_address).map_err(host)?;
+        kv::set_json(&instance_key(&i.instance_address), &beacon.address)?;
+        kv::set_json(&alias_key(&i.alias), &i.instance_address)?;
     }
-    kv::set_json(&beacon_key(&beacon.address), beacon).map_err(host)
+    kv::set_json(&beacon_key(&beacon.address), beacon).map_err(Response::from)
 }
 
 /// Ask the beacon for its instances again and store them.
@@ -152,14 +152,14 @@ fn valid_alias(alias: &str) -> Result<(), Response> {
 /// are fetched first; if that fails nothing is stored (500; 400 for an
 /// address this host may not call).
 pub fn create(req: &Request) -> HttpResult {
-    let mut me = auth::session(req)?;
+    let mut me = (*req.identity::<User>()?).clone();
     let new: NewBeacon = crate::body(req)?;
     let address = new.address.trim().trim_end_matches('/').to_string();
     if address.is_empty() || new.alias.is_empty() {
         return Err(fail(400, "beacons", "Address and Alias are required"));
     }
     valid_alias(&new.alias)?;
-    if kv::get(&beacon_key(&address)).map_err(host)?.is_some() {
+    if kv::get(&beacon_key(&address))?.is_some() {
         return Err(fail(
             400,
             "beacons",
@@ -180,7 +180,7 @@ pub fn create(req: &Request) -> HttpResult {
         instances: Vec::new(),
     };
     refetch(&mut beacon)?;
-    kv::set_json(&alias_key(&beacon.alias), &beacon.address).map_err(host)?;
+    kv::set_json(&alias_key(&beacon.alias), &beacon.address)?;
     me.beacons.insert(beacon.address.clone(), OWNER);
     users::save(&me)?;
     ok()
@@ -203,17 +203,17 @@ fn string_body(req: &Request, what: &str) -> Result<String, Response> {
 
 /// `PUT /beacons/token/{beacon}`: needs modify.
 pub fn token(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let mut beacon = find(req.param("beacon").unwrap_or(""))?.ok_or_else(unknown_beacon)?;
     require(&me, &beacon, MODIFY)?;
     beacon.token = string_body(req, "token")?;
-    kv::set_json(&beacon_key(&beacon.address), &beacon).map_err(host)?;
+    kv::set_json(&beacon_key(&beacon.address), &beacon)?;
     ok()
 }
 
 /// `PUT /beacons/user/{beacon}/{email}`, body the level (default 0).
 pub fn grant(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let beacon = find(req.param("beacon").unwrap_or(""))?.ok_or_else(unknown_beacon)?;
     let mut user = users::visible(&me, req.param("email").unwrap_or(""))?;
     let level: i64 = if req.body().iter().all(u8::is_ascii_whitespace) {
@@ -236,10 +236,10 @@ struct Listed<'a> {
 
 /// `GET /beacons/list`: the beacons you can access.
 pub fn list(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let mut beacons = Vec::new();
     for address in me.beacons.keys() {
-        if let Some(beacon) = kv::get_json::<Beacon>(&beacon_key(address)).map_err(host)? {
+        if let Some(beacon) = kv::get_json::<Beacon>(&beacon_key(address))? {
             beacons.push(beacon);
         }
     }
@@ -256,7 +256,7 @@ pub fn list(req: &Request) -> HttpResult {
 /// `GET /beacons/list/{beacon}?refresh=`: its instances, `[]` without
 /// access.
 pub fn instances(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let refresh = crate::flag(req, "refresh", false)?;
     let beacon = find(req.param("beacon").unwrap_or(""))?;
     let Some(mut beacon) = beacon.filter(|b| require(&me, b, ACCESS).is_ok()) else {
@@ -270,7 +270,7 @@ pub fn instances(req: &Request) -> HttpResult {
 
 /// `PUT /beacons/refresh/{beacon}`: fetch its instances again.
 pub fn refresh(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let mut beacon = find(req.param("beacon").unwrap_or(""))?.ok_or_else(unknown_beacon)?;
     require(&me, &beacon, ACCESS)?;
     refetch(&mut beacon)?;
@@ -281,7 +281,7 @@ pub fn refresh(req: &Request) -> HttpResult {
 /// or beacon you can access. An alias in use may only be moved by someone
 /// who can access what it stands for now.
 pub fn alias_put(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let name = req.param("alias").unwrap_or("");
     valid_alias(name)?;
     let address = string_body(req, "address")?;
@@ -289,7 +289,7 @@ pub fn alias_put(req: &Request) -> HttpResult {
         if let Some((beacon, _)) = find_instance(address)? {
             return Ok(Some(require(&me, &beacon, ACCESS).is_ok()));
         }
-        match kv::get_json::<Beacon>(&beacon_key(address)).map_err(host)? {
+        match kv::get_json::<Beacon>(&beacon_key(address))? {
             Some(beacon) => Ok(Some(require(&me, &beacon, ACCESS).is_ok())),
             None => Ok(None),
         }
@@ -320,7 +320,7 @@ pub fn alias_put(req: &Request) -> HttpResult {
             ));
         }
     }
-    kv::set_json(&alias_key(name), &address).map_err(host)?;
+    kv::set_json(&alias_key(name), &address)?;
     ok()
 }
 
@@ -328,7 +328,7 @@ pub fn alias_put(req: &Request) -> HttpResult {
 /// instance is the longest leading part of the path that is an instance
 /// address or alias.
 pub fn docker(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let rest = req.param("target").unwrap_or("");
     let segments: Vec<&str> = rest.split('/').collect();
     let mut found = None;

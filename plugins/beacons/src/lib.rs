@@ -15,7 +15,7 @@ mod target;
 mod users;
 
 use berth_sdk::Capability;
-use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router};
+use berth_sdk::{HttpResult, Info, Plugin, Request, Response, Router, Scope};
 use serde::Serialize;
 
 /// Every Lighthouse route lives under this prefix.
@@ -35,81 +35,89 @@ impl Plugin for Beacons {
 
     fn router() -> Router {
         let p = |path: &str| format!("{PREFIX}{path}");
+        let lighthouse = Scope::new().errors(failure);
+        let logged_in = Scope::new().guard(auth::session);
+        let agent = Scope::new().guard(agent::check);
         Router::new()
-            .post("beacons.login", &p("/login"), auth::login)
-            .get("beacons.logout", &p("/logout"), auth::logout)
-            .get("beacons.users.list", &p("/users/list"), users::list)
-            .post("beacons.users.create", &p("/users/create"), users::create)
-            .get("beacons.users.get", &p("/users/{email}"), users::get)
-            .put("beacons.users.update", &p("/users/{email}"), users::update)
-            .post("beacons.create", &p("/beacons/create"), beacons::create)
-            .put(
-                "beacons.token",
-                &p("/beacons/token/{beacon}"),
-                beacons::token,
-            )
-            .put(
-                "beacons.grant",
-                &p("/beacons/user/{beacon}/{email}"),
-                beacons::grant,
-            )
-            .get("beacons.list", &p("/beacons/list"), beacons::list)
-            .get(
-                "beacons.instances",
-                &p("/beacons/list/{beacon}"),
-                beacons::instances,
-            )
-            .put(
-                "beacons.refresh",
-                &p("/beacons/refresh/{beacon}"),
-                beacons::refresh,
-            )
-            .put("beacons.alias", &p("/aliases/{alias}"), beacons::alias_put)
-            .route("beacons.docker", "*", &p("/d/{target...}"), beacons::docker)
-            .post(
-                "beacons.apps.create",
-                &p("/applications/create"),
-                apps::create,
-            )
-            .get("beacons.apps.list", &p("/applications/list"), apps::list)
-            .get(
-                "beacons.apps.history",
-                &p("/applications/list/{app}"),
-                apps::history,
-            )
-            .post(
-                "beacons.apps.start",
-                &p("/applications/start/{app}"),
-                apps::start,
-            )
-            .post(
-                "beacons.apps.stop",
-                &p("/applications/stop/{app}"),
-                apps::stop,
-            )
-            .post(
-                "beacons.apps.revert",
-                &p("/applications/revert/{app}"),
-                apps::revert,
-            )
-            .put(
-                "beacons.apps.revert-put",
-                &p("/applications/revert/{app}"),
-                apps::revert,
-            )
-            .put(
-                "beacons.apps.update",
-                &p("/applications/update/{app}"),
-                apps::update,
-            )
-            .route("beacons.api.unknown", "*", &p("/{rest...}"), unknown)
-            .get("beacons.agent.vms", "/vms", agent::vms)
-            .route(
-                "beacons.agent.docker",
-                "*",
-                "/d/{instance}/{path...}",
-                agent::docker,
-            )
+            .scope(lighthouse, |r| {
+                r.post("beacons.login", &p("/login"), auth::login)
+                    .get("beacons.logout", &p("/logout"), auth::logout)
+                    .scope(logged_in, |r| {
+                        r.get("beacons.users.list", &p("/users/list"), users::list)
+                            .post("beacons.users.create", &p("/users/create"), users::create)
+                            .get("beacons.users.get", &p("/users/{email}"), users::get)
+                            .put("beacons.users.update", &p("/users/{email}"), users::update)
+                            .post("beacons.create", &p("/beacons/create"), beacons::create)
+                            .put(
+                                "beacons.token",
+                                &p("/beacons/token/{beacon}"),
+                                beacons::token,
+                            )
+                            .put(
+                                "beacons.grant",
+                                &p("/beacons/user/{beacon}/{email}"),
+                                beacons::grant,
+                            )
+                            .get("beacons.list", &p("/beacons/list"), beacons::list)
+                            .get(
+                                "beacons.instances",
+                                &p("/beacons/list/{beacon}"),
+                                beacons::instances,
+                            )
+                            .put(
+                                "beacons.refresh",
+                                &p("/beacons/refresh/{beacon}"),
+                                beacons::refresh,
+                            )
+                            .put("beacons.alias", &p("/aliases/{alias}"), beacons::alias_put)
+                            .route("beacons.docker", "*", &p("/d/{target...}"), beacons::docker)
+                            .post(
+                                "beacons.apps.create",
+                                &p("/applications/create"),
+                                apps::create,
+                            )
+                            .get("beacons.apps.list", &p("/applications/list"), apps::list)
+                            .get(
+                                "beacons.apps.history",
+                                &p("/applications/list/{app}"),
+                                apps::history,
+                            )
+                            .post(
+                                "beacons.apps.start",
+                                &p("/applications/start/{app}"),
+                                apps::start,
+                            )
+                            .post(
+                                "beacons.apps.stop",
+                                &p("/applications/stop/{app}"),
+                                apps::stop,
+                            )
+                            .post(
+                                "beacons.apps.revert",
+                                &p("/applications/revert/{app}"),
+                                apps::revert,
+                            )
+                            .put(
+                                "beacons.apps.revert-put",
+                                &p("/applications/revert/{app}"),
+                                apps::revert,
+                            )
+                            .put(
+                                "beacons.apps.update",
+                                &p("/applications/update/{app}"),
+                                apps::update,
+                            )
+                            .route("beacons.api.unknown", "*", &p("/{rest...}"), unknown)
+                    })
+                    .scope(agent, |r| {
+                        r.get("beacons.agent.vms", "/vms", agent::vms).route(
+                            "beacons.agent.docker",
+                            "*",
+                            "/d/{instance}/{path...}",
+                            agent::docker,
+                        )
+                    })
+            })
             .describe(include_str!("../openapi.json"))
     }
 
@@ -154,14 +162,15 @@ pub(crate) fn fail(status: u16, cause: &str, message: &str) -> Response {
     Response::json(status, &Failure { cause, message })
 }
 
-/// A host failure inside a handler (storage, crypto, jobs).
-pub(crate) fn host(e: berth_sdk::Error) -> Response {
-    berth_sdk::host_failure(&e, |status, text| fail(status, "control", text))
+/// Lighthouse's body for what the SDK answers: a host failure (storage,
+/// crypto, jobs), bad input.
+fn failure(status: u16, text: &str) -> Response {
+    let cause = if status == 400 { "request" } else { "control" };
+    fail(status, cause, text)
 }
 
 /// The answer to a request Lighthouse does not know, once logged in.
 fn unknown(req: &Request) -> HttpResult {
-    auth::session(req)?;
     Err(fail(
         404,
         "control",

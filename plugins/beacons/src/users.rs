@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use berth_sdk::{HttpResult, Request, Response, crypto, kv};
 use serde::{Deserialize, Serialize};
 
-use crate::{auth, beacons, fail, host, ok};
+use crate::{beacons, fail, ok};
 
 pub const ACCESS: i64 = 0;
 pub const MODIFY: i64 = 1;
@@ -82,11 +82,11 @@ pub fn load(email: &str) -> Result<Option<User>, Response> {
     if email.is_empty() {
         return Ok(None);
     }
-    kv::get_json(&key(email)).map_err(host)
+    kv::get_json(&key(email)).map_err(Response::from)
 }
 
 pub fn save(user: &User) -> Result<(), Response> {
-    kv::set_json(&key(&user.email), user).map_err(host)
+    kv::set_json(&key(&user.email), user).map_err(Response::from)
 }
 
 fn not_found() -> Response {
@@ -103,10 +103,10 @@ pub fn visible(me: &User, email: &str) -> Result<User, Response> {
 
 /// `GET /users/list`: the emails you can see.
 pub fn list(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let mut emails = Vec::new();
     for item in kv::scan("user/") {
-        let (_, value) = item.map_err(host)?;
+        let (_, value) = item?;
         let user: User = serde_json::from_slice(&value)
             .map_err(|e| fail(500, "users", &format!("a stored user is unreadable: {e}")))?;
         if me.sees(&user) {
@@ -118,7 +118,7 @@ pub fn list(req: &Request) -> HttpResult {
 
 /// `GET /users/{email}`.
 pub fn get(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let user = visible(&me, req.param("email").unwrap_or(""))?;
     Ok(Response::json(200, &view(&user)))
 }
@@ -136,7 +136,7 @@ struct Update {
 
 /// `PUT /users/{email}`: every change is checked before any is stored.
 pub fn update(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     let mut user = visible(&me, req.param("email").unwrap_or(""))?;
     let update: Update = crate::body(req)?;
     if let Some(level) = update.auth_level {
@@ -159,7 +159,7 @@ pub fn update(req: &Request) -> HttpResult {
         if password.is_empty() {
             return Err(fail(400, "users", "Password cannot be empty"));
         }
-        user.hash = crypto::hash_password(&password).map_err(host)?;
+        user.hash = crypto::hash_password(&password)?;
     }
     for (name, level) in update.beacons {
         let beacon = beacons::find(&name)?
@@ -270,7 +270,7 @@ struct NewUser {
 
 /// `POST /users/create`: needs AuthLevel >= 1; the new user has level 0.
 pub fn create(req: &Request) -> HttpResult {
-    let me = auth::session(req)?;
+    let me = req.identity::<User>()?;
     if me.auth_level < 1 {
         return Err(fail(
             403,
@@ -291,7 +291,7 @@ pub fn create(req: &Request) -> HttpResult {
     }
     save(&User {
         email: new.email,
-        hash: crypto::hash_password(&new.password).map_err(host)?,
+        hash: crypto::hash_password(&new.password)?,
         auth_level: 0,
         beacons: BTreeMap::new(),
         applications: BTreeMap::new(),
@@ -315,9 +315,8 @@ pub fn create_admin(args: &[&str]) -> Result<String, String> {
     if email.trim().is_empty() {
         return Err("the email cannot be empty".to_string());
     }
-    let text = |e: berth_sdk::Error| berth_sdk::error_text(&e);
-    let password = crypto::random_token(18).map_err(text)?;
-    let existing: Option<User> = kv::get_json(&key(email)).map_err(text)?;
+    let password = crypto::random_token(18)?;
+    let existing: Option<User> = kv::get_json(&key(email))?;
     let mut user = existing.unwrap_or_else(|| User {
         email: email.to_string(),
         hash: String::new(),
@@ -326,8 +325,8 @@ pub fn create_admin(args: &[&str]) -> Result<String, String> {
         applications: BTreeMap::new(),
     });
     user.auth_level = level;
-    user.hash = crypto::hash_password(&password).map_err(text)?;
-    kv::set_json(&key(email), &user).map_err(text)?;
+    user.hash = crypto::hash_password(&password)?;
+    kv::set_json(&key(email), &user)?;
     Ok(format!(
         "user {email} (AuthLevel {level})\npassword: {password}\n"
     ))
