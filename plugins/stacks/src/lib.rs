@@ -7,6 +7,7 @@
 //! - Portainer (`/api/...`): admin init, JWT auth, endpoints, the Docker
 //!   proxy, stacks, users and teams.
 
+mod apikeys;
 mod cloud;
 mod engine;
 mod model;

@@ -521,7 +521,7 @@ pub fn create_stack(
         services.push(Service::in_stack(&stack, def, &defs, extra)?);
     }
     for s in &mut services {
-        crate::cloud::apply_roles(s)?;
+        apply_roles(s)?;
         save_service(s)?;
         stack.services.push(s.uuid.clone());
     }
@@ -584,7 +584,7 @@ pub fn engine_event(event: &Value) -> Result<(), String> {
     let mut parents = vec![service.uri()];
     parents.extend(service.parents());
     if id.len() >= 32 {
-        let cuuid = crate::cloud::container_uuid(id);
+        let cuuid = container_uuid(id);
         emit(
             "container",
             cloud_action,
@@ -609,6 +609,46 @@ pub fn engine_event(event: &Value) -> Result<(), String> {
     };
     if wanted != service.state {
         set_service_state(&mut service, wanted)?;
+    }
+    Ok(())
+}
+
+/// The Docker Cloud uuid of a container: its engine id's first 32 hex
+/// digits, uuid-shaped (the engine resolves the prefix back).
+pub fn container_uuid(id: &str) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        &id[..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..32]
+    )
+}
+
+/// `roles: ["global"]` gives the service an API key of its own, in
+/// `DOCKERCLOUD_AUTH`, with the REST and stream hosts to use it on.
+pub fn apply_roles(s: &mut Service) -> Result<(), berth_sdk::Error> {
+    if !s.def.roles.iter().any(|r| r == "global") || s.role_key.is_some() {
+        return Ok(());
+    }
+    let user = format!("service-{}", &s.uuid[..8]);
+    let (key, d) = crate::apikeys::make_key(&user, Some(&s.uuid))?;
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{user}:{key}"),
+    );
+    s.role_key = Some(d);
+    s.role_env = vec![("DOCKERCLOUD_AUTH".into(), format!("Basic {auth}"))];
+    if let Some(url) = berth_sdk::config::get("public_url")?.filter(|u| !u.is_empty()) {
+        let url = url.trim_end_matches('/');
+        s.role_env
+            .push(("DOCKERCLOUD_REST_HOST".into(), format!("{url}/")));
+        let stream = url
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        s.role_env
+            .push(("DOCKERCLOUD_STREAM_HOST".into(), format!("{stream}/")));
     }
     Ok(())
 }

@@ -1,0 +1,155 @@
+//! Services, containers and stacks as Docker Cloud objects.
+
+use super::*;
+
+pub(super) fn container_state(engine_state: &str) -> &'static str {
+    match engine_state {
+        "running" => "Running",
+        "created" | "restarting" => "Starting",
+        "removing" => "Terminating",
+        "dead" => "Terminated",
+        _ => "Stopped",
+    }
+}
+
+pub(super) fn container_name(s: &Service, c: &Container) -> String {
+    let name = c
+        .names
+        .first()
+        .map(|n| n.trim_start_matches('/'))
+        .unwrap_or_default();
+    let rest = name
+        .strip_prefix(&s.placement().full_name())
+        .unwrap_or(name);
+    let slot = rest
+        .trim_start_matches(['-', '.'])
+        .split('.')
+        .next()
+        .unwrap_or_default();
+    format!("{}-{slot}", s.name)
+}
+
+pub(super) fn render_container(s: &Service, c: &Container) -> Value {
+    let uuid = model::container_uuid(&c.id);
+    let ports: Vec<Value> = c
+        .ports
+        .iter()
+        .map(|p| {
+            json!({
+                "protocol": p.protocol,
+                "inner_port": p.private_port,
+                "outer_port": p.public_port,
+                "published": p.public_port.is_some(),
+            })
+        })
+        .collect();
+    json!({
+        "uuid": uuid,
+        "resource_uri": format!("{CONTAINER_URI}{uuid}/"),
+        "name": container_name(s, c),
+        "state": container_state(&c.state),
+        "service": s.uri(),
+        "stack": s.stack.as_ref().map(|u| format!("{STACK_URI}{u}/")),
+        "image_name": c.image,
+        "docker_id": c.id,
+        "status": c.status,
+        "container_ports": ports,
+        "created_datetime": berth_sdk::time::format_rfc3339(c.created.max(0) as u64),
+        "node": Value::Null,
+    })
+}
+
+pub(super) fn render_service(s: &Service, containers: &[&Container]) -> Value {
+    let running = containers.iter().filter(|c| c.state == "running").count();
+    let ports: Vec<Value> = s
+        .def
+        .ports
+        .iter()
+        .map(|p| {
+            json!({
+                "protocol": p.protocol,
+                "inner_port": p.inner_port,
+                "outer_port": p.outer_port,
+                "published": p.outer_port.is_some(),
+            })
+        })
+        .collect();
+    let env: Vec<Value> = s
+        .def
+        .env
+        .iter()
+        .map(|(k, v)| json!({ "key": k, "value": v, "origin": "USER" }))
+        .collect();
+    let links: Vec<Value> = s
+        .def
+        .links
+        .iter()
+        .map(|(target, alias)| {
+            json!({ "name": alias, "from_service": s.uri(), "to_service": target })
+        })
+        .collect();
+    let (image_name, image_tag) = match s.def.image.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
+        _ => (s.def.image.clone(), "latest".into()),
+    };
+    let mut out = json!({
+        "uuid": s.uuid,
+        "resource_uri": s.uri(),
+        "name": s.name,
+        "nickname": s.nickname,
+        "image_name": s.def.image,
+        "image_tag": format!("{image_name}:{image_tag}"),
+        "state": s.state,
+        "synchronized": true,
+        "stack": s.stack.as_ref().map(|u| format!("{STACK_URI}{u}/")),
+        "target_num_containers": s.def.target_num_containers,
+        "current_num_containers": containers.len(),
+        "running_num_containers": running,
+        "stopped_num_containers": containers.len() - running,
+        "containers": containers.iter().map(|c| format!("{CONTAINER_URI}{}/", model::container_uuid(&c.id))).collect::<Vec<_>>(),
+        "run_command": s.def.command,
+        "entrypoint": s.def.entrypoint,
+        "container_ports": ports,
+        "container_envvars": env,
+        "linked_to_service": links,
+        "roles": s.def.roles,
+        "autorestart": s.def.autorestart.clone().unwrap_or_else(|| "OFF".into()),
+        "privileged": s.def.privileged,
+        "working_dir": s.def.working_dir.clone().unwrap_or_else(|| "/".into()),
+        "created_datetime": s.created,
+        "started_datetime": s.started,
+        "stopped_datetime": s.stopped,
+        "destroyed_datetime": s.destroyed,
+        "public_dns": format!("{}.{}", s.name, s.namespace.clone().unwrap_or_else(|| "berth".into())),
+        "engine": { "endpoint": s.endpoint, "mode": if s.swarm { "swarm" } else { "containers" } },
+    });
+    for (k, v) in &s.extra {
+        out[k] = v.clone();
+    }
+    out
+}
+
+pub(super) fn render_stack(st: &Stack) -> Value {
+    json!({
+        "uuid": st.uuid,
+        "resource_uri": st.uri(),
+        "name": st.name,
+        "nickname": st.nickname,
+        "state": st.state,
+        "synchronized": true,
+        "services": st.services.iter().map(|u| format!("{SERVICE_URI}{u}/")).collect::<Vec<_>>(),
+        "deployed_datetime": st.deployed,
+        "destroyed_datetime": st.destroyed,
+        "created_datetime": st.created,
+    })
+}
+
+pub(super) fn service_json(s: &Service) -> Value {
+    let all = if s.state == "Terminated" {
+        Vec::new()
+    } else {
+        engine::containers(&s.placement()).unwrap_or_default()
+    };
+    let mine: Vec<&Container> = all.iter().collect();
+    render_service(s, &mine)
+}

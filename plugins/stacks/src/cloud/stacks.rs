@@ -1,0 +1,197 @@
+//! Stacks.
+
+use super::*;
+
+pub(super) fn find_stack(req: &Request) -> Result<Stack, Response> {
+    let uuid = req.param("uuid").unwrap_or_default();
+    model::load_stack(uuid)?.ok_or_else(|| fail(404, "Not found"))
+}
+
+pub fn stack_list(req: &Request) -> HttpResult {
+    let mut stacks: Vec<Stack> = model::scan("stack/")?;
+    stacks.sort_by(|a, b| b.created.cmp(&a.created).then(a.name.cmp(&b.name)));
+    let mut objects = Vec::new();
+    for st in &stacks {
+        let v = render_stack(st);
+        if passes(req, &v, &["uuid", "state", "name"])? {
+            objects.push(v);
+        }
+    }
+    page(req, STACK_URI, objects)
+}
+
+/// Fields of each service kept as given (see `Service::extra`).
+pub(super) type Extras = Vec<serde_json::Map<String, Value>>;
+
+pub(super) fn defs_from_stack_body(v: &Value) -> Result<(Vec<Def>, Extras), String> {
+    let services = v["services"]
+        .as_array()
+        .ok_or("services: a list of service bodies is required")?;
+    if services.is_empty() {
+        return Err("services: at least one service is required".into());
+    }
+    let mut defs = Vec::new();
+    let mut extras = Vec::new();
+    for s in services {
+        let (d, e) = body_to_def(s, None)?;
+        if defs.iter().any(|x: &Def| x.name == d.name) {
+            return Err(format!("services: `{}` appears twice", d.name));
+        }
+        defs.push(d);
+        extras.push(e);
+    }
+    stackfile::check_links(&defs)?;
+    Ok((defs, extras))
+}
+
+/// `POST stack/`: a JSON body `{name, services: [...]}`, or a stackfile
+/// (YAML) with `?name=`.
+pub fn stack_create(req: &Request) -> HttpResult {
+    let (name, nickname, defs, extras) = if req.is_json() || req.body().first() == Some(&b'{') {
+        let v = body(req)?;
+        let name = v["name"]
+            .as_str()
+            .ok_or_else(|| fail(400, "name: this field is required"))?
+            .to_string();
+        let (defs, extras) = defs_from_stack_body(&v).map_err(|e| fail(400, &e))?;
+        let nickname = v["nickname"].as_str().unwrap_or(&name).to_string();
+        (name, nickname, defs, extras)
+    } else {
+        let name = req
+            .query("name")
+            .ok_or_else(|| fail(400, "name: give ?name= with a stackfile body"))?
+            .to_string();
+        let text =
+            std::str::from_utf8(req.body()).map_err(|_| fail(400, "the stackfile is not UTF-8"))?;
+        let defs = stackfile::parse_cloud(text).map_err(|e| fail(400, &e))?;
+        (name.clone(), name, defs, Vec::new())
+    };
+    let endpoint = model::cloud_endpoint();
+    let stack =
+        model::create_stack(&name, &nickname, defs, &endpoint, None, extras).map_err(failure)?;
+    Ok(Response::json(201, &render_stack(&stack)))
+}
+
+pub fn stack_get(req: &Request) -> HttpResult {
+    Ok(Response::json(200, &render_stack(&find_stack(req)?)))
+}
+
+/// `PATCH stack/{uuid}/`: replace the services (by name: changed ones are
+/// updated, new ones added, missing ones terminated) and the nickname.
+pub fn stack_update(req: &Request) -> HttpResult {
+    let mut stack = find_stack(req)?;
+    if stack.state == "Terminated" {
+        return Err(fail(409, "Cannot update a terminated stack"));
+    }
+    let v = body(req)?;
+    if let Some(n) = v["nickname"].as_str() {
+        stack.nickname = n.to_string();
+    }
+    if v.get("services").is_some() {
+        let (defs, extras) = defs_from_stack_body(&v).map_err(|e| fail(400, &e))?;
+        update_stack_services(&mut stack, defs, extras).map_err(failure)?;
+    }
+    model::save_stack(&stack)?;
+    model::emit(
+        "stack",
+        "update",
+        &stack.uri(),
+        &stack.uuid,
+        &stack.state,
+        &[],
+    );
+    Ok(Response::json(200, &render_stack(&stack)))
+}
+
+/// Bring a stack's services to `defs`: update by name, add, terminate the
+/// ones no longer declared. Running stacks apply the change at once.
+pub fn update_stack_services(
+    stack: &mut Stack,
+    defs: Vec<Def>,
+    extras: Vec<serde_json::Map<String, Value>>,
+) -> Result<(), Failure> {
+    let running = matches!(stack.state.as_str(), "Running" | "Partly running");
+    let mut kept = Vec::new();
+    for (i, def) in defs.iter().enumerate() {
+        let existing = stack
+            .services
+            .iter()
+            .filter_map(|u| model::load_service(u).ok().flatten())
+            .find(|s| s.name == def.name && s.state != "Terminated");
+        let extra = extras.get(i).cloned().unwrap_or_default();
+        let mut s = match existing {
+            Some(mut s) => {
+                s.def = def.clone();
+                s.aliases = model::aliases_of(&def.name, &defs);
+                s.extra = extra;
+                s
+            }
+            None => {
+                let s = Service::in_stack(stack, def, &defs, extra)?;
+                stack.services.push(s.uuid.clone());
+                s
+            }
+        };
+        model::apply_roles(&mut s)?;
+        model::save_service(&s)?;
+        if running {
+            let op = if s.state == "Not running" {
+                Op::Start
+            } else {
+                Op::Redeploy
+            };
+            model::run_service(&mut s, op)?;
+        }
+        kept.push(s.uuid.clone());
+    }
+    for uuid in stack.services.clone() {
+        if kept.contains(&uuid) {
+            continue;
+        }
+        if let Some(mut s) = model::load_service(&uuid)?
+            && Op::Terminate.allowed(&s.state)
+        {
+            model::run_service(&mut s, Op::Terminate)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn stack_op(req: &Request, op: Op) -> HttpResult {
+    let user = req.identity::<Caller>()?.0.clone();
+    let mut stack = find_stack(req)?;
+    follow(&stack.endpoint);
+    let uri = stack.uri();
+    let label = format!("Stack {}", capitalise(op.name()));
+    act(req, &user, "Stack", &label, &uri, Some(op), || {
+        model::run_stack(&mut stack, op)?;
+        Ok(render_stack(&stack))
+    })
+}
+
+pub fn stack_start(req: &Request) -> HttpResult {
+    stack_op(req, Op::Start)
+}
+pub fn stack_stop(req: &Request) -> HttpResult {
+    stack_op(req, Op::Stop)
+}
+pub fn stack_redeploy(req: &Request) -> HttpResult {
+    stack_op(req, Op::Redeploy)
+}
+pub fn stack_terminate(req: &Request) -> HttpResult {
+    stack_op(req, Op::Terminate)
+}
+
+pub fn stack_export(req: &Request) -> HttpResult {
+    let stack = find_stack(req)?;
+    let defs = model::stack_defs(&stack)?;
+    let yaml = stackfile::export(&defs);
+    let wants_yaml = req.query("format") == Some("yaml")
+        || req.header("accept").is_some_and(|a| a.contains("yaml"));
+    if wants_yaml {
+        return Ok(Response::text(200, &yaml).header("content-type", "application/x-yaml"));
+    }
+    // JSON clients (the SDKs) get the same stackfile as a JSON object.
+    let doc: Value = serde_yaml::from_str(&yaml).map_err(|e| fail(500, &e.to_string()))?;
+    Ok(Response::json(200, &doc))
+}

@@ -1,0 +1,314 @@
+//! Endpoints (Docker engines) and the Docker proxy under them.
+
+use super::*;
+
+#[derive(Serialize, Deserialize, Clone)]
+pub(super) struct Endpoint {
+    pub(super) id: u64,
+    pub(super) name: String,
+    pub(super) url: String,
+    pub(super) public_url: String,
+    pub(super) group_id: u64,
+    pub(super) tls: bool,
+    /// The Docker endpoint name this maps to.
+    pub(super) docker: String,
+    #[serde(default)]
+    pub(super) authorized_users: Vec<u64>,
+    #[serde(default)]
+    pub(super) authorized_teams: Vec<u64>,
+}
+
+impl Endpoint {
+    fn render(&self) -> Value {
+        let mut tls = json!({ "TLS": self.tls, "TLSSkipVerify": false });
+        if self.tls {
+            tls["TLSCACert"] = json!(format!("/data/tls/{}/ca.pem", self.id));
+            tls["TLSCert"] = json!(format!("/data/tls/{}/cert.pem", self.id));
+            tls["TLSKey"] = json!(format!("/data/tls/{}/key.pem", self.id));
+        }
+        json!({
+            "Id": self.id,
+            "Name": self.name,
+            "Type": 1,
+            "URL": self.url,
+            "GroupId": self.group_id,
+            "PublicURL": self.public_url,
+            "TLSConfig": tls,
+            "AuthorizedUsers": self.authorized_users,
+            "AuthorizedTeams": self.authorized_teams,
+            "Extensions": [],
+            "Status": 1,
+        })
+    }
+}
+
+pub(super) fn endpoint_key(id: u64) -> String {
+    format!("p/endpoint/{id:010}")
+}
+
+pub(super) fn load_endpoint(id: u64) -> Result<Option<Endpoint>, Response> {
+    kv::get_json(&endpoint_key(id)).map_err(Response::from)
+}
+
+/// Form fields: (name, value bytes) from multipart or urlencoded bodies.
+pub(super) fn form_fields(req: &Request) -> Result<Vec<(String, Vec<u8>)>, Response> {
+    let ctype = req.header("content-type").unwrap_or_default();
+    if let Some(boundary) = ctype
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))
+    {
+        return multipart(req.body(), boundary.trim_matches('"'))
+            .ok_or_else(|| fail(400, "Invalid request payload", "malformed multipart body"));
+    }
+    if ctype.contains("json") {
+        let v: Value = payload(req)?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| fail(400, "Invalid request payload", "a JSON object"))?;
+        return Ok(obj
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text.into_bytes())
+            })
+            .collect());
+    }
+    Ok(req
+        .form()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect())
+}
+
+/// Split a `multipart/form-data` body into (name, bytes) parts.
+pub(super) fn multipart(body: &[u8], boundary: &str) -> Option<Vec<(String, Vec<u8>)>> {
+    let delimiter = format!("--{boundary}");
+    let d = delimiter.as_bytes();
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay.get(from..)?
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|p| p + from)
+    };
+    let mut parts = Vec::new();
+    let mut at = find(body, d, 0)? + d.len();
+    loop {
+        if body.get(at..at + 2) == Some(b"--") {
+            return Some(parts);
+        }
+        let start = at + 2; // CRLF after the delimiter
+        let next = find(body, d, start)?;
+        let part = body.get(start..next.checked_sub(2)?)?;
+        let split = find(part, b"\r\n\r\n", 0)?;
+        let headers = String::from_utf8_lossy(&part[..split]);
+        let name = headers.lines().find_map(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("content-disposition").then_some(())?;
+            let orig = &headers[headers.to_ascii_lowercase().find("name=\"")? + 6..];
+            Some(orig[..orig.find('"')?].to_string())
+        })?;
+        parts.push((name, part[split + 4..].to_vec()));
+        at = next + d.len();
+    }
+}
+
+pub(super) fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+pub(super) fn field_text(fields: &[(String, Vec<u8>)], name: &str) -> Option<String> {
+    field(fields, name).map(|v| String::from_utf8_lossy(v).trim().to_string())
+}
+
+pub fn endpoint_create(req: &Request) -> HttpResult {
+    let fields = form_fields(req)?;
+    let name = field_text(&fields, "Name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| fail(400, "Invalid request payload", "Invalid endpoint name"))?;
+    let kind = field_text(&fields, "EndpointType").unwrap_or_else(|| "1".into());
+    if kind != "1" {
+        return Err(fail(
+            400,
+            "Invalid request payload",
+            "EndpointType 1 (Docker) only",
+        ));
+    }
+    let url = field_text(&fields, "URL").unwrap_or_default();
+    let tls = field_text(&fields, "TLS").is_some_and(|t| t == "true" || t == "1");
+    if tls && field_text(&fields, "TLSSkipVerify").is_some_and(|t| t == "true") {
+        return Err(fail(
+            400,
+            "Invalid request payload",
+            "TLSSkipVerify is not supported: upload the engine's CA as TLSCACertFile",
+        ));
+    }
+    let id = kv::next_in_sequence("portainer-endpoint")?;
+    let (docker_name, shown_url) = if url.is_empty() || url.starts_with("unix://") {
+        if !url.is_empty() && url != "unix:///var/run/docker.sock" {
+            return Err(fail(
+                400,
+                "Invalid request payload",
+                "the only local socket is the operator's",
+            ));
+        }
+        (
+            model::cloud_endpoint(),
+            "unix:///var/run/docker.sock".to_string(),
+        )
+    } else if url.starts_with("tcp://") {
+        let files = if tls {
+            let read = |k: &str| {
+                field(&fields, k)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .filter(|s| !s.is_empty())
+            };
+            let ca = read("TLSCACertFile").ok_or_else(|| {
+                fail(
+                    400,
+                    "Invalid request payload",
+                    "TLSCACertFile is required with TLS",
+                )
+            })?;
+            let cert = read("TLSCertFile").unwrap_or_default();
+            let key = read("TLSKeyFile").unwrap_or_default();
+            Some(docker::TlsFiles { ca, cert, key })
+        } else {
+            None
+        };
+        // The host keeps the uploaded TLS material with the endpoint, in
+        // its own store: it never touches the filesystem or the plugin's KV.
+        let docker_name = format!("portainer-{id}");
+        docker::register_endpoint(&docker_name, &url, files.as_ref())
+            .map_err(|e| fail(400, "Invalid endpoint URL", &docker::error_text(&e)))?;
+
+        (docker_name, url.clone())
+    } else {
+        return Err(fail(
+            400,
+            "Invalid request payload",
+            "URL is empty (local socket) or tcp://HOST:PORT",
+        ));
+    };
+    if let Err(e) = docker::ping(&docker_name) {
+        if docker_name.starts_with("portainer-") {
+            let _ = docker::remove_endpoint(&docker_name);
+        }
+        return Err(fail(
+            500,
+            "Unable to ping Docker environment",
+            &docker::error_text(&e),
+        ));
+    }
+    let endpoint = Endpoint {
+        id,
+        name,
+        url: shown_url,
+        public_url: field_text(&fields, "PublicURL").unwrap_or_default(),
+        group_id: field_text(&fields, "GroupID")
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(1),
+        tls,
+        docker: docker_name,
+        authorized_users: Vec::new(),
+        authorized_teams: Vec::new(),
+    };
+    kv::set_json(&endpoint_key(id), &endpoint)?;
+    Ok(Response::json(200, &endpoint.render()))
+}
+
+pub(super) fn can_use(user: &User, e: &Endpoint) -> bool {
+    user.role == ADMIN || e.authorized_users.contains(&user.id)
+}
+
+pub fn endpoint_list(req: &Request) -> HttpResult {
+    let user = req.identity::<User>()?;
+    let list: Vec<Endpoint> = model::scan("p/endpoint/")?;
+    let shown: Vec<Value> = list
+        .iter()
+        .filter(|e| can_use(&user, e))
+        .map(Endpoint::render)
+        .collect();
+    Ok(Response::json(200, &shown))
+}
+
+pub(super) fn find_endpoint(req: &Request, user: &User) -> Result<Endpoint, Response> {
+    let id = id_param(req)?;
+    let e = load_endpoint(id)?.ok_or_else(|| not_found("an endpoint"))?;
+    if !can_use(user, &e) {
+        return Err(fail(403, "Access denied to resource", ""));
+    }
+    Ok(e)
+}
+
+pub fn endpoint_get(req: &Request) -> HttpResult {
+    let user = req.identity::<User>()?;
+    Ok(Response::json(200, &find_endpoint(req, &user)?.render()))
+}
+
+pub fn endpoint_update(req: &Request) -> HttpResult {
+    let user = req.identity::<User>()?;
+    let mut e = find_endpoint(req, &user)?;
+    let v: Value = payload(req)?;
+    if let Some(n) = v["Name"].as_str().filter(|n| !n.is_empty()) {
+        e.name = n.to_string();
+    }
+    if let Some(p) = v["PublicURL"].as_str() {
+        e.public_url = p.to_string();
+    }
+    if let Some(g) = v["GroupID"].as_u64() {
+        e.group_id = g;
+    }
+    if let Some(users) = v["AuthorizedUsers"].as_array() {
+        e.authorized_users = users.iter().filter_map(Value::as_u64).collect();
+    }
+    if let Some(teams) = v["AuthorizedTeams"].as_array() {
+        e.authorized_teams = teams.iter().filter_map(Value::as_u64).collect();
+    }
+    kv::set_json(&endpoint_key(e.id), &e)?;
+    Ok(Response::json(200, &e.render()))
+}
+
+pub fn endpoint_delete(req: &Request) -> HttpResult {
+    let user = req.identity::<User>()?;
+    let e = find_endpoint(req, &user)?;
+    if e.docker.starts_with("portainer-") {
+        docker::remove_endpoint(&e.docker).map_err(|err| {
+            fail(
+                500,
+                "Unable to remove the endpoint",
+                &docker::error_text(&err),
+            )
+        })?;
+    }
+    kv::delete(&endpoint_key(e.id))?;
+    Ok(Response::new(204))
+}
+
+/// `/api/endpoints/{id}/docker/{path...}`: the engine's API, through the
+/// host's proxy, once the caller may use the endpoint.
+pub fn docker_proxy(req: &Request) -> HttpResult {
+    let user = req.identity::<User>()?;
+    let e = find_endpoint(req, &user)?;
+    let path = format!("/{}", req.param("path").unwrap_or_default());
+    // A `?token=` is Berth's, not the engine's: it is not forwarded.
+    if req.query("token").is_none() {
+        return Ok(Response::proxy_docker(&e.docker, &path, None));
+    }
+    let query: Vec<String> = req
+        .query_pairs()
+        .iter()
+        .filter(|(k, _)| k != "token")
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect();
+    Ok(Response::proxy_docker(
+        &e.docker,
+        &path,
+        Some(&query.join("&")),
+    ))
+}

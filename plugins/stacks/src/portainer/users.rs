@@ -1,0 +1,247 @@
+//! Users, the first administrator, `POST /api/auth` and its JWTs.
+
+use super::*;
+
+#[derive(Serialize, Deserialize, Clone)]
+pub struct User {
+    pub(super) id: u64,
+    pub(super) username: String,
+    pub(super) role: u8,
+    pub(super) hash: String,
+}
+
+impl User {
+    fn render(&self) -> Value {
+        json!({ "Id": self.id, "Username": self.username, "Role": self.role })
+    }
+}
+
+pub(super) fn users() -> Result<Vec<User>, Response> {
+    model::scan("p/user/").map_err(Response::from)
+}
+
+pub(super) fn user_by_name(name: &str) -> Result<Option<User>, Response> {
+    Ok(users()?
+        .into_iter()
+        .find(|u| u.username.eq_ignore_ascii_case(name)))
+}
+
+pub(super) fn save_user(u: &User) -> Result<(), Response> {
+    kv::set_json(&format!("p/user/{:010}", u.id), u).map_err(Response::from)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Credentials {
+    username: String,
+    password: String,
+    #[serde(default)]
+    role: Option<u8>,
+}
+
+pub(super) fn credentials(req: &Request) -> Result<Credentials, Response> {
+    let c: Credentials = payload(req)?;
+    if c.username.trim().is_empty() || c.password.is_empty() {
+        return Err(fail(
+            400,
+            "Invalid request payload",
+            "Username and Password are required",
+        ));
+    }
+    Ok(c)
+}
+
+pub(super) fn new_user(c: &Credentials, role: u8) -> Result<User, Response> {
+    if user_by_name(&c.username)?.is_some() {
+        return Err(fail(409, "User already exists", &c.username));
+    }
+    let user = User {
+        id: kv::next_in_sequence("portainer-user")?,
+        username: c.username.clone(),
+        role,
+        hash: crypto::hash_password(&c.password)?,
+    };
+    save_user(&user)?;
+    Ok(user)
+}
+
+pub fn admin_check(_: &Request) -> HttpResult {
+    if users()?.iter().any(|u| u.role == ADMIN) {
+        Ok(Response::new(204))
+    } else {
+        Err(fail(
+            404,
+            "No administrator account found inside the database",
+            "",
+        ))
+    }
+}
+
+pub fn admin_init(req: &Request) -> HttpResult {
+    let c = credentials(req)?;
+    if users()?.iter().any(|u| u.role == ADMIN) {
+        return Err(fail(409, "An administrator user already exists", ""));
+    }
+    Ok(Response::json(200, &new_user(&c, ADMIN)?.render()))
+}
+
+/// `POST /api/auth`: a JWT, or 422; failures are throttled per client
+/// address and per user.
+pub fn auth(req: &Request) -> HttpResult {
+    let c = credentials(req)?;
+    let mut attempt = attempts::Login::begin(req, "p/", &c.username, Limits::from_config())
+        .map_err(|e| {
+            e.respond(
+                || {
+                    fail(
+                        429,
+                        "Too many failed login attempts",
+                        "try again in a minute",
+                    )
+                },
+                Response::from,
+            )
+        })?;
+    let user = user_by_name(&c.username)?;
+    let hash = user.as_ref().map(|u| u.hash.as_str());
+    let ok = attempt.verify_password(&c.password, hash)?;
+    let Some(user) = user.filter(|_| ok) else {
+        return Err(fail(422, "Invalid credentials", "Unauthorized"));
+    };
+    let ttl = config::get_or("jwt_ttl_secs", 28_800u64).unwrap_or(28_800);
+    let header = b64url(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = json!({
+        "id": user.id,
+        "username": user.username,
+        "role": user.role,
+        "exp": time::now_secs() + ttl,
+    });
+    let signed = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
+    let tag = crypto::sign(JWT_KEY, signed.as_bytes())?;
+    Ok(Response::json(
+        200,
+        &json!({ "jwt": format!("{signed}.{}", b64url(&tag)) }),
+    ))
+}
+
+/// The user a request's JWT (`Authorization: Bearer` or `?token=`) names.
+pub fn authenticate(req: &Request) -> Result<User, Response> {
+    let denied = || {
+        fail(
+            401,
+            "Unauthorized",
+            "A valid authorisation token is missing",
+        )
+    };
+    let token = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .or(req.query("token"))
+        .ok_or_else(denied)?;
+    let (signed, tag) = token.trim().rsplit_once('.').ok_or_else(denied)?;
+    let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(tag)
+        .map_err(|_| denied())?;
+    if !crypto::verify(JWT_KEY, signed.as_bytes(), &tag)? {
+        return Err(denied());
+    }
+    let payload = signed.split_once('.').ok_or_else(denied)?.1;
+    let claims: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(denied)?;
+    if claims["exp"].as_u64().unwrap_or(0) <= time::now_secs() {
+        return Err(fail(401, "Unauthorized", "Token expired"));
+    }
+    let id = claims["id"].as_u64().ok_or_else(denied)?;
+    kv::get_json::<User>(&format!("p/user/{id:010}"))?.ok_or_else(denied)
+}
+
+pub fn admin(req: &Request) -> Result<User, Response> {
+    let user = authenticate(req)?;
+    if user.role != ADMIN {
+        return Err(fail(
+            403,
+            "Access denied to resource",
+            "administrators only",
+        ));
+    }
+    Ok(user)
+}
+
+pub(super) fn id_param(req: &Request) -> Result<u64, Response> {
+    req.param("id")
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| fail(400, "Invalid identifier route variable", "id"))
+}
+
+pub fn user_list(_: &Request) -> HttpResult {
+    let list: Vec<Value> = users()?.iter().map(User::render).collect();
+    Ok(Response::json(200, &list))
+}
+
+pub fn user_create(req: &Request) -> HttpResult {
+    let c = credentials(req)?;
+    let role = c.role.unwrap_or(2);
+    if !matches!(role, 1 | 2) {
+        return Err(fail(
+            400,
+            "Invalid request payload",
+            "Role is 1 (admin) or 2 (user)",
+        ));
+    }
+    Ok(Response::json(200, &new_user(&c, role)?.render()))
+}
+
+pub(super) fn find_user(req: &Request) -> Result<User, Response> {
+    let id = id_param(req)?;
+    kv::get_json::<User>(&format!("p/user/{id:010}"))?.ok_or_else(|| not_found("a user"))
+}
+
+pub fn user_get(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
+    let user = find_user(req)?;
+    if me.role != ADMIN && me.id != user.id {
+        return Err(fail(403, "Access denied to resource", ""));
+    }
+    Ok(Response::json(200, &user.render()))
+}
+
+pub fn user_update(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
+    let mut user = find_user(req)?;
+    if me.role != ADMIN && me.id != user.id {
+        return Err(fail(403, "Access denied to resource", ""));
+    }
+    let v: Value = payload(req)?;
+    if let Some(p) = v["Password"].as_str().filter(|p| !p.is_empty()) {
+        user.hash = crypto::hash_password(p)?;
+    }
+    if let Some(role) = v["Role"].as_u64() {
+        if me.role != ADMIN {
+            return Err(fail(
+                403,
+                "Access denied to resource",
+                "only admins change roles",
+            ));
+        }
+        if !matches!(role, 1 | 2) {
+            return Err(fail(400, "Invalid request payload", "Role is 1 or 2"));
+        }
+        user.role = role as u8;
+    }
+    save_user(&user)?;
+    Ok(Response::json(200, &user.render()))
+}
+
+pub fn user_delete(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
+    let user = find_user(req)?;
+    if user.id == me.id {
+        return Err(fail(403, "Cannot remove your own user account", ""));
+    }
+    kv::delete(&format!("p/user/{:010}", user.id))?;
+    Ok(Response::new(204))
+}
