@@ -11,11 +11,22 @@
 //! compared in constant time.
 
 use berth_sdk::{HttpResult, Request, Response, config, crypto, docker, kv};
+use serde::{Deserialize, Serialize};
 
 use crate::fail;
-use crate::target::Vm;
 
 const TOKEN_KEY: &str = "agent/token";
+
+/// One instance as a beacon agent's `GET /vms` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Vm {
+    pub name: String,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub can_access_docker: bool,
+}
 
 fn configured() -> Result<Option<String>, String> {
     let token = config::get("token")?;

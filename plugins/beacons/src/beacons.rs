@@ -87,7 +87,7 @@ fn require(me: &User, beacon: &Beacon, needed: i64) -> Result<(), Response> {
 
 /// Store `beacon` with instances built from `vms`, replacing the index
 /// entries and aliases of instances it no longer has.
-fn store(beacon: &mut Beacon, vms: Vec<target::Vm>) -> Result<(), Response> {
+fn store(beacon: &mut Beacon, vms: Vec<crate::agent::Vm>) -> Result<(), Response> {
     let old = std::mem::take(&mut beacon.instances);
     beacon.instances = vms
         .into_iter()

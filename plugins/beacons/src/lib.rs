@@ -7,11 +7,13 @@
 //! one registers the others as beacons.
 
 mod agent;
+mod app_routes;
 mod apps;
 mod auth;
 mod beacons;
 mod deploy;
 mod target;
+mod user_routes;
 mod users;
 
 use berth_sdk::Capability;
@@ -43,10 +45,18 @@ impl Plugin for Beacons {
                 r.post("beacons.login", &p("/login"), auth::login)
                     .get("beacons.logout", &p("/logout"), auth::logout)
                     .scope(logged_in, |r| {
-                        r.get("beacons.users.list", &p("/users/list"), users::list)
-                            .post("beacons.users.create", &p("/users/create"), users::create)
-                            .get("beacons.users.get", &p("/users/{email}"), users::get)
-                            .put("beacons.users.update", &p("/users/{email}"), users::update)
+                        r.get("beacons.users.list", &p("/users/list"), user_routes::list)
+                            .post(
+                                "beacons.users.create",
+                                &p("/users/create"),
+                                user_routes::create,
+                            )
+                            .get("beacons.users.get", &p("/users/{email}"), user_routes::get)
+                            .put(
+                                "beacons.users.update",
+                                &p("/users/{email}"),
+                                user_routes::update,
+                            )
                             .post("beacons.create", &p("/beacons/create"), beacons::create)
                             .put(
                                 "beacons.token",
@@ -74,38 +84,42 @@ impl Plugin for Beacons {
                             .post(
                                 "beacons.apps.create",
                                 &p("/applications/create"),
-                                apps::create,
+                                app_routes::create,
                             )
-                            .get("beacons.apps.list", &p("/applications/list"), apps::list)
+                            .get(
+                                "beacons.apps.list",
+                                &p("/applications/list"),
+                                app_routes::list,
+                            )
                             .get(
                                 "beacons.apps.history",
                                 &p("/applications/list/{app}"),
-                                apps::history,
+                                app_routes::history,
                             )
                             .post(
                                 "beacons.apps.start",
                                 &p("/applications/start/{app}"),
-                                apps::start,
+                                app_routes::start,
                             )
                             .post(
                                 "beacons.apps.stop",
                                 &p("/applications/stop/{app}"),
-                                apps::stop,
+                                app_routes::stop,
                             )
                             .post(
                                 "beacons.apps.revert",
                                 &p("/applications/revert/{app}"),
-                                apps::revert,
+                                app_routes::revert,
                             )
                             .put(
                                 "beacons.apps.revert-put",
                                 &p("/applications/revert/{app}"),
-                                apps::revert,
+                                app_routes::revert,
                             )
                             .put(
                                 "beacons.apps.update",
                                 &p("/applications/update/{app}"),
-                                apps::update,
+                                app_routes::update,
                             )
                             .route("beacons.api.unknown", "*", &p("/{rest...}"), unknown)
                     })
@@ -131,7 +145,7 @@ impl Plugin for Beacons {
     fn admin(args: Vec<String>) -> Result<String, String> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         match args.as_slice() {
-            ["create-admin", rest @ ..] => users::create_admin(rest),
+            ["create-admin", rest @ ..] => user_routes::create_admin(rest),
             ["agent-token"] => agent::token_command(false),
             ["agent-token", "--rotate"] => agent::token_command(true),
             _ => Err(USAGE.to_string()),

@@ -12,7 +12,7 @@ use berth_sdk::docker::{self, DockerError};
 use berth_sdk::{config, http_out, percent_encode};
 use serde::{Deserialize, Serialize};
 
-use crate::agent;
+use crate::agent::{self, Vm};
 
 /// The address of this host's own beacon agent.
 pub const LOCAL: &str = "local";
@@ -41,17 +41,6 @@ pub struct Instance {
     pub name: String,
     pub can_access_docker: bool,
     pub beacon_address: String,
-}
-
-/// One instance as a beacon agent's `GET /vms` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Vm {
-    pub name: String,
-    #[serde(default)]
-    pub address: String,
-    #[serde(default)]
-    pub can_access_docker: bool,
 }
 
 /// Where an instance's Docker calls go.
