@@ -9,13 +9,14 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
+use crate::bindings::HostError;
 use crate::bindings::crypto::{Host, TotpParams};
 use crate::bindings::types::Error;
 use crate::capability::Capability;
 use crate::caps::CallCx;
 use crate::store::Store;
 
-type Answer<T> = wasmtime::Result<Result<T, Error>>;
+type Answer<T> = Result<T, HostError>;
 
 /// HMAC keys per (plugin, key name), created on first use, stored in the
 /// host's metadata table and cached. Their bytes never reach a plugin.
@@ -110,9 +111,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Host for CallCx {
     async fn hash_password(&mut self, password: String) -> Answer<String> {
-        if let Err(e) = self.check(Capability::Crypto) {
-            return Ok(Err(e));
-        }
+        self.check(Capability::Crypto)?;
         // argon2 takes tens of milliseconds: keep it off the async workers.
         let hashed = tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
@@ -120,48 +119,42 @@ impl Host for CallCx {
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
         })
-        .await?;
-        Ok(hashed.map_err(|e| Error::Invalid(format!("cannot hash password: {e}"))))
+        .await
+        .map_err(HostError::trap)?;
+        Ok(hashed.map_err(|e| Error::Invalid(format!("cannot hash password: {e}")))?)
     }
 
     async fn verify_password(&mut self, password: String, hash: String) -> Answer<bool> {
-        if let Err(e) = self.check(Capability::Crypto) {
-            return Ok(Err(e));
-        }
+        self.check(Capability::Crypto)?;
         let verdict = tokio::task::spawn_blocking(move || {
             let parsed = PasswordHash::new(&hash)
                 .map_err(|e| Error::Invalid(format!("not a PHC password hash: {e}")))?;
-            Ok(argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok())
+            Ok::<bool, Error>(
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok(),
+            )
         })
-        .await?;
-        Ok(verdict)
+        .await
+        .map_err(HostError::trap)?;
+        Ok(verdict?)
     }
 
     async fn sign(&mut self, key_name: String, data: Vec<u8>) -> Answer<Vec<u8>> {
-        if let Err(e) = self.check(Capability::Crypto) {
-            return Ok(Err(e));
-        }
+        self.check(Capability::Crypto)?;
         let env = self.plugin.clone();
-        Ok(env.keys.key(&env.name, &key_name).await.map(|key| {
-            hmac_sha256(&key[..], &data)
-                .finalize()
-                .into_bytes()
-                .to_vec()
-        }))
+        let key = env.keys.key(&env.name, &key_name).await?;
+        Ok(hmac_sha256(&key[..], &data)
+            .finalize()
+            .into_bytes()
+            .to_vec())
     }
 
     async fn verify(&mut self, key_name: String, data: Vec<u8>, tag: Vec<u8>) -> Answer<bool> {
-        if let Err(e) = self.check(Capability::Crypto) {
-            return Ok(Err(e));
-        }
+        self.check(Capability::Crypto)?;
         let env = self.plugin.clone();
-        Ok(env
-            .keys
-            .key(&env.name, &key_name)
-            .await
-            .map(|key| hmac_sha256(&key[..], &data).verify_slice(&tag).is_ok()))
+        let key = env.keys.key(&env.name, &key_name).await?;
+        Ok(hmac_sha256(&key[..], &data).verify_slice(&tag).is_ok())
     }
 
     async fn totp_verify(
@@ -170,52 +163,43 @@ impl Host for CallCx {
         code: String,
         params: TotpParams,
     ) -> Answer<Option<u64>> {
-        if let Err(e) = self.check(Capability::Crypto) {
-            return Ok(Err(e));
-        }
+        self.check(Capability::Crypto)?;
         if !(6..=8).contains(&params.digits)
             || params.period == 0
             || params.skew > 10
             || secret.is_empty()
         {
-            return Ok(Err(Error::Invalid(
+            return Err(Error::Invalid(
                 "TOTP needs 6 to 8 digits, a period above 0, a skew of at most 10 and a secret"
                     .into(),
-            )));
+            )
+            .into());
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Ok(Ok(totp_match(&secret, &code, &params, now)))
+        Ok(totp_match(&secret, &code, &params, now))
     }
 
     async fn random_bytes(&mut self, len: u32) -> Answer<Vec<u8>> {
-        if let Err(e) = self.check(Capability::Crypto) {
-            return Ok(Err(e));
-        }
+        self.check(Capability::Crypto)?;
         if len > 4096 {
-            return Ok(Err(Error::Invalid(
-                "at most 4096 random bytes per call".into(),
-            )));
+            return Err(Error::Invalid("at most 4096 random bytes per call".into()).into());
         }
         let mut bytes = vec![0u8; len as usize];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        Ok(Ok(bytes))
+        Ok(bytes)
     }
 
     async fn random_token(&mut self, bytes: u32) -> Answer<String> {
-        if let Err(e) = self.check(Capability::Crypto) {
-            return Ok(Err(e));
-        }
+        self.check(Capability::Crypto)?;
         if !(1..=1024).contains(&bytes) {
-            return Ok(Err(Error::Invalid(
-                "tokens are 1 to 1024 random bytes".into(),
-            )));
+            return Err(Error::Invalid("tokens are 1 to 1024 random bytes".into()).into());
         }
         let mut buf = vec![0u8; bytes as usize];
         rand::rngs::OsRng.fill_bytes(&mut buf);
-        Ok(Ok(hex::encode(buf)))
+        Ok(hex::encode(buf))
     }
 
     async fn constant_time_eq(&mut self, a: Vec<u8>, b: Vec<u8>) -> wasmtime::Result<bool> {

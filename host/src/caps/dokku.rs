@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::bindings::DokkuFailure;
 use crate::bindings::dokku::{DokkuError, Host, Reply};
 use crate::capability::Capability;
 use crate::caps::CallCx;
@@ -19,19 +20,13 @@ use crate::caps::CallCx;
 const MAX_LINE: u64 = 16 << 20;
 
 impl Host for CallCx {
-    async fn run(
-        &mut self,
-        command: String,
-        timeout_ms: u32,
-    ) -> wasmtime::Result<Result<Reply, DokkuError>> {
+    async fn run(&mut self, command: String, timeout_ms: u32) -> Result<Reply, DokkuFailure> {
         self.acted("a Dokku command");
         if let Err(e) = self.check(Capability::Dokku) {
-            return Ok(Err(DokkuError::Denied(crate::caps::denied_text(&e))));
+            return Err(DokkuError::Denied(crate::caps::denied_text(&e)).into());
         }
         if command.trim().is_empty() || command.contains(['\n', '\r']) {
-            return Ok(Err(DokkuError::Invalid(
-                "a command is one non-empty line".into(),
-            )));
+            return Err(DokkuError::Invalid("a command is one non-empty line".into()).into());
         }
         let dokku = &self.plugin.dokku;
         let timeout = match timeout_ms {
@@ -65,7 +60,7 @@ impl Host for CallCx {
             }
             Ok(parse_reply(&String::from_utf8_lossy(&line)))
         };
-        Ok(match tokio::time::timeout(timeout, exchange).await {
+        let answer = match tokio::time::timeout(timeout, exchange).await {
             // The socket path and the OS error are the operator's to read.
             Ok(Err(DokkuError::Unreachable(detail))) => {
                 let request_id = &self.request_id;
@@ -77,7 +72,13 @@ impl Host for CallCx {
             }
             Ok(result) => result,
             Err(_) => Err(DokkuError::Timeout),
-        })
+        };
+        Ok(answer?)
+    }
+
+    /// A daemon error reaches the plugin; a trap ends the call.
+    fn convert_dokku_error(&mut self, err: DokkuFailure) -> wasmtime::Result<DokkuError> {
+        err.downcast()
     }
 }
 

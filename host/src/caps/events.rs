@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
+use crate::bindings::HostError;
 use crate::bindings::events::Host;
 use crate::bindings::types::Error as WitError;
 use crate::capability::Capability;
@@ -139,22 +140,14 @@ impl CallCx {
 }
 
 impl Host for CallCx {
-    async fn publish(
-        &mut self,
-        topic: String,
-        payload: Vec<u8>,
-    ) -> wasmtime::Result<Result<u64, WitError>> {
+    async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<u64, HostError> {
         self.acted("a published event");
-        Ok(self.publish_event(topic, payload, false))
+        Ok(self.publish_event(topic, payload, false)?)
     }
 
-    async fn close(
-        &mut self,
-        topic: String,
-        payload: Vec<u8>,
-    ) -> wasmtime::Result<Result<u64, WitError>> {
+    async fn close(&mut self, topic: String, payload: Vec<u8>) -> Result<u64, HostError> {
         self.acted("a published event");
-        Ok(self.publish_event(topic, payload, true))
+        Ok(self.publish_event(topic, payload, true)?)
     }
 }
 

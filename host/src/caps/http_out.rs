@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bindings::HttpFailure;
 use crate::bindings::http_out::{Host, HttpError, Incoming, Outgoing};
 use crate::capability::Capability;
 use crate::caps::CallCx;
@@ -233,21 +234,27 @@ fn classify(url: &reqwest::Url, e: reqwest::Error) -> HttpError {
 }
 
 impl Host for CallCx {
-    async fn send(&mut self, request: Outgoing) -> wasmtime::Result<Result<Incoming, HttpError>> {
+    async fn send(&mut self, request: Outgoing) -> Result<Incoming, HttpFailure> {
         self.acted("an outbound HTTP request");
         // `CallCx::check` (the grant), not this interface's `check`.
         if let Err(e) = CallCx::check(self, Capability::HttpOut) {
-            return Ok(Err(HttpError::Denied(crate::caps::denied_text(&e))));
+            return Err(HttpError::Denied(crate::caps::denied_text(&e)).into());
         }
         let http = self.plugin.http.clone();
-        Ok(http.send(request).await)
+        Ok(http.send(request).await?)
     }
 
-    async fn check(&mut self, url: String) -> wasmtime::Result<Result<(), HttpError>> {
+    async fn check(&mut self, url: String) -> Result<(), HttpFailure> {
         if let Err(e) = CallCx::check(self, Capability::HttpOut) {
-            return Ok(Err(HttpError::Denied(crate::caps::denied_text(&e))));
+            return Err(HttpError::Denied(crate::caps::denied_text(&e)).into());
         }
-        Ok(self.plugin.http.check(&url).map(drop))
+        self.plugin.http.check(&url)?;
+        Ok(())
+    }
+
+    /// An outbound request's error reaches the plugin; a trap ends the call.
+    fn convert_http_error(&mut self, err: HttpFailure) -> wasmtime::Result<HttpError> {
+        err.downcast()
     }
 }
 

@@ -2,6 +2,7 @@
 //! through its call's transaction, so it is committed with the call's KV
 //! writes, or not at all; the runner (`crate::jobs`) runs it.
 
+use crate::bindings::HostError;
 use crate::bindings::jobs::Host;
 use crate::bindings::types::Error;
 use crate::capability::Capability;
@@ -13,15 +14,13 @@ impl Host for CallCx {
         kind: String,
         payload: Vec<u8>,
         delay_ms: u64,
-    ) -> wasmtime::Result<Result<u64, Error>> {
-        if let Err(e) = self.check(Capability::Jobs) {
-            return Ok(Err(e));
-        }
+    ) -> Result<u64, HostError> {
+        self.check(Capability::Jobs)?;
         let Some(txn) = self.txn.as_mut() else {
-            return Ok(Err(Error::Unavailable(
-                "jobs cannot be queued while describing".into(),
-            )));
+            return Err(Error::Unavailable("jobs cannot be queued while describing".into()).into());
         };
-        Ok(txn.enqueue(&kind, &payload, delay_ms).map_err(Error::from))
+        Ok(txn
+            .enqueue(&kind, &payload, delay_ms)
+            .map_err(Error::from)?)
     }
 }

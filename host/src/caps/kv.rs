@@ -1,13 +1,14 @@
 //! `kv`: the plugin's namespace in the redb file, through the call's
 //! transaction (see `store`).
 
+use crate::bindings::HostError;
 use crate::bindings::kv::{Host, Page};
 use crate::bindings::types::Error;
 use crate::capability::Capability;
 use crate::caps::CallCx;
 use crate::store::{Txn, TxnError};
 
-type Answer<T> = wasmtime::Result<Result<T, Error>>;
+type Answer<T> = Result<T, HostError>;
 
 impl From<TxnError> for Error {
     fn from(e: TxnError) -> Self {
@@ -35,62 +36,42 @@ impl CallCx {
 
 impl Host for CallCx {
     async fn get(&mut self, key: String) -> Answer<Option<Vec<u8>>> {
-        Ok(match self.txn() {
-            Ok(t) => t.get(&key).await.map_err(Error::from),
-            Err(e) => Err(e),
-        })
+        Ok(self.txn()?.get(&key).await.map_err(Error::from)?)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Answer<()> {
-        Ok(match self.txn() {
-            Ok(t) => t.set(&key, value).await.map_err(Error::from),
-            Err(e) => Err(e),
-        })
+        Ok(self.txn()?.set(&key, value).await.map_err(Error::from)?)
     }
 
     async fn delete(&mut self, key: String) -> Answer<bool> {
-        Ok(match self.txn() {
-            Ok(t) => t.delete(&key).await.map_err(Error::from),
-            Err(e) => Err(e),
-        })
+        Ok(self.txn()?.delete(&key).await.map_err(Error::from)?)
     }
 
     async fn list(&mut self, prefix: String, after: Option<String>, limit: u32) -> Answer<Page> {
-        Ok(match self.txn() {
-            Ok(t) => t
-                .list(&prefix, after.as_deref(), limit)
-                .await
-                .map(|page| Page {
-                    entries: page.entries,
-                    next: page.next,
-                })
-                .map_err(Error::from),
-            Err(e) => Err(e),
+        let page = self.txn()?.list(&prefix, after.as_deref(), limit).await;
+        let page = page.map_err(Error::from)?;
+        Ok(Page {
+            entries: page.entries,
+            next: page.next,
         })
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Answer<i64> {
-        Ok(match self.txn() {
-            Ok(t) => t.increment(&key, delta).await.map_err(Error::from),
-            Err(e) => Err(e),
-        })
+        Ok(self
+            .txn()?
+            .increment(&key, delta)
+            .await
+            .map_err(Error::from)?)
     }
 
     async fn next_in_sequence(&mut self, name: String) -> Answer<u64> {
-        if let Err(e) = self.check(Capability::Kv) {
-            return Ok(Err(e));
-        }
+        self.check(Capability::Kv)?;
         if name.is_empty() || name.len() > crate::store::MAX_KEY {
-            return Ok(Err(Error::Invalid(
-                "sequence names are 1 to 1024 bytes".into(),
-            )));
+            return Err(Error::Invalid("sequence names are 1 to 1024 bytes".into()).into());
         }
         let env = self.plugin.clone();
-        Ok(env
-            .db
-            .next_in_sequence(&env.name, &name)
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string())))
+        let next = env.db.next_in_sequence(&env.name, &name).await;
+        Ok(next.map_err(|e| Error::Unavailable(e.to_string()))?)
     }
 
     async fn compare_and_swap(
@@ -99,21 +80,18 @@ impl Host for CallCx {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> Answer<bool> {
-        Ok(match self.txn() {
-            Ok(t) => t
-                .compare_and_swap(&key, expected, new)
-                .await
-                .map_err(Error::from),
-            Err(e) => Err(e),
-        })
+        let swapped = self.txn()?.compare_and_swap(&key, expected, new).await;
+        Ok(swapped.map_err(Error::from)?)
     }
 
     async fn restart(&mut self) -> Answer<()> {
         if let Some(what) = self.acted_outside {
-            return Ok(Err(Error::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "this call cannot run again: it already acted outside KV ({what})"
-            ))));
+            ))
+            .into());
         }
-        Ok(self.txn().map(Txn::restart))
+        self.txn()?.restart();
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use bollard::errors::Error as BollardError;
 
 use super::{Engine, EventSink, engine_error, unreachable_text};
+use crate::bindings::DockerFailure;
 use crate::bindings::docker::{Container, DockerError, Filters, Host, Port, TlsFiles};
 use crate::capability::Capability;
 use crate::caps::CallCx;
@@ -73,7 +74,7 @@ impl CallCx {
         &self,
         endpoint: &str,
         op: F,
-    ) -> impl Future<Output = wasmtime::Result<Result<T, DockerError>>> + Send + 'static
+    ) -> impl Future<Output = Result<T, DockerFailure>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(bollard::Docker) -> Fut + Send + 'static,
@@ -92,7 +93,7 @@ impl CallCx {
         &self,
         endpoint: &str,
         op: F,
-    ) -> impl Future<Output = wasmtime::Result<Result<T, DockerError>>> + Send + 'static
+    ) -> impl Future<Output = Result<T, DockerFailure>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(Arc<Engine>) -> Fut + Send + 'static,
@@ -105,7 +106,7 @@ impl CallCx {
         async move {
             let engine = match engine {
                 Ok(engine) => engine,
-                Err(e) => return Ok(Err(e)),
+                Err(e) => return Err(e.into()),
             };
             let address = engine.spec.address.clone();
             let result = match tokio::time::timeout_at(deadline, op(engine)).await {
@@ -114,7 +115,7 @@ impl CallCx {
                     "{address} did not answer before the call's deadline"
                 ))),
             };
-            Ok(result.map_err(|e| match e {
+            result.map_err(|e| match e {
                 // Addresses and socket errors are the operator's to read,
                 // not every client's a plugin passes the text on to.
                 DockerError::Unreachable(detail) => {
@@ -124,10 +125,10 @@ impl CallCx {
                         endpoint,
                         "Docker engine unreachable: {detail}"
                     );
-                    DockerError::Unreachable(unreachable_text(&endpoint, &request_id))
+                    DockerError::Unreachable(unreachable_text(&endpoint, &request_id)).into()
                 }
-                e => e,
-            }))
+                e => e.into(),
+            })
         }
     }
 }
@@ -197,7 +198,7 @@ impl Host for CallCx {
         endpoint: String,
         all: bool,
         filters: Filters,
-    ) -> wasmtime::Result<Result<Vec<Container>, DockerError>> {
+    ) -> Result<Vec<Container>, DockerFailure> {
         let mut target = format!("/containers/json?all={all}");
         if let Some(filters) = filter_map(filters) {
             target.push_str("&filters=");
@@ -214,7 +215,7 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         id: String,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         self.on_engine(&endpoint, |api| async move {
             Ok(json(&api.inspect_container(&id, None).await?))
         })
@@ -226,11 +227,11 @@ impl Host for CallCx {
         endpoint: String,
         name: Option<String>,
         body: String,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         self.acted("a Docker call that changes the engine");
         let body: bollard::models::ContainerCreateBody = match parse("create body", &body) {
             Ok(body) => body,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Err(e.into()),
         };
         let options = q::CreateContainerOptions {
             name,
@@ -242,11 +243,7 @@ impl Host for CallCx {
         .await
     }
 
-    async fn container_start(
-        &mut self,
-        endpoint: String,
-        id: String,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    async fn container_start(&mut self, endpoint: String, id: String) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         self.on_engine(&endpoint, |api| async move {
             api.start_container(&id, None).await
@@ -259,7 +256,7 @@ impl Host for CallCx {
         endpoint: String,
         id: String,
         timeout_secs: Option<u32>,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    ) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         let options = q::StopContainerOptions {
             t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
@@ -276,7 +273,7 @@ impl Host for CallCx {
         endpoint: String,
         id: String,
         timeout_secs: Option<u32>,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    ) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         let options = q::RestartContainerOptions {
             t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
@@ -293,7 +290,7 @@ impl Host for CallCx {
         endpoint: String,
         id: String,
         signal: Option<String>,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    ) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         let options = q::KillContainerOptions {
             signal: signal.unwrap_or_else(|| "SIGKILL".into()),
@@ -310,7 +307,7 @@ impl Host for CallCx {
         id: String,
         force: bool,
         volumes: bool,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    ) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         let options = q::RemoveContainerOptions {
             force,
@@ -328,7 +325,7 @@ impl Host for CallCx {
         endpoint: String,
         id: String,
         name: String,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    ) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         self.on_engine(&endpoint, |api| async move {
             api.rename_container(&id, q::RenameContainerOptions { name })
@@ -342,7 +339,7 @@ impl Host for CallCx {
         endpoint: String,
         id: String,
         tail: u32,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         use futures_util::StreamExt;
         let options = q::LogsOptions {
             stdout: true,
@@ -369,7 +366,7 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         filters: Filters,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         let options = q::ListImagesOptions {
             filters: filter_map(filters),
             ..Default::default()
@@ -384,18 +381,14 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         name: String,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         self.on_engine(&endpoint, |api| async move {
             Ok(json(&api.inspect_image(&name).await?))
         })
         .await
     }
 
-    async fn image_pull(
-        &mut self,
-        endpoint: String,
-        image: String,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    async fn image_pull(&mut self, endpoint: String, image: String) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         let (name, tag) = split_image(&image);
         let options = q::CreateImageOptions {
@@ -418,11 +411,11 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         body: String,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         self.acted("a Docker call that changes the engine");
         let body: bollard::models::NetworkCreateRequest = match parse("network body", &body) {
             Ok(body) => body,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Err(e.into()),
         };
         self.on_engine(&endpoint, |api| async move {
             Ok(api.create_network(body).await?.id)
@@ -430,11 +423,7 @@ impl Host for CallCx {
         .await
     }
 
-    async fn network_remove(
-        &mut self,
-        endpoint: String,
-        id: String,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    async fn network_remove(&mut self, endpoint: String, id: String) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         self.on_engine(
             &endpoint,
@@ -447,7 +436,7 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         filters: Filters,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         let options = q::ListNetworksOptions {
             filters: filter_map(filters),
         };
@@ -461,7 +450,7 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         filters: Filters,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         let options = q::ListServicesOptions {
             filters: filter_map(filters),
             status: None,
@@ -476,7 +465,7 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         id: String,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         self.on_engine(&endpoint, |api| async move {
             Ok(json(&api.inspect_service(&id, None).await?))
         })
@@ -487,11 +476,11 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         spec: String,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         self.acted("a Docker call that changes the engine");
         let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
             Ok(spec) => spec,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Err(e.into()),
         };
         self.on_engine(&endpoint, |api| async move {
             Ok(api.create_service(spec, None).await?.id.unwrap_or_default())
@@ -505,16 +494,16 @@ impl Host for CallCx {
         id: String,
         version: u64,
         spec: String,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    ) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
             Ok(spec) => spec,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Err(e.into()),
         };
         let Ok(version) = i32::try_from(version) else {
-            return Ok(Err(DockerError::Invalid(format!(
-                "service version {version} is out of range"
-            ))));
+            return Err(
+                DockerError::Invalid(format!("service version {version} is out of range")).into(),
+            );
         };
         let options = q::UpdateServiceOptions {
             version,
@@ -528,11 +517,7 @@ impl Host for CallCx {
         .await
     }
 
-    async fn service_remove(
-        &mut self,
-        endpoint: String,
-        id: String,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    async fn service_remove(&mut self, endpoint: String, id: String) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         self.on_engine(
             &endpoint,
@@ -545,7 +530,7 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         filters: Filters,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         let options = q::ListTasksOptions {
             filters: filter_map(filters),
         };
@@ -559,7 +544,7 @@ impl Host for CallCx {
         &mut self,
         endpoint: String,
         filters: Filters,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    ) -> Result<String, DockerFailure> {
         let options = q::ListNodesOptions {
             filters: filter_map(filters),
         };
@@ -569,22 +554,19 @@ impl Host for CallCx {
         .await
     }
 
-    async fn swarm_inspect(
-        &mut self,
-        endpoint: String,
-    ) -> wasmtime::Result<Result<String, DockerError>> {
+    async fn swarm_inspect(&mut self, endpoint: String) -> Result<String, DockerFailure> {
         self.on_engine(&endpoint, |api| async move {
             Ok(json(&api.inspect_swarm().await?))
         })
         .await
     }
 
-    async fn info(&mut self, endpoint: String) -> wasmtime::Result<Result<String, DockerError>> {
+    async fn info(&mut self, endpoint: String) -> Result<String, DockerFailure> {
         self.on_engine(&endpoint, |api| async move { Ok(json(&api.info().await?)) })
             .await
     }
 
-    async fn ping(&mut self, endpoint: String) -> wasmtime::Result<Result<String, DockerError>> {
+    async fn ping(&mut self, endpoint: String) -> Result<String, DockerFailure> {
         self.on_engine(&endpoint, |api| async move { api.ping().await })
             .await
     }
@@ -594,17 +576,15 @@ impl Host for CallCx {
         endpoint: String,
         topic: String,
         filters: Filters,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    ) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         for cap in [Capability::Docker, Capability::Events] {
             if let Err(e) = self.check(cap) {
-                return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+                return Err(DockerError::Denied(crate::caps::denied_text(&e)).into());
             }
         }
         if topic.is_empty() || topic.len() > 256 {
-            return Ok(Err(DockerError::Invalid(
-                "a topic is 1 to 256 bytes".into(),
-            )));
+            return Err(DockerError::Invalid("a topic is 1 to 256 bytes".into()).into());
         }
         let plugin = self.plugin.clone();
         let sink = EventSink::Publish {
@@ -614,7 +594,7 @@ impl Host for CallCx {
         Ok(plugin
             .docker
             .follow(&plugin.name, &endpoint, filters, sink)
-            .await)
+            .await?)
     }
 
     async fn follow_events_as_jobs(
@@ -622,17 +602,15 @@ impl Host for CallCx {
         endpoint: String,
         kind: String,
         filters: Filters,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    ) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         for cap in [Capability::Docker, Capability::Jobs] {
             if let Err(e) = self.check(cap) {
-                return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+                return Err(DockerError::Denied(crate::caps::denied_text(&e)).into());
             }
         }
         if kind.is_empty() || kind.len() > 128 {
-            return Ok(Err(DockerError::Invalid(
-                "a job kind is 1 to 128 bytes".into(),
-            )));
+            return Err(DockerError::Invalid("a job kind is 1 to 128 bytes".into()).into());
         }
         let plugin = self.plugin.clone();
         let sink = EventSink::Jobs {
@@ -642,7 +620,7 @@ impl Host for CallCx {
         Ok(plugin
             .docker
             .follow(&plugin.name, &endpoint, filters, sink)
-            .await)
+            .await?)
     }
 
     async fn register_endpoint(
@@ -650,28 +628,30 @@ impl Host for CallCx {
         name: String,
         address: String,
         tls: Option<TlsFiles>,
-    ) -> wasmtime::Result<Result<(), DockerError>> {
+    ) -> Result<(), DockerFailure> {
         self.acted("a Docker call that changes the engine");
         if let Err(e) = self.check(Capability::DockerEndpoints) {
-            return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+            return Err(DockerError::Denied(crate::caps::denied_text(&e)).into());
         }
         let plugin = self.plugin.clone();
         Ok(plugin
             .docker
             .register(&plugin.name, &name, &address, tls)
-            .await)
+            .await?)
     }
 
-    async fn remove_endpoint(
-        &mut self,
-        name: String,
-    ) -> wasmtime::Result<Result<bool, DockerError>> {
+    async fn remove_endpoint(&mut self, name: String) -> Result<bool, DockerFailure> {
         self.acted("a Docker call that changes the engine");
         if let Err(e) = self.check(Capability::DockerEndpoints) {
-            return Ok(Err(DockerError::Denied(crate::caps::denied_text(&e))));
+            return Err(DockerError::Denied(crate::caps::denied_text(&e)).into());
         }
         let plugin = self.plugin.clone();
-        Ok(plugin.docker.unregister(&plugin.name, &name).await)
+        Ok(plugin.docker.unregister(&plugin.name, &name).await?)
+    }
+
+    /// An engine error reaches the plugin; a trap ends the call.
+    fn convert_docker_error(&mut self, err: DockerFailure) -> wasmtime::Result<DockerError> {
+        err.downcast()
     }
 }
 
