@@ -11,7 +11,7 @@
 //! 1. `net`, `store`, `lanes`, `metrics`, `router`, `openapi`, `bundled`,
 //!    `web` (HTTP types), `capability` (names and sets)
 //! 2. `config`, `bindings` (the WIT contract, generated)
-//! 3. `caps`: the capability interfaces, implemented on a call's `CallCx`
+//! 3. `caps`: the capability interfaces, each on its own view of a call
 //! 4. `runtime`: the engine, the linker, one store per call
 //! 5. `plugins`: the mounted plugins and the folder watcher
 //! 6. `jobs`: the job runner

@@ -1,27 +1,46 @@
 //! `config`: the plugin's own settings from the operator's config file.
 
+use std::collections::BTreeMap;
+
+use wasmtime::component::HasData;
+
 use crate::bindings::HostError;
 use crate::bindings::config::Host;
-use crate::bindings::types::Error;
 use crate::capability::Capability;
-use crate::caps::CallCx;
+use crate::caps::{CallCx, Caller};
 
-impl Host for CallCx {
-    async fn get(&mut self, key: String) -> Result<Option<String>, HostError> {
-        self.check(Capability::Config)?;
-        Ok(self.plugin.settings.get(&key).cloned())
-    }
+/// What `config` sees of a call: the caller and its plugin's settings.
+pub struct ConfigView<'a> {
+    caller: Caller<'a>,
+    settings: &'a BTreeMap<String, String>,
+}
 
-    async fn get_all(&mut self) -> Result<Vec<(String, String)>, HostError> {
-        self.check(Capability::Config)?;
-        let settings = self.plugin.settings.iter();
-        Ok(settings.map(|(k, v)| (k.clone(), v.clone())).collect())
+/// Links `config` to [`ConfigView`].
+pub struct ConfigCap;
+
+impl HasData for ConfigCap {
+    type Data<'a> = ConfigView<'a>;
+}
+
+impl CallCx {
+    pub fn config(&mut self) -> ConfigView<'_> {
+        let (caller, env, _) = self.split();
+        ConfigView {
+            caller,
+            settings: &env.settings,
+        }
     }
 }
 
-impl crate::bindings::types::Host for CallCx {
-    /// A capability's error reaches the plugin; a trap ends the call.
-    fn convert_error(&mut self, err: HostError) -> wasmtime::Result<Error> {
-        err.downcast()
+impl Host for ConfigView<'_> {
+    async fn get(&mut self, key: String) -> Result<Option<String>, HostError> {
+        self.caller.check(Capability::Config)?;
+        Ok(self.settings.get(&key).cloned())
+    }
+
+    async fn get_all(&mut self) -> Result<Vec<(String, String)>, HostError> {
+        self.caller.check(Capability::Config)?;
+        let settings = self.settings.iter();
+        Ok(settings.map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 }

@@ -8,12 +8,13 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+use wasmtime::component::HasData;
 
 use crate::bindings::HostError;
 use crate::bindings::crypto::{Host, TotpParams};
 use crate::bindings::types::Error;
 use crate::capability::Capability;
-use crate::caps::CallCx;
+use crate::caps::{CallCx, Caller};
 use crate::store::Store;
 
 type Answer<T> = Result<T, HostError>;
@@ -109,9 +110,32 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl Host for CallCx {
+/// What `crypto` sees of a call: the caller and the host's HMAC keys.
+pub struct CryptoView<'a> {
+    caller: Caller<'a>,
+    keys: &'a KeyVault,
+}
+
+/// Links `crypto` to [`CryptoView`].
+pub struct CryptoCap;
+
+impl HasData for CryptoCap {
+    type Data<'a> = CryptoView<'a>;
+}
+
+impl CallCx {
+    pub fn crypto(&mut self) -> CryptoView<'_> {
+        let (caller, env, _) = self.split();
+        CryptoView {
+            caller,
+            keys: &env.keys,
+        }
+    }
+}
+
+impl Host for CryptoView<'_> {
     async fn hash_password(&mut self, password: String) -> Answer<String> {
-        self.check(Capability::Crypto)?;
+        self.caller.check(Capability::Crypto)?;
         // argon2 takes tens of milliseconds: keep it off the async workers.
         let hashed = tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
@@ -125,7 +149,7 @@ impl Host for CallCx {
     }
 
     async fn verify_password(&mut self, password: String, hash: String) -> Answer<bool> {
-        self.check(Capability::Crypto)?;
+        self.caller.check(Capability::Crypto)?;
         let verdict = tokio::task::spawn_blocking(move || {
             let parsed = PasswordHash::new(&hash)
                 .map_err(|e| Error::Invalid(format!("not a PHC password hash: {e}")))?;
@@ -141,9 +165,8 @@ impl Host for CallCx {
     }
 
     async fn sign(&mut self, key_name: String, data: Vec<u8>) -> Answer<Vec<u8>> {
-        self.check(Capability::Crypto)?;
-        let env = self.plugin.clone();
-        let key = env.keys.key(&env.name, &key_name).await?;
+        self.caller.check(Capability::Crypto)?;
+        let key = self.keys.key(self.caller.plugin(), &key_name).await?;
         Ok(hmac_sha256(&key[..], &data)
             .finalize()
             .into_bytes()
@@ -151,9 +174,8 @@ impl Host for CallCx {
     }
 
     async fn verify(&mut self, key_name: String, data: Vec<u8>, tag: Vec<u8>) -> Answer<bool> {
-        self.check(Capability::Crypto)?;
-        let env = self.plugin.clone();
-        let key = env.keys.key(&env.name, &key_name).await?;
+        self.caller.check(Capability::Crypto)?;
+        let key = self.keys.key(self.caller.plugin(), &key_name).await?;
         Ok(hmac_sha256(&key[..], &data).verify_slice(&tag).is_ok())
     }
 
@@ -163,7 +185,7 @@ impl Host for CallCx {
         code: String,
         params: TotpParams,
     ) -> Answer<Option<u64>> {
-        self.check(Capability::Crypto)?;
+        self.caller.check(Capability::Crypto)?;
         if !(6..=8).contains(&params.digits)
             || params.period == 0
             || params.skew > 10
@@ -183,7 +205,7 @@ impl Host for CallCx {
     }
 
     async fn random_bytes(&mut self, len: u32) -> Answer<Vec<u8>> {
-        self.check(Capability::Crypto)?;
+        self.caller.check(Capability::Crypto)?;
         if len > 4096 {
             return Err(Error::Invalid("at most 4096 random bytes per call".into()).into());
         }
@@ -193,7 +215,7 @@ impl Host for CallCx {
     }
 
     async fn random_token(&mut self, bytes: u32) -> Answer<String> {
-        self.check(Capability::Crypto)?;
+        self.caller.check(Capability::Crypto)?;
         if !(1..=1024).contains(&bytes) {
             return Err(Error::Invalid("tokens are 1 to 1024 random bytes".into()).into());
         }

@@ -10,25 +10,50 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+use wasmtime::component::HasData;
 
 use crate::bindings::DokkuFailure;
 use crate::bindings::dokku::{DokkuError, Host, Reply};
 use crate::capability::Capability;
-use crate::caps::CallCx;
+use crate::caps::{CallCx, Caller};
+use crate::config::DokkuConfig;
 
 /// Longest answer line read; the rest is cut.
 const MAX_LINE: u64 = 16 << 20;
 
-impl Host for CallCx {
+/// What `dokku` sees of a call: the caller and the daemon's socket.
+pub struct DokkuView<'a> {
+    caller: Caller<'a>,
+    dokku: &'a DokkuConfig,
+}
+
+/// Links `dokku` to [`DokkuView`].
+pub struct DokkuCap;
+
+impl HasData for DokkuCap {
+    type Data<'a> = DokkuView<'a>;
+}
+
+impl CallCx {
+    pub fn dokku(&mut self) -> DokkuView<'_> {
+        let (caller, env, _) = self.split();
+        DokkuView {
+            caller,
+            dokku: &env.dokku,
+        }
+    }
+}
+
+impl Host for DokkuView<'_> {
     async fn run(&mut self, command: String, timeout_ms: u32) -> Result<Reply, DokkuFailure> {
-        self.acted("a Dokku command");
-        if let Err(e) = self.check(Capability::Dokku) {
+        self.caller.acted("a Dokku command");
+        if let Err(e) = self.caller.check(Capability::Dokku) {
             return Err(DokkuError::Denied(crate::caps::denied_text(&e)).into());
         }
         if command.trim().is_empty() || command.contains(['\n', '\r']) {
             return Err(DokkuError::Invalid("a command is one non-empty line".into()).into());
         }
-        let dokku = &self.plugin.dokku;
+        let dokku = self.dokku;
         let timeout = match timeout_ms {
             0 => Duration::from_millis(dokku.timeout_ms),
             ms => Duration::from_millis(u64::from(ms)),
@@ -63,8 +88,8 @@ impl Host for CallCx {
         let answer = match tokio::time::timeout(timeout, exchange).await {
             // The socket path and the OS error are the operator's to read.
             Ok(Err(DokkuError::Unreachable(detail))) => {
-                let request_id = &self.request_id;
-                tracing::warn!(plugin = %self.plugin.name, request_id, "Dokku daemon unreachable: {detail}");
+                let (plugin, request_id) = (self.caller.plugin(), self.caller.request_id());
+                tracing::warn!(plugin, request_id, "Dokku daemon unreachable: {detail}");
                 Err(DokkuError::Unreachable(format!(
                     "the Dokku daemon cannot be reached now (the host log has the details \
                      under request {request_id})"

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
+use wasmtime::component::HasData;
 
 use crate::bindings::HostError;
 use crate::bindings::events::Host;
 use crate::bindings::types::Error as WitError;
 use crate::capability::Capability;
-use crate::caps::CallCx;
+use crate::caps::{CallCx, Caller};
 
 /// Events a subscriber may fall behind before it is dropped.
 pub const LAG_LIMIT: usize = 1024;
@@ -123,30 +124,52 @@ fn check_event(topic: &str, payload: &[u8]) -> Result<(), WitError> {
     Ok(())
 }
 
+/// What `events` sees of a call: the caller and the host's channels.
+pub struct EventsView<'a> {
+    caller: Caller<'a>,
+    events: &'a Events,
+}
+
+/// Links `events` to [`EventsView`].
+pub struct EventsCap;
+
+impl HasData for EventsCap {
+    type Data<'a> = EventsView<'a>;
+}
+
 impl CallCx {
+    pub fn events(&mut self) -> EventsView<'_> {
+        let (caller, env, _) = self.split();
+        EventsView {
+            caller,
+            events: &env.events,
+        }
+    }
+}
+
+impl EventsView<'_> {
     fn publish_event(
         &mut self,
         topic: String,
         payload: Vec<u8>,
         closing: bool,
     ) -> Result<u64, WitError> {
-        self.check(Capability::Events)?;
+        self.caller.acted("a published event");
+        self.caller.check(Capability::Events)?;
         check_event(&topic, &payload)?;
-        let plugin = &self.plugin;
-        Ok(plugin
+        let plugin = self.caller.plugin();
+        Ok(self
             .events
-            .publish(&plugin.name, &topic, Bytes::from(payload), closing))
+            .publish(plugin, &topic, Bytes::from(payload), closing))
     }
 }
 
-impl Host for CallCx {
+impl Host for EventsView<'_> {
     async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<u64, HostError> {
-        self.acted("a published event");
         Ok(self.publish_event(topic, payload, false)?)
     }
 
     async fn close(&mut self, topic: String, payload: Vec<u8>) -> Result<u64, HostError> {
-        self.acted("a published event");
         Ok(self.publish_event(topic, payload, true)?)
     }
 }

@@ -6,10 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use wasmtime::component::HasData;
+
 use crate::bindings::HttpFailure;
 use crate::bindings::http_out::{Host, HttpError, Incoming, Outgoing};
 use crate::capability::Capability;
-use crate::caps::CallCx;
+use crate::caps::{CallCx, Caller};
 use crate::config::HttpOutConfig;
 
 /// The shared client and its policy.
@@ -233,22 +235,47 @@ fn classify(url: &reqwest::Url, e: reqwest::Error) -> HttpError {
     HttpError::Unreachable(format!("{url}: {text}"))
 }
 
-impl Host for CallCx {
-    async fn send(&mut self, request: Outgoing) -> Result<Incoming, HttpFailure> {
-        self.acted("an outbound HTTP request");
-        // `CallCx::check` (the grant), not this interface's `check`.
-        if let Err(e) = CallCx::check(self, Capability::HttpOut) {
-            return Err(HttpError::Denied(crate::caps::denied_text(&e)).into());
+/// What `http-out` sees of a call: the caller and the shared client.
+pub struct HttpOutView<'a> {
+    caller: Caller<'a>,
+    http: &'a HttpOut,
+}
+
+/// Links `http-out` to [`HttpOutView`].
+pub struct HttpOutCap;
+
+impl HasData for HttpOutCap {
+    type Data<'a> = HttpOutView<'a>;
+}
+
+impl CallCx {
+    pub fn http_out(&mut self) -> HttpOutView<'_> {
+        let (caller, env, _) = self.split();
+        HttpOutView {
+            caller,
+            http: &env.http,
         }
-        let http = self.plugin.http.clone();
-        Ok(http.send(request).await?)
+    }
+}
+
+impl HttpOutView<'_> {
+    /// `Ok` if the plugin holds `http-out`.
+    fn granted(&self) -> Result<(), HttpError> {
+        let granted = self.caller.check(Capability::HttpOut);
+        granted.map_err(|e| HttpError::Denied(crate::caps::denied_text(&e)))
+    }
+}
+
+impl Host for HttpOutView<'_> {
+    async fn send(&mut self, request: Outgoing) -> Result<Incoming, HttpFailure> {
+        self.caller.acted("an outbound HTTP request");
+        self.granted()?;
+        Ok(self.http.send(request).await?)
     }
 
     async fn check(&mut self, url: String) -> Result<(), HttpFailure> {
-        if let Err(e) = CallCx::check(self, Capability::HttpOut) {
-            return Err(HttpError::Denied(crate::caps::denied_text(&e)).into());
-        }
-        self.plugin.http.check(&url)?;
+        self.granted()?;
+        self.http.check(&url)?;
         Ok(())
     }
 

@@ -2,20 +2,44 @@
 //! through its call's transaction, so it is committed with the call's KV
 //! writes, or not at all; the runner (`crate::jobs`) runs it.
 
+use wasmtime::component::HasData;
+
 use crate::bindings::HostError;
 use crate::bindings::jobs::Host;
 use crate::bindings::types::Error;
 use crate::capability::Capability;
-use crate::caps::CallCx;
+use crate::caps::{CallCx, Caller};
+use crate::store::Txn;
 
-impl Host for CallCx {
+/// What `jobs` sees of a call: the caller and its transaction.
+pub struct JobsView<'a> {
+    caller: Caller<'a>,
+    /// None while describing.
+    txn: Option<&'a mut Txn>,
+}
+
+/// Links `jobs` to [`JobsView`].
+pub struct JobsCap;
+
+impl HasData for JobsCap {
+    type Data<'a> = JobsView<'a>;
+}
+
+impl CallCx {
+    pub fn jobs(&mut self) -> JobsView<'_> {
+        let (caller, _, txn) = self.split();
+        JobsView { caller, txn }
+    }
+}
+
+impl Host for JobsView<'_> {
     async fn enqueue(
         &mut self,
         kind: String,
         payload: Vec<u8>,
         delay_ms: u64,
     ) -> Result<u64, HostError> {
-        self.check(Capability::Jobs)?;
+        self.caller.check(Capability::Jobs)?;
         let Some(txn) = self.txn.as_mut() else {
             return Err(Error::Unavailable("jobs cannot be queued while describing".into()).into());
         };

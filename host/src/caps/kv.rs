@@ -1,12 +1,14 @@
 //! `kv`: the plugin's namespace in the redb file, through the call's
 //! transaction (see `store`).
 
+use wasmtime::component::HasData;
+
 use crate::bindings::HostError;
 use crate::bindings::kv::{Host, Page};
 use crate::bindings::types::Error;
 use crate::capability::Capability;
-use crate::caps::CallCx;
-use crate::store::{Txn, TxnError};
+use crate::caps::{CallCx, Caller};
+use crate::store::{Store, Txn, TxnError};
 
 type Answer<T> = Result<T, HostError>;
 
@@ -20,11 +22,38 @@ impl From<TxnError> for Error {
     }
 }
 
+/// What `kv` sees of a call: the caller, its transaction and the store
+/// (for sequences, which are outside transactions).
+pub struct KvView<'a> {
+    caller: Caller<'a>,
+    /// None while describing.
+    txn: Option<&'a mut Txn>,
+    db: &'a Store,
+}
+
+/// Links `kv` to [`KvView`].
+pub struct KvCap;
+
+impl HasData for KvCap {
+    type Data<'a> = KvView<'a>;
+}
+
 impl CallCx {
+    pub fn kv(&mut self) -> KvView<'_> {
+        let (caller, env, txn) = self.split();
+        KvView {
+            caller,
+            txn,
+            db: &env.db,
+        }
+    }
+}
+
+impl KvView<'_> {
     fn txn(&mut self) -> Result<&mut Txn, Error> {
-        self.check(Capability::Kv)?;
-        let pinned = self.acted_outside.is_some();
-        let txn = self.txn.as_mut().ok_or_else(|| {
+        self.caller.check(Capability::Kv)?;
+        let pinned = self.caller.acted_outside().is_some();
+        let txn = self.txn.as_deref_mut().ok_or_else(|| {
             Error::Unavailable("storage is not available while describing".into())
         })?;
         if pinned {
@@ -34,7 +63,7 @@ impl CallCx {
     }
 }
 
-impl Host for CallCx {
+impl Host for KvView<'_> {
     async fn get(&mut self, key: String) -> Answer<Option<Vec<u8>>> {
         Ok(self.txn()?.get(&key).await.map_err(Error::from)?)
     }
@@ -65,12 +94,11 @@ impl Host for CallCx {
     }
 
     async fn next_in_sequence(&mut self, name: String) -> Answer<u64> {
-        self.check(Capability::Kv)?;
+        self.caller.check(Capability::Kv)?;
         if name.is_empty() || name.len() > crate::store::MAX_KEY {
             return Err(Error::Invalid("sequence names are 1 to 1024 bytes".into()).into());
         }
-        let env = self.plugin.clone();
-        let next = env.db.next_in_sequence(&env.name, &name).await;
+        let next = self.db.next_in_sequence(self.caller.plugin(), &name).await;
         Ok(next.map_err(|e| Error::Unavailable(e.to_string()))?)
     }
 
@@ -85,7 +113,7 @@ impl Host for CallCx {
     }
 
     async fn restart(&mut self) -> Answer<()> {
-        if let Some(what) = self.acted_outside {
+        if let Some(what) = self.caller.acted_outside() {
             return Err(Error::Conflict(format!(
                 "this call cannot run again: it already acted outside KV ({what})"
             ))

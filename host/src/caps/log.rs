@@ -1,9 +1,11 @@
 //! `log`: plugin log lines through `tracing`, tagged with plugin and
 //! request id.
 
+use wasmtime::component::HasData;
+
 use crate::bindings::log::{Host, Level};
 use crate::capability::Capability;
-use crate::caps::CallCx;
+use crate::caps::{CallCx, Caller};
 
 /// Longest message kept; the rest is cut.
 const MAX_LINE: usize = 8 << 10;
@@ -19,7 +21,27 @@ fn clip(s: &str) -> &str {
     &s[..end]
 }
 
-impl Host for CallCx {
+/// What `log` sees of a call: the caller alone.
+pub struct LogView<'a> {
+    caller: Caller<'a>,
+}
+
+/// Links `log` to [`LogView`].
+pub struct LogCap;
+
+impl HasData for LogCap {
+    type Data<'a> = LogView<'a>;
+}
+
+impl CallCx {
+    pub fn log(&mut self) -> LogView<'_> {
+        LogView {
+            caller: self.split().0,
+        }
+    }
+}
+
+impl Host for LogView<'_> {
     async fn log(
         &mut self,
         level: Level,
@@ -27,11 +49,11 @@ impl Host for CallCx {
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
         // Logging is a capability like any other; without it lines are dropped.
-        if self.check(Capability::Log).is_err() {
+        if self.caller.check(Capability::Log).is_err() {
             return Ok(());
         }
-        let plugin = self.plugin.name.as_str();
-        let request_id = self.request_id.as_str();
+        let plugin = self.caller.plugin();
+        let request_id = self.caller.request_id();
         let message = clip(&message);
         let fields: String = fields.iter().map(|(k, v)| format!(" {k}={v:?}")).collect();
         let fields = clip(&fields);

@@ -19,8 +19,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::component::HasData;
-
 use crate::bindings::types::Error as WitError;
 use crate::capability::{CapSet, Capability};
 use crate::config::DokkuConfig;
@@ -83,20 +81,57 @@ impl CallCx {
     }
 }
 
-/// Selects [`CallCx`] as what every capability interface is implemented
-/// on (wasmtime's `HasData`): the runtime links the interfaces with a
-/// function from its store data to the call's `CallCx`, so nothing here
-/// knows the runtime.
-pub struct Capabilities;
-
-impl HasData for Capabilities {
-    type Data<'a> = &'a mut CallCx;
+impl CallCx {
+    /// This call's caller, the plugin's environment and the call's
+    /// transaction, borrowed apart: what a capability's view is made of.
+    pub(crate) fn split(&mut self) -> (Caller<'_>, &PluginEnv, Option<&mut Txn>) {
+        let caller = Caller {
+            plugin: &self.plugin,
+            request_id: &self.request_id,
+            deadline: self.deadline,
+            acted_outside: &mut self.acted_outside,
+        };
+        (caller, &self.plugin, self.txn.as_mut())
+    }
 }
 
-impl CallCx {
+/// Who makes a capability call, and within which bounds: the part of a
+/// call every capability's view carries. Each capability is implemented
+/// on a view of its own (wasmtime's `HasData` pattern): the caller and
+/// the few things of the plugin's environment that capability uses. The
+/// runtime links each interface with a function from its store data to
+/// that view, so nothing here knows the runtime.
+pub struct Caller<'a> {
+    plugin: &'a PluginEnv,
+    request_id: &'a str,
+    deadline: Instant,
+    acted_outside: &'a mut Option<&'static str>,
+}
+
+impl Caller<'_> {
+    /// The calling plugin's name.
+    pub(crate) fn plugin(&self) -> &str {
+        &self.plugin.name
+    }
+
+    /// The request (or job) the call serves.
+    pub(crate) fn request_id(&self) -> &str {
+        self.request_id
+    }
+
+    /// When the call must end.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Note that this call acted outside KV (see `CallCx::acted_outside`).
     pub(crate) fn acted(&mut self, what: &'static str) {
         self.acted_outside.get_or_insert(what);
+    }
+
+    /// What this call did outside KV first, if anything.
+    pub(crate) fn acted_outside(&self) -> Option<&'static str> {
+        *self.acted_outside
     }
 
     /// `Ok` if this call's plugin holds `cap`, else the `denied` error the
@@ -117,3 +152,26 @@ impl CallCx {
         Err(WitError::Denied(why))
     }
 }
+
+/// The plugin sees a capability's `types.error` as it is; a trap ends
+/// the call. For every view whose interface returns that error.
+macro_rules! plugin_sees_errors {
+    ($($view:ty),*) => {$(
+        impl crate::bindings::types::Host for $view {
+            fn convert_error(
+                &mut self,
+                err: crate::bindings::HostError,
+            ) -> wasmtime::Result<WitError> {
+                err.downcast()
+            }
+        }
+    )*};
+}
+
+plugin_sees_errors!(
+    config::ConfigView<'_>,
+    crypto::CryptoView<'_>,
+    events::EventsView<'_>,
+    jobs::JobsView<'_>,
+    kv::KvView<'_>
+);

@@ -21,6 +21,7 @@ mod transport;
 mod wire;
 
 pub use followers::EventSink;
+pub use ops::{DockerCap, DockerView};
 pub use registry::Docker;
 pub use transport::{Address, Engine};
 pub use wire::WireBody;

@@ -8,12 +8,15 @@ use bollard::query_parameters as q;
 use serde::{Deserialize, Serialize};
 
 use bollard::errors::Error as BollardError;
+use wasmtime::component::HasData;
 
-use super::{Engine, EventSink, engine_error, unreachable_text};
+use super::{Docker, Engine, EventSink, engine_error, unreachable_text};
 use crate::bindings::DockerFailure;
 use crate::bindings::docker::{Container, DockerError, Filters, Host, Port, TlsFiles};
 use crate::capability::Capability;
-use crate::caps::CallCx;
+use crate::caps::events::Events;
+use crate::caps::{CallCx, Caller};
+use crate::store::Store;
 
 /// `name[:tag]` into name and tag (`latest` when absent); a `:` inside
 /// the registry's `host:port` is not a tag.
@@ -58,14 +61,51 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_str(text).map_err(|e| DockerError::Invalid(format!("{what}: {e}")))
 }
 
+/// What `docker` sees of a call: the caller, the engines, and where
+/// followed events go (the plugin's channel or its job queue).
+pub struct DockerView<'a> {
+    caller: Caller<'a>,
+    docker: &'a Docker,
+    events: &'a Arc<Events>,
+    db: &'a Arc<Store>,
+}
+
+/// Links `docker` to [`DockerView`].
+pub struct DockerCap;
+
+impl HasData for DockerCap {
+    type Data<'a> = DockerView<'a>;
+}
+
 impl CallCx {
+    pub fn docker(&mut self) -> DockerView<'_> {
+        let (caller, env, _) = self.split();
+        DockerView {
+            caller,
+            docker: &env.docker,
+            events: &env.events,
+            db: &env.db,
+        }
+    }
+}
+
+impl DockerView<'_> {
+    /// `Ok` if the plugin holds `cap`.
+    fn granted(&self, cap: Capability) -> Result<(), DockerError> {
+        let granted = self.caller.check(cap);
+        granted.map_err(|e| DockerError::Denied(crate::caps::denied_text(&e)))
+    }
+
+    /// Note that this call changes the engine.
+    fn changes(&mut self) {
+        self.caller.acted("a Docker call that changes the engine");
+    }
+
     /// The engine behind `endpoint`, if this plugin holds `docker`; the
     /// plugin's deadline bounds the call.
     pub(super) fn docker_engine(&self, endpoint: &str) -> Result<Arc<Engine>, DockerError> {
-        if let Err(e) = self.check(Capability::Docker) {
-            return Err(DockerError::Denied(crate::caps::denied_text(&e)));
-        }
-        self.plugin.docker.engine(&self.plugin.name, endpoint)
+        self.granted(Capability::Docker)?;
+        self.docker.engine(self.caller.plugin(), endpoint)
     }
 
     /// Run bollard's `op` on `endpoint`'s engine within this call's
@@ -100,8 +140,9 @@ impl CallCx {
         Fut: Future<Output = Result<T, DockerError>> + Send,
     {
         let engine = self.docker_engine(endpoint);
-        let deadline = tokio::time::Instant::from_std(self.deadline);
-        let (plugin, request_id) = (self.plugin.name.clone(), self.request_id.clone());
+        let deadline = tokio::time::Instant::from_std(self.caller.deadline());
+        let plugin = self.caller.plugin().to_string();
+        let request_id = self.caller.request_id().to_string();
         let endpoint = endpoint.to_string();
         async move {
             let engine = match engine {
@@ -192,7 +233,7 @@ pub(super) fn container(c: Summary) -> Container {
     }
 }
 
-impl Host for CallCx {
+impl Host for DockerView<'_> {
     async fn container_list(
         &mut self,
         endpoint: String,
@@ -228,7 +269,7 @@ impl Host for CallCx {
         name: Option<String>,
         body: String,
     ) -> Result<String, DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         let body: bollard::models::ContainerCreateBody = match parse("create body", &body) {
             Ok(body) => body,
             Err(e) => return Err(e.into()),
@@ -244,7 +285,7 @@ impl Host for CallCx {
     }
 
     async fn container_start(&mut self, endpoint: String, id: String) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         self.on_engine(&endpoint, |api| async move {
             api.start_container(&id, None).await
         })
@@ -257,7 +298,7 @@ impl Host for CallCx {
         id: String,
         timeout_secs: Option<u32>,
     ) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         let options = q::StopContainerOptions {
             t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
             signal: None,
@@ -274,7 +315,7 @@ impl Host for CallCx {
         id: String,
         timeout_secs: Option<u32>,
     ) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         let options = q::RestartContainerOptions {
             t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
             signal: None,
@@ -291,7 +332,7 @@ impl Host for CallCx {
         id: String,
         signal: Option<String>,
     ) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         let options = q::KillContainerOptions {
             signal: signal.unwrap_or_else(|| "SIGKILL".into()),
         };
@@ -308,7 +349,7 @@ impl Host for CallCx {
         force: bool,
         volumes: bool,
     ) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         let options = q::RemoveContainerOptions {
             force,
             v: volumes,
@@ -326,7 +367,7 @@ impl Host for CallCx {
         id: String,
         name: String,
     ) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         self.on_engine(&endpoint, |api| async move {
             api.rename_container(&id, q::RenameContainerOptions { name })
                 .await
@@ -389,7 +430,7 @@ impl Host for CallCx {
     }
 
     async fn image_pull(&mut self, endpoint: String, image: String) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         let (name, tag) = split_image(&image);
         let options = q::CreateImageOptions {
             from_image: Some(name.to_string()),
@@ -412,7 +453,7 @@ impl Host for CallCx {
         endpoint: String,
         body: String,
     ) -> Result<String, DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         let body: bollard::models::NetworkCreateRequest = match parse("network body", &body) {
             Ok(body) => body,
             Err(e) => return Err(e.into()),
@@ -424,7 +465,7 @@ impl Host for CallCx {
     }
 
     async fn network_remove(&mut self, endpoint: String, id: String) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         self.on_engine(
             &endpoint,
             |api| async move { api.remove_network(&id).await },
@@ -477,7 +518,7 @@ impl Host for CallCx {
         endpoint: String,
         spec: String,
     ) -> Result<String, DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
             Ok(spec) => spec,
             Err(e) => return Err(e.into()),
@@ -495,7 +536,7 @@ impl Host for CallCx {
         version: u64,
         spec: String,
     ) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
             Ok(spec) => spec,
             Err(e) => return Err(e.into()),
@@ -518,7 +559,7 @@ impl Host for CallCx {
     }
 
     async fn service_remove(&mut self, endpoint: String, id: String) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
+        self.changes();
         self.on_engine(
             &endpoint,
             |api| async move { api.delete_service(&id).await },
@@ -577,24 +618,18 @@ impl Host for CallCx {
         topic: String,
         filters: Filters,
     ) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
-        for cap in [Capability::Docker, Capability::Events] {
-            if let Err(e) = self.check(cap) {
-                return Err(DockerError::Denied(crate::caps::denied_text(&e)).into());
-            }
-        }
+        self.changes();
+        self.granted(Capability::Docker)?;
+        self.granted(Capability::Events)?;
         if topic.is_empty() || topic.len() > 256 {
             return Err(DockerError::Invalid("a topic is 1 to 256 bytes".into()).into());
         }
-        let plugin = self.plugin.clone();
         let sink = EventSink::Publish {
-            events: plugin.events.clone(),
+            events: self.events.clone(),
             topic,
         };
-        Ok(plugin
-            .docker
-            .follow(&plugin.name, &endpoint, filters, sink)
-            .await?)
+        let plugin = self.caller.plugin();
+        Ok(self.docker.follow(plugin, &endpoint, filters, sink).await?)
     }
 
     async fn follow_events_as_jobs(
@@ -603,24 +638,18 @@ impl Host for CallCx {
         kind: String,
         filters: Filters,
     ) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
-        for cap in [Capability::Docker, Capability::Jobs] {
-            if let Err(e) = self.check(cap) {
-                return Err(DockerError::Denied(crate::caps::denied_text(&e)).into());
-            }
-        }
+        self.changes();
+        self.granted(Capability::Docker)?;
+        self.granted(Capability::Jobs)?;
         if kind.is_empty() || kind.len() > 128 {
             return Err(DockerError::Invalid("a job kind is 1 to 128 bytes".into()).into());
         }
-        let plugin = self.plugin.clone();
         let sink = EventSink::Jobs {
-            db: plugin.db.clone(),
+            db: self.db.clone(),
             kind,
         };
-        Ok(plugin
-            .docker
-            .follow(&plugin.name, &endpoint, filters, sink)
-            .await?)
+        let plugin = self.caller.plugin();
+        Ok(self.docker.follow(plugin, &endpoint, filters, sink).await?)
     }
 
     async fn register_endpoint(
@@ -629,24 +658,17 @@ impl Host for CallCx {
         address: String,
         tls: Option<TlsFiles>,
     ) -> Result<(), DockerFailure> {
-        self.acted("a Docker call that changes the engine");
-        if let Err(e) = self.check(Capability::DockerEndpoints) {
-            return Err(DockerError::Denied(crate::caps::denied_text(&e)).into());
-        }
-        let plugin = self.plugin.clone();
-        Ok(plugin
-            .docker
-            .register(&plugin.name, &name, &address, tls)
-            .await?)
+        self.changes();
+        self.granted(Capability::DockerEndpoints)?;
+        let plugin = self.caller.plugin();
+        Ok(self.docker.register(plugin, &name, &address, tls).await?)
     }
 
     async fn remove_endpoint(&mut self, name: String) -> Result<bool, DockerFailure> {
-        self.acted("a Docker call that changes the engine");
-        if let Err(e) = self.check(Capability::DockerEndpoints) {
-            return Err(DockerError::Denied(crate::caps::denied_text(&e)).into());
-        }
-        let plugin = self.plugin.clone();
-        Ok(plugin.docker.unregister(&plugin.name, &name).await?)
+        self.changes();
+        self.granted(Capability::DockerEndpoints)?;
+        let plugin = self.caller.plugin();
+        Ok(self.docker.unregister(plugin, &name).await?)
     }
 
     /// An engine error reaches the plugin; a trap ends the call.
