@@ -375,3 +375,84 @@ async fn proxied_requests_stream_byte_for_byte() {
     let rm = engine.cli(&["rm", "-f", &name]);
     assert!(rm.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_past_the_plugin_limit_stream_to_the_engine_and_nowhere_else() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let grants = r#"["docker", "docker-endpoints"]"#;
+    let config = config(engine, grants).replacen(
+        &format!("grants = {grants}\n"),
+        &format!("grants = {grants}\nmax_body_kib = 1\nmax_proxy_body_mib = 1\n"),
+        1,
+    );
+    let berth = Berth::start(dir.path(), &config);
+    support::mount(&berth, "dockerprobe", "/probe/none/containers").await;
+    let http = client();
+
+    // A create body of 8 KiB (labels), with a length: the plugin does not
+    // read it, the engine gets it whole.
+    let labels: serde_json::Map<String, Value> = (0..64)
+        .map(|i| (format!("berth.test.{i}"), json!("x".repeat(100))))
+        .collect();
+    let name = format!("withheld-{}", std::process::id());
+    let create = json!({ "Image": docker::IMAGE, "Cmd": ["true"], "Labels": labels });
+    let url = berth.url(&format!(
+        "/probe/local/docker/containers/create?name={name}"
+    ));
+    let (status, created) = call(&http, "POST", &url, Some(create.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    let inspected = engine.inspect(&name).unwrap();
+    assert_eq!(inspected["Config"]["Labels"].as_object().unwrap().len(), 64);
+
+    // The same without a length (chunked, from a stream): streamed too.
+    let chunked = format!("{name}-chunked");
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = create
+        .to_string()
+        .into_bytes()
+        .chunks(1000)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let answer = http
+        .post(berth.url(&format!(
+            "/probe/local/docker/containers/create?name={chunked}"
+        )))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    assert!(engine.inspect(&chunked).is_some());
+
+    // A route that answers for itself gets the 413 it always did: only
+    // the engine takes a body the plugin did not read.
+    let big = json!({ "address": "tcp://127.0.0.1:1", "pad": "y".repeat(4096) });
+    let (status, body) = call(&http, "POST", &berth.url("/probe/endpoints/big"), Some(big)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("1024 bytes"));
+
+    // Past the Docker limit (1 MiB here): 413 before anything is sent.
+    let huge = vec![b'z'; (1 << 20) + 1];
+    let answer = http
+        .put(berth.url(&format!(
+            "/probe/local/docker/containers/{name}/archive?path=/"
+        )))
+        .header("content-type", "application/x-tar")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let body: Value = answer.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("1048576 bytes"),
+        "{body}"
+    );
+
+    engine.cli(&["rm", "-f", &name, &chunked]);
+}

@@ -102,6 +102,8 @@ pub struct DockerConfig {
     pub timeout_ms: u64,
     pub allow: Vec<String>,
     pub max_proxy_streams: u32,
+    /// The same, per plugin.
+    pub max_plugin_streams: u32,
     #[serde(default)]
     pub endpoints: BTreeMap<String, DockerEndpoint>,
 }
@@ -156,6 +158,8 @@ pub struct LimitsConfig {
     pub max_body_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_response_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_proxy_body_mib: Option<u64>,
 }
 
 /// One plugin's section.
@@ -179,6 +183,8 @@ pub struct Limits {
     pub max_concurrent: u32,
     pub max_body_bytes: u64,
     pub max_response_bytes: u64,
+    /// Largest request body streamed to a Docker engine (`proxy-docker`).
+    pub max_proxy_body_bytes: u64,
 }
 
 mod millis {
@@ -309,6 +315,7 @@ impl Config {
             || self.defaults.limits.max_concurrent.is_none()
             || self.defaults.limits.max_body_kib.is_none()
             || self.defaults.limits.max_response_mib.is_none()
+            || self.defaults.limits.max_proxy_body_mib.is_none()
         {
             return Err(ConfigError::Invalid(
                 "[defaults] must set every limit".to_string(),
@@ -371,6 +378,7 @@ impl Config {
             max_concurrent: own.max_concurrent.or(d.max_concurrent).unwrap_or(1),
             max_body_bytes: pick(own.max_body_kib, d.max_body_kib) << 10,
             max_response_bytes: pick(own.max_response_mib, d.max_response_mib) << 20,
+            max_proxy_body_bytes: pick(own.max_proxy_body_mib, d.max_proxy_body_mib) << 20,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::bindings::{Outcome, Request};
 use crate::capability::Capability;
 use crate::caps::CallCx;
+use crate::caps::docker::Streamed;
 use crate::plugins::Mounted;
 use crate::router::{Found, percent_decode};
 use crate::runtime::CallError;
@@ -172,16 +173,7 @@ async fn call(
         route,
         params,
         query: parts.uri.query().map(parse_query).unwrap_or_default(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: plugin_headers(&parts.headers, admitted.withheld.is_some()),
         body: admitted.body.to_vec(),
         client: client.to_string(),
     };
@@ -202,6 +194,17 @@ async fn call(
     };
     called.spent.retire();
     plugin.metrics.instantiated(called.instantiate);
+    let Admitted {
+        body, mut withheld, ..
+    } = admitted;
+    let proxying = matches!(called.value, Outcome::ProxyDocker(_));
+    if !proxying && let Some(withheld) = withheld.take() {
+        // Only the engine takes a body the plugin did not read: the call's
+        // writes are dropped and the client gets the 413 it would have.
+        let mut rest = withheld.rest;
+        drain(&mut rest).await;
+        return too_large(&plugin, plugin.limits.max_body_bytes, request_id);
+    }
     match called.value {
         Outcome::Respond(response) => respond(&plugin, response, called.txn, request_id).await,
         Outcome::ProxyDocker(target) => {
@@ -212,9 +215,22 @@ async fn call(
             if let Err(r) = commit(name, called.txn, request_id).await {
                 return r;
             }
-            let body = admitted.body;
+            let (first, rest, length) = match withheld {
+                Some(w) => (w.first, Some(w.rest), w.length),
+                None => (body, None, None),
+            };
+            let body = Streamed {
+                first,
+                rest,
+                length,
+                limit: plugin.limits.max_proxy_body_bytes,
+                idle: app.config.server.body_timeout(),
+            };
             let docker = &plugin.env.docker;
-            docker.forward(name, target, &parts, body, request_id).await
+            let metrics = &plugin.metrics;
+            docker
+                .forward(name, target, &mut parts, body, metrics, request_id)
+                .await
         }
         Outcome::Subscribe(sub) => {
             let name = &plugin.manifest.name;
@@ -242,16 +258,64 @@ async fn call(
     }
 }
 
-/// What admission gives a request: its whole body, and one of the
-/// plugin's call slots for as long as it is kept.
+/// What admission gives a request: the body the plugin reads (all of it,
+/// or nothing when withheld), and one of the plugin's call slots for as
+/// long as it is kept.
 struct Admitted {
     body: Bytes,
+    withheld: Option<Withheld>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// A body larger than the plugin reads, kept for the Docker engine: what
+/// was read of it, the rest, and its declared length.
+struct Withheld {
+    first: Bytes,
+    rest: Body,
+    length: Option<u64>,
+}
+
+/// The header that tells a plugin its request's body was withheld.
+const WITHHELD: &str = "x-berth-body";
+
+/// The request's headers as the plugin sees them: the client's (less any
+/// `x-berth-body` it sent), and `x-berth-body: withheld` if so.
+fn plugin_headers(headers: &http::HeaderMap, withheld: bool) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| k.as_str() != WITHHELD)
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if withheld {
+        pairs.push((WITHHELD.to_string(), "withheld".to_string()));
+    }
+    pairs
+}
+
+/// The host's 413 for a body over `limit`.
+fn too_large(plugin: &Mounted, limit: u64, request_id: &str) -> Response {
+    plugin.metrics.refused.fetch_add(1, Relaxed);
+    let mut r = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body is larger than this route's limit of {limit} bytes"),
+        request_id,
+    );
+    // The rest of the body was not read: do not reuse the connection.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Read the body within the plugin's limit and the server's body timeout,
 /// then take a call slot, waiting for one until the call's deadline: or
-/// the host's 413, 408, 400 or 503.
+/// the host's 413, 408, 400 or 503. A larger body to a plugin granted
+/// `docker` is withheld (see [`Withheld`]) rather than refused: the
+/// plugin may send it on to an engine.
 async fn admit(
     app: &App,
     plugin: &Mounted,
@@ -267,8 +331,10 @@ async fn admit(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let max = limits.max_body_bytes as usize;
+    let may_withhold = plugin.env.granted.contains(Capability::Docker)
+        && declared.is_none_or(|n| n <= limits.max_proxy_body_bytes);
     let read = if declared.is_some_and(|n| n > limits.max_body_bytes) {
-        Err(BodyError::TooLarge)
+        Err(BodyError::TooLarge(Bytes::new()))
     } else if body.is_end_stream() {
         Ok(Bytes::new())
     } else {
@@ -279,23 +345,25 @@ async fn admit(
             .await
             .unwrap_or(Err(BodyError::TimedOut(within)))
     };
+    let mut withheld = None;
     let body = match read {
         Ok(bytes) => bytes,
-        Err(BodyError::TooLarge) => {
+        Err(BodyError::TooLarge(first)) if may_withhold => {
+            let rest = std::mem::replace(body, full(Bytes::new()));
+            withheld = Some(Withheld {
+                first,
+                rest,
+                length: declared,
+            });
+            Bytes::new()
+        }
+        Err(BodyError::TooLarge(_)) => {
             drain(body).await;
-            plugin.metrics.refused.fetch_add(1, Relaxed);
-            let mut r = error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
-                    "request body is larger than this route's limit of {} bytes",
-                    limits.max_body_bytes
-                ),
-                request_id,
-            );
-            // The rest of the body was not read: do not reuse the connection.
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Err(r);
+            let limit = match plugin.env.granted.contains(Capability::Docker) {
+                true => limits.max_proxy_body_bytes,
+                false => limits.max_body_bytes,
+            };
+            return Err(too_large(plugin, limit, request_id));
         }
         Err(BodyError::TimedOut(within)) => {
             let mut r = error(
@@ -343,6 +411,7 @@ async fn admit(
     };
     Ok(Admitted {
         body,
+        withheld,
         _permit: permit,
     })
 }
@@ -455,7 +524,8 @@ async fn commit(plugin: &str, txn: Option<Txn>, request_id: &str) -> Result<(), 
 }
 
 enum BodyError {
-    TooLarge,
+    /// Over the limit: what was read of it.
+    TooLarge(Bytes),
     TimedOut(std::time::Duration),
     Read(String),
 }
@@ -466,10 +536,10 @@ async fn read_body(body: &mut Body, max: usize) -> Result<Bytes, BodyError> {
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         if let Some(data) = frame.data_ref() {
-            if buf.len() + data.len() > max {
-                return Err(BodyError::TooLarge);
-            }
             buf.extend_from_slice(data);
+            if buf.len() > max {
+                return Err(BodyError::TooLarge(buf.freeze()));
+            }
         }
     }
     Ok(buf.freeze())

@@ -73,6 +73,11 @@ pub struct PluginMetrics {
     pub refused: AtomicU64,
     /// Calls running now.
     pub in_flight: AtomicU64,
+    /// Proxied Docker streams open now (answers still streaming, and
+    /// upgraded connections).
+    pub proxied: AtomicU64,
+    /// Proxied connections the engine upgraded (attach, exec), in all.
+    pub upgrades: AtomicU64,
 }
 
 impl PluginMetrics {
@@ -85,6 +90,8 @@ impl PluginMetrics {
             timeouts: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            proxied: AtomicU64::new(0),
+            upgrades: AtomicU64::new(0),
         }
     }
 
@@ -100,6 +107,12 @@ impl PluginMetrics {
         InFlight(&self.in_flight)
     }
 
+    /// Count a proxied stream as open until the returned guard drops.
+    pub fn proxying(self: &Arc<Self>) -> Proxying {
+        self.proxied.fetch_add(1, Relaxed);
+        Proxying(self.clone())
+    }
+
     pub fn instantiated(&self, took: Duration) {
         self.instantiate.observe(took);
     }
@@ -111,6 +124,15 @@ pub struct InFlight<'a>(&'a AtomicU64);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Decrements the open proxied streams gauge when dropped.
+pub struct Proxying(Arc<PluginMetrics>);
+
+impl Drop for Proxying {
+    fn drop(&mut self) {
+        self.0.proxied.fetch_sub(1, Relaxed);
     }
 }
 
@@ -167,7 +189,7 @@ impl Metrics {
                 .render(&mut out, "berth_instantiate_duration_seconds", name);
         }
         type Field = fn(&PluginMetrics) -> &AtomicU64;
-        let counters: [(&str, &str, Field); 3] = [
+        let counters: [(&str, &str, Field); 4] = [
             ("berth_traps_total", "Calls that trapped.", |m| &m.traps),
             (
                 "berth_timeouts_total",
@@ -178,6 +200,11 @@ impl Metrics {
                 "berth_refused_total",
                 "Requests refused before the plugin ran (body too large, busy).",
                 |m| &m.refused,
+            ),
+            (
+                "berth_docker_upgrades_total",
+                "Proxied Docker connections the engine upgraded (attach, exec).",
+                |m| &m.upgrades,
             ),
         ];
         for (metric, help, field) in counters {
@@ -197,6 +224,15 @@ impl Metrics {
                 out,
                 "berth_in_flight_requests{{plugin=\"{name}\"}} {}",
                 m.in_flight.load(Relaxed)
+            );
+        }
+        out.push_str("# HELP berth_docker_streams Proxied Docker streams open now.\n");
+        out.push_str("# TYPE berth_docker_streams gauge\n");
+        for (name, m) in &plugins {
+            let _ = writeln!(
+                out,
+                "berth_docker_streams{{plugin=\"{name}\"}} {}",
+                m.proxied.load(Relaxed)
             );
         }
         out.push_str("# HELP berth_unrouted_requests_total Requests that matched no route.\n");

@@ -152,9 +152,18 @@ impl Request {
         &self.inner.headers
     }
 
-    /// The request body.
+    /// The request body. Empty when [`Request::body_withheld`].
     pub fn body(&self) -> &[u8] {
         &self.inner.body
+    }
+
+    /// Whether the host withheld a body larger than this plugin reads
+    /// (`max_body_kib`): only [`Response::proxy_docker`] can use it (it
+    /// streams to the engine); any other answer becomes the host's 413
+    /// and the call's KV writes are dropped. Only plugins granted
+    /// `docker` get withheld bodies; others get the 413 before they run.
+    pub fn body_withheld(&self) -> bool {
+        self.header("x-berth-body") == Some("withheld")
     }
 
     /// The body parsed as JSON; a 400 response with the parse error if it

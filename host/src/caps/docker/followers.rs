@@ -237,6 +237,7 @@ mod tests {
             timeout_ms: 1000,
             allow: Vec::new(),
             max_proxy_streams: 1,
+            max_plugin_streams: 1,
             endpoints: BTreeMap::new(),
         };
         let docker = Docker::new(&config, db).unwrap();

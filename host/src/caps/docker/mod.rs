@@ -24,7 +24,7 @@ pub use followers::EventSink;
 pub use ops::{DockerCap, DockerView};
 pub use registry::Docker;
 pub use transport::{Address, Engine};
-pub use wire::WireBody;
+pub use wire::{Streamed, WireBody};
 
 /// An error and its sources, one line.
 pub(super) fn chain(e: &dyn std::error::Error) -> String {

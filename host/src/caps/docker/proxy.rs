@@ -1,14 +1,31 @@
-//! The raw forwarding behind the `proxy-docker` outcome.
+//! The raw forwarding behind the `proxy-docker` outcome: the client's
+//! request to the engine (its body streaming as it arrives when it is
+//! larger than the plugin reads), the engine's answer back as it comes,
+//! and connections the engine upgrades (attach, exec) relayed both ways
+//! until either side ends them.
 
-use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
-use tokio::sync::OwnedSemaphorePermit;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWriteExt, split};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{Docker, WireBody, error_text, unreachable_text};
+use super::transport::Stream;
+use super::wire::{Answer, SendError, Streamed};
+use super::{Docker, Engine, error_text, unreachable_text};
 use crate::bindings::DockerTarget;
 use crate::bindings::docker::DockerError;
-use crate::web::{BoxError, Response, error, full, json};
+use crate::metrics::{PluginMetrics, Proxying};
+use crate::web::{BoxError, ConnSlot, Response, error, full, json};
+
+/// How long an upgraded connection stays open for the client's last bytes
+/// once the engine has ended its side.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Why a proxied request got no answer from the engine.
 #[derive(Debug)]
@@ -19,52 +36,99 @@ pub(super) enum ProxyError {
     Unknown(String),
     /// The engine did not answer.
     Unreachable(String),
-    /// Too many proxied streams are open.
+    /// Too many proxied streams are open, for all or for this plugin.
     Busy,
+    /// The client's body failed or paused too long.
+    BadBody(String),
+    /// The client's body is over the plugin's limit.
+    TooLarge(u64),
+}
+
+/// A proxied stream's place under the host's and its plugin's caps, and
+/// in the plugin's gauge, until it is dropped.
+struct Slot {
+    _all: OwnedSemaphorePermit,
+    _plugin: OwnedSemaphorePermit,
+    _gauge: Proxying,
+}
+
+/// The protocol a client asks to switch to (`Upgrade: tcp` with
+/// `Connection: Upgrade`, as the docker CLI sends for attach and exec).
+fn asked_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    connection_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 impl Docker {
-    /// Forward a request (`target`: path and query) to `endpoint` and
-    /// return the engine's streaming answer. The returned permit counts the
-    /// stream until it is dropped.
-    async fn proxy(
+    /// A stream slot for `plugin`, if the caps allow one more.
+    fn slot(&self, plugin: &str, metrics: &Arc<PluginMetrics>) -> Result<Slot, ProxyError> {
+        let all = self.streams.clone().try_acquire_owned();
+        let all = all.map_err(|_| ProxyError::Busy)?;
+        let mine = {
+            let mut plugins = self
+                .plugin_streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let max = self.config.max_plugin_streams as usize;
+            let semaphore = plugins
+                .entry(plugin.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(max)));
+            semaphore.clone()
+        };
+        let mine = mine.try_acquire_owned().map_err(|_| ProxyError::Busy)?;
+        Ok(Slot {
+            _all: all,
+            _plugin: mine,
+            _gauge: metrics.proxying(),
+        })
+    }
+
+    /// Send the client's request (`target`: path and query) to `engine`.
+    /// A whole body on a kept connection; a streaming one, or an upgrade,
+    /// on a connection of its own.
+    async fn exchange(
         &self,
-        plugin: &str,
-        endpoint: &str,
+        engine: &Engine,
+        parts: &http::request::Parts,
         target: &str,
-        request: http::Request<Bytes>,
-    ) -> Result<(http::Response<WireBody>, OwnedSemaphorePermit), ProxyError> {
-        let engine = self.engine(plugin, endpoint).map_err(|e| match e {
-            DockerError::Unreachable(m) => ProxyError::Unreachable(m),
-            DockerError::UnknownEndpoint(m) => ProxyError::Unknown(m),
-            other => ProxyError::Refused(error_text(&other)),
-        })?;
-        let permit = self
-            .streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::Busy)?;
-        let (mut parts, body) = request.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(http::header::AUTHORIZATION);
-        parts.headers.remove(http::header::COOKIE);
-        let send = engine
-            .wire
-            .send(&parts.method, target, &parts.headers, &body);
-        let answer = tokio::time::timeout(self.timeout(), send)
-            .await
-            .map_err(|_| {
-                ProxyError::Unreachable(format!(
-                    "{} did not answer within {} ms",
-                    engine.spec.address, self.config.timeout_ms
-                ))
-            })?
-            .map_err(|e| ProxyError::Unreachable(format!("{}: {e}", engine.spec.address)))?;
-        let mut response = http::Response::new(answer.body);
-        *response.status_mut() = answer.status;
-        *response.headers_mut() = answer.headers;
-        strip_hop_by_hop(response.headers_mut());
-        Ok((response, permit))
+        upgrade: Option<&HeaderValue>,
+        body: Streamed,
+    ) -> Result<Answer, ProxyError> {
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::COOKIE);
+        let address = &engine.spec.address;
+        let late = || {
+            ProxyError::Unreachable(format!(
+                "{address} did not answer within {} ms",
+                self.config.timeout_ms
+            ))
+        };
+        let method = &parts.method;
+        if upgrade.is_none() && body.rest.is_none() {
+            let send = engine.wire.send(method, target, &headers, &body.first);
+            return tokio::time::timeout(self.timeout(), send)
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| ProxyError::Unreachable(format!("{address}: {e}")));
+        }
+        let send =
+            engine
+                .wire
+                .send_streamed(method, target, &headers, upgrade, body, self.timeout());
+        send.await.map_err(|e| match e {
+            SendError::Engine(e) => ProxyError::Unreachable(format!("{address}: {e}")),
+            SendError::Late => late(),
+            SendError::Client(m) => ProxyError::BadBody(m),
+            SendError::TooLarge(limit) => ProxyError::TooLarge(limit),
+        })
     }
 }
 
@@ -97,13 +161,15 @@ fn engine_shaped(status: StatusCode, message: &str, request_id: &str) -> Respons
 impl Docker {
     /// Forward plugin `name`'s client's request (`parts` and `body`) to
     /// the engine `target` names and stream the answer back; a failure
-    /// answers in the Engine API's shape.
+    /// answers in the Engine API's shape. A connection the engine
+    /// upgrades is relayed both ways from a task of its own.
     pub async fn forward(
         &self,
         name: &str,
         target: DockerTarget,
-        parts: &http::request::Parts,
-        body: Bytes,
+        parts: &mut http::request::Parts,
+        body: Streamed,
+        metrics: &Arc<PluginMetrics>,
         request_id: &str,
     ) -> Response {
         let DockerTarget {
@@ -129,55 +195,162 @@ impl Docker {
                 request_id,
             );
         }
-        let mut request = http::Request::new(body);
-        *request.method_mut() = parts.method.clone();
-        *request.headers_mut() = parts.headers.clone();
-        match self.proxy(name, &endpoint, &target, request).await {
-            Ok((answer, permit)) => {
-                let (parts, mut body) = answer.into_parts();
-                let body = match body.whole() {
-                    // The whole answer is here: send it in one write, with its
-                    // length, and free the stream's permit now.
-                    Ok(Some(bytes)) => full(bytes),
-                    // The permit counts this stream until hyper drops the body:
-                    // when the engine ends it or the client leaves.
-                    Ok(None) => body
-                        .map_err(|e| Box::new(e) as BoxError)
-                        .map_frame(move |frame| {
-                            let _open = &permit;
-                            frame
-                        })
-                        .boxed(),
-                    Err(e) => {
-                        return engine_shaped(
-                            StatusCode::BAD_GATEWAY,
-                            &format!("the engine's answer broke off: {e}"),
-                            request_id,
-                        );
-                    }
-                };
-                http::Response::from_parts(parts, body)
-            }
-            Err(ProxyError::Refused(m)) => engine_shaped(StatusCode::FORBIDDEN, &m, request_id),
-            Err(ProxyError::Unknown(m)) => engine_shaped(StatusCode::NOT_FOUND, &m, request_id),
-            Err(ProxyError::Unreachable(m)) => {
-                tracing::warn!(plugin = %name, request_id, endpoint, "Docker engine unreachable: {m}");
-                engine_shaped(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &unreachable_text(&endpoint, request_id),
-                    request_id,
-                )
-            }
-            Err(ProxyError::Busy) => {
-                let mut r = engine_shaped(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many proxied Docker streams are open; retry later",
+        // Only a connection hyper can hand over is offered to the engine
+        // for upgrading (not HTTP/2's, not a test's in-process request).
+        let upgrade =
+            asked_upgrade(&parts.headers).filter(|_| parts.extensions.get::<OnUpgrade>().is_some());
+        let proxied = async {
+            let engine = self.engine(name, &endpoint).map_err(|e| match e {
+                DockerError::Unreachable(m) => ProxyError::Unreachable(m),
+                DockerError::UnknownEndpoint(m) => ProxyError::Unknown(m),
+                other => ProxyError::Refused(error_text(&other)),
+            })?;
+            let slot = self.slot(name, metrics)?;
+            let answer = self
+                .exchange(&engine, parts, &target, upgrade.as_ref(), body)
+                .await?;
+            Ok((answer, slot))
+        };
+        let (answer, slot) = match proxied.await {
+            Ok(proxied) => proxied,
+            Err(e) => return failure(e, name, &endpoint, request_id),
+        };
+        if upgrade.is_some() && answer.status == StatusCode::SWITCHING_PROTOCOLS {
+            return upgraded(answer, parts, slot, metrics);
+        }
+        let Answer {
+            status,
+            mut headers,
+            mut body,
+        } = answer;
+        strip_hop_by_hop(&mut headers);
+        let body = match body.whole() {
+            // The whole answer is here: send it in one write, with its
+            // length, and free the stream's slot now.
+            Ok(Some(bytes)) => full(bytes),
+            // The slot counts this stream until hyper drops the body:
+            // when the engine ends it or the client leaves.
+            Ok(None) => body
+                .map_err(|e| Box::new(e) as BoxError)
+                .map_frame(move |frame| {
+                    let _open = &slot;
+                    frame
+                })
+                .boxed(),
+            Err(e) => {
+                return engine_shaped(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("the engine's answer broke off: {e}"),
                     request_id,
                 );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                r
             }
+        };
+        let mut response = http::Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// The engine's `101` to the client, and a task relaying the two
+/// connections once hyper hands the client's over.
+fn upgraded(
+    answer: Answer,
+    parts: &mut http::request::Parts,
+    slot: Slot,
+    metrics: &PluginMetrics,
+) -> Response {
+    metrics
+        .upgrades
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Answer { headers, body, .. } = answer;
+    let client = parts.extensions.remove::<OnUpgrade>();
+    // The relayed connection counts against the server's caps until it ends.
+    let held = parts.extensions.remove::<ConnSlot>();
+    if let (Some(client), Some((engine, early))) = (client, body.into_raw()) {
+        tokio::spawn(async move {
+            let _held = (slot, held);
+            relay(client, engine, early).await;
+        });
+    }
+    let mut response = http::Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    // The engine's head as it is: `Connection: Upgrade`, `Upgrade: tcp`
+    // and the stream's content type.
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Copy bytes both ways until both sides are done. A side that ends its
+/// writing (the CLI after stdin's end, for `exec -i`) has that passed on
+/// as a half-close; once the engine ends its side, the client has
+/// [`LINGER`] to end its own.
+async fn relay(client: OnUpgrade, engine: Stream, early: BytesMut) {
+    let Ok(client) = client.await else { return };
+    let mut client = TokioIo::new(client);
+    if !early.is_empty() && client.write_all(&early).await.is_err() {
+        return;
+    }
+    let (mut client_in, mut client_out) = split(client);
+    let (mut engine_in, mut engine_out) = split(engine);
+    let up = async {
+        let _ = tokio::io::copy(&mut client_in, &mut engine_out).await;
+        let _ = engine_out.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut engine_in, &mut client_out).await;
+        let _ = client_out.shutdown().await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut down => {
+            let _ = tokio::time::timeout(LINGER, up).await;
+        }
+        _ = &mut up => down.await,
+    }
+}
+
+/// A proxied request's failure, in the Engine API's shape.
+fn failure(e: ProxyError, name: &str, endpoint: &str, request_id: &str) -> Response {
+    match e {
+        ProxyError::Refused(m) => engine_shaped(StatusCode::FORBIDDEN, &m, request_id),
+        ProxyError::Unknown(m) => engine_shaped(StatusCode::NOT_FOUND, &m, request_id),
+        ProxyError::BadBody(m) => {
+            let mut r = engine_shaped(StatusCode::BAD_REQUEST, &m, request_id);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+        ProxyError::TooLarge(limit) => {
+            let mut r = engine_shaped(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "request body is larger than plugin `{name}`'s limit for Docker of \
+                     {limit} bytes"
+                ),
+                request_id,
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+        ProxyError::Unreachable(m) => {
+            tracing::warn!(plugin = %name, request_id, endpoint, "Docker engine unreachable: {m}");
+            engine_shaped(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &unreachable_text(endpoint, request_id),
+                request_id,
+            )
+        }
+        ProxyError::Busy => {
+            let mut r = engine_shaped(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many proxied Docker streams are open; retry later",
+                request_id,
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
         }
     }
 }

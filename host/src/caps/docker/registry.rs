@@ -26,6 +26,8 @@ pub struct Docker {
     pub(super) db: Arc<Store>,
     pub(super) engines: Mutex<HashMap<(String, String), Arc<Engine>>>,
     pub(super) streams: Arc<Semaphore>,
+    /// Each plugin's share of the streams.
+    pub(super) plugin_streams: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Engine event followers by (plugin, endpoint, sink key).
     pub(super) followers: Mutex<HashMap<(String, String, String), tokio::task::AbortHandle>>,
 }
@@ -85,6 +87,7 @@ impl Docker {
             db,
             engines: Mutex::default(),
             streams: Arc::new(Semaphore::new(config.max_proxy_streams as usize)),
+            plugin_streams: Mutex::default(),
             followers: Mutex::default(),
         })
     }

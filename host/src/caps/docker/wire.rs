@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::transport::{Dialer, Stream};
+use crate::web::BoxError;
 
 /// The longest answer head taken.
 const MAX_HEAD: usize = 64 << 10;
@@ -166,6 +168,222 @@ impl Wire {
     }
 }
 
+/// A request body that streams: what was read of it already, then the
+/// rest as the client sends it.
+pub struct Streamed {
+    pub first: Bytes,
+    pub rest: Option<crate::web::Body>,
+    /// The client's `Content-Length`, if it gave one; else chunked.
+    pub length: Option<u64>,
+    /// The most bytes sent before the request is abandoned.
+    pub limit: u64,
+    /// The longest the client may pause between pieces.
+    pub idle: Duration,
+}
+
+/// Why a streamed request got no answer.
+#[derive(Debug)]
+pub enum SendError {
+    /// The engine could not be reached, or broke off.
+    Engine(io::Error),
+    /// The engine did not answer within the time given.
+    Late,
+    /// The client's body failed, paused too long, or ran past its length.
+    Client(String),
+    /// The client's body ran past the limit.
+    TooLarge(u64),
+}
+
+impl Wire {
+    /// Send a request whose body streams from the client, or that asks
+    /// the engine to switch protocols (`upgrade`, as `tcp` for attach and
+    /// exec), on a connection of its own: neither can be sent again on
+    /// another. The body goes as it arrives while the answer is awaited;
+    /// an engine that answers before the body ends gets no more of it.
+    /// `within` bounds the wait for the answer once the body is sent.
+    /// A `101` answer leaves the connection raw: see [`WireBody::into_raw`].
+    pub async fn send_streamed(
+        self: &Arc<Self>,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        upgrade: Option<&HeaderValue>,
+        body: Streamed,
+        within: Duration,
+    ) -> Result<Answer, SendError> {
+        let length = match (body.length, &body.rest) {
+            (Some(n), _) => Length::Known(n),
+            (None, None) => Length::Known(body.first.len() as u64),
+            (None, Some(_)) => Length::Chunked,
+        };
+        if let Length::Known(n) = length
+            && n > body.limit
+        {
+            return Err(SendError::TooLarge(body.limit));
+        }
+        let head = encode_head(method, target, headers, length, upgrade);
+        let dial = tokio::time::timeout(within, self.dialer.dial());
+        let mut stream = dial
+            .await
+            .map_err(|_| SendError::Late)?
+            .map_err(SendError::Engine)?;
+        stream.write_all(&head).await.map_err(SendError::Engine)?;
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let mut buf = BytesMut::with_capacity(16 << 10);
+        let (head, sent) = {
+            let pump = pump(&mut writer, body, length);
+            let answer = read_head(&mut reader, &mut buf);
+            tokio::pin!(pump, answer);
+            let mut sent = false;
+            let mut early = None;
+            while !sent {
+                tokio::select! {
+                    pumped = &mut pump => {
+                        pumped?;
+                        sent = true;
+                    }
+                    head = &mut answer => {
+                        early = Some(head);
+                        break;
+                    }
+                }
+            }
+            let head = match early {
+                Some(head) => head,
+                None => tokio::time::timeout(within, &mut answer)
+                    .await
+                    .map_err(|_| SendError::Late)?,
+            };
+            (head.map_err(SendError::Engine)?, sent)
+        };
+        let stream = reader.unsplit(writer);
+        let upgraded = upgrade.is_some() && head.status == StatusCode::SWITCHING_PROTOCOLS;
+        let framing = match upgraded {
+            true => Framing::Close,
+            false => framing(method, &head),
+        };
+        let mut body = WireBody {
+            ready: VecDeque::new(),
+            stream: Some(stream),
+            buf,
+            framing,
+            // A body the engine did not take in full leaves the
+            // connection in the middle of a request.
+            keep: head.keep_alive && sent && !upgraded,
+            wire: self.clone(),
+        };
+        if let Framing::Length(0) = body.framing {
+            body.finish();
+        }
+        Ok(Answer {
+            status: head.status,
+            headers: head.headers,
+            body,
+        })
+    }
+}
+
+/// Write `body` to the engine as it arrives, framed by `length`.
+async fn pump<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    body: Streamed,
+    length: Length,
+) -> Result<(), SendError> {
+    let Streamed {
+        first,
+        rest,
+        limit,
+        idle,
+        ..
+    } = body;
+    let chunked = length == Length::Chunked;
+    let mut total = 0u64;
+    let mut write = async |out: &mut W, data: Bytes| -> Result<(), SendError> {
+        total += data.len() as u64;
+        if total > limit {
+            return Err(SendError::TooLarge(limit));
+        }
+        if let Length::Known(n) = length
+            && total > n
+        {
+            return Err(SendError::Client(format!(
+                "the body is longer than its Content-Length of {n}"
+            )));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let sent = match chunked {
+            true => {
+                let size = format!("{:x}\r\n", data.len());
+                out.write_all(size.as_bytes()).await?;
+                out.write_all(&data).await?;
+                out.write_all(b"\r\n").await
+            }
+            false => out.write_all(&data).await,
+        };
+        sent.map_err(SendError::Engine)
+    };
+    write(out, first).await?;
+    if let Some(mut rest) = rest {
+        loop {
+            let frame = match tokio::time::timeout(idle, rest.frame()).await {
+                Err(_) => {
+                    return Err(SendError::Client(format!(
+                        "the request body paused for more than {} ms",
+                        idle.as_millis()
+                    )));
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(SendError::Client(body_error(e))),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                write(out, data).await?;
+            }
+        }
+    }
+    if chunked {
+        out.write_all(b"0\r\n\r\n")
+            .await
+            .map_err(SendError::Engine)?;
+    }
+    out.flush().await.map_err(SendError::Engine)
+}
+
+fn body_error(e: BoxError) -> String {
+    format!("cannot read the request body: {e}")
+}
+
+impl From<io::Error> for SendError {
+    fn from(e: io::Error) -> Self {
+        SendError::Engine(e)
+    }
+}
+
+/// Read an answer's head (past any `1xx` but `101`) into `buf` and take
+/// it off; what follows it stays in `buf`.
+async fn read_head<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> io::Result<Head> {
+    loop {
+        while let Some(head) = parse_head(buf)? {
+            if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            return Ok(head);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(invalid("the engine's answer head is too long"));
+        }
+        let read = std::future::poll_fn(|cx| read_more(reader, buf, cx)).await?;
+        if read == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the engine closed the connection before answering",
+            ));
+        }
+    }
+}
+
 /// Whether a kept connection is still open: the engine has neither closed
 /// it nor sent anything on it while it idled. No syscall unless the
 /// reactor has seen it become readable.
@@ -185,7 +403,30 @@ fn invalid(text: &str) -> io::Error {
 /// of the connection and the framing (which are this client's), `Host`,
 /// `Content-Length`, the body.
 fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + target.len() + body.len());
+    let length = Length::Known(body.len() as u64);
+    let mut out = encode_head(method, target, headers, length, None);
+    out.extend_from_slice(body);
+    out
+}
+
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Length {
+    Known(u64),
+    Chunked,
+}
+
+/// A request's head: as [`encode`], with `Transfer-Encoding: chunked`
+/// for a body of unknown length and the `Connection: Upgrade` pair when
+/// switching protocols.
+fn encode_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    length: Length,
+    upgrade: Option<&HeaderValue>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + target.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -193,7 +434,12 @@ fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8]) -> Ve
     for (name, value) in headers {
         if matches!(
             name.as_str(),
-            "host" | "content-length" | "transfer-encoding" | "connection" | "keep-alive"
+            "host"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "keep-alive"
+                | "upgrade"
         ) {
             continue;
         }
@@ -202,17 +448,23 @@ fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8]) -> Ve
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    match length {
+        Length::Known(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
+        Length::Known(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
+        Length::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    if let Some(protocol) = upgrade {
+        out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: ");
+        out.extend_from_slice(protocol.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
     out
 }
 
 /// Read what the connection has into `buf`: the count read, 0 at its end.
-fn read_more(
-    stream: &mut Stream,
+fn read_more<R: AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
@@ -441,6 +693,13 @@ impl WireBody {
         self.stream = None;
         self.framing = Framing::Done;
         Poll::Ready(Some(Err(e)))
+    }
+
+    /// The connection and what was read of it past the answer's head, for
+    /// a `101` answer: the bytes that follow are another protocol's.
+    pub(super) fn into_raw(mut self) -> Option<(Stream, BytesMut)> {
+        let stream = self.stream.take()?;
+        Some((stream, std::mem::take(&mut self.buf)))
     }
 
     /// The whole body, if it has all been read already (an engine
@@ -736,6 +995,195 @@ mod tests {
         drop(answer);
         assert!(e.wire.checkout().is_none());
         assert_eq!(&get(&e.wire, "/").await.unwrap().1[..], b"new");
+    }
+
+    /// An engine that reads one request whole (head and body, to the
+    /// connection's write side closing or `until` appearing), reports it,
+    /// then writes `answer`.
+    fn one_shot(until: &'static [u8], answer: &'static [u8]) -> Engine {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tell, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            while !got.windows(until.len()).any(|w| w == until) {
+                let mut chunk = [0; 65536];
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = tell.send((0, String::from_utf8_lossy(&got).into_owned()));
+            socket.write_all(answer).await.unwrap();
+            // Echo what comes after, for upgraded connections.
+            let mut chunk = [0; 1024];
+            while let Ok(n) = socket.read(&mut chunk).await {
+                if n == 0 || socket.write_all(&chunk[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let dialer = Dialer(Arc::new((Address::Unix(path), None)));
+        Engine {
+            wire: Arc::new(Wire::new(dialer)),
+            seen,
+            _dir: dir,
+        }
+    }
+
+    fn streamed(first: &'static [u8], rest: &[&'static [u8]], length: Option<u64>) -> Streamed {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = rest
+            .iter()
+            .map(|piece| Ok(Frame::data(Bytes::from_static(piece))))
+            .collect();
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        Streamed {
+            first: Bytes::from_static(first),
+            rest: Some(body.boxed()),
+            length,
+            limit: 1 << 20,
+            idle: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_streams_chunked_and_a_known_one_as_is() {
+        let mut e = one_shot(
+            b"0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        );
+        let body = streamed(b"ab", &[b"cde", b"f"], None);
+        let answer = e
+            .wire
+            .send_streamed(
+                &Method::PUT,
+                "/archive",
+                &HeaderMap::new(),
+                None,
+                body,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(&answer.body.collect().await.unwrap().to_bytes()[..], b"ok");
+        let (_, request) = e.seen.recv().await.unwrap();
+        assert!(
+            request.ends_with(
+                "Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n1\r\nf\r\n0\r\n\r\n"
+            ),
+            "{request:?}"
+        );
+
+        let mut e = one_shot(
+            b"abcdef",
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        );
+        let body = streamed(b"ab", &[b"cde", b"f"], Some(6));
+        let answer = e
+            .wire
+            .send_streamed(
+                &Method::POST,
+                "/load",
+                &HeaderMap::new(),
+                None,
+                body,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED);
+        let (_, request) = e.seen.recv().await.unwrap();
+        assert!(
+            request.ends_with("Content-Length: 6\r\n\r\nabcdef"),
+            "{request:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_past_their_limit_or_length_are_refused() {
+        let e = one_shot(b"never", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let mut body = streamed(b"ab", &[b"cdef"], None);
+        body.limit = 4;
+        let sent = e
+            .wire
+            .send_streamed(
+                &Method::PUT,
+                "/",
+                &HeaderMap::new(),
+                None,
+                body,
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(
+            matches!(sent, Err(SendError::TooLarge(4))),
+            "{:?}",
+            sent.err()
+        );
+        let body = streamed(b"ab", &[b"cdef"], Some(3));
+        let sent = e
+            .wire
+            .send_streamed(
+                &Method::PUT,
+                "/",
+                &HeaderMap::new(),
+                None,
+                body,
+                Duration::from_secs(5),
+            )
+            .await;
+        let refused = matches!(sent, Err(SendError::Client(_) | SendError::Engine(_)));
+        assert!(refused, "{:?}", sent.err());
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_connection_is_handed_over_raw_with_what_came_early() {
+        let mut e = one_shot(
+            b"{}",
+            b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n\
+              Connection: Upgrade\r\nUpgrade: tcp\r\n\r\nearly",
+        );
+        let body = Streamed {
+            first: Bytes::from_static(b"{}"),
+            rest: None,
+            length: None,
+            limit: 1 << 20,
+            idle: Duration::from_secs(5),
+        };
+        let tcp = HeaderValue::from_static("tcp");
+        let answer = e
+            .wire
+            .send_streamed(
+                &Method::POST,
+                "/exec/x/start",
+                &HeaderMap::new(),
+                Some(&tcp),
+                body,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::SWITCHING_PROTOCOLS);
+        let (_, request) = e.seen.recv().await.unwrap();
+        assert!(
+            request.contains("Connection: Upgrade\r\nUpgrade: tcp\r\n"),
+            "{request:?}"
+        );
+        let (mut raw, mut early) = answer.body.into_raw().unwrap();
+        // The engine's first bytes may come with its head or after it.
+        while early.len() < 5 {
+            let mut more = [0; 16];
+            let n = raw.read(&mut more).await.unwrap();
+            early.extend_from_slice(&more[..n]);
+        }
+        assert_eq!(&early[..], b"early");
+        raw.write_all(b"stdin").await.unwrap();
+        let mut echoed = [0; 5];
+        raw.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"stdin", "bytes flow both ways");
     }
 
     #[test]
