@@ -13,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::docker::{self, Engine};
 use support::{Berth, call_bearer, client};
+use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Longest any one CLI step may take.
 const STEP: Duration = Duration::from_secs(120);
@@ -388,6 +390,49 @@ fn support_poll(mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Write a client config that sends `header: value` on every request.
+fn client_config(dir: &Path, header: &str, value: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        json!({ "HttpHeaders": { header: value } }).to_string(),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+/// Every CLI's session against each `(tag, host URL)`, off the runtime.
+async fn sessions(targets: Vec<(String, String)>, config: PathBuf, scratch: PathBuf) {
+    let clis = clis();
+    assert!(!clis.is_empty(), "no docker CLI");
+    eprintln!("CLIs: {clis:?}");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let run = tokio::task::spawn_blocking(move || {
+        for (n, bin) in clis.iter().enumerate() {
+            for (tag, host) in &targets {
+                let cli = Cli {
+                    bin: bin.clone(),
+                    host: host.clone(),
+                    config: config.clone(),
+                };
+                session(&cli, &format!("{n}{tag}"), &scratch);
+            }
+        }
+    });
+    run.await.unwrap();
+}
+
+/// `berth_docker_upgrades_total` of `plugin`.
+async fn upgrades(berth: &Berth, plugin: &str) -> u64 {
+    let metrics = support::get_text(&client(), &berth.url("/_berth/metrics")).await;
+    let prefix = format!("berth_docker_upgrades_total{{plugin=\"{plugin}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_docker_cli_through_portainer_endpoints() {
     let Some(engine) = docker::shared() else {
@@ -400,42 +445,218 @@ async fn the_docker_cli_through_portainer_endpoints() {
     );
     let berth = Berth::start(dir.path(), &config);
     let (jwt, local, tls) = portainer(&berth, engine).await;
-    let clients = dir.path().join("clients");
-    std::fs::create_dir_all(&clients).unwrap();
-    std::fs::write(
-        clients.join("config.json"),
-        json!({ "HttpHeaders": { "Authorization": format!("Bearer {jwt}") } }).to_string(),
-    )
-    .unwrap();
-    let address = berth.url.trim_start_matches("http://").to_string();
-    let clis = clis();
-    assert!(!clis.is_empty(), "no docker CLI");
-    let engine_version = engine.cli(&["version", "--format", "{{.Server.APIVersion}}"]);
-    eprintln!(
-        "engine API {}; CLIs: {clis:?}",
-        String::from_utf8_lossy(&engine_version.stdout).trim()
+    let config = client_config(
+        &dir.path().join("clients"),
+        "Authorization",
+        &format!("Bearer {jwt}"),
     );
-    let scratch = dir.path().join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let sessions = tokio::task::spawn_blocking(move || {
-        for (n, bin) in clis.iter().enumerate() {
-            for (kind, id) in [("local", local), ("tls", tls)] {
-                let cli = Cli {
-                    bin: bin.clone(),
-                    host: format!("tcp://{address}/api/endpoints/{id}/docker"),
-                    config: clients.clone(),
-                };
-                session(&cli, &format!("{n}{kind}"), &scratch);
+    let address = berth.url.trim_start_matches("http://").to_string();
+    let host = |id: u64| format!("tcp://{address}/api/endpoints/{id}/docker");
+    let targets = vec![("local".into(), host(local)), ("tls".into(), host(tls))];
+    sessions(targets, config, dir.path().join("scratch")).await;
+    // Each session upgrades at least for run, -it, three execs and attach.
+    assert!(upgrades(&berth, "stacks").await >= 2 * 6 * clis().len() as u64);
+}
+
+/// Lighthouse on host A, a beacon on host B in front of the same engine:
+/// the CLI on `/api/v0.2/d/INSTANCE` with the session cookie, for A's own
+/// instance and for B's, whose raw connections A forwards to B's agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docker_cli_through_lighthouse_instances() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let beacon_b = Berth::start(
+        dir_b.path(),
+        &format!(
+            "[docker]\nlocal = \"{}\"\n\n[plugins.beacons.settings]\ntoken = \"b-secret\"\n",
+            engine.host
+        ),
+    );
+    let lighthouse = Berth::start(
+        dir_a.path(),
+        &format!(
+            "[docker]\nlocal = \"{}\"\n\n[http_out]\nallow = [\"127.0.0.1\"]\n\
+             allow_private = [\"127.0.0.1\"]\n",
+            engine.host
+        ),
+    );
+    let password = lighthouse.cli_line(&["run", "beacons", "create-admin", "admin"], "password: ");
+    let http = client();
+    let login = http
+        .post(lighthouse.url("/api/v0.2/login"))
+        .json(&json!({ "Email": "admin", "Password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let own_token = lighthouse.cli(&["run", "beacons", "agent-token"]).stdout;
+    let own_token = String::from_utf8(own_token).unwrap().trim().to_string();
+    let b_address = beacon_b.url.trim_start_matches("http://").to_string();
+    for (address, token, alias) in [
+        (b_address.as_str(), "b-secret", "b"),
+        ("local", own_token.as_str(), "a"),
+    ] {
+        let created = http
+            .post(lighthouse.url("/api/v0.2/beacons/create"))
+            .header("cookie", &cookie)
+            .json(&json!({ "Address": address, "Token": token, "Alias": alias }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 200, "{}", created.text().await.unwrap());
+    }
+    let config = client_config(&dir_a.path().join("clients"), "Cookie", &cookie);
+    let address = lighthouse.url.trim_start_matches("http://").to_string();
+    let host = |instance: &str| format!("tcp://{address}/api/v0.2/d/{instance}");
+    let targets = vec![
+        ("own".into(), host("a.local")),
+        ("far".into(), host("b.local")),
+    ];
+    sessions(targets, config, dir_a.path().join("scratch")).await;
+    // A upgraded the connections of both instances; B those of the far one.
+    let (a, b) = (
+        upgrades(&lighthouse, "beacons").await,
+        upgrades(&beacon_b, "beacons").await,
+    );
+    let each = 6 * clis().len() as u64;
+    assert!(a >= 2 * each && b >= each, "A {a}, B {b}");
+}
+
+/// Read text messages from `ws` until their concatenation contains
+/// `wanted`, within 30 s: everything read.
+async fn read_until<S>(ws: &mut S, wanted: &str) -> String
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let mut seen = String::new();
+    let read = async {
+        while !seen.contains(wanted) {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => seen.push_str(&text),
+                Some(Ok(Message::Binary(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Some(Ok(_)) => {}
+                other => panic!("the console ended ({other:?}) before {wanted:?}; read {seen:?}"),
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .is_err()
+    {
+        panic!("no {wanted:?} within 30 s");
+    }
+    seen
+}
+
+/// Portainer 1.x's console routes: a WebSocket on an exec and on an
+/// attached container, bridged by the host to the engine's hijacked
+/// streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn portainer_consoles_over_websockets() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n",
+        engine.host
+    );
+    let berth = Berth::start(dir.path(), &config);
+    let (jwt, local, _) = portainer(&berth, engine).await;
+    let name = format!("console-{}", std::process::id());
+    let run = engine.cli(&["run", "-dit", "--name", &name, docker::IMAGE, "sh"]);
+    assert!(run.status.success(), "{run:?}");
+
+    // An exec made through the proxy, as the web UI makes it.
+    let http = client();
+    let (status, exec) = call_bearer(
+        &http,
+        "POST",
+        &berth.url(&format!(
+            "/api/endpoints/{local}/docker/containers/{name}/exec"
+        )),
+        Some(&jwt),
+        Some(json!({
+            "AttachStdin": true, "AttachStdout": true, "AttachStderr": true,
+            "Tty": true, "Cmd": ["sh"]
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{exec}");
+    let exec = exec["Id"].as_str().unwrap().to_string();
+    let ws_url = |route: &str, id: &str| {
+        format!(
+            "{}/api/websocket/{route}?token={jwt}&endpointId={local}&id={id}",
+            berth.url.replacen("http://", "ws://", 1)
+        )
+    };
+    let (mut ws, answer) = tokio_tungstenite::connect_async(ws_url("exec", &exec))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 101);
+    ws.send(Message::text("echo exec-$((6*7))\n"))
+        .await
+        .unwrap();
+    read_until(&mut ws, "exec-42").await;
+    ws.send(Message::text("exit\n")).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_close() {
+                break;
             }
         }
     });
-    sessions.await.unwrap();
-    let metrics = support::get_text(&client(), &berth.url("/_berth/metrics")).await;
-    let upgrades = metrics
-        .lines()
-        .find(|l| l.starts_with("berth_docker_upgrades_total{plugin=\"stacks\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(upgrades >= 8, "{metrics}");
+    assert!(
+        ended.await.is_ok(),
+        "the console closes when the shell exits"
+    );
+
+    // Attached to the container's own shell.
+    let id = engine.inspect(&name).unwrap()["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url("attach", &id))
+        .await
+        .unwrap();
+    ws.send(Message::text("echo attach-$((2+3))\n"))
+        .await
+        .unwrap();
+    read_until(&mut ws, "attach-5").await;
+    ws.close(None).await.unwrap();
+
+    // Refusals, in Portainer's shape.
+    let plain = http
+        .get(berth.url(&format!(
+            "/api/websocket/exec?token={jwt}&endpointId={local}&id={exec}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400, "not a WebSocket upgrade");
+    let body: Value = plain.json().await.unwrap();
+    assert!(
+        body["details"].as_str().unwrap().contains("websocket"),
+        "{body}"
+    );
+    for (query, status) in [
+        (format!("token={jwt}&endpointId={local}&id=not-hex"), 400),
+        (format!("token={jwt}&endpointId=999&id={exec}"), 404),
+        (format!("endpointId={local}&id={exec}"), 401),
+    ] {
+        let answer = http
+            .get(berth.url(&format!("/api/websocket/exec?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "{query}");
+        let body: Value = answer.json().await.unwrap();
+        assert!(body["err"].is_string(), "{body}");
+    }
+    engine.cli(&["rm", "-f", &name]);
 }

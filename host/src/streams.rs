@@ -6,14 +6,12 @@
 
 use std::collections::VecDeque;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
-use sha1::{Digest, Sha1};
 use tokio::sync::{broadcast, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -214,14 +212,6 @@ fn chunked(
     response
 }
 
-/// `Sec-WebSocket-Accept` for a client's key (RFC 6455).
-fn accept_key(key: &[u8]) -> String {
-    let mut sha = Sha1::new();
-    sha.update(key);
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
-}
-
 fn websocket(mut feed: Feed, parts: &mut http::request::Parts, request_id: &str) -> Response {
     let h = &parts.headers;
     let has = |name: header::HeaderName, token: &str| {
@@ -300,28 +290,12 @@ fn websocket(mut feed: Feed, parts: &mut http::request::Parts, request_id: &str)
             }
         }
     });
-    let mut response = http::Response::new(crate::web::full(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&accept_key(&key)) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    response
+    crate::web::websocket_accepted(&key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accept_key_matches_rfc6455() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
 
     #[test]
     fn frames() {

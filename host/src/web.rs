@@ -42,6 +42,30 @@ pub fn error(status: StatusCode, message: &str, request_id: &str) -> Response {
     )
 }
 
+/// The `101` that accepts a WebSocket handshake with the client's
+/// `Sec-WebSocket-Key` (RFC 6455).
+pub fn websocket_accepted(key: &[u8]) -> Response {
+    let mut response = http::Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept_key(key)) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// `Sec-WebSocket-Accept` for a client's key (RFC 6455).
+fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::{Digest, Sha1};
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
 /// Headers the host controls: framing and connection management.
 pub fn reserved(name: &HeaderName) -> bool {
     matches!(
@@ -75,3 +99,14 @@ impl ConnSlot {
 /// of its requests.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnSocket(pub std::os::fd::RawFd);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_matches_rfc6455() {
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}

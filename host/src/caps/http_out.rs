@@ -165,6 +165,27 @@ impl HttpOut {
         Ok(url)
     }
 
+    /// `check`, and every address the URL's host resolves to now (for a
+    /// URL kept to use later, as a Docker URL endpoint is).
+    pub async fn check_resolved(&self, url: &str) -> Result<(), HttpError> {
+        let url = self.check(url)?;
+        let host = url.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        let resolved = tokio::net::lookup_host((host, port)).await;
+        let addresses = resolved.map_err(|e| HttpError::Unreachable(format!("{host}: {e}")))?;
+        for address in addresses {
+            let ip = address.ip();
+            self.policy
+                .check_addr(host, ip)
+                .map_err(HttpError::Refused)?;
+        }
+        Ok(())
+    }
+
     /// Send `request` under the policy.
     pub async fn send(&self, request: Outgoing) -> Result<Incoming, HttpError> {
         let url = self.check(&request.url)?;
@@ -282,6 +303,18 @@ impl Host for HttpOutView<'_> {
     /// An outbound request's error reaches the plugin; a trap ends the call.
     fn convert_http_error(&mut self, err: HttpFailure) -> wasmtime::Result<HttpError> {
         err.downcast()
+    }
+}
+
+/// Text of any `http-out` error.
+pub fn error_text(e: &HttpError) -> String {
+    match e {
+        HttpError::Denied(m)
+        | HttpError::Invalid(m)
+        | HttpError::Refused(m)
+        | HttpError::Unreachable(m)
+        | HttpError::TooLarge(m) => m.clone(),
+        HttpError::Timeout => "no answer within the timeout".to_string(),
     }
 }
 

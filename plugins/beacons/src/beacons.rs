@@ -348,6 +348,13 @@ pub fn docker(req: &Request) -> HttpResult {
     require(&me, &beacon, ACCESS)?;
     match Target::new(&beacon, &instance) {
         Target::Local { endpoint } => Ok(Response::proxy_docker(&endpoint, &path, None)),
+        // What must stream or switch protocols goes through the host as
+        // a raw connection to the beacon; the rest as one call, so errors
+        // keep Lighthouse's `{"Cause":"docker"}` shape.
+        Target::Remote(remote) if target::streams(req, &path) => {
+            let endpoint = remote.endpoint().map_err(|e| fail(500, "control", &e))?;
+            Ok(Response::proxy_docker(&endpoint, &path, None))
+        }
         Target::Remote(remote) => {
             let query: Vec<String> = req
                 .query_pairs()

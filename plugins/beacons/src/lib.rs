@@ -32,7 +32,7 @@ impl Plugin for Beacons {
             env!("CARGO_PKG_VERSION"),
             "Lighthouse API: beacons, instances, aliases, users and applications across Berth hosts",
         )
-        .capabilities(&[Capability::Kv, Capability::Crypto, Capability::Config, Capability::Log, Capability::Docker, Capability::HttpOut, Capability::Events, Capability::Jobs])
+        .capabilities(&[Capability::Kv, Capability::Crypto, Capability::Config, Capability::Log, Capability::Docker, Capability::DockerEndpoints, Capability::HttpOut, Capability::Events, Capability::Jobs])
     }
 
     fn router() -> Router {

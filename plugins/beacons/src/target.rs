@@ -69,6 +69,28 @@ pub struct Call<'a> {
 }
 
 impl Remote {
+    /// The host's URL endpoint for this instance (its beacon's
+    /// `/d/{instance}` with the token), registered (or refreshed) now, for
+    /// `proxy-docker`.
+    pub fn endpoint(&self) -> Result<String, String> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        let name: String = format!("beacon.{}.{}", self.base, self.name)
+            .chars()
+            .map(|c| if allowed(c) { c } else { '_' })
+            .take(128)
+            .collect();
+        let url = format!("{}/d/{}", self.base, percent_encode(&self.name));
+        let headers = [("token".to_string(), self.token.clone())];
+        docker::register_url_endpoint(&name, &url, &headers).map_err(|e| {
+            format!(
+                "the beacon at {} cannot be reached: {}",
+                self.base,
+                docker::error_text(&e)
+            )
+        })?;
+        Ok(name)
+    }
+
     /// Send a Docker API call to the instance through its beacon.
     pub fn send(&self, call: Call) -> Result<http_out::Incoming, String> {
         let mut headers = vec![("token".to_string(), self.token.clone())];
@@ -95,6 +117,41 @@ impl Remote {
             )
         })
     }
+}
+
+/// Whether a Docker call on a remote instance must go as a raw
+/// connection: it switches protocols (attach, exec), its body was too
+/// large for the plugin to read, or its answer streams (logs that follow,
+/// events, stats, attach, builds, pulls, pushes, loads, exports, archives).
+pub fn streams(req: &berth_sdk::Request, path: &str) -> bool {
+    let flag = |name: &str| {
+        req.query(name)
+            .is_some_and(|v| matches!(v, "1" | "true" | "True"))
+    };
+    let unflagged = |name: &str| {
+        req.query(name)
+            .is_some_and(|v| matches!(v, "0" | "false" | "False"))
+    };
+    // Without the optional API version prefix (`/v1.41`).
+    let bare = match path.strip_prefix("/v") {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+            rest.find('/').map_or("/", |i| &rest[i..])
+        }
+        _ => path,
+    };
+    let method = req.method();
+    req.body_withheld()
+        || req.header("upgrade").is_some()
+        || flag("follow")
+        || bare == "/events"
+        || (bare.ends_with("/stats") && !unflagged("stream"))
+        || bare.ends_with("/attach")
+        || (method == "POST"
+            && (matches!(bare, "/build" | "/images/create" | "/images/load")
+                || bare.ends_with("/push")))
+        || (method == "GET"
+            && (bare.ends_with("/export") || bare.ends_with("/get") || bare.ends_with("/archive")))
+        || (method == "PUT" && bare.ends_with("/archive"))
 }
 
 /// One Docker call made for a deploy step: what was asked and how the

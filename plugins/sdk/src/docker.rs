@@ -19,9 +19,9 @@ pub use raw::{
     container_inspect, container_kill, container_list, container_logs, container_remove,
     container_rename, container_restart, container_start, container_stop, follow_events,
     follow_events_as_jobs, image_inspect, image_list, image_pull, info, network_create,
-    network_list, network_remove, node_list, ping, register_endpoint, remove_endpoint,
-    service_create, service_inspect, service_list, service_remove, service_update, swarm_inspect,
-    task_list,
+    network_list, network_remove, node_list, ping, register_endpoint, register_url_endpoint,
+    remove_endpoint, service_create, service_inspect, service_list, service_remove, service_update,
+    swarm_inspect, task_list,
 };
 
 /// A one-line description of a [`DockerError`].

@@ -210,6 +210,16 @@ impl Plugin for Stacks {
                             "/api/endpoints/{id}/docker/{path...}",
                             p::docker_proxy,
                         )
+                        .get(
+                            "portainer.websocket.exec",
+                            "/api/websocket/exec",
+                            p::websocket_exec,
+                        )
+                        .get(
+                            "portainer.websocket.attach",
+                            "/api/websocket/attach",
+                            p::websocket_attach,
+                        )
                         .get("portainer.stacks.list", "/api/stacks", p::stack_list)
                         .post("portainer.stacks.create", "/api/stacks", p::stack_create)
                         .get("portainer.stacks.get", "/api/stacks/{id}", p::stack_get)

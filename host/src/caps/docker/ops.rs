@@ -15,6 +15,7 @@ use crate::bindings::DockerFailure;
 use crate::bindings::docker::{Container, DockerError, Filters, Host, Port, TlsFiles};
 use crate::capability::Capability;
 use crate::caps::events::Events;
+use crate::caps::http_out::HttpOut;
 use crate::caps::{CallCx, Caller};
 use crate::store::Store;
 
@@ -66,6 +67,8 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
 pub struct DockerView<'a> {
     caller: Caller<'a>,
     docker: &'a Docker,
+    /// For URL endpoints, which must pass `http-out`'s allow-list.
+    http: &'a HttpOut,
     events: &'a Arc<Events>,
     db: &'a Arc<Store>,
 }
@@ -83,6 +86,7 @@ impl CallCx {
         DockerView {
             caller,
             docker: &env.docker,
+            http: &env.http,
             events: &env.events,
             db: &env.db,
         }
@@ -662,6 +666,26 @@ impl Host for DockerView<'_> {
         self.granted(Capability::DockerEndpoints)?;
         let plugin = self.caller.plugin();
         Ok(self.docker.register(plugin, &name, &address, tls).await?)
+    }
+
+    async fn register_url_endpoint(
+        &mut self,
+        name: String,
+        url: String,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), DockerFailure> {
+        self.changes();
+        self.granted(Capability::DockerEndpoints)?;
+        self.granted(Capability::HttpOut)?;
+        if let Err(e) = self.http.check_resolved(&url).await {
+            let why = crate::caps::http_out::error_text(&e);
+            return Err(DockerError::Denied(why).into());
+        }
+        let plugin = self.caller.plugin();
+        Ok(self
+            .docker
+            .register_url(plugin, &name, &url, headers)
+            .await?)
     }
 
     async fn remove_endpoint(&mut self, name: String) -> Result<bool, DockerFailure> {

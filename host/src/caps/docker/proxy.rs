@@ -8,12 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWriteExt, split};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, split};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::transport::Stream;
 use super::wire::{Answer, SendError, Streamed};
@@ -104,6 +108,22 @@ impl Docker {
         strip_hop_by_hop(&mut headers);
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::COOKIE);
+        // A URL endpoint's own headers (its token), checked when registered.
+        for (name, value) in &engine.spec.headers {
+            let name = http::HeaderName::try_from(name.as_str());
+            let value = HeaderValue::try_from(value.as_str());
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.insert(name, value);
+            }
+        }
+        let prefixed;
+        let target = match engine.prefix() {
+            "" => target,
+            prefix => {
+                prefixed = format!("{prefix}{target}");
+                &prefixed
+            }
+        };
         let address = &engine.spec.address;
         let late = || {
             ProxyError::Unreachable(format!(
@@ -199,6 +219,14 @@ impl Docker {
         // for upgrading (not HTTP/2's, not a test's in-process request).
         let upgrade =
             asked_upgrade(&parts.headers).filter(|_| parts.extensions.get::<OnUpgrade>().is_some());
+        let path = target.split('?').next().unwrap_or_default();
+        if let Some(console) = Console::asked(parts, path, upgrade.as_ref()) {
+            return self
+                .console(
+                    console, name, &endpoint, &target, parts, metrics, request_id,
+                )
+                .await;
+        }
         let proxied = async {
             let engine = self.engine(name, &endpoint).map_err(|e| match e {
                 DockerError::Unreachable(m) => ProxyError::Unreachable(m),
@@ -250,6 +278,178 @@ impl Docker {
         *response.headers_mut() = headers;
         response
     }
+}
+
+/// A WebSocket console on an exec or a container, as Portainer 1.x's web
+/// UI opened them (`/api/websocket/exec`, `/api/websocket/attach`).
+struct Console {
+    /// The client's `Sec-WebSocket-Key`.
+    key: Vec<u8>,
+    /// What the engine is sent: exec start's body, or none for attach.
+    body: Bytes,
+}
+
+impl Console {
+    /// A console, if the client asks for a WebSocket on `path` and that is
+    /// `/exec/ID/start` or `/containers/ID/attach` (with an optional API
+    /// version before it).
+    fn asked(
+        parts: &http::request::Parts,
+        path: &str,
+        upgrade: Option<&HeaderValue>,
+    ) -> Option<Console> {
+        let websocket = upgrade.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let key = parts.headers.get(header::SEC_WEBSOCKET_KEY)?;
+        let bare = match path.strip_prefix("/v") {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+                rest.find('/').map_or("/", |i| &rest[i..])
+            }
+            _ => path,
+        };
+        let segments: Vec<&str> = bare.split('/').collect();
+        let body = match segments[..] {
+            ["", "exec", id, "start"] if !id.is_empty() => {
+                Bytes::from_static(br#"{"Tty":true,"Detach":false}"#)
+            }
+            ["", "containers", id, "attach"] if !id.is_empty() => Bytes::new(),
+            _ => return None,
+        };
+        websocket.then(|| Console {
+            key: key.as_bytes().to_vec(),
+            body,
+        })
+    }
+}
+
+impl Docker {
+    /// Start the console's hijacked request on the engine and bridge it
+    /// to the client's WebSocket: each message in goes to the process's
+    /// stdin, its output comes back as text messages.
+    #[allow(clippy::too_many_arguments)]
+    async fn console(
+        &self,
+        console: Console,
+        name: &str,
+        endpoint: &str,
+        target: &str,
+        parts: &mut http::request::Parts,
+        metrics: &Arc<PluginMetrics>,
+        request_id: &str,
+    ) -> Response {
+        let (hijack, ()) = http::Request::post(target)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(())
+            .expect("a request head from valid parts")
+            .into_parts();
+        let body = Streamed {
+            first: console.body,
+            rest: None,
+            length: None,
+            limit: u64::MAX,
+            idle: self.timeout(),
+        };
+        let tcp = HeaderValue::from_static("tcp");
+        let started = async {
+            let engine = self.engine(name, endpoint).map_err(|e| match e {
+                DockerError::UnknownEndpoint(m) => ProxyError::Unknown(m),
+                other => ProxyError::Refused(error_text(&other)),
+            })?;
+            let slot = self.slot(name, metrics)?;
+            let answer = self
+                .exchange(&engine, &hijack, target, Some(&tcp), body)
+                .await?;
+            Ok((answer, slot))
+        };
+        let (answer, slot) = match started.await {
+            Ok(started) => started,
+            Err(e) => return failure(e, name, endpoint, request_id),
+        };
+        if answer.status != StatusCode::SWITCHING_PROTOCOLS {
+            let (status, body) = (answer.status, answer.body.collect().await);
+            let body = body.map(|b| b.to_bytes()).unwrap_or_default();
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return engine_shaped(status, &message, request_id);
+        }
+        metrics
+            .upgrades
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let client = parts.extensions.remove::<OnUpgrade>();
+        let held = parts.extensions.remove::<ConnSlot>();
+        if let (Some(client), Some((engine, early))) = (client, answer.body.into_raw()) {
+            tokio::spawn(async move {
+                let _held = (slot, held);
+                bridge(client, engine, early).await;
+            });
+        }
+        crate::web::websocket_accepted(&console.key)
+    }
+}
+
+/// Relay a WebSocket client and a hijacked engine stream until either
+/// ends: messages in (text or binary) to the engine as bytes, the
+/// engine's bytes out as text messages (UTF-8 sequences split between
+/// reads are kept whole).
+async fn bridge(client: OnUpgrade, engine: Stream, early: BytesMut) {
+    let Ok(client) = client.await else { return };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20));
+    let mut ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(config)).await;
+    let (mut engine_in, mut engine_out) = split(engine);
+    let mut pending = early.to_vec();
+    let mut buf = vec![0u8; 8 << 10];
+    loop {
+        let text = whole_text(&mut pending);
+        if !text.is_empty() && ws.send(Message::text(text)).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            read = engine_in.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    let rest = String::from_utf8_lossy(&pending).into_owned();
+                    if !rest.is_empty() {
+                        let _ = ws.send(Message::text(rest)).await;
+                    }
+                    let _ = ws.close(None).await;
+                    return;
+                }
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            },
+            message = ws.next() => {
+                let bytes = match message {
+                    Some(Ok(Message::Text(text))) => Bytes::copy_from_slice(text.as_bytes()),
+                    Some(Ok(Message::Binary(bytes))) => bytes,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        let _ = engine_out.shutdown().await;
+                        return;
+                    }
+                    Some(Ok(_)) => continue,
+                };
+                if engine_out.write_all(&bytes).await.is_err() {
+                    let _ = ws.close(None).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The text of `bytes` up to any UTF-8 sequence cut off at its end, which
+/// stays in `bytes` for the next read; invalid bytes become U+FFFD.
+fn whole_text(bytes: &mut Vec<u8>) -> String {
+    let cut = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => bytes.len(),
+    };
+    let rest = bytes.split_off(cut);
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    *bytes = rest;
+    text
 }
 
 /// The engine's `101` to the client, and a task relaying the two
@@ -352,5 +552,51 @@ fn failure(e: ProxyError, name: &str, endpoint: &str, request_id: &str) -> Respo
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_keeps_utf8_sequences_cut_between_reads() {
+        let mut pending = "a\u{e9}".as_bytes().to_vec();
+        let tail = pending.pop().unwrap();
+        assert_eq!(whole_text(&mut pending), "a");
+        assert_eq!(pending.len(), 1, "the first byte of \u{e9} waits");
+        pending.push(tail);
+        assert_eq!(whole_text(&mut pending), "\u{e9}");
+        let mut invalid = vec![b'x', 0xff, b'y'];
+        assert_eq!(whole_text(&mut invalid), "x\u{fffd}y");
+        assert!(invalid.is_empty());
+    }
+
+    #[test]
+    fn consoles_are_websockets_on_exec_start_or_attach() {
+        let ask = |path: &str, upgrade: &str| {
+            let (parts, ()) = http::Request::get("/")
+                .header(header::SEC_WEBSOCKET_KEY, "k")
+                .body(())
+                .unwrap()
+                .into_parts();
+            let upgrade = HeaderValue::from_str(upgrade).unwrap();
+            Console::asked(&parts, path, Some(&upgrade)).map(|c| c.body)
+        };
+        assert_eq!(
+            ask("/exec/ab12/start", "websocket").as_deref(),
+            Some(&br#"{"Tty":true,"Detach":false}"#[..])
+        );
+        assert_eq!(
+            ask("/v1.41/containers/c1/attach", "WebSocket").as_deref(),
+            Some(&b""[..])
+        );
+        assert_eq!(
+            ask("/exec/ab12/start", "tcp"),
+            None,
+            "the CLI's upgrade is relayed"
+        );
+        assert_eq!(ask("/containers/c1/logs", "websocket"), None);
+        assert_eq!(ask("/exec//start", "websocket"), None);
     }
 }

@@ -51,6 +51,7 @@ impl Docker {
             Spec {
                 address: local,
                 tls: None,
+                headers: Vec::new(),
             },
         );
         for (name, endpoint) in &config.endpoints {
@@ -78,6 +79,7 @@ impl Docker {
                 Spec {
                     address: endpoint.address.clone(),
                     tls,
+                    headers: Vec::new(),
                 },
             );
         }
@@ -156,6 +158,54 @@ impl Docker {
         address: &str,
         tls: Option<TlsFiles>,
     ) -> Result<(), DockerError> {
+        Address::parse(address).map_err(DockerError::Invalid)?;
+        if !self.allowed(address) {
+            return Err(DockerError::Denied(format!(
+                "address `{address}` is not in the operator's allow-list ([docker] allow)"
+            )));
+        }
+        let spec = Spec {
+            address: address.to_string(),
+            tls: tls.map(|t| Tls {
+                ca: t.ca,
+                cert: t.cert,
+                key: t.key,
+            }),
+            headers: Vec::new(),
+        };
+        self.keep(plugin, name, spec).await
+    }
+
+    /// Register a URL endpoint (the caller checked the URL against
+    /// `http-out`'s allow-list).
+    pub(super) async fn register_url(
+        &self,
+        plugin: &str,
+        name: &str,
+        url: &str,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), DockerError> {
+        Address::parse_url(url).map_err(DockerError::Invalid)?;
+        for (header, value) in &headers {
+            let name = http::HeaderName::try_from(header.as_str());
+            let valid = matches!(&name, Ok(n) if !crate::web::reserved(n) && n != http::header::HOST)
+                && http::HeaderValue::try_from(value.as_str()).is_ok();
+            if !valid {
+                return Err(DockerError::Invalid(format!(
+                    "header `{header}` is not one a URL endpoint may set"
+                )));
+            }
+        }
+        let spec = Spec {
+            address: url.to_string(),
+            tls: None,
+            headers,
+        };
+        self.keep(plugin, name, spec).await
+    }
+
+    /// Store `plugin`'s endpoint `name` (replacing any), checked first.
+    async fn keep(&self, plugin: &str, name: &str, spec: Spec) -> Result<(), DockerError> {
         let valid_name = !name.is_empty()
             && name.len() <= 128
             && name
@@ -171,20 +221,6 @@ impl Docker {
                 "`{name}` is one of the operator's endpoints"
             )));
         }
-        Address::parse(address).map_err(DockerError::Invalid)?;
-        if !self.allowed(address) {
-            return Err(DockerError::Denied(format!(
-                "address `{address}` is not in the operator's allow-list ([docker] allow)"
-            )));
-        }
-        let spec = Spec {
-            address: address.to_string(),
-            tls: tls.map(|t| Tls {
-                ca: t.ca,
-                cert: t.cert,
-                key: t.key,
-            }),
-        };
         // Refuse bad TLS material now rather than on first use.
         Engine::new(spec.clone(), self.timeout()).map_err(DockerError::Invalid)?;
         let value = serde_json::to_vec(&spec).expect("a spec serialises");

@@ -37,7 +37,18 @@ pub(super) const FLOOR_VERSION: bollard::ClientVersion = bollard::ClientVersion 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
     Unix(PathBuf),
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// The Engine API under a URL's path (a plugin's URL endpoint).
+    Url {
+        host: String,
+        port: u16,
+        /// The path the Docker paths go under, without a trailing `/`.
+        prefix: String,
+        https: bool,
+    },
 }
 
 impl Address {
@@ -70,6 +81,48 @@ impl Address {
             port,
         })
     }
+
+    /// `http://host[:port][/path]` or `https://...`, for URL endpoints.
+    pub fn parse_url(text: &str) -> Result<Address, String> {
+        let (https, rest) = match text.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => return Err(format!("`{text}`: a URL endpoint is http:// or https://")),
+        };
+        if rest.contains(['?', '#', '@', ' ']) {
+            return Err(format!(
+                "`{text}`: no query, fragment, credentials or spaces in a URL endpoint"
+            ));
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => {
+                let port = port
+                    .parse()
+                    .map_err(|_| format!("`{text}`: `{port}` is not a port"))?;
+                (host, port)
+            }
+            _ => (authority, if https { 443 } else { 80 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || path.split('/').any(|s| s == "..") {
+            return Err(format!("`{text}`: missing host, or `..` in the path"));
+        }
+        Ok(Address::Url {
+            host: host.to_string(),
+            port,
+            prefix: path.trim_end_matches('/').to_string(),
+            https,
+        })
+    }
+
+    /// This engine address, as `parse` or `parse_url` reads it.
+    pub fn parse_any(text: &str) -> Result<Address, String> {
+        match text.starts_with("http://") || text.starts_with("https://") {
+            true => Address::parse_url(text),
+            false => Address::parse(text),
+        }
+    }
 }
 
 /// An endpoint's address and TLS material (PEM text), however defined.
@@ -78,6 +131,9 @@ pub(super) struct Spec {
     pub(super) address: String,
     #[serde(default)]
     pub(super) tls: Option<Tls>,
+    /// Headers set on every request to a URL endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,13 +154,17 @@ pub struct Engine {
 
 impl Engine {
     pub(super) fn new(spec: Spec, timeout: Duration) -> Result<Engine, String> {
-        let address = Address::parse(&spec.address)?;
+        let address = Address::parse_any(&spec.address)?;
         let tls = match (&spec.tls, &address) {
+            (None, Address::Url { host, https, .. }) if *https => Some(public_tls(host)),
             (None, _) => None,
-            (Some(_), Address::Unix(_)) => {
-                return Err(format!("{}: TLS is for tcp addresses", spec.address));
-            }
             (Some(tls), Address::Tcp { host, .. }) => Some(client_tls(tls, host)?),
+            (Some(_), _) => {
+                return Err(format!(
+                    "{}: TLS material is for tcp addresses",
+                    spec.address
+                ));
+            }
         };
         let dialer = Dialer(Arc::new((address, tls)));
         let wire = Arc::new(Wire::new(dialer.clone()));
@@ -136,8 +196,26 @@ impl Engine {
         })
     }
 
+    /// The path a URL endpoint's Docker paths go under ("" for engines).
+    pub(super) fn prefix(&self) -> &str {
+        match &self.dialer_address() {
+            Address::Url { prefix, .. } => prefix,
+            _ => "",
+        }
+    }
+
+    fn dialer_address(&self) -> &Address {
+        &self.wire.dialer().0.0
+    }
+
     /// bollard, speaking the newest API version both sides know.
     pub(super) async fn api(&self) -> Result<&bollard::Docker, DockerError> {
+        if let Address::Url { .. } = self.dialer_address() {
+            return Err(DockerError::Invalid(format!(
+                "`{}` is a URL endpoint: only proxy-docker reaches it",
+                self.spec.address
+            )));
+        }
         self.negotiated
             .get_or_try_init(|| async {
                 self.api
@@ -219,6 +297,20 @@ pub(super) fn client_tls(tls: &Tls, host: &str) -> Result<ClientTls, String> {
     Ok((Arc::new(config), host.to_string()))
 }
 
+/// TLS to a server with a certificate from a public authority.
+fn public_tls(host: &str) -> ClientTls {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(config), host.to_string())
+}
+
 /// A TLS client configuration and the server name to verify.
 pub(super) type ClientTls = (Arc<rustls::ClientConfig>, String);
 
@@ -248,7 +340,7 @@ impl Dialer {
         tracing::debug!(?address, "connecting to a Docker engine");
         Ok(match address {
             Address::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
-            Address::Tcp { host, port } => {
+            Address::Tcp { host, port } | Address::Url { host, port, .. } => {
                 let tcp = TcpStream::connect((host.as_str(), *port)).await?;
                 tcp.set_nodelay(true)?;
                 match tls {
@@ -387,6 +479,38 @@ mod tests {
             "tcp://h:99999",
         ] {
             assert!(Address::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn url_endpoints_parse() {
+        let url = |host: &str, port, prefix: &str, https| Address::Url {
+            host: host.into(),
+            port,
+            prefix: prefix.into(),
+            https,
+        };
+        assert_eq!(
+            Address::parse_url("http://10.0.0.2:8080/d/local"),
+            Ok(url("10.0.0.2", 8080, "/d/local", false))
+        );
+        assert_eq!(
+            Address::parse_url("https://beacon.example/d/x/"),
+            Ok(url("beacon.example", 443, "/d/x", true))
+        );
+        assert_eq!(
+            Address::parse_url("http://[::1]"),
+            Ok(url("::1", 80, "", false))
+        );
+        for bad in [
+            "tcp://h:1",
+            "http://",
+            "http://h:x/",
+            "http://u:p@h/",
+            "http://h/a?b",
+            "http://h/../x",
+        ] {
+            assert!(Address::parse_url(bad).is_err(), "{bad} should be refused");
         }
     }
 }

@@ -69,6 +69,11 @@ impl Wire {
         }
     }
 
+    /// What this wire connects to.
+    pub(super) fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
     fn checkout(&self) -> Option<Stream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((mut stream, since)) = idle.pop() {

@@ -312,3 +312,64 @@ pub fn docker_proxy(req: &Request) -> HttpResult {
         Some(&query.join("&")),
     ))
 }
+
+/// `GET /api/websocket/exec?token=&endpointId=&id=`: a console on an exec
+/// instance (made with `POST .../docker/containers/{id}/exec`), as
+/// Portainer 1.x's web UI opens it. The host starts the exec hijacked
+/// (`{"Tty": true}`) and bridges it to the WebSocket.
+pub fn websocket_exec(req: &Request) -> HttpResult {
+    let (endpoint, id) = console_target(req)?;
+    let path = format!("/exec/{id}/start");
+    Ok(Response::proxy_docker(&endpoint.docker, &path, Some("")))
+}
+
+/// `GET /api/websocket/attach?token=&endpointId=&id=`: a console attached
+/// to a container's stdin, stdout and stderr.
+pub fn websocket_attach(req: &Request) -> HttpResult {
+    let (endpoint, id) = console_target(req)?;
+    let path = format!("/containers/{id}/attach");
+    let query = "stream=1&stdin=1&stdout=1&stderr=1";
+    Ok(Response::proxy_docker(&endpoint.docker, &path, Some(query)))
+}
+
+/// The endpoint and the (hexadecimal) id a console route names, checked
+/// as Portainer 1.x checked them.
+fn console_target(req: &Request) -> Result<(Endpoint, String), Response> {
+    let user = req.identity::<User>()?;
+    let id = req.query("id").unwrap_or_default();
+    if id.is_empty() {
+        return Err(fail(400, "Invalid query parameter: id", ""));
+    }
+    if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(fail(
+            400,
+            "Invalid query parameter: id (must be hexadecimal identifier)",
+            "",
+        ));
+    }
+    let endpoint_id = req
+        .query("endpointId")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| fail(400, "Invalid query parameter: endpointId", ""))?;
+    let endpoint = load_endpoint(endpoint_id)?.ok_or_else(|| {
+        fail(
+            404,
+            "Unable to find the endpoint associated to the stack inside the database",
+            "",
+        )
+    })?;
+    if !can_use(&user, &endpoint) {
+        return Err(fail(403, "Permission denied to access endpoint", ""));
+    }
+    let websocket = req
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        return Err(fail(
+            400,
+            "An error occured during websocket exec operation",
+            "websocket: the client is not using the websocket protocol",
+        ));
+    }
+    Ok((endpoint, id.to_string()))
+}
