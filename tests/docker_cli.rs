@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::docker::{self, Engine};
+use support::docker;
 use support::{Berth, call_bearer, client};
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -125,84 +125,6 @@ fn clis() -> Vec<PathBuf> {
         }
     }
     found
-}
-
-/// A `multipart/form-data` body of text fields and files, as the
-/// Portainer API takes endpoints.
-fn multipart(fields: &[(&str, &str)], files: &[(&str, &Path)]) -> (String, Vec<u8>) {
-    let boundary = "berth-test-boundary-7d3c";
-    let mut body = Vec::new();
-    for (name, value) in fields {
-        write!(
-            body,
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-        )
-        .unwrap();
-    }
-    for (name, path) in files {
-        write!(
-            body,
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; \
-             filename=\"{name}.pem\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        )
-        .unwrap();
-        body.extend_from_slice(&std::fs::read(path).unwrap());
-        body.extend_from_slice(b"\r\n");
-    }
-    write!(body, "--{boundary}--\r\n").unwrap();
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-/// An administrator's JWT and the ids of a local and a TLS endpoint.
-async fn portainer(berth: &Berth, engine: &Engine) -> (String, u64, u64) {
-    let http = client();
-    let admin = json!({ "Username": "admin", "Password": "adminpassword" });
-    let (status, body) = call_bearer(
-        &http,
-        "POST",
-        &berth.url("/api/users/admin/init"),
-        None,
-        Some(admin.clone()),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) =
-        call_bearer(&http, "POST", &berth.url("/api/auth"), None, Some(admin)).await;
-    assert_eq!(status, 200, "{body}");
-    let jwt = body["jwt"].as_str().unwrap().to_string();
-    let tls = engine.tls.as_ref().expect("the private engine serves TLS");
-    let mut ids = Vec::new();
-    let forms = [
-        multipart(&[("Name", "here"), ("EndpointType", "1")], &[]),
-        multipart(
-            &[
-                ("Name", "tls"),
-                ("EndpointType", "1"),
-                ("URL", &tls.address),
-                ("TLS", "true"),
-            ],
-            &[
-                ("TLSCACertFile", &tls.ca),
-                ("TLSCertFile", &tls.cert),
-                ("TLSKeyFile", &tls.key),
-            ],
-        ),
-    ];
-    for (content_type, body) in forms {
-        let answer = http
-            .post(berth.url("/api/endpoints"))
-            .bearer_auth(&jwt)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = answer.status().as_u16();
-        let body: Value = answer.json().await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        ids.push(body["Id"].as_u64().unwrap());
-    }
-    (jwt, ids[0], ids[1])
 }
 
 fn sha256(path: &Path) -> String {
@@ -444,7 +366,7 @@ async fn the_docker_cli_through_portainer_endpoints() {
         engine.host
     );
     let berth = Berth::start(dir.path(), &config);
-    let (jwt, local, tls) = portainer(&berth, engine).await;
+    let (jwt, local, tls) = support::portainer::admin_with_endpoints(&berth, engine).await;
     let config = client_config(
         &dir.path().join("clients"),
         "Authorization",
@@ -567,7 +489,7 @@ async fn portainer_consoles_over_websockets() {
         engine.host
     );
     let berth = Berth::start(dir.path(), &config);
-    let (jwt, local, _) = portainer(&berth, engine).await;
+    let (jwt, local, _) = support::portainer::admin_with_endpoints(&berth, engine).await;
     let name = format!("console-{}", std::process::id());
     let run = engine.cli(&["run", "-dit", "--name", &name, docker::IMAGE, "sh"]);
     assert!(run.status.success(), "{run:?}");
@@ -658,5 +580,55 @@ async fn portainer_consoles_over_websockets() {
         let body: Value = answer.json().await.unwrap();
         assert!(body["err"].is_string(), "{body}");
     }
+    engine.cli(&["rm", "-f", &name]);
+}
+
+/// The Docker SDK for Python through Portainer's proxy: exec_run (the
+/// hijacked start), exec with stdin on the raw socket, run, logs that
+/// follow.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docker_sdk_for_python_through_portainer() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let Some(python) = support::docker_py() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n",
+        engine.host
+    );
+    let berth = Berth::start(dir.path(), &config);
+    let (jwt, local, _) = support::portainer::admin_with_endpoints(&berth, engine).await;
+    let clients = client_config(
+        &dir.path().join("clients"),
+        "Authorization",
+        &format!("Bearer {jwt}"),
+    );
+    let name = format!("dockerpy-{}", std::process::id());
+    let run = engine.cli(&["run", "-d", "--name", &name, docker::IMAGE, "sleep", "600"]);
+    assert!(run.status.success(), "{run:?}");
+    let address = berth.url.trim_start_matches("http://").to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/py/dockerpy_session.py");
+    let child = Command::new(&python)
+        .arg(script)
+        .arg(format!("tcp://{address}/api/endpoints/{local}/docker"))
+        .arg(&name)
+        .arg(docker::IMAGE)
+        .env("DOCKER_CONFIG", &clients)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || wait_bounded(child, "dockerpy_session.py"))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     engine.cli(&["rm", "-f", &name]);
 }

@@ -357,6 +357,7 @@ pub async fn call_bearer(
 
 pub mod docker;
 pub mod dokkud;
+pub mod portainer;
 
 /// A Python with the real clients the API tests drive (the Docker Cloud
 /// SDK, httpie), in a venv under the target dir, made on first use from
@@ -373,6 +374,12 @@ pub fn python() -> Option<PathBuf> {
             "httpie==3.2.4",
         ],
     )
+}
+
+/// A Python with the Docker SDK for Python, in a venv of its own.
+pub fn docker_py() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    venv(&PYTHON, "dockerpy-venv", &["docker==7.1.0"])
 }
 
 /// schemathesis's `st` command, in a venv of its own made the same way.
