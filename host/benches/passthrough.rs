@@ -45,7 +45,7 @@ impl Nginx {
         let port = support::docker::free_port();
         let prefix = dir.path().display().to_string();
         let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n\
+            "daemon off;\nuser root;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n\
                client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n\
@@ -292,10 +292,18 @@ fn main() -> anyhow::Result<()> {
     // docker exec CONTAINER true.
     let execs = support::knob("BENCH_EXECS", 30);
     let (mut berth_cli, mut nginx_cli) = (vec![], vec![]);
+    let (mut berth_ps, mut nginx_ps) = (vec![], vec![]);
     for _ in 0..execs {
         berth_cli.push(through_berth.timed(&["exec", &container, "true"])?);
         nginx_cli.push(through_nginx.timed(&["exec", &container, "true"])?);
+        berth_ps.push(through_berth.timed(&["ps", "-q"])?);
+        nginx_ps.push(through_nginx.timed(&["ps", "-q"])?);
     }
+    let (bp, np) = (median(berth_ps), median(nginx_ps));
+    println!(
+        "docker ps -q, median of {execs}: Berth {bp:.2?}, nginx {np:.2?}: {:.2}x",
+        bp.as_secs_f64() / np.as_secs_f64()
+    );
     let berth_door = Door {
         port: address.rsplit(':').next().unwrap().parse()?,
         prefix: format!("/api/endpoints/{local}/docker"),

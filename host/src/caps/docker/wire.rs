@@ -37,6 +37,10 @@ const MAX_LINE: usize = 4 << 10;
 const IDLE_FOR: Duration = Duration::from_secs(30);
 /// How many idle connections are kept.
 const IDLE_MAX: usize = 32;
+/// The most of an answer's body joined into one frame.
+const FRAME: usize = 256 << 10;
+/// What a read asks the kernel for, at least.
+const READ: usize = 64 << 10;
 
 /// One engine's connections.
 pub(super) struct Wire {
@@ -154,6 +158,7 @@ impl Wire {
                     framing,
                     keep: head.keep_alive,
                     wire: self.clone(),
+                    broken: None,
                 };
                 if let Framing::Length(0) = body.framing {
                     body.finish();
@@ -276,6 +281,7 @@ impl Wire {
             // connection in the middle of a request.
             keep: head.keep_alive && sent && !upgraded,
             wire: self.clone(),
+            broken: None,
         };
         if let Framing::Length(0) = body.framing {
             body.finish();
@@ -319,11 +325,13 @@ async fn pump<W: AsyncWrite + Unpin>(
             return Ok(());
         }
         let sent = match chunked {
+            // One write per chunk: its size line, data and CRLF together.
             true => {
-                let size = format!("{:x}\r\n", data.len());
-                out.write_all(size.as_bytes()).await?;
-                out.write_all(&data).await?;
-                out.write_all(b"\r\n").await
+                let mut chunk = BytesMut::with_capacity(data.len() + 20);
+                chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                chunk.extend_from_slice(&data);
+                chunk.extend_from_slice(b"\r\n");
+                out.write_all(&chunk).await
             }
             false => out.write_all(&data).await,
         };
@@ -473,8 +481,8 @@ fn read_more<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 << 10);
+    if buf.capacity() - buf.len() < READ / 4 {
+        buf.reserve(READ);
     }
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
@@ -590,6 +598,8 @@ pub struct WireBody {
     /// The connection may carry another request after this answer.
     keep: bool,
     wire: Arc<Wire>,
+    /// An error found while joining pieces, for the next poll.
+    broken: Option<io::Error>,
 }
 
 /// What the buffer holds next.
@@ -682,6 +692,27 @@ impl WireBody {
         }
     }
 
+    /// `first` and what else of the body is already read, up to
+    /// [`FRAME`] bytes, as one piece: a chunked answer's chunks (32 KiB
+    /// from the engine) go out as fewer, larger frames. An error behind
+    /// them is kept for the next poll.
+    fn more(&mut self, first: Bytes) -> Bytes {
+        let mut joined: Option<BytesMut> = None;
+        while joined.as_ref().map_or(first.len(), BytesMut::len) < FRAME {
+            match self.step() {
+                Ok(Step::Data(data)) => joined
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&data),
+                Ok(_) => break,
+                Err(e) => {
+                    self.broken = Some(e);
+                    break;
+                }
+            }
+        }
+        joined.map_or(first, BytesMut::freeze)
+    }
+
     /// The body has been read to its end: the connection goes back on the
     /// idle list if nothing else came with the answer.
     fn finish(&mut self) {
@@ -751,9 +782,12 @@ impl Body for WireBody {
         if let Some(data) = this.ready.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
+        if let Some(e) = this.broken.take() {
+            return this.fail(e);
+        }
         loop {
             match this.step() {
-                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(this.more(data))))),
                 Ok(Step::End) => return Poll::Ready(None),
                 Ok(Step::More) => {}
                 Err(e) => return this.fail(e),
