@@ -129,6 +129,7 @@ async fn exchange(
     method: &str,
     path: &str,
     body: &str,
+    half_close: bool,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut tcp = TcpStream::connect(("127.0.0.1", door.port)).await?;
     tcp.set_nodelay(true)?;
@@ -150,6 +151,17 @@ async fn exchange(
     head.push_str(body);
     tcp.write_all(head.as_bytes()).await?;
     let mut got = Vec::new();
+    if path.ends_with("/start") && half_close {
+        // As the CLI does with no stdin to send: once the stream is
+        // switched, end the writing side.
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut piece = [0u8; 4096];
+            let n = tcp.read(&mut piece).await?;
+            anyhow::ensure!(n > 0, "closed before the answer head");
+            got.extend_from_slice(&piece[..n]);
+        }
+        tcp.shutdown().await?;
+    }
     tcp.read_to_end(&mut got).await?;
     let end = got
         .windows(4)
@@ -159,8 +171,14 @@ async fn exchange(
     Ok((status, got[end + 4..].to_vec()))
 }
 
-/// What `docker exec CONTAINER true` asks of the API, without the CLI.
-async fn exec_round_trip(door: &Door, container: &str) -> anyhow::Result<Duration> {
+/// What `docker exec CONTAINER true` asks of the API, without the CLI;
+/// `half_close`: end the writing side once the stream is switched, as the
+/// CLI does when it has no stdin to send.
+async fn exec_round_trip(
+    door: &Door,
+    container: &str,
+    half_close: bool,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let create = r#"{"AttachStdout":true,"AttachStderr":true,"Cmd":["true"]}"#;
     let (status, body) = exchange(
@@ -168,6 +186,7 @@ async fn exec_round_trip(door: &Door, container: &str) -> anyhow::Result<Duratio
         "POST",
         &format!("/containers/{container}/exec"),
         create,
+        false,
     )
     .await?;
     anyhow::ensure!(
@@ -178,9 +197,16 @@ async fn exec_round_trip(door: &Door, container: &str) -> anyhow::Result<Duratio
     let created: serde_json::Value = serde_json::from_slice(chunked_json(&body))?;
     let id = created["Id"].as_str().unwrap_or_default().to_string();
     let start = r#"{"Detach":false,"Tty":false}"#;
-    let (status, _) = exchange(door, "POST", &format!("/exec/{id}/start"), start).await?;
+    let (status, _) = exchange(
+        door,
+        "POST",
+        &format!("/exec/{id}/start"),
+        start,
+        half_close,
+    )
+    .await?;
     anyhow::ensure!(status == 101, "exec start: {status}");
-    let (status, _) = exchange(door, "GET", &format!("/exec/{id}/json"), "").await?;
+    let (status, _) = exchange(door, "GET", &format!("/exec/{id}/json"), "", false).await?;
     anyhow::ensure!(status == 200, "exec inspect: {status}");
     Ok(started.elapsed())
 }
@@ -315,13 +341,17 @@ fn main() -> anyhow::Result<()> {
         auth: None,
     };
     let (mut berth_api, mut nginx_api) = (vec![], vec![]);
+    let (mut berth_half, mut nginx_half) = (vec![], vec![]);
     rt.block_on(async {
         for _ in 0..execs {
-            berth_api.push(exec_round_trip(&berth_door, &container).await?);
-            nginx_api.push(exec_round_trip(&nginx_door, &container).await?);
+            berth_api.push(exec_round_trip(&berth_door, &container, false).await?);
+            nginx_api.push(exec_round_trip(&nginx_door, &container, false).await?);
+            berth_half.push(exec_round_trip(&berth_door, &container, true).await?);
+            nginx_half.push(exec_round_trip(&nginx_door, &container, true).await?);
         }
         anyhow::Ok(())
     })?;
+    let (bh, nh) = (median(berth_half), median(nginx_half));
     let (bc, nc, ba, na) = (
         median(berth_cli),
         median(nginx_cli),
@@ -336,6 +366,13 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  its API calls: Berth {ba:.2?}, nginx {na:.2?}: {:.2}x",
         ba.as_secs_f64() / na.as_secs_f64()
+    );
+    // nginx ends the whole upgraded connection on the client's FIN, output
+    // still to come or not; Berth passes the half-close on and waits for
+    // the engine's end, as the socket itself does.
+    println!(
+        "  the same, half-closing after the 101: Berth {bh:.2?}, nginx {nh:.2?}: {:.2}x",
+        bh.as_secs_f64() / nh.as_secs_f64()
     );
     engine.cli(&["rm", "-f", &container]);
     Ok(())
