@@ -355,18 +355,25 @@ async fn upgrades(berth: &Berth, plugin: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Berth on `engine` with Portainer's first administrator (its JWT), a
+/// local endpoint and a TLS one.
+async fn portainer_berth(dir: &Path, engine: &docker::Engine) -> (Berth, String, u64, u64) {
+    let config = format!(
+        "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n",
+        engine.host
+    );
+    let berth = Berth::start(dir, &config);
+    let (jwt, local, tls) = support::portainer::admin_with_endpoints(&berth, engine).await;
+    (berth, jwt, local, tls)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_docker_cli_through_portainer_endpoints() {
     let Some(engine) = docker::shared() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n",
-        engine.host
-    );
-    let berth = Berth::start(dir.path(), &config);
-    let (jwt, local, tls) = support::portainer::admin_with_endpoints(&berth, engine).await;
+    let (berth, jwt, local, tls) = portainer_berth(dir.path(), engine).await;
     let config = client_config(
         &dir.path().join("clients"),
         "Authorization",
@@ -484,12 +491,7 @@ async fn portainer_consoles_over_websockets() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n",
-        engine.host
-    );
-    let berth = Berth::start(dir.path(), &config);
-    let (jwt, local, _) = support::portainer::admin_with_endpoints(&berth, engine).await;
+    let (berth, jwt, local, _) = portainer_berth(dir.path(), engine).await;
     let name = format!("console-{}", std::process::id());
     let run = engine.cli(&["run", "-dit", "--name", &name, docker::IMAGE, "sh"]);
     assert!(run.status.success(), "{run:?}");
@@ -595,12 +597,7 @@ async fn the_docker_sdk_for_python_through_portainer() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n",
-        engine.host
-    );
-    let berth = Berth::start(dir.path(), &config);
-    let (jwt, local, _) = support::portainer::admin_with_endpoints(&berth, engine).await;
+    let (berth, jwt, local, _) = portainer_berth(dir.path(), engine).await;
     let clients = client_config(
         &dir.path().join("clients"),
         "Authorization",
