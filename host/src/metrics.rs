@@ -189,26 +189,43 @@ impl Metrics {
                 .render(&mut out, "berth_instantiate_duration_seconds", name);
         }
         type Field = fn(&PluginMetrics) -> &AtomicU64;
-        let counters: [(&str, &str, Field); 4] = [
-            ("berth_traps_total", "Calls that trapped.", |m| &m.traps),
+        let per_plugin: [(&str, &str, &str, Field); 6] = [
+            ("berth_traps_total", "counter", "Calls that trapped.", |m| {
+                &m.traps
+            }),
             (
                 "berth_timeouts_total",
+                "counter",
                 "Calls stopped at their deadline.",
                 |m| &m.timeouts,
             ),
             (
                 "berth_refused_total",
+                "counter",
                 "Requests refused before the plugin ran (body too large, busy).",
                 |m| &m.refused,
             ),
             (
                 "berth_docker_upgrades_total",
+                "counter",
                 "Proxied Docker connections the engine upgraded (attach, exec).",
                 |m| &m.upgrades,
             ),
+            (
+                "berth_in_flight_requests",
+                "gauge",
+                "Plugin calls running now.",
+                |m| &m.in_flight,
+            ),
+            (
+                "berth_docker_streams",
+                "gauge",
+                "Proxied Docker streams open now.",
+                |m| &m.proxied,
+            ),
         ];
-        for (metric, help, field) in counters {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for (metric, kind, help, field) in per_plugin {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
             for (name, m) in &plugins {
                 let _ = writeln!(
                     out,
@@ -216,24 +233,6 @@ impl Metrics {
                     field(m).load(Relaxed)
                 );
             }
-        }
-        out.push_str("# HELP berth_in_flight_requests Plugin calls running now.\n");
-        out.push_str("# TYPE berth_in_flight_requests gauge\n");
-        for (name, m) in &plugins {
-            let _ = writeln!(
-                out,
-                "berth_in_flight_requests{{plugin=\"{name}\"}} {}",
-                m.in_flight.load(Relaxed)
-            );
-        }
-        out.push_str("# HELP berth_docker_streams Proxied Docker streams open now.\n");
-        out.push_str("# TYPE berth_docker_streams gauge\n");
-        for (name, m) in &plugins {
-            let _ = writeln!(
-                out,
-                "berth_docker_streams{{plugin=\"{name}\"}} {}",
-                m.proxied.load(Relaxed)
-            );
         }
         out.push_str("# HELP berth_unrouted_requests_total Requests that matched no route.\n");
         out.push_str("# TYPE berth_unrouted_requests_total counter\n");

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::transport::Stream;
 use super::wire::{Answer, SendError, Streamed};
-use super::{Docker, Engine, error_text, unreachable_text};
+use super::{Docker, Engine, WireBody, error_text, unreachable_text};
 use crate::bindings::DockerTarget;
 use crate::bindings::docker::DockerError;
 use crate::metrics::{PluginMetrics, Proxying};
@@ -70,6 +70,15 @@ fn asked_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 impl Docker {
+    /// The engine `plugin` proxies to as `endpoint`.
+    fn proxied_engine(&self, plugin: &str, endpoint: &str) -> Result<Arc<Engine>, ProxyError> {
+        self.engine(plugin, endpoint).map_err(|e| match e {
+            DockerError::Unreachable(m) => ProxyError::Unreachable(m),
+            DockerError::UnknownEndpoint(m) => ProxyError::Unknown(m),
+            other => ProxyError::Refused(error_text(&other)),
+        })
+    }
+
     /// A stream slot for `plugin`, if the caps allow one more.
     fn slot(&self, plugin: &str, metrics: &Arc<PluginMetrics>) -> Result<Slot, ProxyError> {
         let all = self.streams.clone().try_acquire_owned();
@@ -228,11 +237,7 @@ impl Docker {
                 .await;
         }
         let proxied = async {
-            let engine = self.engine(name, &endpoint).map_err(|e| match e {
-                DockerError::Unreachable(m) => ProxyError::Unreachable(m),
-                DockerError::UnknownEndpoint(m) => ProxyError::Unknown(m),
-                other => ProxyError::Refused(error_text(&other)),
-            })?;
+            let engine = self.proxied_engine(name, &endpoint)?;
             let slot = self.slot(name, metrics)?;
             let answer = self
                 .exchange(&engine, parts, &target, upgrade.as_ref(), body)
@@ -350,10 +355,7 @@ impl Docker {
         };
         let tcp = HeaderValue::from_static("tcp");
         let started = async {
-            let engine = self.engine(name, endpoint).map_err(|e| match e {
-                DockerError::UnknownEndpoint(m) => ProxyError::Unknown(m),
-                other => ProxyError::Refused(error_text(&other)),
-            })?;
+            let engine = self.proxied_engine(name, endpoint)?;
             let slot = self.slot(name, metrics)?;
             let answer = self
                 .exchange(&engine, &hijack, target, Some(&tcp), body)
@@ -373,17 +375,7 @@ impl Docker {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             return engine_shaped(status, &message, request_id);
         }
-        metrics
-            .upgrades
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let client = parts.extensions.remove::<OnUpgrade>();
-        let held = parts.extensions.remove::<ConnSlot>();
-        if let (Some(client), Some((engine, early))) = (client, answer.body.into_raw()) {
-            tokio::spawn(async move {
-                let _held = (slot, held);
-                bridge(client, engine, early).await;
-            });
-        }
+        hand_over(answer.body, parts, slot, metrics, bridge);
         crate::web::websocket_accepted(&console.key)
     }
 }
@@ -460,25 +452,40 @@ fn upgraded(
     slot: Slot,
     metrics: &PluginMetrics,
 ) -> Response {
-    metrics
-        .upgrades
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Answer { headers, body, .. } = answer;
-    let client = parts.extensions.remove::<OnUpgrade>();
-    // The relayed connection counts against the server's caps until it ends.
-    let held = parts.extensions.remove::<ConnSlot>();
-    if let (Some(client), Some((engine, early))) = (client, body.into_raw()) {
-        tokio::spawn(async move {
-            let _held = (slot, held);
-            relay(client, engine, early).await;
-        });
-    }
+    hand_over(body, parts, slot, metrics, relay);
     let mut response = http::Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     // The engine's head as it is: `Connection: Upgrade`, `Upgrade: tcp`
     // and the stream's content type.
     *response.headers_mut() = headers;
     response
+}
+
+/// Count an upgrade, and give `run` the engine's raw connection and the
+/// client's (once hyper hands it over) on a task of its own, which keeps
+/// the stream's slot and the connection's place under the server's caps
+/// until it ends.
+fn hand_over<Fut>(
+    body: WireBody,
+    parts: &mut http::request::Parts,
+    slot: Slot,
+    metrics: &PluginMetrics,
+    run: impl FnOnce(OnUpgrade, Stream, BytesMut) -> Fut + Send + 'static,
+) where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    metrics
+        .upgrades
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let client = parts.extensions.remove::<OnUpgrade>();
+    let held = parts.extensions.remove::<ConnSlot>();
+    if let (Some(client), Some((engine, early))) = (client, body.into_raw()) {
+        tokio::spawn(async move {
+            let _held = (slot, held);
+            run(client, engine, early).await;
+        });
+    }
 }
 
 /// Copy bytes both ways until both sides are done. A side that ends its

@@ -221,13 +221,18 @@ impl Docker {
                 "`{name}` is one of the operator's endpoints"
             )));
         }
-        // Refuse bad TLS material now rather than on first use.
-        Engine::new(spec.clone(), self.timeout()).map_err(DockerError::Invalid)?;
+        let ns = format!("{META_NS}:{plugin}");
+        let storage =
+            |e: crate::store::StoreError| DockerError::Unreachable(format!("storage: {e}"));
         let value = serde_json::to_vec(&spec).expect("a spec serialises");
-        self.db
-            .meta_set(&format!("{META_NS}:{plugin}"), name, value)
-            .await
-            .map_err(|e| DockerError::Unreachable(format!("storage: {e}")))?;
+        // Registering what is already there (as `beacons` does before each
+        // streamed call) writes nothing and keeps the engine's connections.
+        if self.db.meta_get(&ns, name).map_err(storage)?.as_deref() == Some(&value[..]) {
+            return Ok(());
+        }
+        // Refuse bad TLS material now rather than on first use.
+        Engine::new(spec, self.timeout()).map_err(DockerError::Invalid)?;
+        self.db.meta_set(&ns, name, value).await.map_err(storage)?;
         self.forget(plugin, name);
         Ok(())
     }

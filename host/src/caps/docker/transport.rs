@@ -147,6 +147,8 @@ pub(super) struct Tls {
 /// the calls on a request's hot path (see `wire`).
 pub struct Engine {
     pub(super) spec: Spec,
+    /// `spec.address`, parsed.
+    address: Address,
     pub(super) api: bollard::Docker,
     pub(super) wire: Arc<Wire>,
     pub(super) negotiated: tokio::sync::OnceCell<()>,
@@ -166,7 +168,7 @@ impl Engine {
                 ));
             }
         };
-        let dialer = Dialer(Arc::new((address, tls)));
+        let dialer = Dialer(Arc::new((address.clone(), tls)));
         let wire = Arc::new(Wire::new(dialer.clone()));
         let http: Client<Dialer, ReqBody> = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -190,6 +192,7 @@ impl Engine {
         .map_err(|e| e.to_string())?;
         Ok(Engine {
             spec,
+            address,
             api,
             wire,
             negotiated: tokio::sync::OnceCell::new(),
@@ -198,19 +201,15 @@ impl Engine {
 
     /// The path a URL endpoint's Docker paths go under ("" for engines).
     pub(super) fn prefix(&self) -> &str {
-        match &self.dialer_address() {
+        match &self.address {
             Address::Url { prefix, .. } => prefix,
             _ => "",
         }
     }
 
-    fn dialer_address(&self) -> &Address {
-        &self.wire.dialer().0.0
-    }
-
     /// bollard, speaking the newest API version both sides know.
     pub(super) async fn api(&self) -> Result<&bollard::Docker, DockerError> {
-        if let Address::Url { .. } = self.dialer_address() {
+        if let Address::Url { .. } = self.address {
             return Err(DockerError::Invalid(format!(
                 "`{}` is a URL endpoint: only proxy-docker reaches it",
                 self.spec.address

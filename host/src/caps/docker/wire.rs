@@ -73,11 +73,6 @@ impl Wire {
         }
     }
 
-    /// What this wire connects to.
-    pub(super) fn dialer(&self) -> &Dialer {
-        &self.dialer
-    }
-
     fn checkout(&self) -> Option<Stream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((mut stream, since)) = idle.pop() {
@@ -1072,6 +1067,21 @@ mod tests {
         }
     }
 
+    /// `send_streamed` to `e` with no headers and 5 s for the answer.
+    async fn send_streamed(
+        e: &Engine,
+        method: &Method,
+        target: &str,
+        upgrade: Option<&HeaderValue>,
+        body: Streamed,
+    ) -> Result<Answer, SendError> {
+        let within = Duration::from_secs(5);
+        let headers = HeaderMap::new();
+        e.wire
+            .send_streamed(method, target, &headers, upgrade, body, within)
+            .await
+    }
+
     fn streamed(first: &'static [u8], rest: &[&'static [u8]], length: Option<u64>) -> Streamed {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = rest
             .iter()
@@ -1094,16 +1104,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         );
         let body = streamed(b"ab", &[b"cde", b"f"], None);
-        let answer = e
-            .wire
-            .send_streamed(
-                &Method::PUT,
-                "/archive",
-                &HeaderMap::new(),
-                None,
-                body,
-                Duration::from_secs(5),
-            )
+        let answer = send_streamed(&e, &Method::PUT, "/archive", None, body)
             .await
             .unwrap();
         assert_eq!(answer.status, StatusCode::OK);
@@ -1121,16 +1122,7 @@ mod tests {
             b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
         );
         let body = streamed(b"ab", &[b"cde", b"f"], Some(6));
-        let answer = e
-            .wire
-            .send_streamed(
-                &Method::POST,
-                "/load",
-                &HeaderMap::new(),
-                None,
-                body,
-                Duration::from_secs(5),
-            )
+        let answer = send_streamed(&e, &Method::POST, "/load", None, body)
             .await
             .unwrap();
         assert_eq!(answer.status, StatusCode::CREATED);
@@ -1146,34 +1138,14 @@ mod tests {
         let e = one_shot(b"never", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         let mut body = streamed(b"ab", &[b"cdef"], None);
         body.limit = 4;
-        let sent = e
-            .wire
-            .send_streamed(
-                &Method::PUT,
-                "/",
-                &HeaderMap::new(),
-                None,
-                body,
-                Duration::from_secs(5),
-            )
-            .await;
+        let sent = send_streamed(&e, &Method::PUT, "/", None, body).await;
         assert!(
             matches!(sent, Err(SendError::TooLarge(4))),
             "{:?}",
             sent.err()
         );
         let body = streamed(b"ab", &[b"cdef"], Some(3));
-        let sent = e
-            .wire
-            .send_streamed(
-                &Method::PUT,
-                "/",
-                &HeaderMap::new(),
-                None,
-                body,
-                Duration::from_secs(5),
-            )
-            .await;
+        let sent = send_streamed(&e, &Method::PUT, "/", None, body).await;
         let refused = matches!(sent, Err(SendError::Client(_) | SendError::Engine(_)));
         assert!(refused, "{:?}", sent.err());
     }
@@ -1193,16 +1165,7 @@ mod tests {
             idle: Duration::from_secs(5),
         };
         let tcp = HeaderValue::from_static("tcp");
-        let answer = e
-            .wire
-            .send_streamed(
-                &Method::POST,
-                "/exec/x/start",
-                &HeaderMap::new(),
-                Some(&tcp),
-                body,
-                Duration::from_secs(5),
-            )
+        let answer = send_streamed(&e, &Method::POST, "/exec/x/start", Some(&tcp), body)
             .await
             .unwrap();
         assert_eq!(answer.status, StatusCode::SWITCHING_PROTOCOLS);
