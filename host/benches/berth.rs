@@ -18,6 +18,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod shared;
+use shared::{native_hello, wrk, wrk_script};
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -236,7 +239,7 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
         let torn = started.elapsed();
         if i >= 1000 {
             total.push(took.as_secs_f64() * 1e6);
-            inst.push(called.instantiate.as_secs_f64() * 1e6);
+            inst.push(called.instantiate.unwrap_or_default().as_secs_f64() * 1e6);
             teardown.push(torn.as_secs_f64() * 1e6);
         }
     }
@@ -299,95 +302,6 @@ fn greet_request() -> Request {
         body: vec![],
         client: "127.0.0.1:1".into(),
     }
-}
-
-async fn native_hello(listener: tokio::net::TcpListener) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(|_req| async {
-                let body = http_body_util::Full::new(bytes::Bytes::from_static(
-                    b"{\"greeting\":\"Hello, bench!\"}",
-                ));
-                let mut r = hyper::Response::new(body);
-                r.headers_mut().insert(
-                    "content-type",
-                    http::HeaderValue::from_static("application/json"),
-                );
-                Ok::<_, std::convert::Infallible>(r)
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-struct WrkRun {
-    rps: f64,
-    non_2xx: u64,
-    errors: u64,
-}
-
-fn wrk(url: &str, seconds: u64, connections: u64) -> anyhow::Result<WrkRun> {
-    run_wrk(url, seconds, connections, None)
-}
-
-/// wrk with a Lua script (request shaping).
-fn wrk_script(url: &str, seconds: u64, connections: u64, lua: &str) -> anyhow::Result<WrkRun> {
-    let script = std::env::temp_dir().join(format!("berth-bench-{}.lua", std::process::id()));
-    std::fs::write(&script, lua)?;
-    let run = run_wrk(url, seconds, connections, Some(&script));
-    let _ = std::fs::remove_file(&script);
-    run
-}
-
-fn run_wrk(
-    url: &str,
-    seconds: u64,
-    connections: u64,
-    script: Option<&Path>,
-) -> anyhow::Result<WrkRun> {
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        "-t2",
-        &format!("-c{connections}"),
-        &format!("-d{seconds}s"),
-        "--latency",
-    ]);
-    if let Some(script) = script {
-        cmd.arg("-s").arg(script);
-    }
-    let out = cmd.arg(url).output()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let find = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|s| s.trim().to_string()))
-    };
-    let rps = find("Requests/sec:")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
-    let non_2xx = find("Non-2xx or 3xx responses:")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let errors = find("Socket errors:")
-        .map(|s| {
-            s.split(',')
-                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    Ok(WrkRun {
-        rps,
-        non_2xx,
-        errors,
-    })
 }
 
 async fn drop_to_200(wasm: &[u8], target: &Path, probe: &str) -> anyhow::Result<Duration> {

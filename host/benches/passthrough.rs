@@ -18,8 +18,11 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod shared;
+use shared::Nginx;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,64 +31,6 @@ use tokio::net::TcpStream;
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-/// An nginx reverse proxy on 127.0.0.1 to the engine's unix socket, set up
-/// as one would for the Docker API: keep-alive upstreams, upgrades passed
-/// on, no buffering either way.
-struct Nginx {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn start(socket: &str) -> anyhow::Result<Nginx> {
-        let dir = tempfile::tempdir()?;
-        let port = support::docker::free_port();
-        let prefix = dir.path().display().to_string();
-        let conf = format!(
-            "daemon off;\nuser root;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n\
-               client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n\
-               fastcgi_temp_path {prefix}/fcgi;\n  uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n\
-               map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n\
-               upstream docker {{ server unix:{socket}; keepalive 16; }}\n\
-               server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 0;\n\
-                 location / {{\n      proxy_pass http://docker;\n      proxy_http_version 1.1;\n\
-                   proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n\
-                   proxy_buffering off;\n      proxy_request_buffering off;\n      proxy_read_timeout 3600s;\n\
-                 }}\n  }}\n}}\n"
-        );
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf)?;
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&path)
-            .arg("-p")
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("nginx: {e} (apt-get install nginx-light)"))?;
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < until, "nginx did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Nginx {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The docker CLI against one door to the engine.

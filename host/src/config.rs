@@ -160,6 +160,8 @@ pub struct LimitsConfig {
     pub max_response_mib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_proxy_body_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
 }
 
 /// One plugin's section.
@@ -185,6 +187,8 @@ pub struct Limits {
     pub max_response_bytes: u64,
     /// Largest request body streamed to a Docker engine (`proxy-docker`).
     pub max_proxy_body_bytes: u64,
+    /// Calls one instance may serve: 1, a fresh instance per call.
+    pub instance_reuse: u32,
 }
 
 mod millis {
@@ -264,6 +268,7 @@ impl Config {
                 ("deadline_ms", l.deadline_ms),
                 ("max_concurrent", l.max_concurrent.map(u64::from)),
                 ("max_response_mib", l.max_response_mib),
+                ("instance_reuse", l.instance_reuse.map(u64::from)),
             ];
             for (key, value) in positive {
                 if value == Some(0) {
@@ -316,6 +321,7 @@ impl Config {
             || self.defaults.limits.max_body_kib.is_none()
             || self.defaults.limits.max_response_mib.is_none()
             || self.defaults.limits.max_proxy_body_mib.is_none()
+            || self.defaults.limits.instance_reuse.is_none()
         {
             return Err(ConfigError::Invalid(
                 "[defaults] must set every limit".to_string(),
@@ -379,6 +385,7 @@ impl Config {
             max_body_bytes: pick(own.max_body_kib, d.max_body_kib) << 10,
             max_response_bytes: pick(own.max_response_mib, d.max_response_mib) << 20,
             max_proxy_body_bytes: pick(own.max_proxy_body_mib, d.max_proxy_body_mib) << 20,
+            instance_reuse: own.instance_reuse.or(d.instance_reuse).unwrap_or(1),
         }
     }
 
@@ -455,6 +462,7 @@ mod tests {
         assert_eq!(l.deadline, Duration::from_millis(50));
         assert_eq!(l.memory_bytes, 8 << 20);
         assert_eq!(l.max_concurrent, 64);
+        assert_eq!(l.instance_reuse, 1);
         // hello's section from the defaults survives a file that adds another plugin.
         assert_eq!(
             c.grants("hello"),
@@ -475,6 +483,10 @@ mod tests {
                 "unknown capability `root`",
             ),
             ("[plugins.a]\nmemory_mib = 0", "memory_mib must be above 0"),
+            (
+                "[defaults]\ninstance_reuse = 0",
+                "instance_reuse must be above 0",
+            ),
             (
                 "tls_cert = \"a.pem\"",
                 "tls_cert and tls_key must be given together",

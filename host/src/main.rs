@@ -105,6 +105,10 @@ struct ServeArgs {
     /// Token for /_berth/plugins (default: DATA_DIR/admin-token).
     #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Calls one plugin instance may serve ([defaults] instance_reuse;
+    /// 1: a fresh instance per call).
+    #[arg(long, env = "BERTH_INSTANCE_REUSE", value_parser = clap::value_parser!(u32).range(1..))]
+    instance_reuse: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -164,6 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(token) = args.admin_token {
                 config.admin_token = token;
+            }
+            if let Some(reuse) = args.instance_reuse {
+                config.defaults.limits.instance_reuse = Some(reuse);
             }
             serve(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -288,8 +295,12 @@ fn print_plugins(view: &serde_json::Value) {
                 })
                 .unwrap_or_default()
         };
+        let instances = match p["limits"]["instance_reuse"].as_u64() {
+            Some(n) if n > 1 => format!("reused, up to {n} calls each"),
+            _ => "fresh per call".to_string(),
+        };
         println!(
-            "{} {} ({})\n  {}\n  asked:   {}\n  granted: {}",
+            "{} {} ({})\n  {}\n  asked:   {}\n  granted: {}\n  instances: {instances}",
             p["name"].as_str().unwrap_or("?"),
             p["version"].as_str().unwrap_or("?"),
             p["file"].as_str().unwrap_or("?"),

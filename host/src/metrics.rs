@@ -78,6 +78,8 @@ pub struct PluginMetrics {
     pub proxied: AtomicU64,
     /// Proxied connections the engine upgraded (attach, exec), in all.
     pub upgrades: AtomicU64,
+    /// Calls served by an instance kept from an earlier call.
+    pub reused: AtomicU64,
 }
 
 impl PluginMetrics {
@@ -92,6 +94,7 @@ impl PluginMetrics {
             in_flight: AtomicU64::new(0),
             proxied: AtomicU64::new(0),
             upgrades: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
         }
     }
 
@@ -113,8 +116,14 @@ impl PluginMetrics {
         Proxying(self.clone())
     }
 
-    pub fn instantiated(&self, took: Duration) {
-        self.instantiate.observe(took);
+    /// Count a call's instance: made for it in `took`, or reused (none).
+    pub fn instantiated(&self, took: Option<Duration>) {
+        match took {
+            Some(took) => self.instantiate.observe(took),
+            None => {
+                self.reused.fetch_add(1, Relaxed);
+            }
+        }
     }
 }
 
@@ -189,7 +198,7 @@ impl Metrics {
                 .render(&mut out, "berth_instantiate_duration_seconds", name);
         }
         type Field = fn(&PluginMetrics) -> &AtomicU64;
-        let per_plugin: [(&str, &str, &str, Field); 6] = [
+        let per_plugin: [(&str, &str, &str, Field); 7] = [
             ("berth_traps_total", "counter", "Calls that trapped.", |m| {
                 &m.traps
             }),
@@ -204,6 +213,12 @@ impl Metrics {
                 "counter",
                 "Requests refused before the plugin ran (body too large, busy).",
                 |m| &m.refused,
+            ),
+            (
+                "berth_instances_reused_total",
+                "counter",
+                "Calls served by an instance kept from an earlier call (instance_reuse).",
+                |m| &m.reused,
             ),
             (
                 "berth_docker_upgrades_total",

@@ -257,7 +257,7 @@ impl Router {
             return Response::error(404, &format!("no handler for route `{}`", request.route()));
         };
         ERRORS.with(|errors| errors.set(route.scope.errors.unwrap_or(Response::error)));
-        crate::kv::rerun_on_conflict(|| {
+        let response = crate::kv::rerun_on_conflict(|| {
             // The guard runs again with the handler: its reads belong to
             // the transaction the handler's writes commit in.
             if let Some(guard) = &route.scope.guard {
@@ -267,7 +267,10 @@ impl Router {
                 }
             }
             (route.handler)(&request).unwrap_or_else(|e| e)
-        })
+        });
+        // Nothing of this call is left for the next on a reused instance.
+        ERRORS.with(|errors| errors.set(Response::error));
+        response
     }
 
     pub(crate) fn manifest_routes(&self) -> Vec<types::Route> {

@@ -1,7 +1,11 @@
 //! The wasm runtime: one engine with the pooling allocator, compiled code
 //! cached on disk, one `InstancePre` per plugin version and a fresh `Store`
-//! per call, with a memory cap and a wall-clock deadline enforced by epoch
-//! interruption.
+//! per call (or, where the operator allows it, an instance kept from an
+//! earlier call of the same version: see `warm`), with a memory cap and a
+//! wall-clock deadline enforced by epoch interruption.
+
+mod stderr;
+mod warm;
 
 use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
@@ -18,11 +22,14 @@ use wasmtime::component::{
     Lower, ResourceTable, TypedFunc,
 };
 use wasmtime::{
-    CallHook, Engine, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
-    UpdateDeadline,
+    CallHook, Engine, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
+    StoreLimitsBuilder, UpdateDeadline,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use self::stderr::Tail;
+pub use self::warm::IDLE_TIMEOUT;
+use self::warm::{Pool, Pools, Warm};
 
 use crate::bindings::{self, Manifest, Outcome, Request, WIT_PACKAGE, WIT_VERSION};
 use crate::caps::{self, CallCx, PluginEnv};
@@ -38,14 +45,17 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// not yet torn down.
 pub const POOL_INSTANCES: u32 = 1000;
 
-/// Bytes of a plugin's stderr kept per call (panic messages end up here).
+/// Bytes of a plugin's stderr kept (panic messages end up here).
 const STDERR_CAP: usize = 4096;
+
+/// How often idle instances are looked at, in epoch ticks (one second).
+const SWEEP_TICKS: u32 = 200;
 
 /// The data of one `Store`: one call of one plugin.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
     timed_out: bool,
     /// The lane this call holds while it runs long, if any.
     lane: LaneSlot,
@@ -58,6 +68,37 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+/// The store's memory cap, counting what the instance's memories grew to.
+struct Limiter {
+    limits: StoreLimits,
+    /// Bytes of linear memory, all memories together.
+    memory: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory += desired.saturating_sub(current);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
     }
 }
 
@@ -84,19 +125,28 @@ impl CallError {
 }
 
 /// What a successful call returns: the value, the call's transaction (to
-/// commit), how long instantiation took, and the finished store.
+/// commit), how long instantiation took (none for a reused instance), and
+/// the finished store.
 pub struct Called<R> {
     pub value: R,
     pub txn: Option<Txn>,
-    pub instantiate: Duration,
+    pub instantiate: Option<Duration>,
     pub spent: Spent,
 }
 
 /// A finished call's store. Dropping it resets the instance's memory (the
 /// pages the call dirtied) and returns its pool slots, a few microseconds
-/// that the caller's answer need not wait for: see [`Spent::retire`].
-pub struct Spent {
-    _store: Store<HostState>,
+/// that the caller's answer need not wait for: see [`Spent::retire`]. An
+/// instance that may serve again goes back to its version's idle pool.
+pub struct Spent(Retiring);
+
+enum Retiring {
+    Done(Store<HostState>),
+    Again {
+        warm: Warm,
+        pool: Arc<Pool>,
+        keep: usize,
+    },
 }
 
 thread_local! {
@@ -112,7 +162,14 @@ impl Spent {
     /// hyper has written the response, and it wakes no other thread. At
     /// most one store per thread waits this way.
     pub fn retire(self) {
-        let previous = RETIRED.with(|slot| slot.borrow_mut().replace(self));
+        let store = match self.0 {
+            Retiring::Done(store) => store,
+            Retiring::Again { warm, pool, keep } => match pool.put(warm, keep) {
+                None => return,
+                Some(unkept) => unkept.store,
+            },
+        };
+        let previous = RETIRED.with(|slot| slot.borrow_mut().replace(Spent(Retiring::Done(store))));
         drop(previous);
     }
 }
@@ -131,6 +188,8 @@ pub struct Runtime {
     stop_ticker: Arc<AtomicBool>,
     /// What a call running wasm past a tick must hold (see `lanes`).
     lanes: Arc<Lanes>,
+    /// Every plugin version's idle instances.
+    pools: Arc<Pools>,
 }
 
 impl Drop for Runtime {
@@ -178,12 +237,19 @@ impl Runtime {
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
         let stop = stop_ticker.clone();
+        let pools = Arc::new(Pools::default());
+        let sweeping = pools.clone();
         std::thread::Builder::new()
             .name("berth-epoch".into())
             .spawn(move || {
+                let mut ticks = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     ticker_engine.increment_epoch();
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(SWEEP_TICKS) {
+                        sweeping.sweep();
+                    }
                 }
             })?;
 
@@ -198,6 +264,7 @@ impl Runtime {
             cache_dir,
             stop_ticker,
             lanes: Lanes::for_workers(workers),
+            pools,
         })
     }
 
@@ -215,6 +282,7 @@ impl Runtime {
         let pre = Linked::new(pre).map_err(|e| {
             anyhow::anyhow!("its exports do not match the {WIT_PACKAGE}@{WIT_VERSION} world: {e:#}")
         })?;
+        self.pools.add(&pre.pool);
         Ok(Prepared { pre, hash, cached })
     }
 
@@ -267,17 +335,25 @@ impl Runtime {
         Ok(())
     }
 
-    fn new_store(&self, call: CallCx, limits: &Limits) -> (Store<HostState>, MemoryOutputPipe) {
-        let deadline = call.deadline;
-        let stderr = MemoryOutputPipe::new(STDERR_CAP);
+    /// A new instance of `pre` in a store of its own, ready for `call`.
+    async fn instantiate(
+        &self,
+        pre: &Linked,
+        call: CallCx,
+        limits: &Limits,
+    ) -> Result<Warm, CallError> {
+        let stderr = Tail::new(STDERR_CAP);
         let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes as usize)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limiter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(limits.memory_bytes as usize)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory: 0,
+            },
             timed_out: false,
             lane: LaneSlot::default(),
             call,
@@ -291,11 +367,11 @@ impl Runtime {
             }
             Ok(())
         });
-        // At every tick: trap once the deadline passed, else yield and
-        // go on only with a lane, in turn with other long runners.
+        // At every tick: trap once the call's deadline passed, else yield
+        // and go on only with a lane, in turn with other long runners.
         let lanes = self.lanes.clone();
         store.epoch_deadline_callback(move |mut cx| {
-            if Instant::now() >= deadline {
+            if Instant::now() >= cx.data().call.deadline {
                 cx.data_mut().timed_out = true;
                 return Ok(UpdateDeadline::Interrupt);
             }
@@ -309,10 +385,16 @@ impl Runtime {
             ))
         });
         store.set_epoch_deadline(1);
-        (store, stderr)
+        let instance = pre
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        Ok(Warm::new(store, instance, stderr))
     }
 
-    /// Call `describe` on a fresh instance.
+    /// Call `describe` on a fresh instance, never kept: it runs before
+    /// the plugin's own limits and grants are known.
     pub async fn describe(
         &self,
         pre: &Linked,
@@ -325,11 +407,11 @@ impl Runtime {
             None,
             Instant::now() + limits.deadline,
         );
-        let called = self.call(pre, &pre.describe, cx, limits, ()).await?;
+        let called = self.call(pre, &pre.describe, cx, limits, false, ()).await?;
         Ok(called.value)
     }
 
-    /// Call `handle` on a fresh instance.
+    /// Call `handle`.
     pub async fn handle(
         &self,
         pre: &Linked,
@@ -337,10 +419,11 @@ impl Runtime {
         limits: &Limits,
         request: Request,
     ) -> Result<Called<Outcome>, CallError> {
-        self.call(pre, &pre.handle, cx, limits, (request,)).await
+        self.call(pre, &pre.handle, cx, limits, true, (request,))
+            .await
     }
 
-    /// Call `admin` on a fresh instance.
+    /// Call `admin`.
     pub async fn admin(
         &self,
         pre: &Linked,
@@ -348,10 +431,10 @@ impl Runtime {
         limits: &Limits,
         args: Vec<String>,
     ) -> Result<Called<Result<String, String>>, CallError> {
-        self.call(pre, &pre.admin, cx, limits, (args,)).await
+        self.call(pre, &pre.admin, cx, limits, true, (args,)).await
     }
 
-    /// Call `run-job` on a fresh instance.
+    /// Call `run-job`.
     pub async fn run_job(
         &self,
         pre: &Linked,
@@ -360,17 +443,20 @@ impl Runtime {
         kind: String,
         payload: Vec<u8>,
     ) -> Result<Called<JobResult>, CallError> {
-        self.call(pre, &pre.run_job, cx, limits, (kind, payload))
+        self.call(pre, &pre.run_job, cx, limits, true, (kind, payload))
             .await
     }
 
-    /// Instantiate `pre` in a fresh store and call its `export` with `params`.
+    /// Call `export` of `pre` with `params`: on an idle instance of `pre`
+    /// when `reusable` and the plugin's `instance_reuse` allow it, else on
+    /// a new one.
     async fn call<P, R>(
         &self,
         pre: &Linked,
         export: &Export<P, (R,)>,
         cx: CallCx,
         limits: &Limits,
+        reusable: bool,
         params: P,
     ) -> Result<Called<R>, CallError>
     where
@@ -378,38 +464,58 @@ impl Runtime {
         (R,): ComponentNamedList + Lift + Send + Sync + 'static,
     {
         let started = Instant::now();
-        let plugin_name = cx.plugin.name.clone();
-        let (mut store, stderr) = self.new_store(cx, limits);
-        let instance = pre
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let reusable = reusable && limits.instance_reuse > 1;
+        let (mut warm, instantiate) = match reusable.then(|| pre.pool.take()).flatten() {
+            Some(mut warm) => {
+                warm.stderr.take();
+                let state = warm.store.data_mut();
+                state.call = cx;
+                state.timed_out = false;
+                warm.store.set_epoch_deadline(1);
+                (warm, None)
+            }
+            None => {
+                let warm = self.instantiate(pre, cx, limits).await?;
+                (warm, Some(started.elapsed()))
+            }
+        };
+        warm.calls += 1;
         let func = export
-            .get(&mut store, &instance)
+            .get(&mut warm.store, &warm.instance)
             .ok_or_else(|| CallError::Instantiate("an export is missing".into()))?;
-        let instantiate = started.elapsed();
         // The epoch callback stops wasm at the deadline. Host calls that
         // may wait (key locks) are bounded by the same deadline themselves,
         // so no timer is armed per call on this hot path.
-        let result = func.call_async(&mut store, params).await;
-        store.data().lane.clear();
+        let result = func.call_async(&mut warm.store, params).await;
+        let state = warm.store.data_mut();
+        state.lane.clear();
         match result {
             Ok((value,)) => {
-                let txn = store.data_mut().call.txn.take();
+                let txn = state.call.txn.take();
+                // An instance is kept only while it has calls left and its
+                // memory stays within a quarter of its cap.
+                let again = reusable
+                    && warm.calls < limits.instance_reuse
+                    && state.limits.memory as u64 <= limits.memory_bytes / 4;
+                let spent = match again {
+                    true => Retiring::Again {
+                        warm,
+                        pool: pre.pool.clone(),
+                        keep: limits.max_concurrent as usize,
+                    },
+                    false => Retiring::Done(warm.store),
+                };
                 Ok(Called {
                     value,
                     txn,
                     instantiate,
-                    spent: Spent { _store: store },
+                    spent: Spent(spent),
                 })
             }
-            Err(_) if store.data().timed_out => Err(CallError::Timeout(limits.deadline)),
+            Err(_) if state.timed_out => Err(CallError::Timeout(limits.deadline)),
             Err(trap) => {
-                let output = String::from_utf8_lossy(&stderr.contents())
-                    .trim()
-                    .to_string();
-                tracing::warn!(plugin = %plugin_name, stderr = %output, "plugin trapped: {trap:#}");
+                let output = warm.stderr.take();
+                tracing::warn!(plugin = %state.call.plugin.name, stderr = %output, "plugin trapped: {trap:#}");
                 let reason = match trap.downcast_ref::<wasmtime::Trap>() {
                     Some(t) => t.to_string(),
                     None => format!("{trap:#}"),
@@ -445,6 +551,8 @@ pub struct Linked {
     handle: Export<(Request,), (Outcome,)>,
     admin: Export<(Vec<String>,), (Result<String, String>,)>,
     run_job: Export<(String, Vec<u8>), (JobResult,)>,
+    /// Instances of this version kept between calls.
+    pool: Arc<Pool>,
 }
 
 /// What `run-job` returns: done, or why not.
@@ -457,6 +565,7 @@ impl Linked {
             handle: Export::find(&pre, "handle")?,
             admin: Export::find(&pre, "admin")?,
             run_job: Export::find(&pre, "run-job")?,
+            pool: Arc::default(),
             pre,
         })
     }
