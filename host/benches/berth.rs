@@ -96,9 +96,8 @@ fn main() -> anyhow::Result<()> {
         berth_run.rps, berth_run.non_2xx, berth_run.errors
     ));
     report.push(format!(
-        "  = {:.2}x native hyper; {:.1}x wasmtime serve (14.7k req/s, measured on this VM by the prototype)",
+        "  = {:.2}x native hyper (`--bench peers` measures wasmtime serve in the same run)",
         berth_run.rps / native_run.rps,
-        berth_run.rps / 14_700.0
     ));
     // Durable writes: each 200 comes after its commit is on disk. Distinct
     // keys share group commits; one hot key is serialised by its lock.

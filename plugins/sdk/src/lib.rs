@@ -236,10 +236,11 @@ pub fn __describe<P: Plugin>() -> bindings::berth::plugin::types::Manifest {
 }
 
 #[doc(hidden)]
-pub fn __handle<P: Plugin>(
+pub fn __handle(
+    router: &Router,
     request: bindings::berth::plugin::types::Request,
 ) -> bindings::berth::plugin::types::Outcome {
-    P::router().dispatch(Request::from(request)).into_outcome()
+    router.dispatch(Request::from(request)).into_outcome()
 }
 
 /// Export a type implementing [`Plugin`] as this component's `berth:plugin`
@@ -258,7 +259,19 @@ macro_rules! export {
                 fn handle(
                     request: $crate::bindings::berth::plugin::types::Request,
                 ) -> $crate::bindings::berth::plugin::types::Outcome {
-                    $crate::__handle::<$plugin>(request)
+                    // The router is made of the plugin's code alone, never
+                    // of a request: an instance serving several calls
+                    // (`instance_reuse`) builds it once.
+                    thread_local! {
+                        static ROUTER: ::std::cell::OnceCell<$crate::Router> =
+                            const { ::std::cell::OnceCell::new() };
+                    }
+                    ROUTER.with(|router| {
+                        $crate::__handle(
+                            router.get_or_init(<$plugin as $crate::Plugin>::router),
+                            request,
+                        )
+                    })
                 }
 
                 fn run_job(kind: String, payload: Vec<u8>) -> Result<(), String> {
