@@ -467,7 +467,7 @@ impl Runtime {
         let reusable = reusable && limits.instance_reuse > 1;
         let (mut warm, instantiate) = match reusable.then(|| pre.pool.take()).flatten() {
             Some(mut warm) => {
-                warm.stderr.take();
+                warm.stderr.clear();
                 let state = warm.store.data_mut();
                 state.call = cx;
                 state.timed_out = false;

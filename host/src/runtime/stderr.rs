@@ -32,6 +32,11 @@ impl Tail {
         String::from_utf8_lossy(&kept).trim().to_string()
     }
 
+    /// Forget what was written.
+    pub fn clear(&self) {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn keep(&self, bytes: &[u8]) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let bytes = &bytes[bytes.len().saturating_sub(self.cap)..];
