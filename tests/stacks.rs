@@ -121,6 +121,8 @@ web:
 db:
   image: busybox:latest
   command: sleep 100000
+  environment:
+    - GREETING=hi
 ";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,6 +184,30 @@ async fn docker_cloud_on_containers_then_swarm() {
     let (_, a) = api.call("GET", &action, None).await;
     assert_eq!(a["state"], "Success", "{a}");
     assert_eq!(a["action"], "Stack Start");
+    // Dates as Docker Cloud wrote them and its CLI parses them.
+    for date in [
+        &a["start_date"],
+        &a["end_date"],
+        &started["deployed_datetime"],
+    ] {
+        assert!(docker_cloud_date(date), "{date} in {a} / {started}");
+    }
+    let (_, services) = api
+        .call("GET", "/api/app/v1/service/?stack__name=cm", None)
+        .await;
+    let db = services["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "db")
+        .unwrap();
+    assert!(docker_cloud_date(&db["deployed_datetime"]), "{db}");
+    assert!(docker_cloud_date(&db["created_datetime"]), "{db}");
+    assert_eq!(
+        db["calculated_envvars"],
+        json!([{ "key": "GREETING", "value": "hi", "origin": "user" }]),
+        "{db}"
+    );
     assert_eq!(
         containers(engine, "cm"),
         vec![
@@ -223,6 +249,8 @@ async fn docker_cloud_on_containers_then_swarm() {
         .send()
         .await
         .unwrap();
+    let types: Vec<_> = r.headers().get_all("content-type").iter().collect();
+    assert_eq!(types, ["application/x-yaml"], "one Content-Type");
     let yaml = r.text().await.unwrap();
     assert!(
         yaml.contains("db:database") && yaml.contains("target_num_containers: 2"),
@@ -542,4 +570,32 @@ async fn two_hundred_subscribers_and_one_that_never_reads() {
     .expect("the stalled stream ends");
     assert!(reason.contains("too slow"), "close reason {reason:?}");
     assert!(got < UPDATES, "it did not get everything: {got}");
+}
+
+/// `Sun, 6 Apr 2014 18:11:17 +0000`: what the docker-cloud CLI parses with
+/// `%a, %d %b %Y %H:%M:%S +0000`.
+fn docker_cloud_date(value: &Value) -> bool {
+    let Some(text) = value.as_str() else {
+        return false;
+    };
+    let parts: Vec<&str> = text.split(' ').collect();
+    let days = ["Mon,", "Tue,", "Wed,", "Thu,", "Fri,", "Sat,", "Sun,"];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let clock: Vec<&str> = parts
+        .get(4)
+        .map(|t| t.split(':').collect())
+        .unwrap_or_default();
+    parts.len() == 6
+        && days.contains(&parts[0])
+        && parts[1].parse::<u8>().is_ok_and(|d| (1..=31).contains(&d))
+        && months.contains(&parts[2])
+        && parts[3].len() == 4
+        && parts[3].parse::<u16>().is_ok()
+        && clock.len() == 3
+        && clock
+            .iter()
+            .all(|c| c.len() == 2 && c.parse::<u8>().is_ok())
+        && parts[5] == "+0000"
 }

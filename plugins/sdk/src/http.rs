@@ -388,8 +388,17 @@ impl Response {
         crate::router::render(status, message)
     }
 
-    /// Add a header.
+    /// Set a header, replacing the values it had (names match in any
+    /// case): `Response::text(..).header("content-type", "text/yaml")`
+    /// answers one `Content-Type`.
     pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.append_header(name, value)
+    }
+
+    /// Add a value to a header that may carry several (`set-cookie`,
+    /// `link`, `vary`), keeping the ones it has.
+    pub fn append_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
         self
     }
@@ -427,6 +436,23 @@ pub fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_set_twice_has_one_value_and_an_appended_one_keeps_both() {
+        let r = Response::text(200, "a: 1")
+            .header("Content-Type", "text/yaml")
+            .header("set-cookie", "a=1")
+            .append_header("Set-Cookie", "b=2");
+        let values = |name: &str| -> Vec<&str> {
+            r.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(values("content-type"), ["text/yaml"]);
+        assert_eq!(values("set-cookie"), ["a=1", "b=2"]);
+    }
 
     #[test]
     fn urlencoded_pairs_are_decoded() {

@@ -264,7 +264,7 @@ pub fn emit(kind: &str, action: &str, uri: &str, uuid: &str, state: &str, parent
         "resource_uri": uri,
         "state": state,
         "uuid": uuid,
-        "datetime": now(),
+        "datetime": berth_sdk::time::format_rfc2822(berth_sdk::time::now_secs()),
     });
     let payload = event.to_string();
     let mut topics = vec![

@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// A stored date (RFC 3339) as Docker Cloud wrote dates, RFC 2822:
+/// `Sun, 6 Apr 2014 18:11:17 +0000` (what its CLI parses).
+pub(super) fn date(stored: &str) -> String {
+    berth_sdk::time::parse_rfc3339(stored)
+        .map_or_else(|| stored.to_string(), berth_sdk::time::format_rfc2822)
+}
+
+/// [`date`] of a date that may not have happened.
+pub(super) fn date_of(stored: &Option<String>) -> Option<String> {
+    stored.as_deref().map(date)
+}
+
 pub(super) fn container_state(engine_state: &str) -> &'static str {
     match engine_state {
         "running" => "Running",
@@ -54,7 +66,7 @@ pub(super) fn render_container(s: &Service, c: &Container) -> Value {
         "docker_id": c.id,
         "status": c.status,
         "container_ports": ports,
-        "created_datetime": berth_sdk::time::format_rfc3339(c.created.max(0) as u64),
+        "created_datetime": berth_sdk::time::format_rfc2822(c.created.max(0) as u64),
         "node": Value::Null,
     })
 }
@@ -110,16 +122,21 @@ pub(super) fn render_service(s: &Service, containers: &[&Container]) -> Value {
         "run_command": s.def.command,
         "entrypoint": s.def.entrypoint,
         "container_ports": ports,
+        // What the containers get, by origin as the CLI reads it (`user`,
+        // `image`, `tutum`): here the service's own variables.
+        "calculated_envvars": s.def.env.iter().map(|(k, v)| json!({ "key": k, "value": v, "origin": "user" })).collect::<Vec<_>>(),
         "container_envvars": env,
         "linked_to_service": links,
         "roles": s.def.roles,
         "autorestart": s.def.autorestart.clone().unwrap_or_else(|| "OFF".into()),
         "privileged": s.def.privileged,
         "working_dir": s.def.working_dir.clone().unwrap_or_else(|| "/".into()),
-        "created_datetime": s.created,
-        "started_datetime": s.started,
-        "stopped_datetime": s.stopped,
-        "destroyed_datetime": s.destroyed,
+        "created_datetime": date(&s.created),
+        "started_datetime": date_of(&s.started),
+        "stopped_datetime": date_of(&s.stopped),
+        "destroyed_datetime": date_of(&s.destroyed),
+        // Last started or redeployed (`service ps` shows it).
+        "deployed_datetime": date_of(&s.started),
         "public_dns": format!("{}.{}", s.name, s.namespace.clone().unwrap_or_else(|| "berth".into())),
         "engine": { "endpoint": s.endpoint, "mode": if s.swarm { "swarm" } else { "containers" } },
     });
@@ -138,9 +155,9 @@ pub(super) fn render_stack(st: &Stack) -> Value {
         "state": st.state,
         "synchronized": true,
         "services": st.services.iter().map(|u| format!("{SERVICE_URI}{u}/")).collect::<Vec<_>>(),
-        "deployed_datetime": st.deployed,
-        "destroyed_datetime": st.destroyed,
-        "created_datetime": st.created,
+        "deployed_datetime": date_of(&st.deployed),
+        "destroyed_datetime": date_of(&st.destroyed),
+        "created_datetime": date(&st.created),
     })
 }
 
