@@ -94,18 +94,7 @@ impl Cli {
 
 /// Wait for `child` at most [`STEP`], killing it (and failing) past that.
 fn wait_bounded(child: std::process::Child, what: &str) -> Output {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(STEP) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("{what} hung for more than {STEP:?}");
-        }
-    }
+    support::wait_bounded(child, STEP, what)
 }
 
 /// The docker CLIs on this machine, each once.

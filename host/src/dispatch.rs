@@ -16,8 +16,8 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::bindings::{Outcome, Request};
 use crate::capability::Capability;
-use crate::caps::CallCx;
 use crate::caps::docker::Streamed;
+use crate::caps::{CallCx, OpenStream};
 use crate::plugins::Mounted;
 use crate::router::{Found, percent_decode};
 use crate::runtime::CallError;
@@ -234,21 +234,43 @@ async fn call(
         }
         Outcome::Subscribe(sub) => {
             let name = &plugin.manifest.name;
-            if let Some(r) = refused(&plugin, Capability::Events, "stream events", request_id) {
+            let mut opened = called.opened;
+            let opened = opened.take(&sub.topic);
+            let (needs, what) = match opened {
+                Some(OpenStream::Logs(_)) => (Capability::Docker, "stream logs"),
+                _ => (Capability::Events, "stream events"),
+            };
+            if let Some(r) = refused(&plugin, needs, what, request_id) {
                 return r;
             }
             if let Err(r) = commit(name, called.txn, request_id).await {
                 return r;
             }
-            let feed =
-                plugin
-                    .env
-                    .events
-                    .subscribe(name, &sub.topic, sub.replay, sub.after.unwrap_or(0));
+            let source = match opened {
+                Some(OpenStream::Logs(spec)) => {
+                    match plugin.env.docker.log_lines(name, spec, &plugin.metrics) {
+                        Ok(lines) => crate::streams::Source::Logs(lines),
+                        Err(message) => {
+                            return error(StatusCode::SERVICE_UNAVAILABLE, &message, request_id);
+                        }
+                    }
+                }
+                Some(OpenStream::Messages(messages)) => {
+                    crate::streams::Source::Messages(messages.into())
+                }
+                None => crate::streams::Source::Topic {
+                    sub: plugin.env.events.subscribe(
+                        name,
+                        &sub.topic,
+                        sub.replay,
+                        sub.after.unwrap_or(0),
+                    ),
+                    topic: sub.topic,
+                },
+            };
             crate::streams::respond(
                 sub.framing,
-                sub.topic,
-                feed,
+                source,
                 sub.headers,
                 &mut parts,
                 app.closing.subscribe(),

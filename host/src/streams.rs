@@ -1,10 +1,12 @@
 //! The `subscribe` outcome: the host keeps the client's connection and
-//! writes a plugin's events on one topic to it, as newline-delimited
+//! writes a plugin's events on one topic (or the lines of a log stream
+//! the call opened) to it, as newline-delimited
 //! payloads, Server-Sent Events or WebSocket text messages, until the
 //! topic closes, the client leaves, the client falls too far behind (it is
 //! then sent a closing message and dropped) or the host shuts down.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -18,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::bindings::Framing;
+use crate::caps::docker::LogLines;
 use crate::caps::events::{Event, Subscription};
 use crate::web::{BoxError, ConnSlot, ConnSocket, Response, error};
 
@@ -44,51 +47,87 @@ enum Next {
     End(End),
 }
 
-/// Events of one topic: the replayed ones, then live ones.
+/// What a stream sends: a topic's events (the replayed ones, then live
+/// ones), or the lines of a log stream the call opened.
+pub enum Source {
+    Topic {
+        topic: String,
+        sub: Subscription,
+    },
+    Logs(LogLines),
+    /// Messages known in full (`events.open-messages`).
+    Messages(VecDeque<Bytes>),
+}
+
+/// A stream's source, read until it ends or the host shuts down.
 struct Feed {
-    topic: String,
-    replay: VecDeque<Event>,
-    live: broadcast::Receiver<Event>,
+    source: Source,
     closing: watch::Receiver<bool>,
+    /// Messages of a log stream so far, its events' sequence numbers.
+    sent: u64,
     done: bool,
 }
 
 impl Feed {
-    fn new(topic: String, sub: Subscription, closing: watch::Receiver<bool>) -> Feed {
+    fn new(source: Source, closing: watch::Receiver<bool>) -> Feed {
         Feed {
-            topic,
-            replay: sub.replay,
-            live: sub.live,
+            source,
             closing,
+            sent: 0,
             done: false,
         }
     }
 
-    /// The next event of the topic, or why the stream ends; None once it
-    /// has ended.
+    /// A log stream's or an opened stream's message as the next event.
+    fn numbered(&mut self, payload: Bytes) -> Next {
+        self.sent += 1;
+        Next::Event(Event {
+            seq: self.sent,
+            topic: Arc::from(""),
+            payload,
+            closing: false,
+        })
+    }
+
+    /// The next event, or why the stream ends; None once it has ended.
     async fn next(&mut self) -> Option<Next> {
         if self.done {
             return None;
         }
         loop {
-            let event = match self.replay.pop_front() {
-                Some(event) => event,
-                None => tokio::select! {
-                    received = self.live.recv() => match received {
-                        Ok(event) => event,
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
+            let received = match &mut self.source {
+                Source::Topic { sub, .. } => match sub.replay.pop_front() {
+                    Some(event) => Ok(event),
+                    None => tokio::select! {
+                        received = sub.live.recv() => received,
+                        _ = wait_closing(&mut self.closing) => {
                             self.done = true;
-                            return Some(Next::End(End::TooSlow));
+                            return Some(Next::End(End::Shutdown));
                         }
-                        Err(broadcast::error::RecvError::Closed) => return None,
                     },
+                },
+                Source::Logs(lines) => tokio::select! {
+                    line = lines.next() => return line.map(|l| self.numbered(l)),
                     _ = wait_closing(&mut self.closing) => {
                         self.done = true;
                         return Some(Next::End(End::Shutdown));
                     }
                 },
+                Source::Messages(messages) => {
+                    return messages.pop_front().map(|m| self.numbered(m));
+                }
             };
-            if *event.topic != *self.topic {
+            let event = match received {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.done = true;
+                    return Some(Next::End(End::TooSlow));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            if let Source::Topic { topic, .. } = &self.source
+                && *event.topic != **topic
+            {
                 continue;
             }
             self.done = event.closing;
@@ -107,14 +146,13 @@ async fn wait_closing(closing: &mut watch::Receiver<bool>) {
 /// The streaming response for a `subscribe` outcome.
 pub fn respond(
     framing: Framing,
-    topic: String,
-    sub: Subscription,
+    source: Source,
     headers: Vec<(String, String)>,
     parts: &mut http::request::Parts,
     closing: watch::Receiver<bool>,
     request_id: &str,
 ) -> Response {
-    let feed = Feed::new(topic, sub, closing);
+    let feed = Feed::new(source, closing);
     if let Some(socket) = parts.extensions.get::<ConnSocket>() {
         bound_send_buffer(*socket);
     }

@@ -388,6 +388,85 @@ pub fn schemathesis() -> Option<PathBuf> {
     venv(&ST, "st-venv", &["schemathesis==4.32.5"]).map(|python| python.with_file_name("st"))
 }
 
+/// The official Docker Cloud CLI (`docker-cloud` 1.0.9, Python 2 code,
+/// unmodified) in a Python 2.7 virtualenv under the target dir, made on
+/// first use from PyPI: Python 2.7 from pyenv (`$PYENV_ROOT` or
+/// `~/.pyenv`, any 2.7.x) or `python2.7` on the PATH; virtualenv 20.15.1,
+/// the last to make 2.7 environments, is installed beside the venv, not
+/// into that Python. None (the test skips) when it cannot be made, unless
+/// `BERTH_REQUIRE_DOCKER=1` (CI).
+pub fn docker_cloud_cli() -> Option<PathBuf> {
+    static CLI: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let made = CLI.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let venv = base.join("docker-cloud-venv");
+        let cli = venv.join("bin/docker-cloud");
+        let marker = venv.join("berth-ready");
+        if marker.exists() {
+            return Ok(cli);
+        }
+        let python = python27().ok_or("no Python 2.7 (pyenv install 2.7.18)")?;
+        let tools = base.join("virtualenv-py27");
+        run_ok(
+            Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "--target"])
+                .arg(&tools)
+                .arg("virtualenv==20.15.1"),
+        )?;
+        run_ok(
+            Command::new(&python)
+                .env("PYTHONPATH", &tools)
+                .args(["-m", "virtualenv", "--quiet"])
+                .arg(&venv),
+        )?;
+        run_ok(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "docker-cloud==1.0.9",
+        ]))?;
+        std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
+        Ok(cli)
+    });
+    ready(made, "the docker-cloud CLI")
+}
+
+/// A Python 2.7 interpreter: pyenv's, else one on the PATH.
+fn python27() -> Option<PathBuf> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")));
+    let pyenv = root.and_then(|root| {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("2.7"))
+            })
+            .map(|p| p.join("bin/python2.7"))
+            .filter(|p| p.is_file())
+            .collect();
+        versions.sort();
+        versions.pop()
+    });
+    pyenv.or_else(|| {
+        let paths = std::env::var_os("PATH")?;
+        std::env::split_paths(&paths)
+            .map(|d| d.join("python2.7"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Run `cmd`; its stderr as the error if it fails.
+fn run_ok(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// The python of venv `name` under the target dir, with `packages`
 /// installed from PyPI on first use.
 fn venv(
@@ -417,14 +496,37 @@ fn venv(
         std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
         Ok(python)
     });
+    ready(made, &format!("the Python test environment {name}"))
+}
+
+/// A made test tool, or None (the test skips) when it could not be made;
+/// with `BERTH_REQUIRE_DOCKER=1` (CI) that is a failure instead.
+fn ready(made: &Result<PathBuf, String>, what: &str) -> Option<PathBuf> {
     match made {
         Ok(p) => Some(p.clone()),
         Err(why) if std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1") => {
-            panic!("cannot make the Python test environment {name}: {why}")
+            panic!("cannot make {what}: {why}")
         }
         Err(why) => {
-            eprintln!("skipping: cannot make the Python test environment {name}: {why}");
+            eprintln!("skipping: cannot make {what}: {why}");
             None
+        }
+    }
+}
+
+/// Wait for `child` at most `limit`, killing it (and failing the test)
+/// past that.
+pub fn wait_bounded(child: Child, limit: Duration, what: &str) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("{what} hung for more than {limit:?}");
         }
     }
 }

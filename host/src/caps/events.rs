@@ -17,7 +17,7 @@ use crate::bindings::HostError;
 use crate::bindings::events::Host;
 use crate::bindings::types::Error as WitError;
 use crate::capability::Capability;
-use crate::caps::{CallCx, Caller};
+use crate::caps::{CallCx, Caller, OpenStream, Opened};
 
 /// Events a subscriber may fall behind before it is dropped.
 pub const LAG_LIMIT: usize = 1024;
@@ -128,6 +128,8 @@ fn check_event(topic: &str, payload: &[u8]) -> Result<(), WitError> {
 pub struct EventsView<'a> {
     caller: Caller<'a>,
     events: &'a Events,
+    /// The call's opened streams.
+    opened: &'a mut Opened,
 }
 
 /// Links `events` to [`EventsView`].
@@ -139,10 +141,11 @@ impl HasData for EventsCap {
 
 impl CallCx {
     pub fn events(&mut self) -> EventsView<'_> {
-        let (caller, env, _) = self.split();
+        let (caller, env, _, opened) = self.split_streams();
         EventsView {
             caller,
             events: &env.events,
+            opened,
         }
     }
 }
@@ -171,6 +174,19 @@ impl Host for EventsView<'_> {
 
     async fn close(&mut self, topic: String, payload: Vec<u8>) -> Result<u64, HostError> {
         Ok(self.publish_event(topic, payload, true)?)
+    }
+
+    async fn open_messages(&mut self, messages: Vec<Vec<u8>>) -> Result<String, HostError> {
+        self.caller.check(Capability::Events)?;
+        if let Some(large) = messages.iter().find(|m| m.len() > MAX_PAYLOAD) {
+            return Err(WitError::Invalid(format!(
+                "a message is at most {MAX_PAYLOAD} bytes, not {}",
+                large.len()
+            ))
+            .into());
+        }
+        let messages = messages.into_iter().map(Bytes::from).collect();
+        Ok(self.opened.add(OpenStream::Messages(messages)))
     }
 }
 

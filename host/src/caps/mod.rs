@@ -60,6 +60,36 @@ pub struct CallCx {
     /// repeat (a Docker change, a Dokku command, ...); `kv.restart` is then
     /// refused.
     pub acted_outside: Option<&'static str>,
+    /// Streams this call opened, by topic, for its answer to send.
+    pub opened: Opened,
+}
+
+/// Streams a call opened (`docker.open-log-stream`, `events.open-messages`)
+/// for its `subscribe` outcome to send, each under a topic of its own.
+#[derive(Default)]
+pub struct Opened(Vec<(String, OpenStream)>);
+
+/// What an opened stream sends.
+pub enum OpenStream {
+    /// Containers' logs, read once the call answers with them.
+    Logs(docker::LogSpec),
+    /// Messages known in full.
+    Messages(Vec<bytes::Bytes>),
+}
+
+impl Opened {
+    /// Keep `stream` under a new topic, which is returned.
+    pub fn add(&mut self, stream: OpenStream) -> String {
+        let topic = format!("berth.opened.{}", self.0.len() + 1);
+        self.0.push((topic.clone(), stream));
+        topic
+    }
+
+    /// The stream opened as `topic`, if any.
+    pub fn take(&mut self, topic: &str) -> Option<OpenStream> {
+        let i = self.0.iter().position(|(t, _)| t == topic)?;
+        Some(self.0.swap_remove(i).1)
+    }
 }
 
 impl CallCx {
@@ -77,6 +107,7 @@ impl CallCx {
             txn,
             deadline,
             acted_outside: None,
+            opened: Opened::default(),
         }
     }
 }
@@ -85,13 +116,22 @@ impl CallCx {
     /// This call's caller, the plugin's environment and the call's
     /// transaction, borrowed apart: what a capability's view is made of.
     pub(crate) fn split(&mut self) -> (Caller<'_>, &PluginEnv, Option<&mut Txn>) {
+        let (caller, env, txn, _) = self.split_streams();
+        (caller, env, txn)
+    }
+
+    /// [`CallCx::split`], and the call's opened log streams.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn split_streams(
+        &mut self,
+    ) -> (Caller<'_>, &PluginEnv, Option<&mut Txn>, &mut Opened) {
         let caller = Caller {
             plugin: &self.plugin,
             request_id: &self.request_id,
             deadline: self.deadline,
             acted_outside: &mut self.acted_outside,
         };
-        (caller, &self.plugin, self.txn.as_mut())
+        (caller, &self.plugin, self.txn.as_mut(), &mut self.opened)
     }
 }
 

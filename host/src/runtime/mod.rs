@@ -130,6 +130,8 @@ impl CallError {
 pub struct Called<R> {
     pub value: R,
     pub txn: Option<Txn>,
+    /// Streams the call opened for its answer to send.
+    pub opened: caps::Opened,
     pub instantiate: Option<Duration>,
     pub spent: Spent,
 }
@@ -492,6 +494,7 @@ impl Runtime {
         match result {
             Ok((value,)) => {
                 let txn = state.call.txn.take();
+                let opened = std::mem::take(&mut state.call.opened);
                 // An instance is kept only while it has calls left and its
                 // memory stays within a quarter of its cap.
                 let again = reusable
@@ -508,6 +511,7 @@ impl Runtime {
                 Ok(Called {
                     value,
                     txn,
+                    opened,
                     instantiate,
                     spent: Spent(spent),
                 })

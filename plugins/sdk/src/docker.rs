@@ -10,18 +10,32 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Logs as a stream of JSON lines, live with `follow`: open a log stream
+//! and answer with its topic.
+//!
+//! ```no_run
+//! use berth_sdk::{Framing, Response, docker};
+//!
+//! # fn main() -> Result<(), docker::DockerError> {
+//! let source = docker::LogSource { id: "web-1".into(), fields: r#"{"source":"web-1"}"#.into() };
+//! let topic = docker::open_log_stream("local", &[source], Some(100), true)?;
+//! let answer = Response::subscribe(&topic, Framing::Websocket);
+//! # Ok(())
+//! # }
+//! ```
 
 use crate::Response;
 use crate::bindings::berth::plugin::docker as raw;
 
 pub use raw::{
-    Container, DockerError, EngineError, Filters, Port, TlsFiles, container_create,
+    Container, DockerError, EngineError, Filters, LogSource, Port, TlsFiles, container_create,
     container_inspect, container_kill, container_list, container_logs, container_remove,
-    container_rename, container_restart, container_start, container_stop, follow_events,
-    follow_events_as_jobs, image_inspect, image_list, image_pull, info, network_create,
-    network_list, network_remove, node_list, ping, register_endpoint, register_url_endpoint,
-    remove_endpoint, service_create, service_inspect, service_list, service_remove, service_update,
-    swarm_inspect, task_list,
+    container_rename, container_restart, container_start, container_stop, exec_create,
+    follow_events, follow_events_as_jobs, image_inspect, image_list, image_pull, info,
+    network_create, network_list, network_remove, node_list, open_log_stream, ping,
+    register_endpoint, register_url_endpoint, remove_endpoint, service_create, service_inspect,
+    service_list, service_remove, service_update, swarm_inspect, task_list,
 };
 
 /// A one-line description of a [`DockerError`].

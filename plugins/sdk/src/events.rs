@@ -24,3 +24,11 @@ pub fn publish_json<T: Serialize + ?Sized>(topic: &str, value: &T) -> Result<u64
 pub fn close(topic: &str, payload: &[u8]) -> Result<u64, Error> {
     raw::close(topic, payload)
 }
+
+/// Open a stream of `messages`, known in full, for this call to answer
+/// with: answer [`Response::subscribe`](crate::Response::subscribe) on the
+/// returned topic and the client gets them in order, then the stream
+/// ends. Nothing is published; other subscribers never see them.
+pub fn open_messages(messages: &[Vec<u8>]) -> Result<String, Error> {
+    raw::open_messages(messages)
+}

@@ -46,10 +46,18 @@ pub fn format_rfc2822(secs: u64) -> String {
     )
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` then `Z` or `+00:00` (what [`format_rfc3339`]
-/// writes) as seconds since the epoch; none for anything else.
+/// `YYYY-MM-DDTHH:MM:SS`, optional fractional seconds (dropped), then `Z`
+/// or `+00:00` (what [`format_rfc3339`] and the Docker engine write) as
+/// whole seconds since the epoch; none for anything else.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
     let (stamp, zone) = text.split_at_checked(19)?;
+    let zone = match zone.strip_prefix('.') {
+        Some(fraction) => {
+            let zone = fraction.trim_start_matches(|c: char| c.is_ascii_digit());
+            (zone.len() < fraction.len()).then_some(zone)?
+        }
+        None => zone,
+    };
     if !matches!(zone, "Z" | "+00:00") {
         return None;
     }
@@ -133,8 +141,13 @@ mod tests {
             super::parse_rfc3339("2017-03-15T15:14:47Z"),
             Some(1_489_590_887)
         );
+        assert_eq!(
+            super::parse_rfc3339("2017-03-15T15:14:47.123456789Z"),
+            Some(1_489_590_887)
+        );
         for bad in [
             "",
+            "2017-03-15T15:14:47.Z",
             "2017-03-15",
             "2017-03-15T15:14:47+02:00",
             "2017-13-15T15:14:47Z",

@@ -43,8 +43,10 @@ impl Plugin for Stacks {
         use portainer as p;
         const APP: &str = "/api/app/v1";
         const AUDIT: &str = "/api/audit/v1";
+        const INFRA: &str = "/api/infra/v1";
         let app = |path: &str| format!("{APP}{path}");
         let audit = |path: &str| format!("{AUDIT}{path}");
+        let infra = |path: &str| format!("{INFRA}{path}");
         let docker_cloud = Scope::new().errors(c::fail);
         let api_key = Scope::new().guard(c::authenticate);
         let portainer = Scope::new().errors(p::failure);
@@ -57,6 +59,18 @@ impl Plugin for Stacks {
                         "cloud.audit.not-found",
                         "*",
                         &audit("/{rest...}"),
+                        cloud_not_found,
+                    )
+                    .route(
+                        "cloud.infra.not-found",
+                        "*",
+                        &infra("/{rest...}"),
+                        cloud_not_found,
+                    )
+                    .route(
+                        "cloud.repo.not-found",
+                        "*",
+                        "/api/repo/v1/{rest...}",
                         cloud_not_found,
                     )
                     .scope(api_key, |r| {
@@ -162,8 +176,84 @@ impl Plugin for Stacks {
                                 &app("/container/{uuid}/logs"),
                                 c::container_logs,
                             )
+                            .get(
+                                "cloud.container.exec",
+                                &app("/container/{uuid}/exec"),
+                                c::container_exec,
+                            )
+                            .get("cloud.node.list", &infra("/node"), c::node_list)
+                            .get("cloud.node.get", &infra("/node/{uuid}"), c::node_get)
+                            .delete(
+                                "cloud.node.terminate",
+                                &infra("/node/{uuid}"),
+                                c::infra_write,
+                            )
+                            .post(
+                                "cloud.node.upgrade",
+                                &infra("/node/{uuid}/docker-upgrade"),
+                                c::infra_write,
+                            )
+                            .post(
+                                "cloud.node.health-check",
+                                &infra("/node/{uuid}/health-check"),
+                                c::infra_write,
+                            )
+                            .get(
+                                "cloud.nodecluster.list",
+                                &infra("/nodecluster"),
+                                c::nodecluster_list,
+                            )
+                            .post(
+                                "cloud.nodecluster.create",
+                                &infra("/nodecluster"),
+                                c::infra_write,
+                            )
+                            .get(
+                                "cloud.nodecluster.get",
+                                &infra("/nodecluster/{uuid}"),
+                                c::nodecluster_get,
+                            )
+                            .patch(
+                                "cloud.nodecluster.update",
+                                &infra("/nodecluster/{uuid}"),
+                                c::infra_write,
+                            )
+                            .delete(
+                                "cloud.nodecluster.terminate",
+                                &infra("/nodecluster/{uuid}"),
+                                c::infra_write,
+                            )
+                            .post(
+                                "cloud.nodecluster.deploy",
+                                &infra("/nodecluster/{uuid}/deploy"),
+                                c::infra_write,
+                            )
+                            .get("cloud.provider.list", &infra("/provider"), c::provider_list)
+                            .get(
+                                "cloud.provider.get",
+                                &infra("/provider/{name}"),
+                                c::provider_get,
+                            )
+                            .get("cloud.region.list", &infra("/region"), c::region_list)
+                            .get(
+                                "cloud.region.get",
+                                &infra("/region/{provider}/{name}"),
+                                c::region_get,
+                            )
+                            .get("cloud.nodetype.list", &infra("/nodetype"), c::nodetype_list)
+                            .get(
+                                "cloud.nodetype.get",
+                                &infra("/nodetype/{provider}/{name}"),
+                                c::nodetype_get,
+                            )
+                            .get("cloud.az.list", &infra("/az"), c::az_list)
                             .get("cloud.action.list", &audit("/action"), c::action_list)
                             .get("cloud.action.get", &audit("/action/{uuid}"), c::action_get)
+                            .get(
+                                "cloud.action.logs",
+                                &audit("/action/{uuid}/logs"),
+                                c::action_logs,
+                            )
                             .post(
                                 "cloud.action.cancel",
                                 &audit("/action/{uuid}/cancel"),

@@ -111,18 +111,25 @@ pub fn now() -> String {
 
 /// A random version-4 uuid.
 pub fn uuid4() -> Result<String, berth_sdk::Error> {
-    let mut b = berth_sdk::crypto::random_bytes(16)?;
+    let bytes = berth_sdk::crypto::random_bytes(16)?;
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&bytes[..16]);
+    Ok(uuid4_text(b))
+}
+
+/// 16 bytes as a version-4 uuid's text (the version and variant bits set).
+pub fn uuid4_text(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
+    format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..]
-    ))
+    )
 }
 
 /// The endpoint Docker Cloud objects run on.

@@ -14,6 +14,7 @@ use bollard::errors::Error as BollardError;
 use crate::bindings::docker::{DockerError, EngineError};
 
 mod followers;
+mod logs;
 mod ops;
 mod proxy;
 mod registry;
@@ -21,6 +22,7 @@ mod transport;
 mod wire;
 
 pub use followers::EventSink;
+pub use logs::{LogLines, LogSpec};
 pub use ops::{DockerCap, DockerView};
 pub use registry::Docker;
 pub use transport::{Address, Engine};

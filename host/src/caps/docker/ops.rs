@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 use bollard::errors::Error as BollardError;
 use wasmtime::component::HasData;
 
-use super::{Docker, Engine, EventSink, engine_error, unreachable_text};
+use super::{Docker, Engine, EventSink, LogSpec, engine_error, unreachable_text};
 use crate::bindings::DockerFailure;
-use crate::bindings::docker::{Container, DockerError, Filters, Host, Port, TlsFiles};
+use crate::bindings::docker::{Container, DockerError, Filters, Host, LogSource, Port, TlsFiles};
 use crate::capability::Capability;
 use crate::caps::events::Events;
 use crate::caps::http_out::HttpOut;
-use crate::caps::{CallCx, Caller};
+use crate::caps::{CallCx, Caller, OpenStream, Opened};
 use crate::store::Store;
 
 /// `name[:tag]` into name and tag (`latest` when absent); a `:` inside
@@ -71,6 +71,8 @@ pub struct DockerView<'a> {
     http: &'a HttpOut,
     events: &'a Arc<Events>,
     db: &'a Arc<Store>,
+    /// The call's opened streams.
+    opened: &'a mut Opened,
 }
 
 /// Links `docker` to [`DockerView`].
@@ -82,13 +84,14 @@ impl HasData for DockerCap {
 
 impl CallCx {
     pub fn docker(&mut self) -> DockerView<'_> {
-        let (caller, env, _) = self.split();
+        let (caller, env, _, opened) = self.split_streams();
         DockerView {
             caller,
             docker: &env.docker,
             http: &env.http,
             events: &env.events,
             db: &env.db,
+            opened,
         }
     }
 }
@@ -403,6 +406,41 @@ impl Host for DockerView<'_> {
                 text.extend_from_slice(&chunk?.into_bytes());
             }
             Ok(String::from_utf8_lossy(&text).into_owned())
+        })
+        .await
+    }
+
+    async fn open_log_stream(
+        &mut self,
+        endpoint: String,
+        sources: Vec<LogSource>,
+        tail: Option<u32>,
+        follow: bool,
+    ) -> Result<String, DockerFailure> {
+        self.docker_engine(&endpoint)?;
+        let sources = sources.into_iter().map(|s| (s.id, s.fields)).collect();
+        let spec = LogSpec::new(endpoint, sources, tail, follow)?;
+        Ok(self.opened.add(OpenStream::Logs(spec)))
+    }
+
+    async fn exec_create(
+        &mut self,
+        endpoint: String,
+        id: String,
+        cmd: Vec<String>,
+        tty: bool,
+    ) -> Result<String, DockerFailure> {
+        self.changes();
+        let options = bollard::models::ExecConfig {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(tty),
+            cmd: Some(cmd),
+            ..Default::default()
+        };
+        self.on_engine(&endpoint, |api| async move {
+            Ok(api.create_exec(&id, options).await?.id)
         })
         .await
     }

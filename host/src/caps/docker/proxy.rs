@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, split};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -50,7 +50,7 @@ pub(super) enum ProxyError {
 
 /// A proxied stream's place under the host's and its plugin's caps, and
 /// in the plugin's gauge, until it is dropped.
-struct Slot {
+pub(super) struct Slot {
     _all: OwnedSemaphorePermit,
     _plugin: OwnedSemaphorePermit,
     _gauge: Proxying,
@@ -71,7 +71,11 @@ fn asked_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 
 impl Docker {
     /// The engine `plugin` proxies to as `endpoint`.
-    fn proxied_engine(&self, plugin: &str, endpoint: &str) -> Result<Arc<Engine>, ProxyError> {
+    pub(super) fn proxied_engine(
+        &self,
+        plugin: &str,
+        endpoint: &str,
+    ) -> Result<Arc<Engine>, ProxyError> {
         self.engine(plugin, endpoint).map_err(|e| match e {
             DockerError::Unreachable(m) => ProxyError::Unreachable(m),
             DockerError::UnknownEndpoint(m) => ProxyError::Unknown(m),
@@ -80,7 +84,11 @@ impl Docker {
     }
 
     /// A stream slot for `plugin`, if the caps allow one more.
-    fn slot(&self, plugin: &str, metrics: &Arc<PluginMetrics>) -> Result<Slot, ProxyError> {
+    pub(super) fn slot(
+        &self,
+        plugin: &str,
+        metrics: &Arc<PluginMetrics>,
+    ) -> Result<Slot, ProxyError> {
         let all = self.streams.clone().try_acquire_owned();
         let all = all.map_err(|_| ProxyError::Busy)?;
         let mine = {
@@ -406,7 +414,7 @@ async fn bridge(client: OnUpgrade, engine: Stream, early: BytesMut) {
                     if !rest.is_empty() {
                         let _ = ws.send(Message::text(rest)).await;
                     }
-                    let _ = ws.close(None).await;
+                    finish(ws).await;
                     return;
                 }
                 Ok(n) => pending.extend_from_slice(&buf[..n]),
@@ -428,6 +436,20 @@ async fn bridge(client: OnUpgrade, engine: Stream, early: BytesMut) {
             }
         }
     }
+}
+
+/// End a console whose process has ended: a Close frame, then the write
+/// side shut while whatever the client still sends is read and dropped,
+/// for [`LINGER`] at most. A client that keeps sending after the close
+/// (the docker-cloud CLI's exec without a terminal) then reads the end of
+/// the stream rather than having its writes fail on a closed connection.
+async fn finish(mut ws: WebSocketStream<TokioIo<Upgraded>>) {
+    let _ = ws.close(None).await;
+    let raw = ws.get_mut();
+    let _ = raw.shutdown().await;
+    let mut sink = [0u8; 4 << 10];
+    let drain = async { while matches!(raw.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// The text of `bytes` up to any UTF-8 sequence cut off at its end, which

@@ -46,7 +46,10 @@ impl Action {
             "end_date": date_of(&self.end_date),
             "object": self.object,
             "body": self.body,
-            "logs": self.logs,
+            // No `logs` member: the SDKs' Action objects take the JSON's
+            // members as attributes, and `logs` would hide their `logs()`
+            // method (`docker-cloud action logs` then fails). The log is
+            // at `logs/`, as a stream.
             "is_user_action": true,
             "can_be_canceled": matches!(self.state.as_str(), "Pending" | "In progress"),
             "can_be_retried": self.state == "Failed",
@@ -155,6 +158,25 @@ pub fn action_get(req: &Request) -> HttpResult {
     Ok(Response::json(200, &find_action(req)?.render()))
 }
 
+/// `GET action/{uuid}/logs/`: the action's log, one message
+/// `{"type": "log", "log": LINE}` per line, over a WebSocket (NDJSON
+/// without the upgrade). Actions finish within their request, so the log
+/// is whole and the stream ends after it.
+pub fn action_logs(req: &Request) -> HttpResult {
+    let a = find_action(req)?;
+    let messages: Vec<Vec<u8>> = a
+        .logs
+        .split_inclusive('\n')
+        .map(|line| {
+            json!({ "type": "log", "log": line })
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    let topic = berth_sdk::events::open_messages(&messages)?;
+    Ok(Response::subscribe(&topic, framing(req)))
+}
+
 pub fn action_cancel(req: &Request) -> HttpResult {
     let a = find_action(req)?;
     // Berth runs an action within its request: by the time a client can
@@ -214,13 +236,5 @@ pub fn events(req: &Request) -> HttpResult {
             return Err(fail(400, "give one filter at most: type, object or parent"));
         }
     };
-    let framing = if req
-        .header("upgrade")
-        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
-    {
-        Framing::Websocket
-    } else {
-        Framing::Ndjson
-    };
-    Ok(Response::subscribe(&topic, framing))
+    Ok(Response::subscribe(&topic, framing(req)))
 }

@@ -13,13 +13,14 @@ pub fn container_list(req: &Request) -> HttpResult {
     endpoints.dedup();
     let mut objects = Vec::new();
     for e in endpoints {
+        let node = local_node_uri(e)?;
         for c in engine::all_containers(e).map_err(engine_error)? {
             let Some(s) =
                 engine::service_of(&c).and_then(|u| services.iter().find(|s| s.uuid == u))
             else {
                 continue;
             };
-            let mut v = render_container(s, &c);
+            let mut v = render_container(s, &c, &node);
             v["service__stack__name"] = json!(s.namespace);
             if passes(
                 req,
@@ -66,7 +67,10 @@ pub(super) fn find_container(req: &Request) -> Result<(Service, Container), Resp
 
 pub fn container_get(req: &Request) -> HttpResult {
     let (s, c) = find_container(req)?;
-    Ok(Response::json(200, &render_container(&s, &c)))
+    let mut v = render_container(&s, &c, &local_node_uri(&s.endpoint)?);
+    let inspect = docker::container_inspect(&s.endpoint, &c.id).map_err(engine_error)?;
+    add_inspected(&mut v, &serde_json::from_str(&inspect).unwrap_or_default());
+    Ok(Response::json(200, &v))
 }
 
 pub(super) fn container_op(req: &Request, verb: &str) -> HttpResult {
@@ -86,13 +90,27 @@ pub(super) fn container_op(req: &Request, verb: &str) -> HttpResult {
             &format!("Cannot {verb} a container in state {state}"),
         ));
     }
+    // A Swarm task's container that stopped is done: the swarm replaces it
+    // (or, with autorestart OFF, leaves the replica stopped) and removes a
+    // container started behind its back.
+    if verb == "start" && s.swarm {
+        return Err(fail(
+            409,
+            "Cannot start a stopped container of a Swarm service: its service replaces it; \
+             start or redeploy the service instead",
+        ));
+    }
     let label = format!("Container {}", capitalise(verb));
     let endpoint = s.endpoint.clone();
+    let node = local_node_uri(&endpoint)?;
     act(req, &user, "Container", &label, &uri, None, || {
         let timeout = model::stop_timeout();
         match verb {
             "start" => docker::container_start(&endpoint, &c.id)?,
             "stop" => docker::container_stop(&endpoint, &c.id, Some(timeout))?,
+            // In Swarm mode a redeployed container is a new task's: the
+            // swarm replaces the one removed.
+            "redeploy" if s.swarm => docker::container_remove(&endpoint, &c.id, true, false)?,
             "redeploy" => docker::container_restart(&endpoint, &c.id, Some(timeout))?,
             _ => docker::container_remove(&endpoint, &c.id, true, false)?,
         }
@@ -102,7 +120,7 @@ pub(super) fn container_op(req: &Request, verb: &str) -> HttpResult {
             "stop" => "exited".into(),
             _ => "dead".into(),
         };
-        Ok(render_container(&s, &after))
+        Ok(render_container(&s, &after, &node))
     })
 }
 
@@ -121,12 +139,75 @@ pub fn container_terminate(req: &Request) -> HttpResult {
 
 pub fn container_logs(req: &Request) -> HttpResult {
     let (s, c) = find_container(req)?;
-    let tail = req.query_as::<u32>("tail")?.unwrap_or(300);
-    let logs = docker::container_logs(&s.endpoint, &c.id, tail).map_err(engine_error)?;
-    let mut out = String::new();
-    for line in logs.lines() {
-        out.push_str(&json!({ "type": "log", "log": line }).to_string());
-        out.push('\n');
+    let source = docker::LogSource {
+        id: c.id,
+        fields: json!({ "type": "log" }).to_string(),
+    };
+    logs(req, &s.endpoint, &[source])
+}
+
+/// `GET container/{uuid}/exec/?command=`: a WebSocket console on a new
+/// exec of `command` (default `sh`) in the container, with a TTY: each
+/// message in goes to its stdin, its output comes back as text messages.
+pub fn container_exec(req: &Request) -> HttpResult {
+    let (s, c) = find_container(req)?;
+    if framing(req) != Framing::Websocket {
+        return Err(fail(
+            400,
+            "exec streams over WebSocket: send a WebSocket upgrade request",
+        ));
     }
-    Ok(Response::text(200, &out).header("content-type", "application/x-ndjson"))
+    let command = req.query("command").unwrap_or("sh");
+    let words = split_command(command).map_err(|e| fail(400, &e))?;
+    if words.is_empty() {
+        return Err(fail(400, "command is empty"));
+    }
+    let exec = docker::exec_create(&s.endpoint, &c.id, &words, true).map_err(engine_error)?;
+    Ok(Response::proxy_docker(
+        &s.endpoint,
+        &format!("/exec/{exec}/start"),
+        Some(""),
+    ))
+}
+
+/// A command line split into words as the CLI quotes them: words with
+/// spaces in double quotes, a double quote inside escaped with `\`.
+fn split_command(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\\' if matches!(chars.clone().next(), Some('"' | '\\')) => {
+                word.get_or_insert_default().extend(chars.next());
+            }
+            '"' => {
+                quoted = !quoted;
+                word.get_or_insert_default();
+            }
+            c if c.is_whitespace() && !quoted => words.extend(word.take()),
+            c => word.get_or_insert_default().push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("command has an unclosed quote: {line}"));
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_command;
+
+    #[test]
+    fn commands_split_as_the_cli_quotes_them() {
+        let words = |line| split_command(line).unwrap();
+        assert_eq!(words("sh"), ["sh"]);
+        assert_eq!(words("sh -c \"echo a b\""), ["sh", "-c", "echo a b"]);
+        assert_eq!(words("echo \"say \\\"hi\\\"\""), ["echo", "say \"hi\""]);
+        assert_eq!(words("echo \"\"  x"), ["echo", "", "x"]);
+        assert!(split_command("echo \"a").is_err());
+    }
 }

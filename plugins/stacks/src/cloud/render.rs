@@ -41,7 +41,9 @@ pub(super) fn container_name(s: &Service, c: &Container) -> String {
     format!("{}-{slot}", s.name)
 }
 
-pub(super) fn render_container(s: &Service, c: &Container) -> Value {
+/// A container as Docker Cloud showed it; `node` is the resource uri of
+/// the node it runs on.
+pub(super) fn render_container(s: &Service, c: &Container, node: &str) -> Value {
     let uuid = model::container_uuid(&c.id);
     let ports: Vec<Value> = c
         .ports
@@ -55,6 +57,9 @@ pub(super) fn render_container(s: &Service, c: &Container) -> Value {
             })
         })
         .collect();
+    let service = render_service(s, &[]);
+    let created = berth_sdk::time::format_rfc2822(c.created.max(0) as u64);
+    let exit_code = exit_code_of(&c.status);
     json!({
         "uuid": uuid,
         "resource_uri": format!("{CONTAINER_URI}{uuid}/"),
@@ -66,9 +71,78 @@ pub(super) fn render_container(s: &Service, c: &Container) -> Value {
         "docker_id": c.id,
         "status": c.status,
         "container_ports": ports,
-        "created_datetime": berth_sdk::time::format_rfc2822(c.created.max(0) as u64),
-        "node": Value::Null,
+        "created_datetime": created,
+        "deployed_datetime": created,
+        "started_datetime": (c.state == "running").then_some(created),
+        "stopped_datetime": Value::Null,
+        "destroyed_datetime": Value::Null,
+        "exit_code": exit_code,
+        "exit_code_message": exit_code.map(exit_message),
+        "node": node,
+        "image_tag": s.def.image,
+        "run_command": c.command,
+        "entrypoint": s.def.entrypoint,
+        "working_dir": s.def.working_dir.clone().unwrap_or_else(|| "/".into()),
+        "container_envvars": service["container_envvars"],
+        "link_variables": {},
+        "linked_to_container": [],
+        "bindings": [],
+        "roles": s.def.roles,
+        "autodestroy": service["autodestroy"],
+        "autorestart": service["autorestart"],
+        "privileged": s.def.privileged,
+        "cpu_shares": service["cpu_shares"],
+        "memory": service["memory"],
+        "net": service["net"],
+        "pid": service["pid"],
+        "private_ip": Value::Null,
+        "public_dns": service["public_dns"],
+        "last_metric": {},
+        "synchronized": true,
     })
+}
+
+/// `c`'s exit code, from its status (`Exited (137) 2 seconds ago`).
+fn exit_code_of(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split(')').next()?.parse().ok()
+}
+
+/// What an exit code means, as Docker Cloud said it.
+fn exit_message(code: i64) -> &'static str {
+    match code {
+        0 => "Exit code 0 (Success)",
+        137 => "Exit code 137 (Killed)",
+        143 => "Exit code 143 (Terminated)",
+        _ => "Exit code (Failure)",
+    }
+}
+
+/// What only inspecting a container tells, over its rendering: when it
+/// started and stopped, its exit code and private address.
+pub(super) fn add_inspected(v: &mut Value, inspect: &Value) {
+    let state = &inspect["State"];
+    let at = |key: &str| {
+        state[key]
+            .as_str()
+            .and_then(berth_sdk::time::parse_rfc3339)
+            .filter(|secs| *secs > 0)
+            .map(berth_sdk::time::format_rfc2822)
+    };
+    let running = state["Running"].as_bool().unwrap_or(false);
+    v["started_datetime"] = json!(at("StartedAt"));
+    v["stopped_datetime"] = json!(at("FinishedAt").filter(|_| !running));
+    if let Some(code) = state["ExitCode"].as_i64().filter(|_| !running) {
+        v["exit_code"] = json!(code);
+        v["exit_code_message"] = json!(exit_message(code));
+    }
+    let networks = inspect["NetworkSettings"]["Networks"].as_object();
+    let ip = networks
+        .into_iter()
+        .flat_map(|n| n.values())
+        .filter_map(|n| n["IPAddress"].as_str())
+        .find(|ip| !ip.is_empty());
+    v["private_ip"] = json!(ip);
 }
 
 pub(super) fn render_service(s: &Service, containers: &[&Container]) -> Value {
@@ -140,6 +214,25 @@ pub(super) fn render_service(s: &Service, containers: &[&Container]) -> Value {
         "public_dns": format!("{}.{}", s.name, s.namespace.clone().unwrap_or_else(|| "berth".into())),
         "engine": { "endpoint": s.endpoint, "mode": if s.swarm { "swarm" } else { "containers" } },
     });
+    // The original's fields this engine has no setting for, at the
+    // original's defaults.
+    let fixed = json!({
+        "autodestroy": "OFF",
+        "autoredeploy": false,
+        "bindings": [],
+        "cpu_shares": Value::Null,
+        "memory": Value::Null,
+        "net": "bridge",
+        "pid": "none",
+        "deployment_strategy": "EMPTIEST_NODE",
+        "sequential_deployment": false,
+        "link_variables": {},
+        "linked_from_service": [],
+        "tags": [],
+    });
+    for (k, v) in fixed.as_object().into_iter().flatten() {
+        out[k] = v.clone();
+    }
     for (k, v) in &s.extra {
         out[k] = v.clone();
     }

@@ -324,15 +324,13 @@ pub fn service_terminate(req: &Request) -> HttpResult {
 
 pub fn service_logs(req: &Request) -> HttpResult {
     let s = find_service(req)?;
-    let tail = req.query_as::<u32>("tail")?.unwrap_or(300);
-    let mut out = String::new();
-    for c in engine::containers(&s.placement()).map_err(engine_error)? {
-        let logs = docker::container_logs(&s.endpoint, &c.id, tail).map_err(engine_error)?;
-        let name = container_name(&s, &c);
-        for line in logs.lines() {
-            out.push_str(&json!({ "type": "log", "source": name, "log": line }).to_string());
-            out.push('\n');
-        }
-    }
-    Ok(Response::text(200, &out).header("content-type", "application/x-ndjson"))
+    let sources: Vec<docker::LogSource> = engine::containers(&s.placement())
+        .map_err(engine_error)?
+        .iter()
+        .map(|c| docker::LogSource {
+            id: c.id.clone(),
+            fields: json!({ "type": "log", "source": container_name(&s, c) }).to_string(),
+        })
+        .collect();
+    logs(req, &s.endpoint, &sources)
 }
