@@ -1,8 +1,9 @@
 //! The official Docker Cloud CLI (`docker-cloud` 1.0.9 from PyPI, Python
 //! 2.7, unmodified) through a whole session against Berth's `stacks`
-//! plugin on a real swarm: nodes and node clusters, services, containers
-//! (logs and exec over WebSockets), stacks, actions and events. Every CLI
-//! step has a bounded time.
+//! plugin on a real engine, first plain (containers Berth runs itself),
+//! then a swarm: nodes and node clusters, services, containers (logs and
+//! exec over WebSockets), stacks, actions and events. Every CLI step has a
+//! bounded time.
 
 mod support;
 
@@ -144,7 +145,6 @@ async fn the_docker_cloud_cli_runs_a_whole_session() {
     let Some(bin) = support::docker_cloud_cli() else {
         return;
     };
-    engine.swarm_init();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[docker]\nlocal = \"{}\"\n\n[plugins.stacks.settings]\nstop_timeout_secs = 1\n",
@@ -166,6 +166,44 @@ async fn the_docker_cloud_cli_runs_a_whole_session() {
         ],
     };
     let events = dc.command(&["event"]).spawn().expect("docker-cloud event");
+
+    // --- on a plain engine Berth runs the containers itself: a stopped one
+    // starts again ---------------------------------------------------------
+    dc.ok(&[
+        "service",
+        "run",
+        "-n",
+        "early",
+        "--run-command",
+        "sleep 100000",
+        "busybox:latest",
+    ]);
+    let early = &[
+        "container",
+        "ps",
+        "-q",
+        "-s",
+        "Running",
+        "--service",
+        "early",
+    ];
+    let c = dc.until(early, "early running", |q| !q.trim().is_empty());
+    let c = c.trim().to_string();
+    for (verb, state) in [
+        ("stop", "Stopped"),
+        ("start", "Running"),
+        ("redeploy", "Running"),
+    ] {
+        assert_eq!(
+            dc.ok(&["container", verb, &c]).trim(),
+            c,
+            "container {verb}"
+        );
+        let v = dc.json(&["container", "inspect", &c]);
+        assert_eq!(v["state"], state, "after container {verb}: {v}");
+    }
+    dc.ok(&["service", "terminate", "early"]);
+    engine.swarm_init();
 
     // --- the infra: the swarm as a node cluster of one node ----------------
     let clusters = dc.ok(&["nodecluster", "ls"]);
@@ -320,8 +358,8 @@ async fn the_docker_cloud_cli_runs_a_whole_session() {
     dc.ok(&["service", "start", "talker"]);
 
     // --- containers: stop, start, redeploy, terminate ----------------------
-    // In Swarm mode a redeployed or terminated container is replaced by
-    // the swarm.
+    // In Swarm mode a redeployed container is replaced by the swarm (as is
+    // a terminated one, with autorestart on).
     let running = |service: &str, other: &str| {
         let q = dc.until(
             &[
@@ -345,7 +383,6 @@ async fn the_docker_cloud_cli_runs_a_whole_session() {
     assert_eq!(dc.ok(&["container", "redeploy", &c]).trim(), c);
     let c = running("talker", &c);
     assert_eq!(dc.ok(&["container", "terminate", &c]).trim(), c);
-    running("talker", &c);
     dc.ok(&["service", "terminate", "talker"]);
     let gone = dc.json(&["service", "inspect", talker.as_str()]);
     assert_eq!(gone["state"], "Terminated", "{gone}");

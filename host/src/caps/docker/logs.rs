@@ -101,7 +101,14 @@ impl Docker {
             tokio::spawn(async move {
                 let Ok(api) = engine.api().await else { return };
                 let mut output = api.logs(&id, Some(options));
-                while let Some(Ok(frame)) = output.next().await {
+                loop {
+                    // A client that left ends the reading at once, not at
+                    // the idle container's next line.
+                    let frame = tokio::select! {
+                        frame = output.next() => frame,
+                        () = sender.closed() => return,
+                    };
+                    let Some(Ok(frame)) = frame else { return };
                     let (stream, bytes) = match frame {
                         LogOutput::StdErr { message } => ("stderr", message),
                         LogOutput::StdOut { message } | LogOutput::Console { message } => {

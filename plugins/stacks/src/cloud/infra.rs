@@ -66,7 +66,6 @@ fn seconds(v: &Value) -> Option<u64> {
 /// The endpoint as a cluster: a swarm manager's swarm and nodes, or the
 /// engine as a cluster of one.
 fn cluster(endpoint: &str) -> Result<Cluster, Response> {
-    let info = json_of(&docker::info(endpoint).map_err(engine_error)?);
     if let Ok(swarm) = docker::swarm_inspect(endpoint) {
         let swarm = json_of(&swarm);
         let list = json_of(&docker::node_list(endpoint, &[]).map_err(engine_error)?);
@@ -104,6 +103,7 @@ fn cluster(endpoint: &str) -> Result<Cluster, Response> {
             nodes,
         });
     }
+    let info = json_of(&docker::info(endpoint).map_err(engine_error)?);
     let id = info["ID"].as_str().unwrap_or(endpoint).to_string();
     let node = Node {
         id: id.clone(),

@@ -57,7 +57,7 @@ pub(super) fn render_container(s: &Service, c: &Container, node: &str) -> Value 
             })
         })
         .collect();
-    let service = render_service(s, &[]);
+    let inherited = inherited(s);
     let created = berth_sdk::time::format_rfc2822(c.created.max(0) as u64);
     let exit_code = exit_code_of(&c.status);
     json!({
@@ -83,20 +83,20 @@ pub(super) fn render_container(s: &Service, c: &Container, node: &str) -> Value 
         "run_command": c.command,
         "entrypoint": s.def.entrypoint,
         "working_dir": s.def.working_dir.clone().unwrap_or_else(|| "/".into()),
-        "container_envvars": service["container_envvars"],
+        "container_envvars": inherited["container_envvars"],
         "link_variables": {},
         "linked_to_container": [],
         "bindings": [],
         "roles": s.def.roles,
-        "autodestroy": service["autodestroy"],
-        "autorestart": service["autorestart"],
+        "autodestroy": inherited["autodestroy"],
+        "autorestart": inherited["autorestart"],
         "privileged": s.def.privileged,
-        "cpu_shares": service["cpu_shares"],
-        "memory": service["memory"],
-        "net": service["net"],
-        "pid": service["pid"],
+        "cpu_shares": inherited["cpu_shares"],
+        "memory": inherited["memory"],
+        "net": inherited["net"],
+        "pid": inherited["pid"],
         "private_ip": Value::Null,
-        "public_dns": service["public_dns"],
+        "public_dns": inherited["public_dns"],
         "last_metric": {},
         "synchronized": true,
     })
@@ -160,12 +160,6 @@ pub(super) fn render_service(s: &Service, containers: &[&Container]) -> Value {
             })
         })
         .collect();
-    let env: Vec<Value> = s
-        .def
-        .env
-        .iter()
-        .map(|(k, v)| json!({ "key": k, "value": v, "origin": "USER" }))
-        .collect();
     let links: Vec<Value> = s
         .def
         .links
@@ -199,10 +193,8 @@ pub(super) fn render_service(s: &Service, containers: &[&Container]) -> Value {
         // What the containers get, by origin as the CLI reads it (`user`,
         // `image`, `tutum`): here the service's own variables.
         "calculated_envvars": s.def.env.iter().map(|(k, v)| json!({ "key": k, "value": v, "origin": "user" })).collect::<Vec<_>>(),
-        "container_envvars": env,
         "linked_to_service": links,
         "roles": s.def.roles,
-        "autorestart": s.def.autorestart.clone().unwrap_or_else(|| "OFF".into()),
         "privileged": s.def.privileged,
         "working_dir": s.def.working_dir.clone().unwrap_or_else(|| "/".into()),
         "created_datetime": date(&s.created),
@@ -211,19 +203,13 @@ pub(super) fn render_service(s: &Service, containers: &[&Container]) -> Value {
         "destroyed_datetime": date_of(&s.destroyed),
         // Last started or redeployed (`service ps` shows it).
         "deployed_datetime": date_of(&s.started),
-        "public_dns": format!("{}.{}", s.name, s.namespace.clone().unwrap_or_else(|| "berth".into())),
         "engine": { "endpoint": s.endpoint, "mode": if s.swarm { "swarm" } else { "containers" } },
     });
     // The original's fields this engine has no setting for, at the
     // original's defaults.
     let fixed = json!({
-        "autodestroy": "OFF",
         "autoredeploy": false,
         "bindings": [],
-        "cpu_shares": Value::Null,
-        "memory": Value::Null,
-        "net": "bridge",
-        "pid": "none",
         "deployment_strategy": "EMPTIEST_NODE",
         "sequential_deployment": false,
         "link_variables": {},
@@ -233,10 +219,43 @@ pub(super) fn render_service(s: &Service, containers: &[&Container]) -> Value {
     for (k, v) in fixed.as_object().into_iter().flatten() {
         out[k] = v.clone();
     }
+    for (k, v) in inherited(s) {
+        out[k] = v;
+    }
     for (k, v) in &s.extra {
         out[k] = v.clone();
     }
     out
+}
+
+/// The settings a service's containers inherit from it, as the service
+/// shows them (its stored extra fields win over the defaults).
+fn inherited(s: &Service) -> serde_json::Map<String, Value> {
+    let env: Vec<Value> = s
+        .def
+        .env
+        .iter()
+        .map(|(k, v)| json!({ "key": k, "value": v, "origin": "USER" }))
+        .collect();
+    let namespace = s.namespace.as_deref().unwrap_or("berth");
+    let mut settings = serde_json::Map::new();
+    for (k, v) in [
+        ("container_envvars", json!(env)),
+        (
+            "autorestart",
+            json!(s.def.autorestart.as_deref().unwrap_or("OFF")),
+        ),
+        ("autodestroy", json!("OFF")),
+        ("cpu_shares", Value::Null),
+        ("memory", Value::Null),
+        ("net", json!("bridge")),
+        ("pid", json!("none")),
+        ("public_dns", json!(format!("{}.{namespace}", s.name))),
+    ] {
+        let v = s.extra.get(k).cloned().unwrap_or(v);
+        settings.insert(k.to_string(), v);
+    }
+    settings
 }
 
 pub(super) fn render_stack(st: &Stack) -> Value {
