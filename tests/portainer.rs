@@ -605,7 +605,7 @@ async fn the_gist_session_and_the_rest_of_portainer() {
             t,
             "POST",
             "/api/users",
-            Some(json!({ "Username": "carol", "Password": "carolpassword" })),
+            Some(json!({ "Username": "carol", "Password": "carolpassword", "Role": 2 })),
         )
         .await;
     assert_eq!((status, carol["Role"].clone()), (200, json!(2)));
@@ -860,4 +860,936 @@ async fn the_gist_session_and_the_rest_of_portainer() {
     // Bob's tokens are his own: still good.
     let (status, _) = api.call(b, "GET", "/api/stacks", None).await;
     assert_eq!(status, 200);
+}
+
+/// Portainer's handlers read bodies with Go's `encoding/json`: keys in any
+/// case, unknown keys ignored. Each route family once with lower-case or
+/// mixed-case keys, 1.x's validation messages, the 1.x routes clients ask
+/// for first, and `/api` paths no route takes answering in Portainer's
+/// format while `/api/v1` stays CIKit's.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_json_rules_the_1x_routes_and_the_api_fallbacks() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[docker]\nlocal = \"{}\"\n\n[plugins.stacks.settings]\nstop_timeout_secs = 1\n",
+        engine.host
+    );
+    let api = Api {
+        berth: Berth::start(dir.path(), &config),
+        http: client(),
+    };
+    let invalid = |answer: &(u16, Value), details: &str| {
+        let (status, body) = answer;
+        assert_eq!(*status, 400, "{body}");
+        assert_eq!(body["err"], "Invalid request payload", "{body}");
+        assert!(
+            body["details"].as_str().unwrap().contains(details),
+            "{details}: {body}"
+        );
+    };
+
+    // Status first, as clients ask for it: no token needed.
+    let (status, about) = api.call(None, "GET", "/api/status", None).await;
+    assert_eq!(status, 200, "{about}");
+    assert!(
+        about["Version"].as_str().unwrap().starts_with("1."),
+        "{about}"
+    );
+    assert_eq!(about["Authentication"], true);
+
+    // Admin init and auth with lower-case keys; 1.x's messages for what
+    // is missing, wrongly typed or empty.
+    invalid(
+        &api.call(
+            None,
+            "POST",
+            "/api/users/admin/init",
+            Some(json!({ "username": "admin" })),
+        )
+        .await,
+        "Invalid password",
+    );
+    invalid(
+        &api.call(None, "POST", "/api/auth", Some(json!({ "password": "x" })))
+            .await,
+        "Invalid username",
+    );
+    invalid(
+        &api.call(
+            None,
+            "POST",
+            "/api/auth",
+            Some(json!({ "username": 7, "password": "x" })),
+        )
+        .await,
+        "invalid type",
+    );
+    invalid(&api.call(None, "POST", "/api/auth", None).await, "EOF");
+    let (status, admin) = api
+        .call(
+            None,
+            "POST",
+            "/api/users/admin/init",
+            Some(json!({ "username": "admin", "PASSWORD": "adminpassword", "extra": [1] })),
+        )
+        .await;
+    assert_eq!(
+        (status, admin["Username"].clone()),
+        (200, json!("admin")),
+        "{admin}"
+    );
+    let (status, auth) = api
+        .call(
+            None,
+            "POST",
+            "/api/auth",
+            Some(json!({ "username": "admin", "password": "adminpassword" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{auth}");
+    let admin_token = auth["jwt"].as_str().unwrap().to_string();
+    let t = Some(admin_token.as_str());
+
+    // Users: 1.x's Validate (Username without whitespace, Role 1 or 2;
+    // the password may be empty, for users who sign in elsewhere).
+    invalid(
+        &api.call(
+            t,
+            "POST",
+            "/api/users",
+            Some(json!({ "username": "two words", "role": 2 })),
+        )
+        .await,
+        "Invalid username. Must not contain any whitespace",
+    );
+    invalid(
+        &api.call(
+            t,
+            "POST",
+            "/api/users",
+            Some(json!({ "username": "nobody" })),
+        )
+        .await,
+        "Invalid role value",
+    );
+    let (status, ldap) = api
+        .call(
+            t,
+            "POST",
+            "/api/users",
+            Some(json!({ "Username": "ldap-user", "Role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200, "a user without a password: {ldap}");
+    assert_eq!(
+        api.login("ldap-user", "").await.0,
+        400,
+        "an empty password never signs in"
+    );
+    let (status, dave) = api
+        .call(
+            t,
+            "POST",
+            "/api/users",
+            Some(json!({ "userName": "dave", "passWord": "davepassword", "ROLE": 2 })),
+        )
+        .await;
+    assert_eq!((status, dave["Role"].clone()), (200, json!(2)), "{dave}");
+    let dave_id = dave["Id"].as_u64().unwrap();
+    let (status, again) = api
+        .call(
+            t,
+            "POST",
+            "/api/users",
+            Some(json!({ "username": "DAVE", "role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(
+        again["err"],
+        "Another user with the same username already exists"
+    );
+    let (_, login) = api.login("dave", "davepassword").await;
+    let dave_token = login["jwt"].as_str().unwrap().to_string();
+    let d = Some(dave_token.as_str());
+    let dave_path = format!("/api/users/{dave_id}");
+    invalid(
+        &api.call(t, "PUT", &dave_path, Some(json!({ "role": 3 })))
+            .await,
+        "Invalid role value",
+    );
+    let (status, body) = api
+        .call(d, "PUT", &dave_path, Some(json!({ "role": 1 })))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = api
+        .call(
+            d,
+            "PUT",
+            &dave_path,
+            Some(json!({ "password": "davepassword2" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The password check the UI makes before a change.
+    let passwd = format!("{dave_path}/passwd");
+    for (password, valid) in [("davepassword2", true), ("davepassword", false)] {
+        let (status, check) = api
+            .call(d, "POST", &passwd, Some(json!({ "password": password })))
+            .await;
+        assert_eq!((status, check), (200, json!({ "valid": valid })));
+    }
+    invalid(
+        &api.call(d, "POST", &passwd, Some(json!({}))).await,
+        "Invalid password",
+    );
+    let (status, _) = api
+        .call(
+            d,
+            "POST",
+            "/api/users/1/passwd",
+            Some(json!({ "password": "x" })),
+        )
+        .await;
+    assert_eq!(status, 403, "only your own password, or as an admin");
+
+    // Teams and memberships, mixed case; 1.x's rules.
+    invalid(
+        &api.call(t, "POST", "/api/teams", Some(json!({ "name": "" })))
+            .await,
+        "Invalid team name",
+    );
+    let (status, team) = api
+        .call(t, "POST", "/api/teams", Some(json!({ "name": "ops" })))
+        .await;
+    assert_eq!(
+        (status, team["Name"].clone()),
+        (200, json!("ops")),
+        "{team}"
+    );
+    let team_id = team["Id"].as_u64().unwrap();
+    let (status, _) = api
+        .call(t, "POST", "/api/teams", Some(json!({ "NAME": "ops" })))
+        .await;
+    assert_eq!(status, 409);
+    invalid(
+        &api.call(
+            t,
+            "POST",
+            "/api/team_memberships",
+            Some(json!({ "userid": dave_id, "teamid": team_id })),
+        )
+        .await,
+        "Invalid role value. Value must be one of: 1 (leader) or 2 (member)",
+    );
+    invalid(
+        &api.call(
+            t,
+            "POST",
+            "/api/team_memberships",
+            Some(json!({ "teamid": team_id, "role": 2 })),
+        )
+        .await,
+        "Invalid UserID",
+    );
+    let (status, membership) = api
+        .call(
+            t,
+            "POST",
+            "/api/team_memberships",
+            Some(json!({ "userId": dave_id, "teamId": team_id, "role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{membership}");
+    assert_eq!(
+        (membership["UserID"].clone(), membership["TeamID"].clone()),
+        (json!(dave_id), json!(team_id))
+    );
+    let (status, twice) = api
+        .call(
+            t,
+            "POST",
+            "/api/team_memberships",
+            Some(json!({ "UserID": dave_id, "TeamID": team_id, "Role": 1 })),
+        )
+        .await;
+    assert_eq!(
+        (status, twice["err"].clone()),
+        (409, json!("Team membership already registered"))
+    );
+    let (status, mine) = api
+        .call(d, "GET", &format!("{dave_path}/memberships"), None)
+        .await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    let (_, teams) = api.call(d, "GET", "/api/teams", None).await;
+    assert_eq!(
+        teams,
+        json!([{ "Id": team_id, "Name": "ops" }]),
+        "a member sees its teams"
+    );
+    let team_memberships = format!("/api/teams/{team_id}/memberships");
+    let (status, _) = api.call(d, "GET", &team_memberships, None).await;
+    assert_eq!(status, 403, "a member does not manage the team");
+    // Made leader, dave manages the team.
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            &format!("/api/team_memberships/{}", membership["Id"]),
+            Some(json!({ "userid": dave_id, "teamid": team_id, "role": 1 })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, list) = api.call(d, "GET", &team_memberships, None).await;
+    assert_eq!(
+        (status, list.as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{list}"
+    );
+
+    // Endpoints: access given to dave's team, with lower-case keys, lets
+    // dave use the engine.
+    let local = endpoint(&api, t).await;
+    let (_, seen) = api.call(d, "GET", "/api/endpoints", None).await;
+    assert_eq!(seen, json!([]));
+    let (status, e) = api
+        .call(
+            t,
+            "PUT",
+            &format!("/api/endpoints/{local}/access"),
+            Some(json!({ "authorizedTeams": [team_id] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["AuthorizedTeams"], json!([team_id]));
+    assert_eq!(
+        e["TeamAccessPolicies"],
+        json!({ team_id.to_string(): { "RoleId": 0 } })
+    );
+    let (_, seen) = api.call(d, "GET", "/api/endpoints", None).await;
+    assert_eq!(seen.as_array().map(Vec::len), Some(1), "{seen}");
+    let (status, _) = api
+        .call(
+            d,
+            "GET",
+            &format!("/api/endpoints/{local}/docker/_ping"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    // 1.21+'s policies replace the grants the same way.
+    let (status, e) = api
+        .call(
+            t,
+            "PUT",
+            &format!("/api/endpoints/{local}"),
+            Some(json!({ "name": "here", "teamaccesspolicies": {}, "UserAccessPolicies": { dave_id.to_string(): { "RoleId": 0 } } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(
+        (
+            e["Name"].clone(),
+            e["AuthorizedTeams"].clone(),
+            e["AuthorizedUsers"].clone()
+        ),
+        (json!("here"), json!([]), json!([dave_id]))
+    );
+    invalid(
+        &api.call(
+            t,
+            "PUT",
+            &format!("/api/endpoints/{local}"),
+            Some(json!({ "url": "tcp://10.0.0.1:2375" })),
+        )
+        .await,
+        "cannot change",
+    );
+
+    // Stacks: a compose stack from text with lower-case keys, updated
+    // without prune (a service left out stays) and with it.
+    let two = "version: \"2\"\nservices:\n  a:\n    image: busybox:latest\n    command: sleep 100000\n  b:\n    image: busybox:latest\n    command: sleep 100000\n";
+    let one =
+        "version: \"2\"\nservices:\n  a:\n    image: busybox:latest\n    command: sleep 100001\n";
+    let (status, stack) = api
+        .call(
+            d,
+            "POST",
+            &format!("/api/stacks?method=string&type=2&endpointId={local}"),
+            Some(json!({ "name": "gojson", "stackfilecontent": two, "env": [{ "NAME": "X", "Value": "1" }] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{stack}");
+    let stack_path = format!("/api/stacks/{}", stack["Id"]);
+    let containers = || {
+        let (_, out) = engine
+            .get("/containers/json?filters=%7B%22label%22%3A%5B%22com.docker.compose.project%3Dgojson%22%5D%7D")
+            .unwrap();
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(containers(), 2);
+    invalid(
+        &api.call(d, "PUT", &stack_path, Some(json!({ "env": [] })))
+            .await,
+        "Invalid stack file content",
+    );
+    let (status, body) = api
+        .call(
+            d,
+            "PUT",
+            &stack_path,
+            Some(json!({ "stackFileContent": one })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(containers(), 2, "without Prune the service left out stays");
+    let (status, body) = api
+        .call(
+            d,
+            "PUT",
+            &stack_path,
+            Some(json!({ "StackFileContent": one, "prune": true })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(containers(), 1, "with Prune it goes");
+    let (status, _) = api.call(d, "DELETE", &stack_path, None).await;
+    assert_eq!(status, 204);
+    assert_eq!(containers(), 0);
+
+    // Removing the team removes its memberships; removing a user, theirs.
+    let (status, _) = api
+        .call(t, "DELETE", &format!("/api/teams/{team_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (_, all) = api.call(t, "GET", "/api/team_memberships", None).await;
+    assert_eq!(all, json!([]));
+
+    // Settings: public to anyone, the rest to admins; 1.x's checks.
+    let (status, public) = api.call(None, "GET", "/api/settings/public", None).await;
+    assert_eq!(
+        (status, public["AuthenticationMethod"].clone()),
+        (200, json!(1)),
+        "{public}"
+    );
+    let (status, _) = api.call(d, "GET", "/api/settings", None).await;
+    assert_eq!(status, 403);
+    for (body, details) in [
+        (
+            json!({ "snapshotinterval": "often" }),
+            "Invalid snapshot interval",
+        ),
+        (
+            json!({ "authenticationMethod": 4 }),
+            "Invalid authentication method value",
+        ),
+        (
+            json!({ "AuthenticationMethod": 2 }),
+            "only internal authentication",
+        ),
+        (json!({ "logoURL": "not a url" }), "Invalid logo URL"),
+    ] {
+        invalid(
+            &api.call(t, "PUT", "/api/settings", Some(body)).await,
+            details,
+        );
+    }
+    let (status, s) = api
+        .call(
+            t,
+            "PUT",
+            "/api/settings",
+            Some(json!({ "logourl": "https://example.com/logo.png", "SnapshotInterval": "1h30m", "allowBindMountsForRegularUsers": false })),
+        )
+        .await;
+    assert_eq!(status, 200, "{s}");
+    let (_, s) = api.call(t, "GET", "/api/settings", None).await;
+    assert_eq!(
+        (
+            s["LogoURL"].clone(),
+            s["SnapshotInterval"].clone(),
+            s["AllowBindMountsForRegularUsers"].clone()
+        ),
+        (
+            json!("https://example.com/logo.png"),
+            json!("1h30m"),
+            json!(false)
+        ),
+        "{s}"
+    );
+    let (_, public) = api.call(None, "GET", "/api/settings/public", None).await;
+    assert_eq!(public["LogoURL"], "https://example.com/logo.png");
+    let (status, motd) = api.call(d, "GET", "/api/motd", None).await;
+    assert_eq!(status, 200, "{motd}");
+    assert!(
+        motd["Hash"].is_string() && motd["Message"].is_string(),
+        "{motd}"
+    );
+    assert_eq!(
+        api.call(d, "GET", "/api/extensions", None).await,
+        (200, json!([]))
+    );
+    invalid(
+        &api.call(
+            t,
+            "PUT",
+            "/api/dockerhub",
+            Some(json!({ "authentication": true, "username": "hub" })),
+        )
+        .await,
+        "Invalid credentials. Username and password must be specified",
+    );
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            "/api/dockerhub",
+            Some(json!({ "authentication": true, "username": "hub", "password": "secret" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, hub) = api.call(d, "GET", "/api/dockerhub", None).await;
+    assert_eq!(
+        (status, hub.clone()),
+        (200, json!({ "Authentication": true, "Username": "hub" })),
+        "{hub}"
+    );
+
+    // Tags and endpoint groups: a group given to dave lends him its
+    // endpoints; removed, they go back to "Unassigned".
+    invalid(
+        &api.call(t, "POST", "/api/tags", Some(json!({}))).await,
+        "Invalid tag name",
+    );
+    let (status, tag) = api
+        .call(t, "POST", "/api/tags", Some(json!({ "name": "prod" })))
+        .await;
+    assert_eq!(status, 200, "{tag}");
+    let tag_id = tag["Id"].as_u64().unwrap();
+    let (status, dup) = api
+        .call(t, "POST", "/api/tags", Some(json!({ "NAME": "prod" })))
+        .await;
+    assert_eq!(
+        (status, dup["err"].clone()),
+        (409, json!("This name is already associated to a tag"))
+    );
+    let (_, tags) = api.call(d, "GET", "/api/tags", None).await;
+    assert_eq!(tags, json!([{ "Id": tag_id, "Name": "prod" }]));
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            &format!("/api/endpoints/{local}/access"),
+            Some(json!({ "authorizedusers": [], "authorizedteams": [] })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, seen) = api.call(d, "GET", "/api/endpoints", None).await;
+    assert_eq!(seen, json!([]));
+    let (_, groups) = api.call(t, "GET", "/api/endpoint_groups", None).await;
+    assert_eq!(groups[0]["Name"], "Unassigned", "{groups}");
+    invalid(
+        &api.call(
+            t,
+            "POST",
+            "/api/endpoint_groups",
+            Some(json!({ "description": "x" })),
+        )
+        .await,
+        "Invalid endpoint group name",
+    );
+    let (status, group) = api
+        .call(
+            t,
+            "POST",
+            "/api/endpoint_groups",
+            Some(json!({ "name": "edge", "associatedEndpoints": [local], "tagids": [tag_id] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{group}");
+    assert_eq!(group["TagIds"], json!([tag_id]));
+    let group_path = format!("/api/endpoint_groups/{}", group["Id"]);
+    let (_, e) = api
+        .call(t, "GET", &format!("/api/endpoints/{local}"), None)
+        .await;
+    assert_eq!(e["GroupId"], group["Id"], "{e}");
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            &format!("{group_path}/access"),
+            Some(json!({ "userAccessPolicies": { dave_id.to_string(): {} } })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, seen) = api.call(d, "GET", "/api/endpoints", None).await;
+    assert_eq!(
+        seen.as_array().map(Vec::len),
+        Some(1),
+        "the group lends its endpoint: {seen}"
+    );
+    let (_, groups) = api.call(d, "GET", "/api/endpoint_groups", None).await;
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+    let (status, _) = api
+        .call(t, "DELETE", &format!("/api/tags/{tag_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (_, group) = api.call(t, "GET", &group_path, None).await;
+    assert_eq!(group["TagIds"], json!([]), "{group}");
+    let (status, _) = api.call(t, "DELETE", "/api/endpoint_groups/1", None).await;
+    assert_eq!(status, 403);
+    let (status, _) = api.call(t, "DELETE", &group_path, None).await;
+    assert_eq!(status, 204);
+    let (_, e) = api
+        .call(t, "GET", &format!("/api/endpoints/{local}"), None)
+        .await;
+    assert_eq!(e["GroupId"], 1, "{e}");
+    let (_, seen) = api.call(d, "GET", "/api/endpoints", None).await;
+    assert_eq!(seen, json!([]));
+
+    // Registries: 1.x's checks, passwords never shown, given like
+    // endpoints.
+    invalid(
+        &api.call(
+            t,
+            "POST",
+            "/api/registries",
+            Some(json!({ "name": "r", "url": "registry.local:5000", "type": 9 })),
+        )
+        .await,
+        "Invalid registry type",
+    );
+    invalid(
+        &api.call(
+            t,
+            "POST",
+            "/api/registries",
+            Some(json!({ "name": "r", "type": 3 })),
+        )
+        .await,
+        "Invalid registry URL",
+    );
+    let new_registry = json!({ "name": "local", "type": 3, "url": "registry.local:5000", "authentication": true, "username": "u", "password": "registry-secret" });
+    let (status, registry) = api
+        .call(t, "POST", "/api/registries", Some(new_registry.clone()))
+        .await;
+    assert_eq!(status, 200, "{registry}");
+    assert!(
+        !registry.to_string().contains("registry-secret"),
+        "{registry}"
+    );
+    let (status, _) = api
+        .call(t, "POST", "/api/registries", Some(new_registry))
+        .await;
+    assert_eq!(status, 409);
+    let registry_path = format!("/api/registries/{}", registry["Id"]);
+    let (_, mine) = api.call(d, "GET", "/api/registries", None).await;
+    assert_eq!(mine, json!([]));
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            &format!("{registry_path}/access"),
+            Some(json!({ "AuthorizedUsers": [dave_id] })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, mine) = api.call(d, "GET", "/api/registries", None).await;
+    assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");
+    let (status, changed) = api
+        .call(
+            t,
+            "PUT",
+            &registry_path,
+            Some(json!({ "name": "renamed", "authentication": false })),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (changed["Name"].clone(), changed["Username"].clone()),
+        (json!("renamed"), json!(""))
+    );
+    let (status, _) = api.call(d, "DELETE", &registry_path, None).await;
+    assert_eq!(status, 403);
+    let (status, _) = api.call(t, "DELETE", &registry_path, None).await;
+    assert_eq!(status, 204);
+
+    // API tokens: made by their user (password confirmed), used as
+    // X-API-Key with that user's rights, revoked.
+    let tokens = format!("{dave_path}/tokens");
+    invalid(
+        &api.call(
+            d,
+            "POST",
+            &tokens,
+            Some(json!({ "password": "davepassword2" })),
+        )
+        .await,
+        "invalid description: cannot be empty",
+    );
+    let (status, _) = api
+        .call(
+            d,
+            "POST",
+            &tokens,
+            Some(json!({ "password": "wrong", "description": "ci" })),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = api
+        .call(
+            t,
+            "POST",
+            &tokens,
+            Some(json!({ "password": "adminpassword", "description": "ci" })),
+        )
+        .await;
+    assert_eq!(status, 403, "only for yourself");
+    let (status, made) = api
+        .call(
+            d,
+            "POST",
+            &tokens,
+            Some(json!({ "Password": "davepassword2", "Description": "ci" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let raw = made["rawAPIKey"].as_str().unwrap().to_string();
+    assert!(raw.starts_with("ptr_") && raw.len() > 40, "{raw}");
+    assert_eq!(made["apiKey"]["prefix"], raw[..7]);
+    let with_key = async |method: &str, path: &str, key: &str| {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = api
+            .http
+            .request(method, api.berth.url(path))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    };
+    assert_eq!(with_key("GET", &dave_path, &raw).await, 200);
+    assert_eq!(
+        with_key("GET", "/api/users", &raw).await,
+        403,
+        "dave's rights only"
+    );
+    assert_eq!(with_key("GET", &dave_path, "ptr_forged").await, 401);
+    let (status, list) = api.call(t, "GET", &tokens, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert!(!list.to_string().contains(&raw), "{list}");
+    let (status, _) = api
+        .call(
+            d,
+            "DELETE",
+            &format!("{tokens}/{}", made["apiKey"]["id"]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(with_key("GET", &dave_path, &raw).await, 401, "revoked");
+    let (_, admin_key) = api
+        .call(
+            t,
+            "POST",
+            "/api/users/1/tokens",
+            Some(json!({ "password": "adminpassword", "description": "automation" })),
+        )
+        .await;
+    let admin_key = admin_key["rawAPIKey"].as_str().unwrap().to_string();
+    assert_eq!(
+        with_key(
+            "GET",
+            &format!("/api/endpoints/{local}/docker/_ping"),
+            &admin_key
+        )
+        .await,
+        200
+    );
+
+    // Webhooks: a service's (1.x) and a stack's, each a secret URL that
+    // redeploys without signing in.
+    engine.swarm_init();
+    let (status, created) = api
+        .call(
+            t,
+            "POST",
+            &format!("/api/endpoints/{local}/docker/services/create"),
+            Some(json!({ "Name": "hooked", "TaskTemplate": { "ContainerSpec": { "Image": "busybox:latest", "Command": ["sleep", "100000"] } } })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let service = created["ID"].as_str().unwrap().to_string();
+    invalid(
+        &api.call(
+            t,
+            "POST",
+            "/api/webhooks",
+            Some(json!({ "resourceid": service, "endpointid": local, "webhooktype": 3 })),
+        )
+        .await,
+        "Invalid WebhookType",
+    );
+    let (status, hook) = api
+        .call(
+            t,
+            "POST",
+            "/api/webhooks",
+            Some(json!({ "resourceId": service, "endpointId": local, "webhookType": 1 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{hook}");
+    let (status, _) = api
+        .call(
+            t,
+            "POST",
+            "/api/webhooks",
+            Some(json!({ "ResourceID": service, "EndpointID": local, "WebhookType": 1 })),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let filters = format!("/api/webhooks?filters=%7B%22ResourceID%22%3A%22{service}%22%7D");
+    let (_, listed) = api.call(t, "GET", &filters, None).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let trigger = format!("/api/webhooks/{}", hook["Token"].as_str().unwrap());
+    let force = || {
+        let (_, s) = engine.get(&format!("/services/{service}")).unwrap();
+        serde_json::from_str::<Value>(&s).unwrap()["Spec"]["TaskTemplate"]["ForceUpdate"].as_u64()
+    };
+    let before = force().unwrap_or(0);
+    assert_eq!(api.call(None, "POST", &trigger, None).await.0, 204);
+    assert_eq!(
+        force(),
+        Some(before + 1),
+        "the service's tasks are replaced"
+    );
+    let (status, body) = api
+        .call(None, "POST", "/api/webhooks/not-a-token", None)
+        .await;
+    assert_eq!(
+        (status, body["err"].clone()),
+        (404, json!("Unable to find a webhook with this token"))
+    );
+    let (status, _) = api
+        .call(t, "DELETE", &format!("/api/webhooks/{}", hook["Id"]), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(api.call(None, "POST", &trigger, None).await.0, 404);
+    let (status, _) = api
+        .call(
+            t,
+            "DELETE",
+            &format!("/api/endpoints/{local}/docker/services/{service}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, stack) = api
+        .call(
+            t,
+            "POST",
+            &format!("/api/stacks?method=string&type=2&endpointId={local}"),
+            Some(json!({ "Name": "hookstack", "StackFileContent": one })),
+        )
+        .await;
+    assert_eq!(status, 200, "{stack}");
+    let container_id = || engine.inspect("hookstack_a-1").expect("hookstack_a-1")["Id"].clone();
+    let first = container_id();
+    let (status, hook) = api
+        .call(t, "POST", "/api/webhooks", Some(json!({ "ResourceID": stack["Id"].to_string(), "EndpointID": local, "WebhookType": 2 })))
+        .await;
+    assert_eq!(status, 200, "{hook}");
+    let trigger = format!("/api/webhooks/{}", hook["Token"].as_str().unwrap());
+    assert_eq!(api.call(None, "POST", &trigger, None).await.0, 204);
+    assert_ne!(container_id(), first, "the stack is redeployed");
+    let (status, _) = api
+        .call(t, "DELETE", &format!("/api/stacks/{}", stack["Id"]), None)
+        .await;
+    assert_eq!(status, 204);
+
+    // Paths no route takes: Portainer's format under /api, CIKit's under
+    // /api/v1, Docker Cloud's under /api/app/v1; a known path asked with
+    // another method reaches its prefix's fallback too.
+    for (method, path) in [
+        ("GET", "/api/nothing"),
+        ("DELETE", "/api/status"),
+        ("PATCH", "/api/users"),
+        ("GET", "/api/settings/nothing"),
+    ] {
+        let (status, body) = api.call(t, method, path, None).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert!(
+            body["err"].is_string() && body["details"].is_string(),
+            "{method} {path}: {body}"
+        );
+    }
+    let (status, body) = api.call(None, "GET", "/api/v1/nothing", None).await;
+    assert_eq!(
+        (status, body["errorId"].clone()),
+        (404, json!(404)),
+        "{body}"
+    );
+    let (status, body) = api.call(None, "GET", "/api/app/v1/nothing/", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["err"].is_null() && body["errorId"].is_null(), "{body}");
+    // The host says who answers under each prefix.
+    let (_, doc) = api.call(None, "GET", "/_berth/openapi.json", None).await;
+    let fallbacks: Vec<(String, String)> = doc["x-berth-fallbacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["prefix"].as_str().unwrap().into(),
+                f["plugin"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (prefix, plugin) in [
+        ("/api/v1", "droplets"),
+        ("/api/app/v1", "stacks"),
+        ("/api", "stacks"),
+    ] {
+        assert!(
+            fallbacks.contains(&(prefix.to_string(), plugin.to_string())),
+            "{prefix}: {fallbacks:?}"
+        );
+    }
+    let api_at = fallbacks.iter().position(|f| f.0 == "/api").unwrap();
+    let v1_at = fallbacks.iter().position(|f| f.0 == "/api/v1").unwrap();
+    assert!(v1_at < api_at, "most specific first: {fallbacks:?}");
+    let out = api.berth.cli(&["plugins"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "/api/v1/{rest...}                        not-found (fallback of /api/v1)",
+        "/api/{rest...}                           portainer.not-found (fallback of /api)",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+}
+
+/// The local engine as an endpoint (a form, as Portainer's UI sends it).
+async fn endpoint(api: &Api, token: Option<&str>) -> u64 {
+    let (content_type, body) =
+        support::portainer::multipart(&[("Name", "local"), ("EndpointType", "1")], &[]);
+    let r = api
+        .http
+        .post(api.berth.url("/api/endpoints"))
+        .bearer_auth(token.unwrap())
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["Id"].as_u64().unwrap()
 }

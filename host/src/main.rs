@@ -309,8 +309,12 @@ fn print_plugins(view: &serde_json::Value) {
             list(&p["capabilities"]["granted"]),
         );
         for r in p["routes"].as_array().unwrap_or(&empty) {
+            let fallback = match r["fallback"].as_str() {
+                Some(prefix) => format!(" (fallback of {prefix})"),
+                None => String::new(),
+            };
             println!(
-                "  {:<7} {:<40} {}",
+                "  {:<7} {:<40} {}{fallback}",
                 r["method"].as_str().unwrap_or("?"),
                 r["path"].as_str().unwrap_or("?"),
                 r["id"].as_str().unwrap_or("?")

@@ -422,7 +422,8 @@ impl Plugins {
                     "sha256": m.hash,
                     "loaded_at": m.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                     "routes": m.manifest.routes.iter().map(|r| serde_json::json!({
-                        "id": r.id, "method": r.method, "path": r.path
+                        "id": r.id, "method": r.method, "path": r.path,
+                        "fallback": fallback_of(r),
                     })).collect::<Vec<_>>(),
                     "capabilities": {
                         "asked": m.manifest.capabilities,
@@ -484,14 +485,39 @@ impl Plugins {
         {
             openapi::add_host_answers(op);
         }
+        // Who answers unknown paths under each prefix, most specific first.
+        let mut fallbacks: Vec<(String, serde_json::Value)> = routing
+            .plugins
+            .values()
+            .flat_map(|m| {
+                m.manifest.routes.iter().filter_map(|r| {
+                    let prefix = fallback_of(r)?;
+                    Some((
+                        prefix.clone(),
+                        serde_json::json!({ "prefix": prefix, "plugin": m.manifest.name, "route": r.id }),
+                    ))
+                })
+            })
+            .collect();
+        fallbacks.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         serde_json::json!({
             "openapi": "3.0.3",
+            "x-berth-fallbacks": fallbacks.into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
             "info": { "title": "Berth", "version": env!("CARGO_PKG_VERSION"),
                       "description": "Routes of every mounted plugin" },
             "paths": paths,
             "components": { "schemas": schemas },
         })
     }
+}
+
+/// The prefix route `r` is the fallback of: a `*` route on literal
+/// segments then `{rest...}`.
+fn fallback_of(r: &crate::bindings::types::Route) -> Option<String> {
+    if r.method != "*" {
+        return None;
+    }
+    router::Pattern::parse(&r.path).ok()?.fallback_prefix()
 }
 
 /// The `.wasm` files in `dir` with their signatures.

@@ -109,6 +109,30 @@ impl Pattern {
         &self.text
     }
 
+    /// The prefix this pattern is the fallback of, for a route of any
+    /// method (`*`): literal segments then a final `{rest...}`, such as
+    /// `/api/v1/{rest...}` for `/api/v1`. Such a route answers whatever no
+    /// more specific route takes under its prefix, in its plugin's format.
+    pub fn fallback_prefix(&self) -> Option<String> {
+        let (last, literals) = self.segments.split_last()?;
+        if !matches!(last, Segment::Rest(_)) {
+            return None;
+        }
+        let mut prefix = String::new();
+        for segment in literals {
+            let Segment::Literal(text) = segment else {
+                return None;
+            };
+            prefix.push('/');
+            prefix.push_str(text);
+        }
+        Some(if prefix.is_empty() {
+            "/".into()
+        } else {
+            prefix
+        })
+    }
+
     /// Whether this pattern starts with the literal segment `first`.
     pub fn starts_with_literal(&self, first: &str) -> bool {
         matches!(self.segments.first(), Some(Segment::Literal(s)) if s == first)
@@ -349,6 +373,28 @@ mod tests {
             Found::BadParam(name) => format!("400 {name}"),
             Found::NotFound => "404".to_string(),
         }
+    }
+
+    #[test]
+    fn the_most_specific_prefix_fallback_answers_what_no_route_takes() {
+        let t = table(&[
+            ("*", "/api/{rest...}", "portainer"),
+            ("*", "/api/v1/{rest...}", "cikit"),
+            ("*", "/api/app/v1/{rest...}", "cloud"),
+            ("GET", "/api/users", "users"),
+            ("*", "/api/endpoints/{id}/docker/{path...}", "proxy"),
+        ]);
+        assert_eq!(id(&t, "GET", "/api/users"), "users ");
+        assert_eq!(id(&t, "DELETE", "/api/users"), "portainer rest=users");
+        assert_eq!(id(&t, "GET", "/api/v1/nothing"), "cikit rest=nothing");
+        assert_eq!(id(&t, "POST", "/api/app/v1/x/y"), "cloud rest=x/y");
+        assert_eq!(id(&t, "GET", "/api/status"), "portainer rest=status");
+        assert_eq!(id(&t, "GET", "/elsewhere"), "404");
+        let prefix = |p: &str| Pattern::parse(p).unwrap().fallback_prefix();
+        assert_eq!(prefix("/api/v1/{rest...}").as_deref(), Some("/api/v1"));
+        assert_eq!(prefix("/{rest...}").as_deref(), Some("/"));
+        assert_eq!(prefix("/api/endpoints/{id}/docker/{path...}"), None);
+        assert_eq!(prefix("/api/users"), None);
     }
 
     #[test]

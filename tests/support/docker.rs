@@ -294,7 +294,15 @@ impl Engine {
     /// `docker swarm init` on 127.0.0.1 with ports of its own, so that a
     /// swarm engine of an earlier test binary, still shutting down, is
     /// never in the way: the manager port is free, the VXLAN port too.
+    /// Tests sharing the engine may each ask: the first one makes it.
     pub fn swarm_init(&self) {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let info = self.get("/info").map(|(_, body)| body).unwrap_or_default();
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+        if info["Swarm"]["LocalNodeState"] == "active" {
+            return;
+        }
         let listen = format!("127.0.0.1:{}", free_port());
         let vxlan = (20_000 + std::process::id() % 20_000..49_151)
             .find(|p| std::net::UdpSocket::bind(("0.0.0.0", *p as u16)).is_ok())

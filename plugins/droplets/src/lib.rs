@@ -44,7 +44,7 @@ impl Plugin for Droplets {
             .scope(cikit, |r| {
                 r.post("user.auth", &path("/user/auth"), auth)
                     .post("user.refresh", &path("/user/auth/refresh"), refresh)
-                    .route("not-found", "*", "/api/{rest...}", not_found)
+                    .route("not-found", "*", &path("/{rest...}"), not_found)
                     .scope(Scope::new().guard(viewer), |r| {
                         r.delete("user.revoke", &path("/user/auth/revoke/{user}"), revoke)
                             .get("droplet.list", &path("/droplet/list"), droplet::list)

@@ -9,7 +9,8 @@
 //! - [`Request`] and [`Response`]: JSON, form and query helpers;
 //! - [`kv`], [`crypto`], [`config`], [`log`], [`jobs`], [`dokku`],
 //!   [`http_out`], [`docker`], [`events`]: the host capabilities, typed.
-//! - [`attempts`]: failed-login throttling on top of [`kv`]; [`time`]: clock helpers.
+//! - [`attempts`]: failed-login throttling on top of [`kv`]; [`time`]: clock helpers;
+//!   [`gojson`]: JSON bodies read by Go's `encoding/json` rules.
 //!
 //! ```no_run
 //! use berth_sdk::{Capability, Info, Plugin, Request, Response, Router, HttpResult};
@@ -45,6 +46,7 @@ pub mod crypto;
 pub mod docker;
 pub mod dokku;
 pub mod events;
+pub mod gojson;
 pub mod http_out;
 pub mod jobs;
 pub mod kv;

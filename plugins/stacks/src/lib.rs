@@ -268,7 +268,24 @@ impl Plugin for Stacks {
                     })
             })
             .scope(portainer, |r| {
-                r.get(
+                r.route(
+                    "portainer.not-found",
+                    "*",
+                    "/api/{rest...}",
+                    p::route_not_found,
+                )
+                .get("portainer.status", "/api/status", p::status)
+                .post(
+                    "portainer.webhooks.trigger",
+                    "/api/webhooks/{token}",
+                    p::webhook_trigger,
+                )
+                .get(
+                    "portainer.settings.public",
+                    "/api/settings/public",
+                    p::settings_public,
+                )
+                .get(
                     "portainer.admin.check",
                     "/api/users/admin/check",
                     p::admin_check,
@@ -282,6 +299,65 @@ impl Plugin for Stacks {
                 .scope(signed_in, |r| {
                     r.get("portainer.users.get", "/api/users/{id}", p::user_get)
                         .put("portainer.users.update", "/api/users/{id}", p::user_update)
+                        .post(
+                            "portainer.users.passwd",
+                            "/api/users/{id}/passwd",
+                            p::user_password_check,
+                        )
+                        .get(
+                            "portainer.users.memberships",
+                            "/api/users/{id}/memberships",
+                            p::user_memberships,
+                        )
+                        .get(
+                            "portainer.teams.memberships",
+                            "/api/teams/{id}/memberships",
+                            p::team_memberships,
+                        )
+                        .get("portainer.motd", "/api/motd", p::motd)
+                        .post(
+                            "portainer.tokens.create",
+                            "/api/users/{id}/tokens",
+                            p::token_create,
+                        )
+                        .get(
+                            "portainer.tokens.list",
+                            "/api/users/{id}/tokens",
+                            p::token_list,
+                        )
+                        .delete(
+                            "portainer.tokens.delete",
+                            "/api/users/{id}/tokens/{keyId}",
+                            p::token_delete,
+                        )
+                        .post(
+                            "portainer.webhooks.create",
+                            "/api/webhooks",
+                            p::webhook_create,
+                        )
+                        .get("portainer.webhooks.list", "/api/webhooks", p::webhook_list)
+                        .delete(
+                            "portainer.webhooks.delete",
+                            "/api/webhooks/{id}",
+                            p::webhook_delete,
+                        )
+                        .get("portainer.extensions", "/api/extensions", p::extension_list)
+                        .get(
+                            "portainer.dockerhub.get",
+                            "/api/dockerhub",
+                            p::dockerhub_get,
+                        )
+                        .get("portainer.tags.list", "/api/tags", p::tag_list)
+                        .get(
+                            "portainer.groups.list",
+                            "/api/endpoint_groups",
+                            p::group_list,
+                        )
+                        .get(
+                            "portainer.registries.list",
+                            "/api/registries",
+                            p::registry_list,
+                        )
                         .get("portainer.teams.list", "/api/teams", p::team_list)
                         .get("portainer.teams.get", "/api/teams/{id}", p::team_get)
                         .get(
@@ -331,6 +407,79 @@ impl Plugin for Stacks {
                 })
                 .scope(admin, |r| {
                     r.get("portainer.users.list", "/api/users", p::user_list)
+                        .get("portainer.settings.get", "/api/settings", p::settings_get)
+                        .put(
+                            "portainer.settings.update",
+                            "/api/settings",
+                            p::settings_update,
+                        )
+                        .put(
+                            "portainer.dockerhub.update",
+                            "/api/dockerhub",
+                            p::dockerhub_update,
+                        )
+                        .post("portainer.tags.create", "/api/tags", p::tag_create)
+                        .delete("portainer.tags.delete", "/api/tags/{id}", p::tag_delete)
+                        .post(
+                            "portainer.groups.create",
+                            "/api/endpoint_groups",
+                            p::group_create,
+                        )
+                        .get(
+                            "portainer.groups.get",
+                            "/api/endpoint_groups/{id}",
+                            p::group_get,
+                        )
+                        .put(
+                            "portainer.groups.update",
+                            "/api/endpoint_groups/{id}",
+                            p::group_update,
+                        )
+                        .delete(
+                            "portainer.groups.delete",
+                            "/api/endpoint_groups/{id}",
+                            p::group_delete,
+                        )
+                        .put(
+                            "portainer.groups.access",
+                            "/api/endpoint_groups/{id}/access",
+                            p::group_access,
+                        )
+                        .put(
+                            "portainer.groups.endpoint.add",
+                            "/api/endpoint_groups/{id}/endpoints/{endpointId}",
+                            p::group_endpoint,
+                        )
+                        .delete(
+                            "portainer.groups.endpoint.remove",
+                            "/api/endpoint_groups/{id}/endpoints/{endpointId}",
+                            p::group_endpoint,
+                        )
+                        .post(
+                            "portainer.registries.create",
+                            "/api/registries",
+                            p::registry_create,
+                        )
+                        .get(
+                            "portainer.registries.get",
+                            "/api/registries/{id}",
+                            p::registry_get,
+                        )
+                        .put(
+                            "portainer.registries.update",
+                            "/api/registries/{id}",
+                            p::registry_update,
+                        )
+                        .delete(
+                            "portainer.registries.delete",
+                            "/api/registries/{id}",
+                            p::registry_delete,
+                        )
+                        .put(
+                            "portainer.registries.access",
+                            "/api/registries/{id}/access",
+                            p::registry_access,
+                        )
                         .post("portainer.users.create", "/api/users", p::user_create)
                         .delete("portainer.users.delete", "/api/users/{id}", p::user_delete)
                         .post("portainer.teams.create", "/api/teams", p::team_create)
@@ -346,6 +495,11 @@ impl Plugin for Stacks {
                             "/api/team_memberships",
                             p::membership_create,
                         )
+                        .put(
+                            "portainer.memberships.update",
+                            "/api/team_memberships/{id}",
+                            p::membership_update,
+                        )
                         .delete(
                             "portainer.memberships.delete",
                             "/api/team_memberships/{id}",
@@ -360,6 +514,11 @@ impl Plugin for Stacks {
                             "portainer.endpoints.update",
                             "/api/endpoints/{id}",
                             p::endpoint_update,
+                        )
+                        .put(
+                            "portainer.endpoints.access",
+                            "/api/endpoints/{id}/access",
+                            p::endpoint_access,
                         )
                         .delete(
                             "portainer.endpoints.delete",

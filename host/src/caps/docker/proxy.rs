@@ -123,8 +123,10 @@ impl Docker {
     ) -> Result<Answer, ProxyError> {
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
+        // The client's credentials for Berth's plugin, never the engine's.
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::COOKIE);
+        headers.remove("x-api-key");
         // A URL endpoint's own headers (its token), checked when registered.
         for (name, value) in &engine.spec.headers {
             let name = http::HeaderName::try_from(name.as_str());

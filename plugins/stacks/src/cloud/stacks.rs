@@ -89,7 +89,7 @@ pub fn stack_update(req: &Request) -> HttpResult {
     }
     if v.get("services").is_some() {
         let (defs, extras) = defs_from_stack_body(&v).map_err(|e| fail(400, &e))?;
-        update_stack_services(&mut stack, defs, extras).map_err(failure)?;
+        update_stack_services(&mut stack, defs, extras, true).map_err(failure)?;
     }
     model::save_stack(&stack)?;
     model::emit(
@@ -103,12 +103,14 @@ pub fn stack_update(req: &Request) -> HttpResult {
     Ok(Response::json(200, &render_stack(&stack)))
 }
 
-/// Bring a stack's services to `defs`: update by name, add, terminate the
-/// ones no longer declared. Running stacks apply the change at once.
+/// Bring a stack's services to `defs`: update by name, add, and with
+/// `prune` terminate the ones no longer declared (without, they stay as
+/// they are). Running stacks apply the change at once.
 pub fn update_stack_services(
     stack: &mut Stack,
     defs: Vec<Def>,
     extras: Vec<serde_json::Map<String, Value>>,
+    prune: bool,
 ) -> Result<(), Failure> {
     let running = matches!(stack.state.as_str(), "Running" | "Partly running");
     let mut kept = Vec::new();
@@ -145,7 +147,7 @@ pub fn update_stack_services(
         kept.push(s.uuid.clone());
     }
     for uuid in stack.services.clone() {
-        if kept.contains(&uuid) {
+        if kept.contains(&uuid) || !prune {
             continue;
         }
         if let Some(mut s) = model::load_service(&uuid)?

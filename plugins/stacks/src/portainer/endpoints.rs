@@ -36,11 +36,30 @@ impl Endpoint {
             "TLSConfig": tls,
             "AuthorizedUsers": self.authorized_users,
             "AuthorizedTeams": self.authorized_teams,
+            // The same grants as 1.21+ shows them.
+            "UserAccessPolicies": policies(&self.authorized_users),
+            "TeamAccessPolicies": policies(&self.authorized_teams),
             "Extensions": [],
             "Status": 1,
         })
     }
 }
+
+/// `PUT /api/endpoints/{id}`: what the body gives changes (its grants
+/// are read as an [`Access`]).
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct EndpointUpdate {
+    name: Option<String>,
+    #[serde(rename = "URL")]
+    url: Option<String>,
+    #[serde(rename = "PublicURL")]
+    public_url: Option<String>,
+    #[serde(rename = "GroupID")]
+    group_id: Option<u64>,
+}
+
+impl Payload for EndpointUpdate {}
 
 pub(super) fn endpoint_key(id: u64) -> String {
     format!("p/endpoint/{id:010}")
@@ -148,6 +167,15 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
             "TLSSkipVerify is not supported: upload the engine's CA as TLSCACertFile",
         ));
     }
+    let group_id = match field_text(&fields, "GroupID").filter(|g| !g.is_empty()) {
+        Some(g) => g
+            .parse()
+            .map_err(|_| fail(400, "Invalid request payload", "Invalid GroupID"))?,
+        None => 1,
+    };
+    if load_group(group_id)?.is_none() {
+        return Err(not_found("an endpoint group"));
+    }
     let id = kv::next_in_sequence("portainer-endpoint")?;
     let (docker_name, shown_url) = if url.is_empty() || url.starts_with("unix://") {
         if !url.is_empty() && url != "unix:///var/run/docker.sock" {
@@ -210,9 +238,7 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
         name,
         url: shown_url,
         public_url: field_text(&fields, "PublicURL").unwrap_or_default(),
-        group_id: field_text(&fields, "GroupID")
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(1),
+        group_id,
         tls,
         docker: docker_name,
         authorized_users: Vec::new(),
@@ -222,25 +248,34 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
     Ok(Response::json(200, &endpoint.render()))
 }
 
-pub(super) fn can_use(user: &User, e: &Endpoint) -> bool {
-    user.role == ADMIN || e.authorized_users.contains(&user.id)
+/// Whether `user` may use `e`: an admin, or a user it or its group was
+/// given to, directly or through a team.
+pub(super) fn can_use(user: &User, e: &Endpoint) -> Result<bool, Response> {
+    if granted(user, &e.authorized_users, &e.authorized_teams)? {
+        return Ok(true);
+    }
+    match load_group(e.group_id)? {
+        Some(g) => granted(user, &g.authorized_users, &g.authorized_teams),
+        None => Ok(false),
+    }
 }
 
 pub fn endpoint_list(req: &Request) -> HttpResult {
     let user = req.identity::<User>()?;
     let list: Vec<Endpoint> = model::scan("p/endpoint/")?;
-    let shown: Vec<Value> = list
-        .iter()
-        .filter(|e| can_use(&user, e))
-        .map(Endpoint::render)
-        .collect();
+    let mut shown = Vec::new();
+    for e in &list {
+        if can_use(&user, e)? {
+            shown.push(e.render());
+        }
+    }
     Ok(Response::json(200, &shown))
 }
 
 pub(super) fn find_endpoint(req: &Request, user: &User) -> Result<Endpoint, Response> {
     let id = id_param(req)?;
     let e = load_endpoint(id)?.ok_or_else(|| not_found("an endpoint"))?;
-    if !can_use(user, &e) {
+    if !can_use(user, &e)? {
         return Err(fail(403, "Access denied to resource", ""));
     }
     Ok(e)
@@ -254,22 +289,42 @@ pub fn endpoint_get(req: &Request) -> HttpResult {
 pub fn endpoint_update(req: &Request) -> HttpResult {
     let user = req.identity::<User>()?;
     let mut e = find_endpoint(req, &user)?;
-    let v: Value = payload(req)?;
-    if let Some(n) = v["Name"].as_str().filter(|n| !n.is_empty()) {
-        e.name = n.to_string();
+    let change: EndpointUpdate = payload(req)?;
+    if let Some(url) = change.url.filter(|u| !u.is_empty() && *u != e.url) {
+        return Err(fail(
+            400,
+            "Invalid request payload",
+            &format!(
+                "an endpoint's URL cannot change here (from {} to {url}): create an endpoint for it",
+                e.url
+            ),
+        ));
     }
-    if let Some(p) = v["PublicURL"].as_str() {
-        e.public_url = p.to_string();
+    if let Some(n) = change.name.filter(|n| !n.is_empty()) {
+        e.name = n;
     }
-    if let Some(g) = v["GroupID"].as_u64() {
+    if let Some(p) = change.public_url {
+        e.public_url = p;
+    }
+    if let Some(g) = change.group_id {
+        if load_group(g)?.is_none() {
+            return Err(not_found("an endpoint group"));
+        }
         e.group_id = g;
     }
-    if let Some(users) = v["AuthorizedUsers"].as_array() {
-        e.authorized_users = users.iter().filter_map(Value::as_u64).collect();
-    }
-    if let Some(teams) = v["AuthorizedTeams"].as_array() {
-        e.authorized_teams = teams.iter().filter_map(Value::as_u64).collect();
-    }
+    // The same body, read again for its grants.
+    let access: Access = payload(req)?;
+    access.apply(&mut e.authorized_users, &mut e.authorized_teams)?;
+    kv::set_json(&endpoint_key(e.id), &e)?;
+    Ok(Response::json(200, &e.render()))
+}
+
+/// `PUT /api/endpoints/{id}/access`: who may use the endpoint.
+pub fn endpoint_access(req: &Request) -> HttpResult {
+    let user = req.identity::<User>()?;
+    let mut e = find_endpoint(req, &user)?;
+    let access: Access = payload(req)?;
+    access.apply(&mut e.authorized_users, &mut e.authorized_teams)?;
     kv::set_json(&endpoint_key(e.id), &e)?;
     Ok(Response::json(200, &e.render()))
 }
@@ -358,7 +413,7 @@ fn console_target(req: &Request) -> Result<(Endpoint, String), Response> {
             "",
         )
     })?;
-    if !can_use(&user, &endpoint) {
+    if !can_use(&user, &endpoint)? {
         return Err(fail(403, "Permission denied to access endpoint", ""));
     }
     let websocket = req

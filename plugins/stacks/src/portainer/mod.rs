@@ -5,22 +5,36 @@
 
 use base64::Engine as _;
 use berth_sdk::attempts::{self, Limits};
-use berth_sdk::{HttpResult, Request, Response, config, crypto, docker, kv, percent_encode, time};
+use berth_sdk::{
+    HttpResult, Request, Response, config, crypto, docker, gojson, kv, percent_encode, time,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::model::{self, Failure, Op, PortainerStack, Stack};
 use crate::stackfile;
 
+mod access;
 mod endpoints;
+mod groups;
+mod registries;
+mod settings;
 mod stacks;
 mod teams;
+mod tokens;
 mod users;
+mod webhooks;
 
+use self::access::*;
 pub use self::endpoints::*;
+pub use self::groups::*;
+pub use self::registries::*;
+pub use self::settings::*;
 pub use self::stacks::*;
 pub use self::teams::*;
+pub use self::tokens::*;
 pub use self::users::*;
+pub use self::webhooks::*;
 
 const JWT_KEY: &str = "portainer-jwt";
 const ADMIN: u8 = 1;
@@ -32,11 +46,31 @@ pub fn fail(status: u16, err: &str, details: &str) -> Response {
     )
 }
 
-/// A JSON request body, or 400.
-fn payload<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Response> {
-    serde_json::from_slice(req.body())
-        .map_err(|e| fail(400, "Invalid request payload", &e.to_string()))
+/// A request body as Portainer's handlers took it: read by Go's
+/// `encoding/json` rules (keys in any case, unknown keys ignored), then
+/// checked by the payload's 1.x `Validate`. Either failing is 400
+/// `Invalid request payload` with the reason in `details`.
+fn payload<T: Payload>(req: &Request) -> Result<T, Response> {
+    let invalid = |details: &str| fail(400, "Invalid request payload", details);
+    let body = req.body();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        // What Go's decoder says of an empty body.
+        return Err(invalid("EOF"));
+    }
+    let payload: T = gojson::from_slice(body).map_err(|e| invalid(&e.to_string()))?;
+    payload.validate().map_err(invalid)?;
+    Ok(payload)
 }
+
+/// A Portainer request body and its handler's 1.x validation.
+trait Payload: serde::de::DeserializeOwned {
+    fn validate(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
+/// A JSON object of any shape (bodies read field by field).
+impl Payload for Value {}
 
 /// 404 for `what` ("a user", "an endpoint", ...) under a route's id.
 fn not_found(what: &str) -> Response {

@@ -34,27 +34,68 @@ pub(super) fn render_stack(st: &Stack) -> Value {
     })
 }
 
-pub(super) fn parse_env(v: &Value) -> Result<Vec<(String, String)>, Response> {
-    match v {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) if s.is_empty() => Ok(Vec::new()),
-        Value::String(s) => parse_env(
-            &serde_json::from_str(s)
-                .map_err(|e| fail(400, "Invalid request payload", &format!("Env: {e}")))?,
-        ),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| {
-                let n = i["name"]
-                    .as_str()
-                    .ok_or_else(|| fail(400, "Invalid request payload", "Env: [{name, value}]"))?;
-                Ok((
-                    n.to_string(),
-                    i["value"].as_str().unwrap_or_default().to_string(),
-                ))
-            })
-            .collect(),
-        _ => Err(fail(400, "Invalid request payload", "Env: [{name, value}]")),
+/// An environment variable of a stack, as Portainer's `Pair`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Pair {
+    name: String,
+    value: String,
+}
+
+fn env_of(pairs: Vec<Pair>) -> Result<Vec<(String, String)>, Response> {
+    pairs
+        .into_iter()
+        .map(|p| {
+            if p.name.is_empty() {
+                return Err(fail(
+                    400,
+                    "Invalid request payload",
+                    "Env: a variable without a name",
+                ));
+            }
+            Ok((p.name, p.value))
+        })
+        .collect()
+}
+
+/// The `Env` form field: a JSON array of `{name, value}`, or nothing.
+fn env_field(text: &str) -> Result<Vec<(String, String)>, Response> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let pairs: Vec<Pair> = gojson::from_slice(text.as_bytes())
+        .map_err(|e| fail(400, "Invalid request payload", &format!("Env: {e}")))?;
+    env_of(pairs)
+}
+
+/// `POST /api/stacks?method=string`: a stack from its file's text.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct StackFromText {
+    name: String,
+    #[serde(rename = "SwarmID")]
+    swarm_id: String,
+    stack_file_content: String,
+    env: Vec<Pair>,
+}
+
+impl Payload for StackFromText {}
+
+/// `PUT /api/stacks/{id}`.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct StackUpdate {
+    stack_file_content: String,
+    env: Vec<Pair>,
+    prune: bool,
+}
+
+impl Payload for StackUpdate {
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.stack_file_content.trim().is_empty() {
+            return Err("Invalid stack file content");
+        }
+        Ok(())
     }
 }
 
@@ -78,23 +119,13 @@ pub fn stack_create(req: &Request) -> HttpResult {
         .ok_or_else(|| fail(400, "Invalid query parameter: endpointId", ""))?;
     let (name, swarm_id, content, env) = match method {
         "string" => {
-            let v: Value = payload(req)?;
-            (
-                v["Name"].as_str().unwrap_or_default().to_string(),
-                v["SwarmID"].as_str().unwrap_or_default().to_string(),
-                v["StackFileContent"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                parse_env(&v["Env"])?,
-            )
+            let body: StackFromText = payload(req)?;
+            let env = env_of(body.env)?;
+            (body.name, body.swarm_id, body.stack_file_content, env)
         }
         "file" => {
             let fields = form_fields(req)?;
-            let env = match field_text(&fields, "Env") {
-                Some(e) => parse_env(&Value::String(e))?,
-                None => Vec::new(),
-            };
+            let env = env_field(&field_text(&fields, "Env").unwrap_or_default())?;
             (
                 field_text(&fields, "Name").unwrap_or_default(),
                 field_text(&fields, "SwarmID").unwrap_or_default(),
@@ -133,7 +164,7 @@ pub fn stack_create(req: &Request) -> HttpResult {
         return Err(fail(400, "Invalid request payload", "Invalid Swarm ID"));
     }
     let endpoint = load_endpoint(endpoint_id)?.ok_or_else(|| not_found("an endpoint"))?;
-    if !can_use(&user, &endpoint) {
+    if !can_use(&user, &endpoint)? {
         return Err(fail(403, "Access denied to resource", "endpoint"));
     }
     let defs = stackfile::parse_compose(&content, &env)
@@ -179,7 +210,13 @@ pub(super) fn may_see(user: &User, st: &Stack) -> Result<bool, Response> {
     let Some(p) = &st.portainer else {
         return Ok(user.role == ADMIN);
     };
-    Ok(load_endpoint(p.endpoint_id)?.is_some_and(|e| can_use(user, &e)) || user.role == ADMIN)
+    if user.role == ADMIN {
+        return Ok(true);
+    }
+    match load_endpoint(p.endpoint_id)? {
+        Some(e) => can_use(user, &e),
+        None => Ok(false),
+    }
 }
 
 pub(super) fn find_stack(req: &Request, user: &User) -> Result<Stack, Response> {
@@ -222,16 +259,13 @@ pub fn stack_file(req: &Request) -> HttpResult {
 pub fn stack_update(req: &Request) -> HttpResult {
     let user = req.identity::<User>()?;
     let mut st = find_stack(req, &user)?;
-    let v: Value = payload(req)?;
-    let content = v["StackFileContent"]
-        .as_str()
-        .filter(|c| !c.trim().is_empty())
-        .ok_or_else(|| fail(400, "Invalid request payload", "Invalid stack file content"))?
-        .to_string();
-    let env = parse_env(&v["Env"])?;
+    let body: StackUpdate = payload(req)?;
+    let content = body.stack_file_content;
+    let env = env_of(body.env)?;
     let defs = stackfile::parse_compose(&content, &env)
         .map_err(|e| fail(400, "Invalid stack file", &e))?;
-    crate::cloud::update_stack_services(&mut st, defs, Vec::new()).map_err(stack_failure)?;
+    crate::cloud::update_stack_services(&mut st, defs, Vec::new(), body.prune)
+        .map_err(stack_failure)?;
     if let Some(p) = st.portainer.as_mut() {
         p.file = content;
         p.env = env;

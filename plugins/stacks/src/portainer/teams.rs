@@ -2,85 +2,240 @@
 
 use super::*;
 
-pub fn team_list(_: &Request) -> HttpResult {
-    let teams: Vec<Value> = model::scan("p/team/")?;
-    Ok(Response::json(200, &teams))
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Team {
+    id: u64,
+    name: String,
 }
 
-pub fn team_create(req: &Request) -> HttpResult {
-    let v: Value = payload(req)?;
-    let name = v["Name"]
-        .as_str()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| fail(400, "Invalid request payload", "Name is required"))?;
-    let teams: Vec<Value> = model::scan("p/team/")?;
-    if teams.iter().any(|t| t["Name"] == json!(name)) {
-        return Err(fail(409, "Team already exists", name));
+/// A user's place in a team: `Role` 1 leads it, 2 is a member.
+#[derive(Serialize, Deserialize)]
+pub(super) struct Membership {
+    #[serde(rename = "Id")]
+    pub(super) id: u64,
+    #[serde(rename = "UserID")]
+    pub(super) user_id: u64,
+    #[serde(rename = "TeamID")]
+    pub(super) team_id: u64,
+    #[serde(rename = "Role")]
+    role: u8,
+}
+
+/// `POST /api/teams` and `PUT /api/teams/{id}`.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct TeamName {
+    name: String,
+}
+
+impl Payload for TeamName {}
+
+/// `POST /api/team_memberships` and `PUT /api/team_memberships/{id}`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MembershipBody {
+    #[serde(rename = "UserID")]
+    user_id: u64,
+    #[serde(rename = "TeamID")]
+    team_id: u64,
+    #[serde(rename = "Role")]
+    role: i64,
+}
+
+impl Payload for MembershipBody {
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.user_id == 0 {
+            return Err("Invalid UserID");
+        }
+        if self.team_id == 0 {
+            return Err("Invalid TeamID");
+        }
+        if !matches!(self.role, 1 | 2) {
+            return Err("Invalid role value. Value must be one of: 1 (leader) or 2 (member)");
+        }
+        Ok(())
     }
-    let id = kv::next_in_sequence("portainer-team")?;
-    let team = json!({ "Id": id, "Name": name });
-    kv::set_json(&format!("p/team/{id:010}"), &team)?;
-    Ok(Response::json(200, &team))
 }
 
-/// The route's team: its key and record.
-pub(super) fn find_team(req: &Request) -> Result<(String, Value), Response> {
-    let key = format!("p/team/{:010}", id_param(req)?);
-    let team = kv::get_json(&key)?.ok_or_else(|| not_found("a team"))?;
-    Ok((key, team))
+fn team_key(id: u64) -> String {
+    format!("p/team/{id:010}")
 }
 
-pub fn team_get(req: &Request) -> HttpResult {
-    Ok(Response::json(200, &find_team(req)?.1))
+fn membership_key(id: u64) -> String {
+    format!("p/membership/{id:010}")
 }
 
-pub fn team_update(req: &Request) -> HttpResult {
-    let (key, mut team) = find_team(req)?;
-    let v: Value = payload(req)?;
-    if let Some(name) = v["Name"].as_str().filter(|n| !n.is_empty()) {
-        team["Name"] = json!(name);
-    }
-    kv::set_json(&key, &team)?;
-    Ok(Response::json(200, &team))
+fn teams() -> Result<Vec<Team>, Response> {
+    model::scan("p/team/").map_err(Response::from)
 }
 
-pub fn team_delete(req: &Request) -> HttpResult {
-    let id = id_param(req)?;
-    if !kv::delete(&format!("p/team/{id:010}"))? {
-        return Err(not_found("a team"));
-    }
-    Ok(Response::new(204))
+pub(super) fn memberships() -> Result<Vec<Membership>, Response> {
+    model::scan("p/membership/").map_err(Response::from)
 }
 
-pub fn membership_list(_: &Request) -> HttpResult {
-    let list: Vec<Value> = model::scan("p/membership/")?;
+/// The teams `user` belongs to.
+pub(super) fn teams_of(user: &User) -> Result<Vec<u64>, Response> {
+    Ok(memberships()?
+        .into_iter()
+        .filter(|m| m.user_id == user.id)
+        .map(|m| m.team_id)
+        .collect())
+}
+
+/// An admin, or a leader of team `team`, may manage it (1.x's
+/// `AuthorizedTeamManagement`).
+fn manages(user: &User, team: u64) -> Result<bool, Response> {
+    Ok(user.role == ADMIN
+        || memberships()?
+            .iter()
+            .any(|m| m.user_id == user.id && m.team_id == team && m.role == 1))
+}
+
+/// `GET /api/teams`: every team to an admin, a user's own teams to them.
+pub fn team_list(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
+    let mine = teams_of(&me)?;
+    let list: Vec<Team> = teams()?
+        .into_iter()
+        .filter(|t| me.role == ADMIN || mine.contains(&t.id))
+        .collect();
     Ok(Response::json(200, &list))
 }
 
-pub fn membership_create(req: &Request) -> HttpResult {
-    let v: Value = payload(req)?;
-    let (Some(user), Some(team)) = (v["UserID"].as_u64(), v["TeamID"].as_u64()) else {
-        return Err(fail(
-            400,
-            "Invalid request payload",
-            "UserID and TeamID are required",
-        ));
-    };
-    let role = v["Role"].as_u64().unwrap_or(2);
-    if kv::get(&format!("p/user/{user:010}"))?.is_none()
-        || kv::get(&format!("p/team/{team:010}"))?.is_none()
-    {
-        return Err(fail(404, "Unable to find the user or the team", ""));
+pub fn team_create(req: &Request) -> HttpResult {
+    let body: TeamName = payload(req)?;
+    if body.name.is_empty() {
+        return Err(fail(400, "Invalid request payload", "Invalid team name"));
     }
-    let id = kv::next_in_sequence("portainer-membership")?;
-    let m = json!({ "Id": id, "UserID": user, "TeamID": team, "Role": role });
-    kv::set_json(&format!("p/membership/{id:010}"), &m)?;
+    if teams()?.iter().any(|t| t.name == body.name) {
+        return Err(fail(
+            409,
+            "A team with the same name already exists",
+            "Team already exists",
+        ));
+    }
+    let team = Team {
+        id: kv::next_in_sequence("portainer-team")?,
+        name: body.name,
+    };
+    kv::set_json(&team_key(team.id), &team)?;
+    Ok(Response::json(200, &team))
+}
+
+/// The route's team.
+fn find_team(req: &Request) -> Result<Team, Response> {
+    kv::get_json(&team_key(id_param(req)?))?.ok_or_else(|| not_found("a team"))
+}
+
+/// The route's team, to a user who may manage it.
+fn managed_team(req: &Request) -> Result<Team, Response> {
+    let me = req.identity::<User>()?;
+    let team = find_team(req)?;
+    if !manages(&me, team.id)? {
+        return Err(fail(
+            403,
+            "Access denied to team",
+            "Access denied to resource",
+        ));
+    }
+    Ok(team)
+}
+
+pub fn team_get(req: &Request) -> HttpResult {
+    Ok(Response::json(200, &managed_team(req)?))
+}
+
+pub fn team_update(req: &Request) -> HttpResult {
+    let mut team = find_team(req)?;
+    let body: TeamName = payload(req)?;
+    if !body.name.is_empty() {
+        team.name = body.name;
+    }
+    kv::set_json(&team_key(team.id), &team)?;
+    Ok(Response::json(200, &team))
+}
+
+/// `DELETE /api/teams/{id}`, with the team's memberships.
+pub fn team_delete(req: &Request) -> HttpResult {
+    let team = find_team(req)?;
+    for m in memberships()?.iter().filter(|m| m.team_id == team.id) {
+        kv::delete(&membership_key(m.id))?;
+    }
+    kv::delete(&team_key(team.id))?;
+    Ok(Response::new(204))
+}
+
+/// `GET /api/teams/{id}/memberships`.
+pub fn team_memberships(req: &Request) -> HttpResult {
+    let team = managed_team(req)?;
+    let list: Vec<Membership> = memberships()?
+        .into_iter()
+        .filter(|m| m.team_id == team.id)
+        .collect();
+    Ok(Response::json(200, &list))
+}
+
+pub fn membership_list(_: &Request) -> HttpResult {
+    Ok(Response::json(200, &memberships()?))
+}
+
+/// Check a membership body against the store: the user and team exist
+/// and the user is not in the team already (`except` a membership being
+/// changed).
+fn check_membership(body: &MembershipBody, except: Option<u64>) -> Result<(), Response> {
+    if kv::get(&format!("p/user/{:010}", body.user_id))?.is_none() {
+        return Err(not_found("a user"));
+    }
+    if kv::get(&team_key(body.team_id))?.is_none() {
+        return Err(not_found("a team"));
+    }
+    let taken = memberships()?
+        .iter()
+        .any(|m| Some(m.id) != except && m.user_id == body.user_id && m.team_id == body.team_id);
+    if taken {
+        return Err(fail(
+            409,
+            "Team membership already registered",
+            "Team membership already exists for this user and team",
+        ));
+    }
+    Ok(())
+}
+
+pub fn membership_create(req: &Request) -> HttpResult {
+    let body: MembershipBody = payload(req)?;
+    check_membership(&body, None)?;
+    let m = Membership {
+        id: kv::next_in_sequence("portainer-membership")?,
+        user_id: body.user_id,
+        team_id: body.team_id,
+        role: body.role as u8,
+    };
+    kv::set_json(&membership_key(m.id), &m)?;
+    Ok(Response::json(200, &m))
+}
+
+pub fn membership_update(req: &Request) -> HttpResult {
+    let id = id_param(req)?;
+    let body: MembershipBody = payload(req)?;
+    if kv::get(&membership_key(id))?.is_none() {
+        return Err(not_found("a team membership"));
+    }
+    check_membership(&body, Some(id))?;
+    let m = Membership {
+        id,
+        user_id: body.user_id,
+        team_id: body.team_id,
+        role: body.role as u8,
+    };
+    kv::set_json(&membership_key(id), &m)?;
     Ok(Response::json(200, &m))
 }
 
 pub fn membership_delete(req: &Request) -> HttpResult {
     let id = id_param(req)?;
-    if !kv::delete(&format!("p/membership/{id:010}"))? {
+    if !kv::delete(&membership_key(id))? {
         return Err(not_found("a team membership"));
     }
     Ok(Response::new(204))

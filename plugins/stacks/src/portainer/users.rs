@@ -30,36 +30,97 @@ pub(super) fn save_user(u: &User) -> Result<(), Response> {
     kv::set_json(&format!("p/user/{:010}", u.id), u).map_err(Response::from)
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(super) struct Credentials {
+/// `POST /api/auth` and `/api/users/admin/init`.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+pub(super) struct Login {
     username: String,
     password: String,
-    #[serde(default)]
-    role: Option<u8>,
 }
 
-pub(super) fn credentials(req: &Request) -> Result<Credentials, Response> {
-    let c: Credentials = payload(req)?;
-    if c.username.trim().is_empty() || c.password.is_empty() {
-        return Err(fail(
-            400,
-            "Invalid request payload",
-            "Username and Password are required",
-        ));
+impl Payload for Login {
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.username.is_empty() {
+            return Err("Invalid username");
+        }
+        if self.password.is_empty() {
+            return Err("Invalid password");
+        }
+        Ok(())
     }
-    Ok(c)
 }
 
-pub(super) fn new_user(c: &Credentials, role: u8) -> Result<User, Response> {
-    if user_by_name(&c.username)?.is_some() {
-        return Err(fail(409, "User already exists", &c.username));
+const INVALID_ROLE: &str =
+    "Invalid role value. Value must be one of: 1 (administrator) or 2 (regular user)";
+
+/// `POST /api/users`. The password may be empty, as 1.x allowed for
+/// users who sign in elsewhere (LDAP); such a user cannot sign in here.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+pub(super) struct NewUser {
+    username: String,
+    password: String,
+    role: i64,
+}
+
+impl Payload for NewUser {
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.username.is_empty() || self.username.contains(' ') {
+            return Err("Invalid username. Must not contain any whitespace");
+        }
+        if !matches!(self.role, 1 | 2) {
+            return Err(INVALID_ROLE);
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /api/users/{id}`: what is not zero changes.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct UserUpdate {
+    password: String,
+    role: i64,
+}
+
+impl Payload for UserUpdate {
+    fn validate(&self) -> Result<(), &'static str> {
+        if !matches!(self.role, 0..=2) {
+            return Err(INVALID_ROLE);
+        }
+        Ok(())
+    }
+}
+
+/// `POST /api/users/{id}/passwd`.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct PasswordCheck {
+    password: String,
+}
+
+impl Payload for PasswordCheck {
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.password.is_empty() {
+            return Err("Invalid password");
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn new_user(username: &str, password: &str, role: u8) -> Result<User, Response> {
+    if user_by_name(username)?.is_some() {
+        return Err(fail(
+            409,
+            "Another user with the same username already exists",
+            "User already exists",
+        ));
     }
     let user = User {
         id: kv::next_in_sequence("portainer-user")?,
-        username: c.username.clone(),
+        username: username.to_string(),
         role,
-        hash: crypto::hash_password(&c.password)?,
+        hash: crypto::hash_password(password)?,
     };
     save_user(&user)?;
     Ok(user)
@@ -78,17 +139,22 @@ pub fn admin_check(_: &Request) -> HttpResult {
 }
 
 pub fn admin_init(req: &Request) -> HttpResult {
-    let c = credentials(req)?;
+    let c: Login = payload(req)?;
     if users()?.iter().any(|u| u.role == ADMIN) {
-        return Err(fail(409, "An administrator user already exists", ""));
+        return Err(fail(
+            409,
+            "Unable to create administrator user",
+            "An administrator user already exists",
+        ));
     }
-    Ok(Response::json(200, &new_user(&c, ADMIN)?.render()))
+    let user = new_user(&c.username, &c.password, ADMIN)?;
+    Ok(Response::json(200, &user.render()))
 }
 
 /// `POST /api/auth`: a JWT, or 422; failures are throttled per client
 /// address and per user.
 pub fn auth(req: &Request) -> HttpResult {
-    let c = credentials(req)?;
+    let c: Login = payload(req)?;
     let mut attempt = attempts::Login::begin(req, "p/", &c.username, Limits::from_config())
         .map_err(|e| {
             e.respond(
@@ -124,7 +190,8 @@ pub fn auth(req: &Request) -> HttpResult {
     ))
 }
 
-/// The user a request's JWT (`Authorization: Bearer` or `?token=`) names.
+/// The user a request's API token (`X-API-Key`) or JWT (`Authorization:
+/// Bearer` or `?token=`) names.
 pub fn authenticate(req: &Request) -> Result<User, Response> {
     let denied = || {
         fail(
@@ -133,6 +200,9 @@ pub fn authenticate(req: &Request) -> Result<User, Response> {
             "A valid authorisation token is missing",
         )
     };
+    if let Some(key) = req.header("x-api-key") {
+        return user_of_token(key.trim())?.ok_or_else(denied);
+    }
     let token = req
         .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
@@ -183,16 +253,9 @@ pub fn user_list(_: &Request) -> HttpResult {
 }
 
 pub fn user_create(req: &Request) -> HttpResult {
-    let c = credentials(req)?;
-    let role = c.role.unwrap_or(2);
-    if !matches!(role, 1 | 2) {
-        return Err(fail(
-            400,
-            "Invalid request payload",
-            "Role is 1 (admin) or 2 (user)",
-        ));
-    }
-    Ok(Response::json(200, &new_user(&c, role)?.render()))
+    let u: NewUser = payload(req)?;
+    let user = new_user(&u.username, &u.password, u.role as u8)?;
+    Ok(Response::json(200, &user.render()))
 }
 
 pub(super) fn find_user(req: &Request) -> Result<User, Response> {
@@ -213,27 +276,64 @@ pub fn user_update(req: &Request) -> HttpResult {
     let me = req.identity::<User>()?;
     let mut user = find_user(req)?;
     if me.role != ADMIN && me.id != user.id {
-        return Err(fail(403, "Access denied to resource", ""));
+        return Err(fail(
+            403,
+            "Permission denied to update user",
+            "Unauthorized",
+        ));
     }
-    let v: Value = payload(req)?;
-    if let Some(p) = v["Password"].as_str().filter(|p| !p.is_empty()) {
-        user.hash = crypto::hash_password(p)?;
+    let change: UserUpdate = payload(req)?;
+    if me.role != ADMIN && change.role != 0 {
+        return Err(fail(
+            403,
+            "Permission denied to update user to administrator role",
+            "Access denied to resource",
+        ));
     }
-    if let Some(role) = v["Role"].as_u64() {
-        if me.role != ADMIN {
-            return Err(fail(
-                403,
-                "Access denied to resource",
-                "only admins change roles",
-            ));
-        }
-        if !matches!(role, 1 | 2) {
-            return Err(fail(400, "Invalid request payload", "Role is 1 or 2"));
-        }
-        user.role = role as u8;
+    if !change.password.is_empty() {
+        user.hash = crypto::hash_password(&change.password)?;
+    }
+    if change.role != 0 {
+        user.role = change.role as u8;
     }
     save_user(&user)?;
     Ok(Response::json(200, &user.render()))
+}
+
+/// `POST /api/users/{id}/passwd`: whether `Password` is the user's own
+/// (the UI asks before a password change). The user themself or an admin.
+pub fn user_password_check(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
+    let user = find_user(req)?;
+    if me.role != ADMIN && me.id != user.id {
+        return Err(fail(
+            403,
+            "Permission denied to update user",
+            "Unauthorized",
+        ));
+    }
+    let check: PasswordCheck = payload(req)?;
+    let valid = crypto::verify_password(&check.password, &user.hash)?;
+    Ok(Response::json(200, &json!({ "valid": valid })))
+}
+
+/// `GET /api/users/{id}/memberships`: the user's team memberships, to the
+/// user themself or an admin.
+pub fn user_memberships(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
+    let id = id_param(req)?;
+    if me.role != ADMIN && me.id != id {
+        return Err(fail(
+            403,
+            "Permission denied to update user memberships",
+            "Unauthorized",
+        ));
+    }
+    let list: Vec<Membership> = memberships()?
+        .into_iter()
+        .filter(|m| m.user_id == id)
+        .collect();
+    Ok(Response::json(200, &list))
 }
 
 pub fn user_delete(req: &Request) -> HttpResult {
@@ -241,6 +341,10 @@ pub fn user_delete(req: &Request) -> HttpResult {
     let user = find_user(req)?;
     if user.id == me.id {
         return Err(fail(403, "Cannot remove your own user account", ""));
+    }
+    revoke_all(user.id)?;
+    for m in memberships()?.iter().filter(|m| m.user_id == user.id) {
+        kv::delete(&format!("p/membership/{:010}", m.id))?;
     }
     kv::delete(&format!("p/user/{:010}", user.id))?;
     Ok(Response::new(204))

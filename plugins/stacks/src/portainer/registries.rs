@@ -1,0 +1,204 @@
+//! Registries: where images are pulled from, with credentials, given to
+//! users and teams like endpoints. Passwords never leave the plugin.
+
+use super::*;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct Registry {
+    id: u64,
+    kind: u8,
+    name: String,
+    pub(super) url: String,
+    authentication: bool,
+    pub(super) username: String,
+    pub(super) password: String,
+    authorized_users: Vec<u64>,
+    authorized_teams: Vec<u64>,
+}
+
+impl Registry {
+    fn render(&self) -> Value {
+        json!({
+            "Id": self.id,
+            "Type": self.kind,
+            "Name": self.name,
+            "URL": self.url,
+            "Authentication": self.authentication,
+            "Username": self.username,
+            "Password": "",
+            "ManagementConfiguration": Value::Null,
+            "AuthorizedUsers": self.authorized_users,
+            "AuthorizedTeams": self.authorized_teams,
+            "UserAccessPolicies": policies(&self.authorized_users),
+            "TeamAccessPolicies": policies(&self.authorized_teams),
+        })
+    }
+}
+
+fn registry_key(id: u64) -> String {
+    format!("p/registry/{id:010}")
+}
+
+fn registries() -> Result<Vec<Registry>, Response> {
+    model::scan("p/registry/").map_err(Response::from)
+}
+
+/// `POST /api/registries`.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct NewRegistry {
+    name: String,
+    #[serde(rename = "Type")]
+    kind: i64,
+    #[serde(rename = "URL")]
+    url: String,
+    authentication: bool,
+    username: String,
+    password: String,
+}
+
+impl Payload for NewRegistry {
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.name.is_empty() {
+            return Err("Invalid registry name");
+        }
+        if self.url.is_empty() {
+            return Err("Invalid registry URL");
+        }
+        if self.authentication && (self.username.is_empty() || self.password.is_empty()) {
+            return Err(
+                "Invalid credentials. Username and password must be specified when authentication is enabled",
+            );
+        }
+        if !matches!(self.kind, 1..=3) {
+            return Err(
+                "Invalid registry type. Valid values are: 1 (Quay.io), 2 (Azure container registry) or 3 (custom registry)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /api/registries/{id}`: what the body gives changes (its grants
+/// are read as an [`Access`]).
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct RegistryUpdate {
+    name: Option<String>,
+    #[serde(rename = "URL")]
+    url: Option<String>,
+    authentication: Option<bool>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl Payload for RegistryUpdate {}
+
+/// 409 when another registry has `url`.
+fn check_url(url: &str, except: Option<u64>) -> Result<(), Response> {
+    if registries()?
+        .iter()
+        .any(|r| r.url == url && Some(r.id) != except)
+    {
+        return Err(fail(
+            409,
+            "Another registry with the same URL already exists",
+            "Registry already exists",
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /api/registries`: every registry to an admin; to a user, those
+/// given to it or its teams.
+pub fn registry_list(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
+    let mut shown = Vec::new();
+    for r in registries()? {
+        if granted(&me, &r.authorized_users, &r.authorized_teams)? {
+            shown.push(r.render());
+        }
+    }
+    Ok(Response::json(200, &shown))
+}
+
+pub fn registry_create(req: &Request) -> HttpResult {
+    let body: NewRegistry = payload(req)?;
+    check_url(&body.url, None)?;
+    let r = Registry {
+        id: kv::next_in_sequence("portainer-registry")?,
+        kind: body.kind as u8,
+        name: body.name,
+        url: body.url,
+        authentication: body.authentication,
+        username: body.username,
+        password: body.password,
+        authorized_users: Vec::new(),
+        authorized_teams: Vec::new(),
+    };
+    kv::set_json(&registry_key(r.id), &r)?;
+    Ok(Response::json(200, &r.render()))
+}
+
+fn find_registry(req: &Request) -> Result<Registry, Response> {
+    kv::get_json(&registry_key(id_param(req)?))?.ok_or_else(|| not_found("a registry"))
+}
+
+pub fn registry_get(req: &Request) -> HttpResult {
+    Ok(Response::json(200, &find_registry(req)?.render()))
+}
+
+pub fn registry_update(req: &Request) -> HttpResult {
+    let mut r = find_registry(req)?;
+    let change: RegistryUpdate = payload(req)?;
+    if let Some(name) = change.name.filter(|n| !n.is_empty()) {
+        r.name = name;
+    }
+    if let Some(url) = change.url.filter(|u| !u.is_empty()) {
+        check_url(&url, Some(r.id))?;
+        r.url = url;
+    }
+    if let Some(authentication) = change.authentication {
+        r.authentication = authentication;
+        if !authentication {
+            r.username.clear();
+            r.password.clear();
+        }
+    }
+    if let Some(username) = change.username.filter(|_| r.authentication) {
+        r.username = username;
+    }
+    if let Some(password) = change
+        .password
+        .filter(|p| r.authentication && !p.is_empty())
+    {
+        r.password = password;
+    }
+    if r.authentication && (r.username.is_empty() || r.password.is_empty()) {
+        return Err(fail(
+            400,
+            "Invalid request payload",
+            "Invalid credentials. Username and password must be specified when authentication is enabled",
+        ));
+    }
+    // The same body, read again for its grants.
+    let access: Access = payload(req)?;
+    access.apply(&mut r.authorized_users, &mut r.authorized_teams)?;
+    kv::set_json(&registry_key(r.id), &r)?;
+    Ok(Response::json(200, &r.render()))
+}
+
+/// `PUT /api/registries/{id}/access`.
+pub fn registry_access(req: &Request) -> HttpResult {
+    let mut r = find_registry(req)?;
+    let access: Access = payload(req)?;
+    access.apply(&mut r.authorized_users, &mut r.authorized_teams)?;
+    kv::set_json(&registry_key(r.id), &r)?;
+    Ok(Response::json(200, &r.render()))
+}
+
+pub fn registry_delete(req: &Request) -> HttpResult {
+    let r = find_registry(req)?;
+    kv::delete(&registry_key(r.id))?;
+    Ok(Response::new(204))
+}
