@@ -220,6 +220,20 @@ struct Api {
 }
 
 impl Api {
+    /// A Berth on `engine` (its `local` endpoint; TCP endpoints on this
+    /// machine allowed), its data in `dir`.
+    fn start(dir: &Path, engine: &Engine) -> Api {
+        let config = format!(
+            "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n\n\
+             [plugins.stacks.settings]\nstop_timeout_secs = 1\n",
+            engine.host
+        );
+        Api {
+            berth: Berth::start(dir, &config),
+            http: client(),
+        }
+    }
+
     async fn call(
         &self,
         token: Option<&str>,
@@ -873,14 +887,7 @@ async fn go_json_rules_the_1x_routes_and_the_api_fallbacks() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[docker]\nlocal = \"{}\"\n\n[plugins.stacks.settings]\nstop_timeout_secs = 1\n",
-        engine.host
-    );
-    let api = Api {
-        berth: Berth::start(dir.path(), &config),
-        http: client(),
-    };
+    let api = Api::start(dir.path(), engine);
     let invalid = |answer: &(u16, Value), details: &str| {
         let (status, body) = answer;
         assert_eq!(*status, 400, "{body}");
@@ -1792,4 +1799,289 @@ async fn endpoint(api: &Api, token: Option<&str>) -> u64 {
         .unwrap();
     assert_eq!(r.status(), 200);
     r.json::<Value>().await.unwrap()["Id"].as_u64().unwrap()
+}
+
+/// Resource controls as 1.x applied them: through the Docker proxy a
+/// non-administrator sees and touches only what a control gives them
+/// (what they created, what an admin gave them, their team or everyone),
+/// each item marked with its control; admins see everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn resource_controls_filter_what_a_user_sees_through_the_proxy() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path(), engine);
+    let (admin_token, local, _) =
+        support::portainer::admin_with_endpoints(&api.berth, engine).await;
+    let t = Some(admin_token.as_str());
+    let (status, erin) = api
+        .call(
+            t,
+            "POST",
+            "/api/users",
+            Some(json!({ "username": "erin", "password": "erinpassword", "role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{erin}");
+    let erin_id = erin["Id"].as_u64().unwrap();
+    let erin_token = api.login("erin", "erinpassword").await.1["jwt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = Some(erin_token.as_str());
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            &format!("/api/endpoints/{local}/access"),
+            Some(json!({ "AuthorizedUsers": [erin_id] })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let docker = |path: &str| format!("/api/endpoints/{local}/docker{path}");
+    let sleeper = json!({ "Image": "busybox:latest", "Cmd": ["sleep", "100000"] });
+
+    // The admin's container: not erin's to see or touch.
+    let (status, made) = api
+        .call(
+            t,
+            "POST",
+            &docker("/containers/create?name=rc-admin-box"),
+            Some(sleeper.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let admin_box = made["Id"].as_str().unwrap().to_string();
+    let names = async |token: Option<&str>| {
+        let (status, list) = api
+            .call(token, "GET", &docker("/containers/json?all=1"), None)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        let names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                c["Names"][0]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches('/')
+                    .to_string()
+            })
+            .filter(|n| {
+                ["rc-", "rcerin_", "rcadmin_"]
+                    .iter()
+                    .any(|p| n.starts_with(p))
+            })
+            .collect();
+        (names, list)
+    };
+    assert_eq!(names(e).await.0, Vec::<String>::new());
+    for (method, path) in [
+        ("GET", "/containers/rc-admin-box/json"),
+        ("POST", "/containers/rc-admin-box/start"),
+        ("DELETE", "/containers/rc-admin-box?force=1"),
+        ("GET", "/v1.41/containers/rc-admin-box/json"),
+        ("POST", "/containers/prune"),
+    ] {
+        let (status, body) = api.call(e, method, &docker(path), None).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert_eq!(body["err"], "Access denied to resource", "{body}");
+    }
+    // What erin creates is hers, marked with its control.
+    let (status, made) = api
+        .call(
+            e,
+            "POST",
+            &docker("/v1.41/containers/create?name=rc-erin-box"),
+            Some(sleeper.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let (seen, list) = names(e).await;
+    assert_eq!(seen, vec!["rc-erin-box".to_string()], "{list}");
+    let mine = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["Id"] == made["Id"])
+        .unwrap();
+    assert_eq!(
+        mine["Portainer"]["ResourceControl"]["UserAccesses"][0]["UserId"],
+        json!(erin_id),
+        "{mine}"
+    );
+    for (method, path, want) in [
+        ("POST", "/containers/rc-erin-box/start", 204),
+        ("GET", "/containers/rc-erin-box/json", 200),
+        ("GET", "/containers/nothing-here/json", 404),
+    ] {
+        let (status, body) = api.call(e, method, &docker(path), None).await;
+        assert_eq!(status, want, "{method} {path}: {body}");
+    }
+    let (mut everything, _) = names(t).await;
+    everything.sort();
+    assert_eq!(
+        everything,
+        vec!["rc-admin-box".to_string(), "rc-erin-box".to_string()]
+    );
+
+    // Given to erin's team by an admin, the admin's container is hers to
+    // see; taken back to administrators only, it is not.
+    let (_, team) = api
+        .call(t, "POST", "/api/teams", Some(json!({ "Name": "rc-team" })))
+        .await;
+    let (status, _) = api
+        .call(
+            t,
+            "POST",
+            "/api/team_memberships",
+            Some(json!({ "UserID": erin_id, "TeamID": team["Id"], "Role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    invalid_type(&api, t, &admin_box).await;
+    let (status, control) = api
+        .call(
+            t,
+            "POST",
+            "/api/resource_controls",
+            Some(json!({ "resourceid": admin_box, "type": "container", "teams": [team["Id"]] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{control}");
+    let (status, again) = api
+        .call(
+            t,
+            "POST",
+            "/api/resource_controls",
+            Some(json!({ "ResourceID": admin_box, "Type": "container", "Public": true })),
+        )
+        .await;
+    assert_eq!(
+        (status, again["err"].clone()),
+        (
+            409,
+            json!("A resource control is already associated to this resource")
+        )
+    );
+    let (mut seen, _) = names(e).await;
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec!["rc-admin-box".to_string(), "rc-erin-box".to_string()]
+    );
+    let control_path = format!("/api/resource_controls/{}", control["Id"]);
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            &control_path,
+            Some(json!({ "administratorsOnly": true })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(names(e).await.0, vec!["rc-erin-box".to_string()]);
+    let (status, _) = api
+        .call(e, "PUT", &control_path, Some(json!({ "public": true })))
+        .await;
+    assert_eq!(status, 403, "controls are administrators'");
+
+    // Volumes the same way, in their `{"Volumes": [...]}` list.
+    for (token, name) in [(t, "rc-admin-vol"), (e, "rc-erin-vol")] {
+        let (status, body) = api
+            .call(
+                token,
+                "POST",
+                &docker("/volumes/create"),
+                Some(json!({ "Name": name })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, volumes) = api.call(e, "GET", &docker("/volumes"), None).await;
+    assert_eq!(status, 200, "{volumes}");
+    let seen: Vec<&str> = volumes["Volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["Name"].as_str())
+        .filter(|n| n.starts_with("rc-"))
+        .collect();
+    assert_eq!(seen, vec!["rc-erin-vol"], "{volumes}");
+    let (status, _) = api
+        .call(e, "DELETE", &docker("/volumes/rc-admin-vol"), None)
+        .await;
+    assert_eq!(status, 403);
+
+    // Stacks: erin's own, not the admin's.
+    let compose =
+        "version: \"2\"\nservices:\n  a:\n    image: busybox:latest\n    command: sleep 100000\n";
+    let mut ids = Vec::new();
+    for (token, name) in [(t, "rcadmin"), (e, "rcerin")] {
+        let (status, stack) = api
+            .call(
+                token,
+                "POST",
+                &format!("/api/stacks?method=string&type=2&endpointId={local}"),
+                Some(json!({ "Name": name, "StackFileContent": compose })),
+            )
+            .await;
+        assert_eq!(status, 200, "{stack}");
+        ids.push(stack["Id"].as_u64().unwrap());
+    }
+    let (_, stacks) = api.call(e, "GET", "/api/stacks", None).await;
+    let seen: Vec<&str> = stacks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["Name"].as_str())
+        .collect();
+    assert_eq!(seen, vec!["rcerin"], "{stacks}");
+    let (status, _) = api
+        .call(e, "GET", &format!("/api/stacks/{}", ids[0]), None)
+        .await;
+    assert_eq!(status, 403);
+    // A stack's containers come with it.
+    let (mut seen, _) = names(e).await;
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec!["rc-erin-box".to_string(), "rcerin_a-1".to_string()]
+    );
+    for id in ids {
+        let (status, _) = api
+            .call(t, "DELETE", &format!("/api/stacks/{id}"), None)
+            .await;
+        assert_eq!(status, 204);
+    }
+    for path in [
+        "/containers/rc-admin-box?force=1",
+        "/containers/rc-erin-box?force=1",
+        "/volumes/rc-admin-vol",
+        "/volumes/rc-erin-vol",
+    ] {
+        let (status, _) = api.call(t, "DELETE", &docker(path), None).await;
+        assert_eq!(status, 204, "{path}");
+    }
+}
+
+async fn invalid_type(api: &Api, token: Option<&str>, id: &str) {
+    let (status, body) = api
+        .call(
+            token,
+            "POST",
+            "/api/resource_controls",
+            Some(json!({ "ResourceID": id, "Type": "thing", "Public": true })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["err"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid type value"),
+        "{body}"
+    );
 }

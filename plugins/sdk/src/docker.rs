@@ -24,18 +24,31 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Anything else of the engine's API, answered whole (error statuses
+//! included), to read before answering the client:
+//!
+//! ```no_run
+//! use berth_sdk::docker;
+//!
+//! # fn main() -> Result<(), docker::DockerError> {
+//! let answer = docker::request("local", "GET", "/volumes", "", &[], &[])?;
+//! let volumes: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+//! # Ok(())
+//! # }
+//! ```
 
 use crate::Response;
 use crate::bindings::berth::plugin::docker as raw;
 
 pub use raw::{
-    Container, DockerError, EngineError, Filters, LogSource, Port, TlsFiles, container_create,
-    container_inspect, container_kill, container_list, container_logs, container_remove,
-    container_rename, container_restart, container_start, container_stop, exec_create,
-    follow_events, follow_events_as_jobs, image_inspect, image_list, image_pull, info,
+    Container, DockerError, EngineAnswer, EngineError, Filters, LogSource, Port, TlsFiles,
+    container_create, container_inspect, container_kill, container_list, container_logs,
+    container_remove, container_rename, container_restart, container_start, container_stop,
+    exec_create, follow_events, follow_events_as_jobs, image_inspect, image_list, image_pull, info,
     network_create, network_list, network_remove, node_list, open_log_stream, ping,
-    register_endpoint, register_url_endpoint, remove_endpoint, service_create, service_inspect,
-    service_list, service_remove, service_update, swarm_inspect, task_list,
+    register_endpoint, register_url_endpoint, remove_endpoint, request, service_create,
+    service_inspect, service_list, service_remove, service_update, swarm_inspect, task_list,
 };
 
 /// A one-line description of a [`DockerError`].

@@ -480,6 +480,21 @@ impl Plugin for Stacks {
                             "/api/registries/{id}/access",
                             p::registry_access,
                         )
+                        .post(
+                            "portainer.controls.create",
+                            "/api/resource_controls",
+                            p::control_create,
+                        )
+                        .put(
+                            "portainer.controls.update",
+                            "/api/resource_controls/{id}",
+                            p::control_update,
+                        )
+                        .delete(
+                            "portainer.controls.delete",
+                            "/api/resource_controls/{id}",
+                            p::control_delete,
+                        )
                         .post("portainer.users.create", "/api/users", p::user_create)
                         .delete("portainer.users.delete", "/api/users/{id}", p::user_delete)
                         .post("portainer.teams.create", "/api/teams", p::team_create)

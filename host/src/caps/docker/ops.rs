@@ -12,7 +12,9 @@ use wasmtime::component::HasData;
 
 use super::{Docker, Engine, EventSink, LogSpec, engine_error, unreachable_text};
 use crate::bindings::DockerFailure;
-use crate::bindings::docker::{Container, DockerError, Filters, Host, LogSource, Port, TlsFiles};
+use crate::bindings::docker::{
+    Container, DockerError, EngineAnswer, Filters, Host, LogSource, Port, TlsFiles,
+};
 use crate::capability::Capability;
 use crate::caps::events::Events;
 use crate::caps::http_out::HttpOut;
@@ -238,6 +240,45 @@ pub(super) fn container(c: Summary) -> Container {
             })
             .collect(),
     }
+}
+
+/// A plugin's raw engine request, checked: a method, a target
+/// (`path?query`) and headers that cannot smuggle a second request or
+/// ask for an upgrade.
+fn raw_request(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+) -> Result<(http::Method, String, http::HeaderMap), DockerError> {
+    let invalid = |what: String| DockerError::Invalid(what);
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| invalid(format!("`{method}` is not an HTTP method")))?;
+    let clean = |s: &str| !s.chars().any(|c| c.is_control() || c == ' ' || c == '#');
+    if !path.starts_with('/') || !clean(path) || !clean(query) || path.contains('?') {
+        return Err(invalid(format!(
+            "`{path}` with `{query}` is not a request target"
+        )));
+    }
+    let target = match query {
+        "" => path.to_string(),
+        q => format!("{path}?{q}"),
+    };
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        let name = http::HeaderName::try_from(name.as_str())
+            .map_err(|_| invalid(format!("`{name}` is not a header name")))?;
+        if matches!(
+            name.as_str(),
+            "connection" | "upgrade" | "transfer-encoding" | "content-length" | "host" | "te"
+        ) {
+            return Err(invalid(format!("the host sets `{name}` itself")));
+        }
+        let value = http::HeaderValue::try_from(value.as_str())
+            .map_err(|_| invalid(format!("the value of `{name}` is not a header value")))?;
+        map.append(name, value);
+    }
+    Ok((method, target, map))
 }
 
 impl Host for DockerView<'_> {
@@ -647,6 +688,42 @@ impl Host for DockerView<'_> {
     async fn info(&mut self, endpoint: String) -> Result<String, DockerFailure> {
         self.on_engine(&endpoint, |api| async move { Ok(json(&api.info().await?)) })
             .await
+    }
+
+    async fn request(
+        &mut self,
+        endpoint: String,
+        method: String,
+        path: String,
+        query: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<EngineAnswer, DockerFailure> {
+        let request = match raw_request(&method, &path, &query, &headers) {
+            Ok(request) => request,
+            Err(e) => return Err(e.into()),
+        };
+        let (method, target, headers) = request;
+        if !matches!(method, http::Method::GET | http::Method::HEAD) {
+            self.changes();
+        }
+        self.on_wire(&endpoint, |engine| async move {
+            let (status, headers, body) = engine.request(&method, &target, &headers, &body).await?;
+            Ok(EngineAnswer {
+                status: status.as_u16(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+                body: body.to_vec(),
+            })
+        })
+        .await
     }
 
     async fn ping(&mut self, endpoint: String) -> Result<String, DockerFailure> {

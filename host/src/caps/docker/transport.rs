@@ -264,6 +264,47 @@ impl Engine {
     }
 }
 
+/// The most of an answer `Engine::request` reads.
+pub(super) const REQUEST_ANSWER_MAX: usize = 16 << 20;
+
+impl Engine {
+    /// One request (`target`: path and query) and its whole answer, error
+    /// statuses included; an answer over `REQUEST_ANSWER_MAX` is refused.
+    pub(super) async fn request(
+        &self,
+        method: &http::Method,
+        target: &str,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), DockerError> {
+        let address = &self.spec.address;
+        let unreachable = |e: std::io::Error| DockerError::Unreachable(format!("{address}: {e}"));
+        let target = format!("{}{target}", self.prefix());
+        let answer = self
+            .wire
+            .send(method, &target, headers, body)
+            .await
+            .map_err(unreachable)?;
+        if answer.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(DockerError::Invalid(
+                "the engine upgraded the connection: use proxy-docker for attach and exec".into(),
+            ));
+        }
+        let limited = http_body_util::Limited::new(answer.body, REQUEST_ANSWER_MAX);
+        let body = match limited.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(DockerError::Invalid(format!(
+                    "the engine's answer is over {} MiB",
+                    REQUEST_ANSWER_MAX >> 20
+                )));
+            }
+            Err(e) => return Err(DockerError::Unreachable(format!("{address}: {e}"))),
+        };
+        Ok((answer.status, answer.headers, body))
+    }
+}
+
 pub(super) fn client_tls(tls: &Tls, host: &str) -> Result<ClientTls, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut tls.ca.as_bytes()) {

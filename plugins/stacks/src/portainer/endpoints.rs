@@ -351,6 +351,11 @@ pub fn docker_proxy(req: &Request) -> HttpResult {
     let user = req.identity::<User>()?;
     let e = find_endpoint(req, &user)?;
     let path = format!("/{}", req.param("path").unwrap_or_default());
+    if user.role != ADMIN
+        && let Some(answer) = restricted(req, &user, &e, &path)?
+    {
+        return Ok(answer);
+    }
     // A `?token=` is Berth's, not the engine's: it is not forwarded.
     if req.query("token").is_none() {
         return Ok(Response::proxy_docker(&e.docker, &path, None));

@@ -193,6 +193,9 @@ pub fn stack_create(req: &Request) -> HttpResult {
         return Err(stack_failure(f));
     }
     kv::set(&format!("p/stack/{:010}", stack.id), stack.uuid.as_bytes())?;
+    if user.role != ADMIN {
+        own(&user, STACK, &stack.name)?;
+    }
     Ok(Response::json(200, &render_stack(&stack)))
 }
 
@@ -213,10 +216,11 @@ pub(super) fn may_see(user: &User, st: &Stack) -> Result<bool, Response> {
     if user.role == ADMIN {
         return Ok(true);
     }
-    match load_endpoint(p.endpoint_id)? {
-        Some(e) => can_use(user, &e),
-        None => Ok(false),
-    }
+    let usable = match load_endpoint(p.endpoint_id)? {
+        Some(e) => can_use(user, &e)?,
+        None => false,
+    };
+    Ok(usable && may_see_stack(user, &st.name)?)
 }
 
 pub(super) fn find_stack(req: &Request, user: &User) -> Result<Stack, Response> {
@@ -281,5 +285,6 @@ pub fn stack_delete(req: &Request) -> HttpResult {
         model::run_stack(&mut st, Op::Terminate).map_err(stack_failure)?;
     }
     remove_stack_record(&st)?;
+    disown(STACK, &st.name)?;
     Ok(Response::new(204))
 }

@@ -5,8 +5,8 @@
 
 use super::*;
 
-const SERVICE: u8 = 1;
-const STACK: u8 = 2;
+const SERVICE_HOOK: u8 = 1;
+const STACK_HOOK: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Webhook {
@@ -83,7 +83,7 @@ pub fn webhook_create(req: &Request) -> HttpResult {
         return Err(fail(403, "Permission denied to access endpoint", ""));
     }
     let kind = body.kind as u8;
-    if kind == SERVICE {
+    if kind == SERVICE_HOOK {
         docker::service_inspect(&endpoint.docker, &body.resource_id).map_err(|e| {
             match docker::engine_status(&e) {
                 Some(404) => not_found("a service"),
@@ -182,7 +182,7 @@ pub fn webhook_trigger(req: &Request) -> HttpResult {
         .find(|w| crypto::constant_time_eq(w.token.as_bytes(), token.as_bytes()))
         .ok_or_else(|| fail(404, "Unable to find a webhook with this token", "Not found"))?;
     let endpoint = load_endpoint(w.endpoint_id)?.ok_or_else(|| not_found("an endpoint"))?;
-    if w.kind == STACK {
+    if w.kind == STACK_HOOK {
         let mut stack = stack_by_id(&w.resource_id)?.ok_or_else(|| not_found("a stack"))?;
         model::run_stack(&mut stack, Op::Redeploy).map_err(|f| match f {
             Failure::State(m) => fail(409, "Unable to redeploy the stack", &m),
