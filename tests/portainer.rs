@@ -1161,6 +1161,25 @@ async fn go_json_rules_the_1x_routes_and_the_api_fallbacks() {
     // Endpoints: access given to dave's team, with lower-case keys, lets
     // dave use the engine.
     let local = endpoint(&api, t).await;
+    // A snapshot of what the engine has, on the endpoint.
+    let snapshot = format!("/api/endpoints/{local}/snapshot");
+    assert_eq!(api.call(d, "POST", &snapshot, None).await.0, 403);
+    assert_eq!(api.call(t, "POST", &snapshot, None).await.0, 204);
+    assert_eq!(
+        api.call(t, "POST", "/api/endpoints/snapshot", None).await.0,
+        204
+    );
+    let (_, e) = api
+        .call(t, "GET", &format!("/api/endpoints/{local}"), None)
+        .await;
+    assert_eq!(e["Status"], 1, "{e}");
+    let taken = &e["Snapshots"][0];
+    assert!(
+        taken["DockerVersion"].is_string()
+            && taken["RunningContainerCount"].is_u64()
+            && taken["VolumeCount"].is_u64(),
+        "{e}"
+    );
     let (_, seen) = api.call(d, "GET", "/api/endpoints", None).await;
     assert_eq!(seen, json!([]));
     let (status, e) = api
@@ -2083,5 +2102,42 @@ async fn invalid_type(api: &Api, token: Option<&str>, id: &str) {
             .unwrap()
             .starts_with("Invalid type value"),
         "{body}"
+    );
+}
+
+/// `portainer-api` 1.22.1.1 from PyPI, the client generated from
+/// Portainer 1.22's Swagger description, unmodified: a whole session
+/// (`tests/py/portainer_api_session.py`), within a bounded time.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_generated_1x_python_client_runs_a_whole_session() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let Some(python) = support::portainer_api_client() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path(), engine);
+    let url = api.berth.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        let child = std::process::Command::new(python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/py/portainer_api_session.py"
+            ))
+            .arg(url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        support::wait_bounded(child, Duration::from_secs(120), "the portainer-api session")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("session ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

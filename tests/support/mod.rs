@@ -376,6 +376,13 @@ pub fn python() -> Option<PathBuf> {
     )
 }
 
+/// A Python with `portainer-api` 1.22.1.1, the client generated from
+/// Portainer 1.22's Swagger description, in a venv of its own.
+pub fn portainer_api_client() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    venv(&PYTHON, "portainer-api-venv", &["portainer-api==1.22.1.1"])
+}
+
 /// A Python with the Docker SDK for Python, in a venv of its own.
 pub fn docker_py() -> Option<PathBuf> {
     static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();

@@ -230,6 +230,15 @@ impl Router {
                 problems.push(format!("route `{}` has no description", r.id));
             }
         }
+        for doc in &docs {
+            let mut refs = Vec::new();
+            schema_refs(doc, &mut refs);
+            for name in refs {
+                if !schemas.iter().any(|s| s.as_str() == name) {
+                    problems.push(format!("`$ref` to schema `{name}`, which is not defined"));
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -418,6 +427,28 @@ fn describe_operation(
     }
 }
 
+/// The names of the component schemas `value` refers to
+/// (`#/components/schemas/NAME`), at any depth.
+fn schema_refs<'v>(value: &'v serde_json::Value, out: &mut Vec<&'v str>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v.as_str()) {
+                    ("$ref", Some(target)) => {
+                        if let Some(pointer) = target.strip_prefix("#/components/schemas/") {
+                            // `NAME`, or a pointer into it (`NAME/properties/x`).
+                            out.push(pointer.split('/').next().unwrap_or(pointer));
+                        }
+                    }
+                    _ => schema_refs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| schema_refs(v, out)),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +539,15 @@ mod tests {
         assert!(twice.contains("schema `Thing` is defined twice"), "{twice}");
         assert!(Router::new().describe("[]").check_description().is_err());
         assert!(Router::new().check_description().is_err());
+        const DANGLING: &str = r##"{
+            "operations": { "other.get": { "responses": { "200": {
+                "schema": { "$ref": "#/components/schemas/Nowhere/properties/x" } } } } }
+        }"##;
+        let dangling = router().get("other.get", "/other", ok).describe(DANGLING);
+        assert_eq!(
+            dangling.check_description(),
+            Err("`$ref` to schema `Nowhere`, which is not defined".to_string())
+        );
     }
 
     #[test]

@@ -530,6 +530,16 @@ impl Plugin for Stacks {
                             "/api/endpoints/{id}",
                             p::endpoint_update,
                         )
+                        .post(
+                            "portainer.endpoints.snapshot",
+                            "/api/endpoints/{id}/snapshot",
+                            p::endpoint_snapshot,
+                        )
+                        .post(
+                            "portainer.endpoints.snapshot-all",
+                            "/api/endpoints/snapshot",
+                            p::endpoint_snapshot_all,
+                        )
                         .put(
                             "portainer.endpoints.access",
                             "/api/endpoints/{id}/access",

@@ -16,6 +16,16 @@ pub(super) struct Endpoint {
     pub(super) authorized_users: Vec<u64>,
     #[serde(default)]
     pub(super) authorized_teams: Vec<u64>,
+    /// The last snapshot of the engine (`POST .../snapshot`), if any.
+    #[serde(default)]
+    snapshot: Option<Value>,
+    /// Whether the engine answered the last snapshot.
+    #[serde(default = "up")]
+    up: bool,
+}
+
+fn up() -> bool {
+    true
 }
 
 impl Endpoint {
@@ -40,7 +50,8 @@ impl Endpoint {
             "UserAccessPolicies": policies(&self.authorized_users),
             "TeamAccessPolicies": policies(&self.authorized_teams),
             "Extensions": [],
-            "Status": 1,
+            "Status": if self.up { 1 } else { 2 },
+            "Snapshots": self.snapshot.iter().collect::<Vec<_>>(),
         })
     }
 }
@@ -243,6 +254,8 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
         docker: docker_name,
         authorized_users: Vec::new(),
         authorized_teams: Vec::new(),
+        snapshot: None,
+        up: true,
     };
     kv::set_json(&endpoint_key(id), &endpoint)?;
     Ok(Response::json(200, &endpoint.render()))
@@ -432,4 +445,65 @@ fn console_target(req: &Request) -> Result<(Endpoint, String), Response> {
         ));
     }
     Ok((endpoint, id.to_string()))
+}
+
+/// What an engine has, as 1.x's endpoint snapshot shows it.
+fn snapshot_of(e: &Endpoint) -> Result<Value, docker::DockerError> {
+    let info: Value = serde_json::from_str(&docker::info(&e.docker)?).unwrap_or_default();
+    let count = |path: &str, member: Option<&str>| -> Result<usize, docker::DockerError> {
+        let answer = docker::request(&e.docker, "GET", path, "", &[], &[])?;
+        let doc: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        let list = member.map_or(&doc, |m| &doc[m]);
+        Ok(list.as_array().map_or(0, Vec::len))
+    };
+    let swarm = info["Swarm"]["ControlAvailable"] == true;
+    let containers = |state: &str| info[state].as_u64().unwrap_or(0);
+    let stacks = model::scan::<Stack>("stack/")
+        .map_err(|e| docker::DockerError::Invalid(e.to_string()))?
+        .iter()
+        .filter(|s| s.endpoint == e.docker && s.state != "Terminated")
+        .count();
+    Ok(json!({
+        "Time": time::now_secs(),
+        "DockerVersion": info["ServerVersion"],
+        "Swarm": swarm,
+        "TotalCPU": info["NCPU"],
+        "TotalMemory": info["MemTotal"],
+        "RunningContainerCount": containers("ContainersRunning"),
+        "StoppedContainerCount": containers("ContainersStopped") + containers("ContainersPaused"),
+        "HealthyContainerCount": 0,
+        "UnhealthyContainerCount": 0,
+        "VolumeCount": count("/volumes", Some("Volumes"))?,
+        "ImageCount": info["Images"],
+        "ServiceCount": if swarm { count("/services", None)? } else { 0 },
+        "StackCount": stacks,
+    }))
+}
+
+/// Take endpoint `e`'s snapshot: up with what it has, or down.
+fn take_snapshot(mut e: Endpoint) -> Result<(), Response> {
+    match snapshot_of(&e) {
+        Ok(s) => {
+            e.snapshot = Some(s);
+            e.up = true;
+        }
+        Err(_) => e.up = false,
+    }
+    kv::set_json(&endpoint_key(e.id), &e).map_err(Response::from)
+}
+
+/// `POST /api/endpoints/{id}/snapshot` (administrators).
+pub fn endpoint_snapshot(req: &Request) -> HttpResult {
+    let user = req.identity::<User>()?;
+    take_snapshot(find_endpoint(req, &user)?)?;
+    Ok(Response::new(204))
+}
+
+/// `POST /api/endpoints/snapshot`: every endpoint's (administrators).
+pub fn endpoint_snapshot_all(_: &Request) -> HttpResult {
+    let all: Vec<Endpoint> = model::scan("p/endpoint/")?;
+    for e in all {
+        take_snapshot(e)?;
+    }
+    Ok(Response::new(204))
 }

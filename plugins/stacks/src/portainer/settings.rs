@@ -30,6 +30,14 @@ pub fn route_not_found(req: &Request) -> HttpResult {
     ))
 }
 
+/// A label hidden from non-administrators' lists (1.x's `Pair`).
+#[derive(Serialize, Deserialize, Default)]
+#[serde(default)]
+struct LabelPair {
+    name: String,
+    value: String,
+}
+
 /// The settings Portainer 1.24 keeps. Authentication is internal (1):
 /// there is no LDAP or OAuth here.
 #[derive(Serialize, Deserialize)]
@@ -37,7 +45,7 @@ pub fn route_not_found(req: &Request) -> HttpResult {
 struct Settings {
     #[serde(rename = "LogoURL")]
     logo_url: String,
-    black_listed_labels: Vec<Value>,
+    black_listed_labels: Vec<LabelPair>,
     authentication_method: u8,
     allow_bind_mounts_for_regular_users: bool,
     allow_privileged_mode_for_regular_users: bool,
@@ -76,7 +84,7 @@ fn settings() -> Result<Settings, Response> {
 struct SettingsUpdate {
     #[serde(rename = "LogoURL")]
     logo_url: Option<String>,
-    black_listed_labels: Option<Vec<Value>>,
+    black_listed_labels: Option<Vec<LabelPair>>,
     authentication_method: Option<i64>,
     allow_bind_mounts_for_regular_users: Option<bool>,
     allow_privileged_mode_for_regular_users: Option<bool>,
