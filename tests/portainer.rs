@@ -2113,7 +2113,7 @@ async fn the_generated_1x_python_client_runs_a_whole_session() {
     let Some(engine) = docker::shared() else {
         return;
     };
-    let Some(python) = support::portainer_api_client() else {
+    let Some(python) = support::portainer_clients() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -2140,4 +2140,150 @@ async fn the_generated_1x_python_client_runs_a_whole_session() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `portainer-cli` 0.3.0 from PyPI, unmodified: it signs in with
+/// lower-case keys, updates a stack (file, env added to the stack's own,
+/// prune) and a registry the way it reads them, and fails on a 404.
+#[tokio::test(flavor = "multi_thread")]
+async fn portainer_cli_updates_a_stack_and_a_registry() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let Some(python) = support::portainer_clients() else {
+        return;
+    };
+    let cli = python.with_file_name("portainer-cli");
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path(), engine);
+    let admin = json!({ "username": "admin", "password": "adminpassword" });
+    let (status, _) = api
+        .call(None, "POST", "/api/users/admin/init", Some(admin))
+        .await;
+    assert_eq!(status, 200);
+    let token = api.login("admin", "adminpassword").await.1["jwt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = Some(token.as_str());
+    let local = endpoint(&api, t).await;
+    let (status, stack) = api
+        .call(
+            t,
+            "POST",
+            &format!("/api/stacks?method=string&type=2&endpointId={local}"),
+            Some(json!({
+                "Name": "clistack",
+                "StackFileContent": "version: \"2\"\nservices:\n  a:\n    image: busybox:latest\n    command: sleep 100000\n",
+                "Env": [{ "name": "A", "value": "1" }],
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{stack}");
+    let stack_id = stack["Id"].as_u64().unwrap();
+    let (status, registry) = api
+        .call(
+            t,
+            "POST",
+            "/api/registries",
+            Some(json!({ "Name": "r", "Type": 3, "URL": "registry.local:5000" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{registry}");
+    let new_file = dir.path().join("stack.yml");
+    let content =
+        "version: \"2\"\nservices:\n  a:\n    image: busybox:latest\n    command: sleep 100001\n";
+    std::fs::write(&new_file, content).unwrap();
+
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let url = api.berth.url("/");
+    let (stack_arg, local_arg, registry_arg) = (
+        stack_id.to_string(),
+        local.to_string(),
+        registry["Id"].to_string(),
+    );
+    let file_arg = new_file.to_string_lossy().into_owned();
+    tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let child = std::process::Command::new(&cli)
+                .args(args)
+                .env("HOME", &home)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            support::wait_bounded(child, Duration::from_secs(60), "portainer-cli")
+        };
+        let ok = |args: &[&str]| {
+            let out = run(args);
+            assert!(
+                out.status.success(),
+                "portainer-cli {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        ok(&["configure", &url]);
+        ok(&["login", "admin", "adminpassword"]);
+        assert!(ok(&["request", "status", "-p"]).contains("\"Version\""));
+        ok(&[
+            "update_stack",
+            &stack_arg,
+            &local_arg,
+            &file_arg,
+            "-p",
+            "--env.B=2",
+        ]);
+        ok(&[
+            "update_registry",
+            &registry_arg,
+            "-name",
+            "renamed",
+            "-a",
+            "-username",
+            "u",
+            "-password",
+            "p",
+        ]);
+        let failed = run(&["request", "nothing/here"]);
+        assert!(!failed.status.success(), "a 404 fails the command");
+    })
+    .await
+    .unwrap();
+
+    let (_, stack) = api
+        .call(t, "GET", &format!("/api/stacks/{stack_id}"), None)
+        .await;
+    assert_eq!(
+        stack["Env"],
+        json!([{ "name": "A", "value": "1" }, { "name": "B", "value": "2" }]),
+        "{stack}"
+    );
+    let (_, file) = api
+        .call(t, "GET", &format!("/api/stacks/{stack_id}/file"), None)
+        .await;
+    assert_eq!(file["StackFileContent"], content);
+    let (_, registry) = api
+        .call(
+            t,
+            "GET",
+            &format!("/api/registries/{}", registry["Id"]),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            registry["Name"].clone(),
+            registry["Authentication"].clone(),
+            registry["Username"].clone()
+        ),
+        (json!("renamed"), json!(true), json!("u")),
+        "{registry}"
+    );
+    let (status, _) = api
+        .call(t, "DELETE", &format!("/api/stacks/{stack_id}"), None)
+        .await;
+    assert_eq!(status, 204);
 }

@@ -376,11 +376,22 @@ pub fn python() -> Option<PathBuf> {
     )
 }
 
-/// A Python with `portainer-api` 1.22.1.1, the client generated from
-/// Portainer 1.22's Swagger description, in a venv of its own.
-pub fn portainer_api_client() -> Option<PathBuf> {
+/// A Python with third-party Portainer 1.x clients in a venv of its own:
+/// `portainer-api` 1.22.1.1 (generated from Portainer 1.22's Swagger
+/// description) and `portainer-cli` 0.3.0 (its `portainer-cli` command
+/// beside the interpreter), with `validators`, which that CLI imports
+/// without declaring it.
+pub fn portainer_clients() -> Option<PathBuf> {
     static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    venv(&PYTHON, "portainer-api-venv", &["portainer-api==1.22.1.1"])
+    venv(
+        &PYTHON,
+        "portainer-clients-venv",
+        &[
+            "portainer-api==1.22.1.1",
+            "portainer-cli==0.3.0",
+            "validators==0.36.0",
+        ],
+    )
 }
 
 /// A Python with the Docker SDK for Python, in a venv of its own.
