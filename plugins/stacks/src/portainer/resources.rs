@@ -338,30 +338,27 @@ pub(super) fn restricted(
     };
     let parts: Vec<&str> = unversioned.trim_matches('/').split('/').collect();
     let method = req.method();
-    let viewer = Viewer {
-        user,
-        teams: teams_of(user)?,
-        controls: controls()?,
+    // Only the requests filtered or checked read the controls.
+    let viewer = || -> Result<Viewer, Response> {
+        Ok(Viewer {
+            user,
+            teams: teams_of(user)?,
+            controls: controls()?,
+        })
     };
     let denied = || fail(403, "Access denied to resource", "Unauthorized");
-    match (method, parts.as_slice()) {
+    let fam = parts.first().and_then(|segment| family(segment));
+    match (method, parts.as_slice(), fam) {
         (
             "GET",
             ["containers", "json"]
             | ["services" | "volumes" | "networks" | "secrets" | "configs" | "tasks"],
-        ) => list(req, &viewer, e, path, parts[0]).map(Some),
-        ("POST", [segment, "create"]) if family(segment).is_some() => create(
-            req,
-            user,
-            e,
-            path,
-            family(segment).unwrap_or_else(|| unreachable!()),
-        )
-        .map(Some),
+            _,
+        ) => list(req, &viewer()?, e, path, parts[0]).map(Some),
+        ("POST", [_, "create"], Some(fam)) => create(req, user, e, path, fam).map(Some),
         // Pruning reaches everyone's resources.
-        (_, [_, "prune"]) => Err(denied()),
-        (_, [segment, id, ..]) if family(segment).is_some() => {
-            let fam = family(segment).unwrap_or_else(|| unreachable!());
+        (_, [_, "prune"], _) => Err(denied()),
+        (_, [segment, id, ..], Some(fam)) => {
             // Containers are inspected at `/containers/ID/json`, the others
             // at `/KIND/ID`.
             let inspect = match *segment {
@@ -381,7 +378,7 @@ pub(super) fn restricted(
                 &"containers" => &item["Config"]["Labels"],
                 _ => labels_at(&item, fam.labels),
             };
-            if viewer.visible(fam.kind, &full_id, labels).is_none() {
+            if viewer()?.visible(fam.kind, &full_id, labels).is_none() {
                 return Err(denied());
             }
             Ok(None)
