@@ -117,6 +117,17 @@ pub fn uuid4() -> Result<String, berth_sdk::Error> {
     Ok(uuid4_text(b))
 }
 
+/// The FNV-1a offset basis, for [`fnv1a`].
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64 bits) of `bytes` from `offset`: stable ids and hashes that
+/// need no storage (not for secrets).
+pub fn fnv1a(offset: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(offset, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// 16 bytes as a version-4 uuid's text (the version and variant bits set).
 pub fn uuid4_text(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;

@@ -43,14 +43,9 @@ struct Node {
 /// clusters keep theirs without being stored.
 fn uuid_of(kind: &str, id: &str) -> String {
     // Two FNV-1a 64-bit hashes with different offsets: 128 stable bits.
-    let fnv = |offset: u64| {
-        let bytes = kind.bytes().chain([0]).chain(id.bytes());
-        bytes.fold(offset, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
-    };
+    let fnv = |offset: u64| model::fnv1a(offset, kind.bytes().chain([0]).chain(id.bytes()));
     let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
+    b[..8].copy_from_slice(&fnv(model::FNV_OFFSET).to_be_bytes());
     b[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142).to_be_bytes());
     model::uuid4_text(b)
 }

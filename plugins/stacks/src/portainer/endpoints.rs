@@ -76,6 +76,15 @@ pub(super) fn endpoint_key(id: u64) -> String {
     format!("p/endpoint/{id:010}")
 }
 
+/// Whether `user` may use endpoint `id` (an endpoint that is gone is an
+/// administrator's only).
+pub(super) fn may_use_endpoint(user: &User, id: u64) -> Result<bool, Response> {
+    match load_endpoint(id)? {
+        Some(e) => can_use(user, &e),
+        None => Ok(user.role == ADMIN),
+    }
+}
+
 pub(super) fn load_endpoint(id: u64) -> Result<Option<Endpoint>, Response> {
     kv::get_json(&endpoint_key(id)).map_err(Response::from)
 }

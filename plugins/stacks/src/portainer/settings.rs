@@ -233,9 +233,7 @@ pub fn settings_public(_: &Request) -> HttpResult {
 /// settings), which 1.x fetched from portainer.io; `Hash` changes with it.
 pub fn motd(_: &Request) -> HttpResult {
     let message = config::get_or("motd", String::new()).unwrap_or_default();
-    let hash = message.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = model::fnv1a(model::FNV_OFFSET, message.bytes());
     Ok(Response::json(
         200,
         &json!({ "Title": "", "Message": message, "Hash": format!("{hash:016x}") }),

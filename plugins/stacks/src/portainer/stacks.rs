@@ -216,11 +216,7 @@ pub(super) fn may_see(user: &User, st: &Stack) -> Result<bool, Response> {
     if user.role == ADMIN {
         return Ok(true);
     }
-    let usable = match load_endpoint(p.endpoint_id)? {
-        Some(e) => can_use(user, &e)?,
-        None => false,
-    };
-    Ok(usable && may_see_stack(user, &st.name)?)
+    Ok(may_use_endpoint(user, p.endpoint_id)? && may_see_stack(user, &st.name)?)
 }
 
 pub(super) fn find_stack(req: &Request, user: &User) -> Result<Stack, Response> {

@@ -62,7 +62,7 @@ fn team_key(id: u64) -> String {
     format!("p/team/{id:010}")
 }
 
-fn membership_key(id: u64) -> String {
+pub(super) fn membership_key(id: u64) -> String {
     format!("p/membership/{id:010}")
 }
 
@@ -184,7 +184,7 @@ pub fn membership_list(_: &Request) -> HttpResult {
 /// and the user is not in the team already (`except` a membership being
 /// changed).
 fn check_membership(body: &MembershipBody, except: Option<u64>) -> Result<(), Response> {
-    if kv::get(&format!("p/user/{:010}", body.user_id))?.is_none() {
+    if load_user(body.user_id)?.is_none() {
         return Err(not_found("a user"));
     }
     if kv::get(&team_key(body.team_id))?.is_none() {

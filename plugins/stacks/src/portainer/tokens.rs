@@ -64,7 +64,7 @@ pub(super) fn user_of_token(token: &str) -> Result<Option<User>, Response> {
     let Some(k) = kv::get_json::<ApiKey>(&key_key(&digest(token)?))? else {
         return Ok(None);
     };
-    kv::get_json(&format!("p/user/{:010}", k.user_id)).map_err(Response::from)
+    load_user(k.user_id)
 }
 
 /// `POST /api/users/{id}/tokens`.

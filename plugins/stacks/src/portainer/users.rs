@@ -26,8 +26,16 @@ pub(super) fn user_by_name(name: &str) -> Result<Option<User>, Response> {
         .find(|u| u.username.eq_ignore_ascii_case(name)))
 }
 
+fn user_key(id: u64) -> String {
+    format!("p/user/{id:010}")
+}
+
+pub(super) fn load_user(id: u64) -> Result<Option<User>, Response> {
+    kv::get_json(&user_key(id)).map_err(Response::from)
+}
+
 pub(super) fn save_user(u: &User) -> Result<(), Response> {
-    kv::set_json(&format!("p/user/{:010}", u.id), u).map_err(Response::from)
+    kv::set_json(&user_key(u.id), u).map_err(Response::from)
 }
 
 /// `POST /api/auth` and `/api/users/admin/init`.
@@ -225,7 +233,7 @@ pub fn authenticate(req: &Request) -> Result<User, Response> {
         return Err(fail(401, "Unauthorized", "Token expired"));
     }
     let id = claims["id"].as_u64().ok_or_else(denied)?;
-    kv::get_json::<User>(&format!("p/user/{id:010}"))?.ok_or_else(denied)
+    load_user(id)?.ok_or_else(denied)
 }
 
 pub fn admin(req: &Request) -> Result<User, Response> {
@@ -260,7 +268,7 @@ pub fn user_create(req: &Request) -> HttpResult {
 
 pub(super) fn find_user(req: &Request) -> Result<User, Response> {
     let id = id_param(req)?;
-    kv::get_json::<User>(&format!("p/user/{id:010}"))?.ok_or_else(|| not_found("a user"))
+    load_user(id)?.ok_or_else(|| not_found("a user"))
 }
 
 pub fn user_get(req: &Request) -> HttpResult {
@@ -344,8 +352,8 @@ pub fn user_delete(req: &Request) -> HttpResult {
     }
     revoke_all(user.id)?;
     for m in memberships()?.iter().filter(|m| m.user_id == user.id) {
-        kv::delete(&format!("p/membership/{:010}", m.id))?;
+        kv::delete(&membership_key(m.id))?;
     }
-    kv::delete(&format!("p/user/{:010}", user.id))?;
+    kv::delete(&user_key(user.id))?;
     Ok(Response::new(204))
 }

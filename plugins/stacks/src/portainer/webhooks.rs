@@ -148,11 +148,7 @@ pub fn webhook_list(req: &Request) -> HttpResult {
         if !wanted {
             continue;
         }
-        let usable = match load_endpoint(w.endpoint_id)? {
-            Some(e) => can_use(&user, &e)?,
-            None => user.role == ADMIN,
-        };
-        if usable {
+        if may_use_endpoint(&user, w.endpoint_id)? {
             shown.push(w.render());
         }
     }
@@ -163,11 +159,7 @@ pub fn webhook_delete(req: &Request) -> HttpResult {
     let user = req.identity::<User>()?;
     let id = id_param(req)?;
     let w: Webhook = kv::get_json(&webhook_key(id))?.ok_or_else(|| not_found("a webhook"))?;
-    let usable = match load_endpoint(w.endpoint_id)? {
-        Some(e) => can_use(&user, &e)?,
-        None => user.role == ADMIN,
-    };
-    if !usable {
+    if !may_use_endpoint(&user, w.endpoint_id)? {
         return Err(fail(403, "Permission denied to access endpoint", ""));
     }
     kv::delete(&webhook_key(id))?;
