@@ -223,15 +223,51 @@ impl Api {
     /// A Berth on `engine` (its `local` endpoint; TCP endpoints on this
     /// machine allowed), its data in `dir`.
     fn start(dir: &Path, engine: &Engine) -> Api {
+        Api::start_with(dir, engine, "")
+    }
+
+    /// Like `start`, with `more` at the end of the configuration.
+    fn start_with(dir: &Path, engine: &Engine, more: &str) -> Api {
         let config = format!(
             "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n\n\
-             [plugins.stacks.settings]\nstop_timeout_secs = 1\n",
+             [plugins.stacks.settings]\nstop_timeout_secs = 1\n{more}",
             engine.host
         );
         Api {
             berth: Berth::start(dir, &config),
             http: client(),
         }
+    }
+
+    /// An administrator's token, the instance initialised.
+    async fn admin(&self) -> String {
+        let admin = json!({ "username": "admin", "password": "adminpassword" });
+        let (status, _) = self
+            .call(None, "POST", "/api/users/admin/init", Some(admin))
+            .await;
+        assert_eq!(status, 200);
+        self.login("admin", "adminpassword").await.1["jwt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A user who is not an administrator, signed in.
+    async fn user(&self, admin: &str, name: &str) -> (u64, String) {
+        let (status, user) = self
+            .call(
+                Some(admin),
+                "POST",
+                "/api/users",
+                Some(json!({ "username": name, "password": "userpassword", "role": 2 })),
+            )
+            .await;
+        assert_eq!(status, 200, "{user}");
+        let token = self.login(name, "userpassword").await.1["jwt"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (user["Id"].as_u64().unwrap(), token)
     }
 
     async fn call(
@@ -545,8 +581,17 @@ async fn the_gist_session_and_the_rest_of_portainer() {
     assert_eq!(status, 200, "{login}");
     let bob_token = login["jwt"].as_str().unwrap().to_string();
     let b = Some(bob_token.as_str());
+    // Users see the users who are not administrators (1.x's FilterUsers).
+    let (status, seen) = api.call(b, "GET", "/api/users", None).await;
+    assert_eq!(status, 200, "{seen}");
+    let names: Vec<&str> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["Username"].as_str())
+        .collect();
+    assert_eq!(names, ["bob"], "{seen}");
     for (method, path, body) in [
-        ("GET", "/api/users", None),
         (
             "POST",
             "/api/users",
@@ -1157,6 +1202,103 @@ async fn go_json_rules_the_1x_routes_and_the_api_fallbacks() {
         (200, Some(1)),
         "{list}"
     );
+    // A leader manages the team's memberships, as in 1.x: creates users
+    // (not administrators), puts them in the team, takes them out, but
+    // changes no role and touches no other team.
+    let denied = |(status, body): (u16, Value), err: &str| {
+        assert_eq!((status, body["err"].as_str()), (403, Some(err)), "{body}");
+    };
+    denied(
+        api.call(
+            d,
+            "POST",
+            "/api/users",
+            Some(json!({ "username": "erin", "password": "erinpassword", "role": 1 })),
+        )
+        .await,
+        "Permission denied to create administrator user",
+    );
+    let (status, erin) = api
+        .call(
+            d,
+            "POST",
+            "/api/users",
+            Some(json!({ "username": "erin", "password": "erinpassword", "role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{erin}");
+    let erin_id = erin["Id"].as_u64().unwrap();
+    let (status, erins) = api
+        .call(
+            d,
+            "POST",
+            "/api/team_memberships",
+            Some(json!({ "userid": erin_id, "teamid": team_id, "role": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{erins}");
+    let erins_path = format!("/api/team_memberships/{}", erins["Id"]);
+    denied(
+        api.call(
+            d,
+            "PUT",
+            &erins_path,
+            Some(json!({ "userid": erin_id, "teamid": team_id, "role": 1 })),
+        )
+        .await,
+        "Permission denied to update the role of membership",
+    );
+    let (status, other) = api
+        .call(t, "POST", "/api/teams", Some(json!({ "name": "dev" })))
+        .await;
+    assert_eq!(status, 200, "{other}");
+    denied(
+        api.call(
+            d,
+            "POST",
+            "/api/team_memberships",
+            Some(json!({ "userid": erin_id, "teamid": other["Id"], "role": 2 })),
+        )
+        .await,
+        "Permission denied to manage team memberships",
+    );
+    denied(
+        api.call(
+            d,
+            "PUT",
+            &erins_path,
+            Some(json!({ "userid": erin_id, "teamid": other["Id"], "role": 2 })),
+        )
+        .await,
+        "Permission denied to update the membership",
+    );
+    assert_eq!(api.call(d, "DELETE", &erins_path, None).await.0, 204);
+    assert_eq!(
+        api.call(d, "GET", &team_memberships, None).await.1,
+        list,
+        "erin is out again"
+    );
+    // Erin leads nothing, so she may create no user.
+    let erin_token = api.login("erin", "erinpassword").await.1["jwt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    denied(
+        api.call(
+            Some(&erin_token),
+            "POST",
+            "/api/users",
+            Some(json!({ "username": "frank", "password": "x", "role": 2 })),
+        )
+        .await,
+        "Permission denied to create user",
+    );
+    assert_eq!(
+        api.call(t, "DELETE", &format!("/api/teams/{}", other["Id"]), None)
+            .await
+            .0,
+        204
+    );
 
     // Endpoints: access given to dave's team, with lower-case keys, lets
     // dave use the engine.
@@ -1604,7 +1746,7 @@ async fn go_json_rules_the_1x_routes_and_the_api_fallbacks() {
     };
     assert_eq!(with_key("GET", &dave_path, &raw).await, 200);
     assert_eq!(
-        with_key("GET", "/api/users", &raw).await,
+        with_key("GET", "/api/settings", &raw).await,
         403,
         "dave's rights only"
     );
@@ -1939,6 +2081,50 @@ async fn resource_controls_filter_what_a_user_sees_through_the_proxy() {
         let (status, body) = api.call(e, method, &docker(path), None).await;
         assert_eq!(status, want, "{method} {path}: {body}");
     }
+    // Consoles too: erin attaches to her container, not to the admin's,
+    // nor to an exec instance in it.
+    let (status, _) = api
+        .call(t, "POST", &docker("/containers/rc-admin-box/start"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, exec) = api
+        .call(
+            t,
+            "POST",
+            &docker("/containers/rc-admin-box/exec"),
+            Some(json!({ "Cmd": ["sh"], "AttachStdin": true, "AttachStdout": true, "Tty": true })),
+        )
+        .await;
+    assert_eq!(status, 201, "{exec}");
+    let console = |route: &str, id: &str| {
+        format!("/api/websocket/{route}?token={erin_token}&endpointId={local}&id={id}")
+    };
+    for (route, id) in [
+        ("attach", admin_box.as_str()),
+        ("exec", exec["Id"].as_str().unwrap()),
+    ] {
+        let answer = api
+            .http
+            .get(api.berth.url(&console(route, id)))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 403, "{route}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["err"], "Access denied to resource", "{body}");
+    }
+    let erin_box = made["Id"].as_str().unwrap();
+    let ws = api
+        .berth
+        .url(&console("attach", erin_box))
+        .replacen("http://", "ws://", 1);
+    let (mut ws, answer) = tokio_tungstenite::connect_async(ws).await.unwrap();
+    assert_eq!(answer.status(), 101);
+    ws.close(None).await.unwrap();
     let (mut everything, _) = names(t).await;
     everything.sort();
     assert_eq!(
@@ -2286,4 +2472,688 @@ async fn portainer_cli_updates_a_stack_and_a_registry() {
         .call(t, "DELETE", &format!("/api/stacks/{stack_id}"), None)
         .await;
     assert_eq!(status, 204);
+}
+
+/// A 1.20 templates file, as an operator gives it with `setting_files`.
+const TEMPLATES: &str = r#"[
+  { "type": 1, "title": "Web", "description": "A web server", "image": "busybox:latest",
+    "ports": ["8080:80/tcp"], "categories": ["webserver"], "platform": "linux",
+    "env": [{ "name": "MODE", "label": "Mode", "select": [
+      { "text": "Fast", "value": "fast", "default": true }, { "text": "Slow", "value": "slow" }] }] },
+  { "type": 1, "title": "Root shell", "description": "For administrators",
+    "image": "busybox:latest", "administrator_only": true, "privileged": true },
+  { "type": 2, "title": "Cluster", "description": "A swarm stack",
+    "repository": { "url": "https://git.example/templates", "stackfile": "stacks/c.yml" } }
+]"#;
+
+/// A plain HTTP server on 127.0.0.1, one request per connection: `answer`
+/// gets each request's head and gives the whole response (`None`: close).
+async fn serve_http(answer: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if let Some(response) = answer(&String::from_utf8_lossy(&head)) {
+                    let _ = conn.write_all(response.as_bytes()).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A response with `headers` (CRLF-terminated lines) and `body`.
+fn http_response(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// `body` as JSON to every request, counting them.
+async fn serve_text(body: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    let port = serve_http(move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+        Some(http_response(
+            "200 OK",
+            "content-type: application/json\r\n",
+            body,
+        ))
+    })
+    .await;
+    (port, served)
+}
+
+/// App templates in 1.20's format: imported once from the operator's
+/// file, administrators' only where the file says so, managed by
+/// administrators with 1.x's checks, kept across a restart (the file is
+/// not imported again), and fetched from the settings' TemplatesURL when
+/// one is set, through `http-out`.
+#[tokio::test(flavor = "multi_thread")]
+async fn app_templates_come_from_the_operators_file() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("templates.json");
+    std::fs::write(&file, TEMPLATES).unwrap();
+    let more = format!(
+        "[plugins.stacks.setting_files]\ntemplates = {:?}\n\
+         [plugins.stacks]\ngrants = [\"kv\", \"crypto\", \"docker\", \"docker-endpoints\", \"events\", \"jobs\", \"http-out\"]\n\
+         [http_out]\nallow = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1\"]\n",
+        file.display().to_string()
+    );
+    let mut api = Api::start_with(dir.path(), engine, &more);
+    let token = api.admin().await;
+    let t = Some(token.as_str());
+    let (_, user_token) = api.user(&token, "tess").await;
+    let u = Some(user_token.as_str());
+
+    let titles = |list: &Value| -> Vec<String> {
+        let mut t: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["title"].as_str().unwrap().to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    let (status, all) = api.call(t, "GET", "/api/templates", None).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(titles(&all), ["Cluster", "Root shell", "Web"]);
+    let web = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["title"] == "Web")
+        .unwrap()
+        .clone();
+    assert_eq!(web["type"], 1);
+    assert_eq!(web["ports"], json!(["8080:80/tcp"]));
+    assert_eq!(web["env"][0]["select"][0]["default"], true);
+    assert!(web["Id"].as_u64().unwrap() > 0, "{web}");
+    let (status, seen) = api.call(u, "GET", "/api/templates", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        titles(&seen),
+        ["Cluster", "Web"],
+        "administrator_only ones to administrators alone"
+    );
+
+    // Managed by administrators, with 1.x's checks; keys in any case.
+    let invalid = |answer: (u16, Value), details: &str| {
+        assert_eq!(answer.0, 400, "{}", answer.1);
+        assert_eq!(answer.1["err"], "Invalid request payload");
+        assert_eq!(answer.1["details"], details);
+    };
+    for (body, details) in [
+        (
+            json!({ "title": "x", "description": "y" }),
+            "Invalid template type. Valid values are: 1 (container), 2 (Swarm stack template) or 3 (Compose stack template).",
+        ),
+        (
+            json!({ "type": 1, "description": "y" }),
+            "Invalid template title",
+        ),
+        (
+            json!({ "type": 1, "title": "x" }),
+            "Invalid template description",
+        ),
+        (
+            json!({ "type": 1, "title": "x", "description": "y" }),
+            "Invalid template image",
+        ),
+        (
+            json!({ "type": 3, "title": "x", "description": "y" }),
+            "Invalid template repository URL",
+        ),
+    ] {
+        invalid(
+            api.call(t, "POST", "/api/templates", Some(body)).await,
+            details,
+        );
+    }
+    let (status, made) = api
+        .call(
+            t,
+            "POST",
+            "/api/templates",
+            Some(json!({
+                "type": 3, "TITLE": "Compose", "description": "Two services",
+                "repository": { "url": "https://git.example/c" },
+                "AdministratorOnly": true,
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["repository"]["stackfile"], "docker-compose.yml");
+    assert_eq!(made["administrator_only"], true);
+    let made_path = format!("/api/templates/{}", made["Id"]);
+    assert_eq!(
+        api.call(u, "POST", "/api/templates", Some(json!({})))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(api.call(u, "GET", &made_path, None).await.0, 403);
+    let web_path = format!("/api/templates/{}", web["Id"]);
+    let (status, changed) = api
+        .call(
+            t,
+            "PUT",
+            &web_path,
+            Some(json!({ "title": "Web server", "image": "busybox:1", "Ports": [] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (
+            changed["title"].clone(),
+            changed["image"].clone(),
+            changed.get("ports")
+        ),
+        (json!("Web server"), json!("busybox:1"), None),
+        "{changed}"
+    );
+    assert_eq!(changed["categories"], json!(["webserver"]), "untouched");
+    assert_eq!(api.call(t, "GET", &web_path, None).await.1, changed);
+    assert_eq!(api.call(t, "DELETE", &made_path, None).await.0, 204);
+    let (status, gone) = api.call(t, "GET", &made_path, None).await;
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(
+        gone["err"],
+        "Unable to find a template with the specified identifier"
+    );
+
+    // A restart keeps what administrators made of them: the file is not
+    // imported again.
+    assert!(api.berth.stop());
+    api.berth = Berth::start(
+        dir.path(),
+        &std::fs::read_to_string(dir.path().join("berth.toml")).unwrap(),
+    );
+    let (_, again) = api.call(t, "GET", "/api/templates", None).await;
+    assert_eq!(titles(&again), ["Cluster", "Root shell", "Web server"]);
+
+    // With a TemplatesURL, the list is that URL's.
+    let (port, served) = serve_text(
+        r#"{"version": "2", "templates": [{"type": 1, "title": "Remote", "description": "From a URL", "image": "busybox:latest"}]}"#,
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/templates.json");
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            "/api/settings",
+            Some(json!({ "TemplatesURL": url })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, remote) = api.call(u, "GET", "/api/templates", None).await;
+    assert_eq!(
+        (status, titles(&remote)),
+        (200, vec!["Remote".to_string()]),
+        "{remote}"
+    );
+    assert_eq!(remote[0]["Id"], 0);
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (_, public) = api.call(None, "GET", "/api/settings/public", None).await;
+    assert_eq!(public["ExternalTemplates"], true);
+    // An address outside the allow-list is the 1.x error, with the reason.
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            "/api/settings",
+            Some(json!({ "TemplatesURL": "http://192.0.2.1/t.json" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, refused) = api.call(t, "GET", "/api/templates", None).await;
+    assert_eq!(status, 500, "{refused}");
+    assert_eq!(refused["err"], "Unable to retrieve templates via HTTP");
+    assert!(
+        refused["details"].as_str().unwrap().contains("refused"),
+        "{refused}"
+    );
+}
+
+/// A one-service swarm stack.
+const SMALL_SWARM_STACK: &str = "\
+version: \"3\"
+services:
+  app:
+    image: busybox:latest
+    command: sleep 100000
+";
+
+/// Upload one TLS file for endpoint `folder` as 1.x's web UI did.
+async fn upload_tls(
+    api: &Api,
+    token: &str,
+    certificate: &str,
+    folder: &str,
+    file: Option<&Path>,
+) -> (u16, Value) {
+    let files: Vec<(&str, &Path)> = file.into_iter().map(|f| ("file", f)).collect();
+    let (content_type, body) = support::portainer::multipart(&[], &files);
+    let r = api
+        .http
+        .post(
+            api.berth
+                .url(&format!("/api/upload/tls/{certificate}?folder={folder}")),
+        )
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A stack moved to another endpoint as 1.x did it (deployed there, then
+/// removed where it was, keeping its id); an external stack (deployed
+/// with the docker CLI) removed as `docker stack rm` would; TLS files
+/// uploaded for an endpoint and taken by its next update, the engine
+/// pinged with them first.
+#[tokio::test(flavor = "multi_thread")]
+async fn stacks_migrate_external_stacks_go_and_tls_files_upload() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    engine.swarm_init();
+    let swarm_id = serde_json::from_str::<Value>(&engine.get("/swarm").unwrap().1).unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path(), engine);
+    let (token, local, remote) = support::portainer::admin_with_endpoints(&api.berth, engine).await;
+    let t = Some(token.as_str());
+    let (_, user_token) = api.user(&token, "mia").await;
+    let u = Some(user_token.as_str());
+
+    let (status, stack) = api
+        .call(
+            t,
+            "POST",
+            &format!("/api/stacks?method=string&type=1&endpointId={local}"),
+            Some(json!({ "Name": "mig", "SwarmID": swarm_id, "StackFileContent": SMALL_SWARM_STACK })),
+        )
+        .await;
+    assert_eq!(status, 200, "{stack}");
+    let id = stack["Id"].as_u64().unwrap();
+    let migrate = format!("/api/stacks/{id}/migrate");
+    let (status, refused) = api
+        .call(t, "POST", &migrate, Some(json!({ "endpointid": 0 })))
+        .await;
+    assert_eq!(
+        (status, refused["details"].as_str()),
+        (
+            400,
+            Some("Invalid endpoint identifier. Must be a positive number")
+        ),
+        "{refused}"
+    );
+    let (status, _) = api
+        .call(t, "POST", &migrate, Some(json!({ "EndpointID": 99 })))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        api.call(u, "POST", &migrate, Some(json!({ "EndpointID": remote })))
+            .await
+            .0,
+        403,
+        "not mia's stack"
+    );
+    // Both endpoints reach one engine: the same name there is refused.
+    let (status, same) = api
+        .call(t, "POST", &migrate, Some(json!({ "EndpointID": remote })))
+        .await;
+    assert_eq!(status, 409, "{same}");
+    assert_eq!(swarm_services(engine, "mig"), ["mig_app"]);
+    let (status, moved) = api
+        .call(
+            t,
+            "POST",
+            &migrate,
+            Some(json!({ "endpointID": remote, "swarmID": swarm_id, "name": "mig2" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(
+        (
+            moved["Id"].clone(),
+            moved["Name"].clone(),
+            moved["EndpointId"].clone()
+        ),
+        (json!(id), json!("mig2"), json!(remote)),
+        "{moved}"
+    );
+    assert_eq!(swarm_services(engine, "mig2"), ["mig2_app"]);
+    assert!(
+        swarm_services(engine, "mig").is_empty(),
+        "the old one is gone"
+    );
+    let (_, listed) = api.call(t, "GET", "/api/stacks", None).await;
+    assert_eq!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["Id"] == id)
+            .count(),
+        1,
+        "{listed}"
+    );
+    let (_, file) = api
+        .call(t, "GET", &format!("/api/stacks/{id}/file"), None)
+        .await;
+    assert_eq!(file["StackFileContent"], SMALL_SWARM_STACK);
+
+    // An external stack: deployed by the docker CLI, removed by name.
+    let out = engine.cli(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "ext_app",
+        "--label",
+        "com.docker.stack.namespace=ext",
+        "busybox:latest",
+        "sleep",
+        "100000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let external = format!("/api/stacks/ext?external=true&endpointId={local}");
+    let (status, body) = api.call(u, "DELETE", &external, None).await;
+    assert_eq!(
+        (status, body["err"].as_str()),
+        (401, Some("Permission denied to delete the stack")),
+        "{body}"
+    );
+    let (status, body) = api
+        .call(
+            t,
+            "DELETE",
+            "/api/stacks/mig2?external=true&endpointId=1",
+            None,
+        )
+        .await;
+    assert_eq!(
+        status, 400,
+        "a stack Portainer keeps is not external: {body}"
+    );
+    let (status, body) = api
+        .call(t, "DELETE", "/api/stacks/ext?external=true", None)
+        .await;
+    assert_eq!(
+        (status, body["err"].as_str()),
+        (400, Some("Invalid query parameter: endpointId"))
+    );
+    assert_eq!(api.call(t, "DELETE", &external, None).await.0, 204);
+    assert!(swarm_services(engine, "ext").is_empty());
+    assert_eq!(
+        api.call(t, "DELETE", &external, None).await.0,
+        404,
+        "nothing left"
+    );
+    assert_eq!(
+        api.call(t, "DELETE", &format!("/api/stacks/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    assert!(swarm_services(engine, "mig2").is_empty());
+
+    // TLS files: checked, kept for the endpoint, taken by its update.
+    let tls = engine.tls.as_ref().unwrap();
+    let folder = remote.to_string();
+    for (certificate, folder, file, err) in [
+        (
+            "pem",
+            folder.as_str(),
+            Some(tls.ca.as_path()),
+            "Invalid certificate route value. Value must be one of: ca, cert or key",
+        ),
+        (
+            "ca",
+            "",
+            Some(tls.ca.as_path()),
+            "Invalid query parameter: folder",
+        ),
+        (
+            "ca",
+            folder.as_str(),
+            None,
+            "Invalid certificate file. Ensure that the file is uploaded correctly",
+        ),
+    ] {
+        let (status, body) = upload_tls(&api, &token, certificate, folder, file).await;
+        assert_eq!((status, body["err"].as_str()), (400, Some(err)), "{body}");
+    }
+    assert_eq!(
+        upload_tls(&api, &user_token, "ca", &folder, Some(&tls.ca))
+            .await
+            .0,
+        403
+    );
+    let info = format!("/api/endpoints/{remote}/docker/info");
+    let update = format!("/api/endpoints/{remote}");
+    // TLS off: the engine only speaks TLS, so the probe fails and the
+    // endpoint stays as it was.
+    let (status, body) = api
+        .call(t, "PUT", &update, Some(json!({ "TLS": false })))
+        .await;
+    assert_eq!(
+        (status, body["err"].as_str()),
+        (500, Some("Unable to ping Docker environment")),
+        "{body}"
+    );
+    assert_eq!(api.call(t, "GET", &info, None).await.0, 200);
+    // A wrong CA (the client certificate) fails the probe too.
+    assert_eq!(
+        upload_tls(&api, &token, "ca", &folder, Some(&tls.cert))
+            .await
+            .0,
+        204
+    );
+    let (status, body) = api
+        .call(t, "PUT", &update, Some(json!({ "TLS": true })))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(api.call(t, "GET", &info, None).await.0, 200);
+    // The right files are taken.
+    for (certificate, file) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+        assert_eq!(
+            upload_tls(&api, &token, certificate, &folder, Some(file))
+                .await
+                .0,
+            204
+        );
+    }
+    let (status, body) = api
+        .call(
+            t,
+            "PUT",
+            &update,
+            Some(json!({ "tls": true, "TLSSkipVerify": false })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["TLSConfig"]["TLS"], true);
+    assert_eq!(api.call(t, "GET", &info, None).await.0, 200);
+    let (status, body) = api
+        .call(
+            t,
+            "PUT",
+            &format!("/api/endpoints/{local}"),
+            Some(json!({ "TLS": true })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["details"].as_str()),
+        (400, Some("TLS applies to tcp:// endpoints only"))
+    );
+}
+
+/// A registry that asks for Basic credentials and has no images: it
+/// records the `Authorization` of every request that brings one.
+async fn fake_registry() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let port = serve_http(move |head| {
+        if !head.starts_with("GET ") && !head.starts_with("HEAD ") {
+            // A TLS hello first: the engine then tries plain HTTP.
+            return None;
+        }
+        let auth = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("authorization")
+                .then(|| v.trim().to_string())
+        });
+        let registry = "docker-distribution-api-version: registry/2.0\r\n";
+        Some(match auth {
+            None => http_response(
+                "401 Unauthorized",
+                &format!("www-authenticate: Basic realm=\"berth-test\"\r\n{registry}"),
+                "",
+            ),
+            Some(auth) => {
+                record.lock().unwrap().push(auth);
+                http_response(
+                    "404 Not Found",
+                    &format!("content-type: application/json\r\n{registry}"),
+                    r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                )
+            }
+        })
+    })
+    .await;
+    (port, seen)
+}
+
+/// Pulls through the Docker proxy name a registry (`X-Registry-Auth`:
+/// `{"registryId": N}`, as 1.x's web UI sent it) and the engine gets that
+/// registry's credentials, if the user may use the registry.
+#[tokio::test(flavor = "multi_thread")]
+async fn pulls_through_the_proxy_carry_a_registrys_credentials() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let (port, seen) = fake_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path(), engine);
+    let token = api.admin().await;
+    let t = Some(token.as_str());
+    let local = endpoint(&api, t).await;
+    let (user_id, user_token) = api.user(&token, "reg").await;
+    let address = format!("127.0.0.1:{port}");
+    let (status, registry) = api
+        .call(
+            t,
+            "POST",
+            "/api/registries",
+            Some(json!({
+                "Name": "private", "Type": 3, "URL": address,
+                "Authentication": true, "Username": "puller", "Password": "s3cret",
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{registry}");
+    let registry_id = registry["Id"].as_u64().unwrap();
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            &format!("/api/endpoints/{local}/access"),
+            Some(json!({ "AuthorizedUsers": [user_id] })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let names = |id: Value| {
+        base64::engine::general_purpose::URL_SAFE.encode(json!({ "registryId": id }).to_string())
+    };
+    let pull = |token: String, header: Option<String>| {
+        let request = api
+            .http
+            .post(api.berth.url(&format!(
+                "/api/endpoints/{local}/docker/images/create?fromImage={address}/app&tag=1"
+            )))
+            .bearer_auth(token);
+        let request = match header {
+            Some(h) => request.header("x-registry-auth", h),
+            None => request,
+        };
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("puller:s3cret")
+    );
+
+    // Anonymous: the registry sees no credentials; the engine says so.
+    let (_, text) = pull(token.clone(), None).await;
+    assert!(text.contains("no basic auth credentials"), "{text}");
+    assert!(seen.lock().unwrap().is_empty());
+    // Named by id: the engine brings the registry's credentials, and gets
+    // as far as the registry's own answer (it has no images).
+    let (_, text) = pull(token.clone(), Some(names(json!(registry_id)))).await;
+    assert!(text.contains("manifest unknown"), "{text}");
+    assert!(
+        seen.lock().unwrap().contains(&expected),
+        "{:?}: {text}",
+        seen.lock().unwrap()
+    );
+    // A user not given the registry may not use it; an unknown one is 404.
+    let (status, text) = pull(user_token.clone(), Some(names(json!(registry_id)))).await;
+    assert_eq!(status, 403, "{text}");
+    let (status, text) = pull(token.clone(), Some(names(json!(registry_id + 10)))).await;
+    assert_eq!(status, 404, "{text}");
+    let (status, text) = pull(token.clone(), Some(names(json!("one")))).await;
+    assert_eq!(status, 400, "{text}");
+    // Given it, the user pulls with its credentials too.
+    seen.lock().unwrap().clear();
+    let (status, _) = api
+        .call(
+            t,
+            "PUT",
+            &format!("/api/registries/{registry_id}/access"),
+            Some(json!({ "AuthorizedUsers": [user_id] })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, text) = pull(user_token.clone(), Some(names(json!(registry_id)))).await;
+    assert!(text.contains("manifest unknown"), "{text}");
+    assert!(
+        seen.lock().unwrap().contains(&expected),
+        "{:?}: {text}",
+        seen.lock().unwrap()
+    );
 }

@@ -174,7 +174,14 @@ pub struct PluginConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub settings: toml::Table,
+    /// Settings whose text is read from a file when the configuration
+    /// loads (templates, catalogues): key → path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub setting_files: BTreeMap<String, PathBuf>,
 }
+
+/// The largest file `setting_files` reads.
+pub const MAX_SETTING_FILE_BYTES: u64 = 1 << 20;
 
 /// Limits in force for one plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -230,9 +237,41 @@ impl Config {
         let mut base: toml::Table = DEFAULTS.parse().map_err(syntax)?;
         let overlay: toml::Table = text.parse().map_err(syntax)?;
         merge(&mut base, overlay);
-        let config: Config = toml::Value::Table(base).try_into().map_err(syntax)?;
+        let mut config: Config = toml::Value::Table(base).try_into().map_err(syntax)?;
         config.validate()?;
+        config.read_setting_files()?;
         Ok(config)
+    }
+
+    /// Each plugin's `setting_files`, read into its settings as text.
+    fn read_setting_files(&mut self) -> Result<(), ConfigError> {
+        for (name, plugin) in &mut self.plugins {
+            for (key, path) in &plugin.setting_files {
+                let invalid = |why: String| {
+                    ConfigError::Invalid(format!("[plugins.{name}.setting_files] {key}: {why}"))
+                };
+                if plugin.settings.contains_key(key) {
+                    return Err(invalid(format!(
+                        "also set in [plugins.{name}.settings]; give it in one place"
+                    )));
+                }
+                let read = |path: &Path| -> std::io::Result<String> {
+                    let size = std::fs::metadata(path)?.len();
+                    if size > MAX_SETTING_FILE_BYTES {
+                        return Err(std::io::Error::other(format!(
+                            "{size} bytes, more than the {MAX_SETTING_FILE_BYTES} a setting may hold"
+                        )));
+                    }
+                    std::fs::read_to_string(path)
+                };
+                let text = read(path)
+                    .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+                plugin
+                    .settings
+                    .insert(key.clone(), toml::Value::String(text));
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -474,6 +513,29 @@ mod tests {
     }
 
     #[test]
+    fn setting_files_are_read_into_settings_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("templates.json");
+        std::fs::write(&file, "[{\"type\": 1}]\n").unwrap();
+        let c = parse(&format!(
+            "[plugins.stacks.setting_files]\ntemplates = {:?}\n",
+            file.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(c.settings("stacks")["templates"], "[{\"type\": 1}]\n");
+        // The bundled stacks settings are still there beside it.
+        assert_eq!(c.settings("stacks")["endpoint"], "local");
+        std::fs::write(&file, vec![b' '; MAX_SETTING_FILE_BYTES as usize + 1]).unwrap();
+        let err = parse(&format!(
+            "[plugins.stacks.setting_files]\ntemplates = {:?}\n",
+            file.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("more than the 1048576"), "{err}");
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_reason() {
         let cases = [
             ("listen = 5", "invalid type"),
@@ -493,6 +555,14 @@ mod tests {
             ),
             ("[plugins.a]\nmemory_mib = 100000", "memory_mib is at most"),
             ("= broken", "not valid TOML"),
+            (
+                "[plugins.a.setting_files]\nt = \"/nonexistent/t.json\"",
+                "[plugins.a.setting_files] t: cannot read /nonexistent/t.json",
+            ),
+            (
+                "[plugins.a.settings]\nt = \"x\"\n[plugins.a.setting_files]\nt = \"/etc/hostname\"",
+                "also set in [plugins.a.settings]",
+            ),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err().to_string();

@@ -226,6 +226,8 @@ async fn call(
                 limit: plugin.limits.max_proxy_body_bytes,
                 idle: app.config.server.body_timeout(),
             };
+            let mut opened = called.opened;
+            opened.apply_proxy_headers(&mut parts.headers);
             let docker = &plugin.env.docker;
             let metrics = &plugin.metrics;
             docker

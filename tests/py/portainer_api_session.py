@@ -2,14 +2,18 @@
 client generated from Portainer 1.22's API description), unmodified,
 against Berth's Portainer surface: status, the first administrator,
 sign-in, users, teams and memberships, tags, endpoint groups, an endpoint
-on the local engine, registries, the Docker Hub, settings, resource
-controls, a stack from start to end, and the 1.x errors it raises.
+on the local engine, registries, the Docker Hub, settings, app templates,
+a TLS upload, resource controls, a stack from start to end (moved to
+another endpoint on the way), and the 1.x errors it raises.
 
 Usage: python portainer_api_session.py BERTH_URL
 Prints `session ok` at the end; any failed check raises.
 """
 
+import json
+import os
 import sys
+import tempfile
 
 import portainer_api
 from portainer_api.rest import ApiException
@@ -106,6 +110,36 @@ def main(url):
     assert settings.public_settings_inspect().logo_url == "https://example.com/logo.png"
     assert portainer_api.ExtensionsApi(client).extension_list() == []
 
+    # App templates. The client sends the template's own key names
+    # (`administrator_only`), which Portainer ignored and Berth reads too.
+    # Its models read `id` and `repository.URL` where Portainer, and
+    # Berth, write `Id` and `repository.url` (the model refuses a missing
+    # URL): templates are read from the raw answers.
+    templates = portainer_api.TemplatesApi(client)
+    refused(lambda: templates.template_create(portainer_api.TemplateCreateRequest(
+        type=1, title="t", description="d")), 400)
+    raw = templates.template_create(portainer_api.TemplateCreateRequest(
+        type=1, title="Web", description="A web server", image="busybox:latest",
+        administrator_only=True, restart_policy="always"), _preload_content=False)
+    template_id = json.loads(raw.data)["Id"]
+    made = json.loads(templates.template_inspect(template_id, _preload_content=False).data)
+    assert (made["title"], made["administrator_only"], made["restart_policy"]) == ("Web", True, "always"), made
+    templates.template_update(template_id, portainer_api.TemplateUpdateRequest(title="Web server"))
+    listed = json.loads(templates.template_list(_preload_content=False).data)
+    assert [t["title"] for t in listed] == ["Web server"], listed
+    templates.template_delete(template_id)
+    refused(lambda: templates.template_inspect(template_id), 404)
+
+    # A TLS file uploaded for an endpoint.
+    upload = portainer_api.UploadApi(client)
+    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as pem:
+        pem.write("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    try:
+        upload.upload_tls("ca", str(local.id), file=pem.name)
+        refused(lambda: upload.upload_tls("pem", str(local.id), file=pem.name), 400)
+    finally:
+        os.unlink(pem.name)
+
     # A stack, start to end, and a resource control for it.
     stacks = portainer_api.StacksApi(client)
     stack = stacks.stack_create(2, "string", local.id, body=portainer_api.StackCreateRequest(
@@ -115,6 +149,17 @@ def main(url):
     stacks.stack_update(stack.id, portainer_api.StackUpdateRequest(stack_file_content=COMPOSE2, prune=True),
                         endpoint_id=local.id)
     assert stacks.stack_file_inspect(stack.id).stack_file_content == COMPOSE2
+    # Moved to a second endpoint on the same engine: under its own name it
+    # is refused, under a new one it goes.
+    there = endpoints.endpoint_create(name="there", endpoint_type=1)
+    refused(lambda: stacks.stack_migrate(stack.id, body=portainer_api.StackMigrateRequest(
+        endpoint_id=there.id)), 409)
+    moved = stacks.stack_migrate(stack.id, body=portainer_api.StackMigrateRequest(
+        endpoint_id=there.id, name="apistack"[::-1]))
+    # (Its Stack model reads `EndpointID` where Portainer writes `EndpointId`.)
+    assert (str(moved.id), moved.name) == (str(stack.id), "kcatsipa"), moved
+    stacks.stack_migrate(stack.id, body=portainer_api.StackMigrateRequest(endpoint_id=local.id, name="apistack"))
+    endpoints.endpoint_delete(there.id)
     controls = portainer_api.ResourceControlsApi(client)
     controls.resource_control_create(portainer_api.ResourceControlCreateRequest(
         resource_id="apistack", type="stack", public=False, users=[bob.id], teams=[], sub_resource_i_ds=[]))

@@ -64,10 +64,16 @@ pub struct CallCx {
     pub opened: Opened,
 }
 
-/// Streams a call opened (`docker.open-log-stream`, `events.open-messages`)
-/// for its `subscribe` outcome to send, each under a topic of its own.
+/// What a call prepared for its answer: streams it opened
+/// (`docker.open-log-stream`, `events.open-messages`) for a `subscribe`
+/// outcome to send, each under a topic of its own, and headers
+/// (`docker.set-proxy-header`) for a `proxy-docker` outcome's request.
 #[derive(Default)]
-pub struct Opened(Vec<(String, OpenStream)>);
+pub struct Opened {
+    streams: Vec<(String, OpenStream)>,
+    /// In order; an empty value removes the header.
+    pub proxy_headers: Vec<(http::HeaderName, String)>,
+}
 
 /// What an opened stream sends.
 pub enum OpenStream {
@@ -80,15 +86,29 @@ pub enum OpenStream {
 impl Opened {
     /// Keep `stream` under a new topic, which is returned.
     pub fn add(&mut self, stream: OpenStream) -> String {
-        let topic = format!("berth.opened.{}", self.0.len() + 1);
-        self.0.push((topic.clone(), stream));
+        let topic = format!("berth.opened.{}", self.streams.len() + 1);
+        self.streams.push((topic.clone(), stream));
         topic
     }
 
     /// The stream opened as `topic`, if any.
     pub fn take(&mut self, topic: &str) -> Option<OpenStream> {
-        let i = self.0.iter().position(|(t, _)| t == topic)?;
-        Some(self.0.swap_remove(i).1)
+        let i = self.streams.iter().position(|(t, _)| t == topic)?;
+        Some(self.streams.swap_remove(i).1)
+    }
+
+    /// Lay the headers set for the proxied request over the client's.
+    pub fn apply_proxy_headers(&mut self, headers: &mut http::HeaderMap) {
+        for (name, value) in self.proxy_headers.drain(..) {
+            match http::HeaderValue::try_from(value) {
+                Ok(v) if !v.is_empty() => {
+                    headers.insert(name, v);
+                }
+                _ => {
+                    headers.remove(name);
+                }
+            }
+        }
     }
 }
 

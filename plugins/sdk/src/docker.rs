@@ -48,7 +48,8 @@ pub use raw::{
     exec_create, follow_events, follow_events_as_jobs, image_inspect, image_list, image_pull, info,
     network_create, network_list, network_remove, node_list, open_log_stream, ping,
     register_endpoint, register_url_endpoint, remove_endpoint, request, service_create,
-    service_inspect, service_list, service_remove, service_update, swarm_inspect, task_list,
+    service_inspect, service_list, service_remove, service_update, set_proxy_header, swarm_inspect,
+    task_list,
 };
 
 /// A one-line description of a [`DockerError`].

@@ -35,6 +35,7 @@ impl Plugin for Stacks {
             Capability::DockerEndpoints,
             Capability::Events,
             Capability::Jobs,
+            Capability::HttpOut,
         ])
     }
 
@@ -315,6 +316,23 @@ impl Plugin for Stacks {
                             p::team_memberships,
                         )
                         .get("portainer.motd", "/api/motd", p::motd)
+                        .get("portainer.users.list", "/api/users", p::user_list)
+                        .post("portainer.users.create", "/api/users", p::user_create)
+                        .post(
+                            "portainer.memberships.create",
+                            "/api/team_memberships",
+                            p::membership_create,
+                        )
+                        .put(
+                            "portainer.memberships.update",
+                            "/api/team_memberships/{id}",
+                            p::membership_update,
+                        )
+                        .delete(
+                            "portainer.memberships.delete",
+                            "/api/team_memberships/{id}",
+                            p::membership_delete,
+                        )
                         .post(
                             "portainer.tokens.create",
                             "/api/users/{id}/tokens",
@@ -386,6 +404,11 @@ impl Plugin for Stacks {
                             "/api/websocket/attach",
                             p::websocket_attach,
                         )
+                        .get(
+                            "portainer.templates.list",
+                            "/api/templates",
+                            p::template_list,
+                        )
                         .get("portainer.stacks.list", "/api/stacks", p::stack_list)
                         .post("portainer.stacks.create", "/api/stacks", p::stack_create)
                         .get("portainer.stacks.get", "/api/stacks/{id}", p::stack_get)
@@ -399,6 +422,11 @@ impl Plugin for Stacks {
                             "/api/stacks/{id}",
                             p::stack_delete,
                         )
+                        .post(
+                            "portainer.stacks.migrate",
+                            "/api/stacks/{id}/migrate",
+                            p::stack_migrate,
+                        )
                         .get(
                             "portainer.stacks.file",
                             "/api/stacks/{id}/file",
@@ -406,8 +434,7 @@ impl Plugin for Stacks {
                         )
                 })
                 .scope(admin, |r| {
-                    r.get("portainer.users.list", "/api/users", p::user_list)
-                        .get("portainer.settings.get", "/api/settings", p::settings_get)
+                    r.get("portainer.settings.get", "/api/settings", p::settings_get)
                         .put(
                             "portainer.settings.update",
                             "/api/settings",
@@ -495,7 +522,31 @@ impl Plugin for Stacks {
                             "/api/resource_controls/{id}",
                             p::control_delete,
                         )
-                        .post("portainer.users.create", "/api/users", p::user_create)
+                        .post(
+                            "portainer.upload.tls",
+                            "/api/upload/tls/{certificate}",
+                            p::upload_tls,
+                        )
+                        .post(
+                            "portainer.templates.create",
+                            "/api/templates",
+                            p::template_create,
+                        )
+                        .get(
+                            "portainer.templates.get",
+                            "/api/templates/{id}",
+                            p::template_get,
+                        )
+                        .put(
+                            "portainer.templates.update",
+                            "/api/templates/{id}",
+                            p::template_update,
+                        )
+                        .delete(
+                            "portainer.templates.delete",
+                            "/api/templates/{id}",
+                            p::template_delete,
+                        )
                         .delete("portainer.users.delete", "/api/users/{id}", p::user_delete)
                         .post("portainer.teams.create", "/api/teams", p::team_create)
                         .put("portainer.teams.update", "/api/teams/{id}", p::team_update)
@@ -504,21 +555,6 @@ impl Plugin for Stacks {
                             "portainer.memberships.list",
                             "/api/team_memberships",
                             p::membership_list,
-                        )
-                        .post(
-                            "portainer.memberships.create",
-                            "/api/team_memberships",
-                            p::membership_create,
-                        )
-                        .put(
-                            "portainer.memberships.update",
-                            "/api/team_memberships/{id}",
-                            p::membership_update,
-                        )
-                        .delete(
-                            "portainer.memberships.delete",
-                            "/api/team_memberships/{id}",
-                            p::membership_delete,
                         )
                         .post(
                             "portainer.endpoints.create",

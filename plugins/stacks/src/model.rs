@@ -500,14 +500,31 @@ pub fn create_stack(
     extras: Vec<serde_json::Map<String, Value>>,
 ) -> Result<Stack, Failure> {
     crate::stackfile::check_name("stack", name).map_err(Failure::Invalid)?;
-    let taken = scan::<Stack>("stack/")?
-        .into_iter()
-        .any(|s| s.state != "Terminated" && s.name.eq_ignore_ascii_case(name));
-    if taken {
+    if stack_name_taken(name)? {
         return Err(Failure::State(format!(
             "A stack with the name {name} already exists"
         )));
     }
+    build_stack(name, nickname, defs, endpoint, portainer, extras)
+}
+
+/// Whether a live stack is called `name` (names compare without case).
+pub fn stack_name_taken(name: &str) -> Result<bool, berth_sdk::Error> {
+    Ok(scan::<Stack>("stack/")?
+        .into_iter()
+        .any(|s| s.state != "Terminated" && s.name.eq_ignore_ascii_case(name)))
+}
+
+/// [`create_stack`] without the check that the name is free (a stack
+/// moving to another engine under its own name).
+pub fn build_stack(
+    name: &str,
+    nickname: &str,
+    defs: Vec<Def>,
+    endpoint: &str,
+    portainer: Option<PortainerStack>,
+    extras: Vec<serde_json::Map<String, Value>>,
+) -> Result<Stack, Failure> {
     let swarm = engine::is_swarm_manager(endpoint)?;
     let swarm = match &portainer {
         Some(p) if p.kind == 2 => false,

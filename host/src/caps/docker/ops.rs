@@ -726,6 +726,39 @@ impl Host for DockerView<'_> {
         .await
     }
 
+    async fn set_proxy_header(&mut self, name: String, value: String) -> Result<(), DockerFailure> {
+        self.granted(Capability::Docker)?;
+        let invalid = |what: String| DockerFailure::from(DockerError::Invalid(what));
+        let name = http::HeaderName::try_from(name.as_str())
+            .map_err(|_| invalid(format!("`{name}` is not a header name")))?;
+        if matches!(
+            name.as_str(),
+            "connection"
+                | "upgrade"
+                | "transfer-encoding"
+                | "content-length"
+                | "host"
+                | "te"
+                | "trailer"
+                | "keep-alive"
+                | "proxy-connection"
+                | "authorization"
+                | "cookie"
+                | "x-api-key"
+        ) {
+            return Err(invalid(format!(
+                "`{name}` cannot be set on a proxied request"
+            )));
+        }
+        if http::HeaderValue::try_from(value.as_str()).is_err() {
+            return Err(invalid(format!(
+                "the value of `{name}` is not a header value"
+            )));
+        }
+        self.opened.proxy_headers.push((name, value));
+        Ok(())
+    }
+
     async fn ping(&mut self, endpoint: String) -> Result<String, DockerFailure> {
         self.on_engine(&endpoint, |api| async move { api.ping().await })
             .await

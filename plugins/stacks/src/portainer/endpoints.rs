@@ -68,9 +68,124 @@ struct EndpointUpdate {
     public_url: Option<String>,
     #[serde(rename = "GroupID")]
     group_id: Option<u64>,
+    #[serde(rename = "TLS")]
+    tls: Option<bool>,
+    #[serde(rename = "TLSSkipVerify")]
+    tls_skip_verify: Option<bool>,
+    #[serde(rename = "TLSSkipClientVerify")]
+    tls_skip_client_verify: Option<bool>,
 }
 
 impl Payload for EndpointUpdate {}
+
+/// The TLS files `POST /api/upload/tls/{certificate}?folder=` keeps for
+/// a folder (an endpoint's id) until an endpoint update takes them.
+fn upload_key(folder: &str, certificate: &str) -> String {
+    format!("p/tls-upload/{folder}/{certificate}")
+}
+
+/// `POST /api/upload/tls/{certificate}?folder=ID` (multipart, `file`):
+/// the CA, certificate or key an update of endpoint ID with `TLS` then
+/// uses, as 1.x's web UI changes an endpoint's TLS (administrators).
+pub fn upload_tls(req: &Request) -> HttpResult {
+    let certificate = req.param("certificate").unwrap_or_default();
+    if !matches!(certificate, "ca" | "cert" | "key") {
+        return Err(fail(
+            400,
+            "Invalid certificate route value. Value must be one of: ca, cert or key",
+            "",
+        ));
+    }
+    let folder = req
+        .query("folder")
+        .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .ok_or_else(|| fail(400, "Invalid query parameter: folder", ""))?;
+    let fields = form_fields(req)?;
+    let file = field(&fields, "file")
+        .filter(|f| !f.is_empty())
+        .ok_or_else(|| {
+            fail(
+                400,
+                "Invalid certificate file. Ensure that the file is uploaded correctly",
+                "",
+            )
+        })?;
+    if std::str::from_utf8(file).is_err() {
+        return Err(fail(
+            400,
+            "Invalid certificate file. Ensure that the file is uploaded correctly",
+            "a PEM file is text",
+        ));
+    }
+    kv::set(&upload_key(folder, certificate), file)?;
+    Ok(Response::new(204))
+}
+
+/// Turn TLS on or off for a `tcp://` endpoint with what was uploaded for
+/// it. The engine is pinged with the new material under a probe name
+/// first; the endpoint changes only if it answers.
+fn change_tls(
+    e: &mut Endpoint,
+    tls: bool,
+    skip_verify: bool,
+    skip_client_verify: bool,
+) -> Result<(), Response> {
+    let invalid = |details: &str| fail(400, "Invalid request payload", details);
+    if !e.docker.starts_with("portainer-") {
+        return Err(invalid("TLS applies to tcp:// endpoints only"));
+    }
+    if tls && skip_verify {
+        return Err(invalid(
+            "TLSSkipVerify is not supported: upload the engine's CA (POST /api/upload/tls/ca)",
+        ));
+    }
+    let folder = e.id.to_string();
+    let uploaded = |c: &str| -> Result<Option<String>, Response> {
+        Ok(kv::get(&upload_key(&folder, c))?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    };
+    let ca = uploaded("ca")?;
+    if tls == e.tls && ca.is_none() {
+        // Nothing new: the endpoint keeps the material it has.
+        return Ok(());
+    }
+    let files = if tls {
+        let ca = ca.ok_or_else(|| {
+            invalid(&format!(
+                "a CA is required with TLS: upload it with POST /api/upload/tls/ca?folder={folder}"
+            ))
+        })?;
+        let (cert, key) = if skip_client_verify {
+            (String::new(), String::new())
+        } else {
+            (
+                uploaded("cert")?.unwrap_or_default(),
+                uploaded("key")?.unwrap_or_default(),
+            )
+        };
+        Some(docker::TlsFiles { ca, cert, key })
+    } else {
+        None
+    };
+    let probe = format!("{}-probe", e.docker);
+    docker::register_endpoint(&probe, &e.url, files.as_ref())
+        .map_err(|err| invalid(&docker::error_text(&err)))?;
+    let answered = docker::ping(&probe);
+    let _ = docker::remove_endpoint(&probe);
+    if let Err(err) = answered {
+        return Err(fail(
+            500,
+            "Unable to ping Docker environment",
+            &docker::error_text(&err),
+        ));
+    }
+    docker::register_endpoint(&e.docker, &e.url, files.as_ref())
+        .map_err(|err| invalid(&docker::error_text(&err)))?;
+    for c in ["ca", "cert", "key"] {
+        kv::delete(&upload_key(&folder, c))?;
+    }
+    e.tls = tls;
+    Ok(())
+}
 
 pub(super) fn endpoint_key(id: u64) -> String {
     format!("p/endpoint/{id:010}")
@@ -87,6 +202,17 @@ pub(super) fn may_use_endpoint(user: &User, id: u64) -> Result<bool, Response> {
 
 pub(super) fn load_endpoint(id: u64) -> Result<Option<Endpoint>, Response> {
     kv::get_json(&endpoint_key(id)).map_err(Response::from)
+}
+
+/// Endpoint `id` a stack or console route names, or 1.x's 404.
+pub(super) fn stack_endpoint(id: u64) -> Result<Endpoint, Response> {
+    load_endpoint(id)?.ok_or_else(|| {
+        fail(
+            404,
+            "Unable to find the endpoint associated to the stack inside the database",
+            "",
+        )
+    })
 }
 
 /// Form fields: (name, value bytes) from multipart or urlencoded bodies.
@@ -334,6 +460,14 @@ pub fn endpoint_update(req: &Request) -> HttpResult {
         }
         e.group_id = g;
     }
+    if let Some(tls) = change.tls {
+        change_tls(
+            &mut e,
+            tls,
+            change.tls_skip_verify == Some(true),
+            change.tls_skip_client_verify == Some(true),
+        )?;
+    }
     // The same body, read again for its grants.
     let access: Access = payload(req)?;
     access.apply(&mut e.authorized_users, &mut e.authorized_teams)?;
@@ -364,6 +498,9 @@ pub fn endpoint_delete(req: &Request) -> HttpResult {
         })?;
     }
     kv::delete(&endpoint_key(e.id))?;
+    for c in ["ca", "cert", "key"] {
+        kv::delete(&upload_key(&e.id.to_string(), c))?;
+    }
     Ok(Response::new(204))
 }
 
@@ -373,6 +510,17 @@ pub fn docker_proxy(req: &Request) -> HttpResult {
     let user = req.identity::<User>()?;
     let e = find_endpoint(req, &user)?;
     let path = format!("/{}", req.param("path").unwrap_or_default());
+    if sends_registry_auth(req.method(), unversioned(&path))
+        && let Some(auth) = registry_auth(req, &user)?
+    {
+        docker::set_proxy_header("x-registry-auth", &auth).map_err(|e| {
+            fail(
+                500,
+                "Unable to forward the registry credentials",
+                &docker::error_text(&e),
+            )
+        })?;
+    }
     if user.role != ADMIN
         && let Some(answer) = restricted(req, &user, &e, &path)?
     {
@@ -400,7 +548,7 @@ pub fn docker_proxy(req: &Request) -> HttpResult {
 /// Portainer 1.x's web UI opens it. The host starts the exec hijacked
 /// (`{"Tty": true}`) and bridges it to the WebSocket.
 pub fn websocket_exec(req: &Request) -> HttpResult {
-    let (endpoint, id) = console_target(req)?;
+    let (endpoint, id) = console_target(req, true)?;
     let path = format!("/exec/{id}/start");
     Ok(Response::proxy_docker(&endpoint.docker, &path, Some("")))
 }
@@ -408,15 +556,16 @@ pub fn websocket_exec(req: &Request) -> HttpResult {
 /// `GET /api/websocket/attach?token=&endpointId=&id=`: a console attached
 /// to a container's stdin, stdout and stderr.
 pub fn websocket_attach(req: &Request) -> HttpResult {
-    let (endpoint, id) = console_target(req)?;
+    let (endpoint, id) = console_target(req, false)?;
     let path = format!("/containers/{id}/attach");
     let query = "stream=1&stdin=1&stdout=1&stderr=1";
     Ok(Response::proxy_docker(&endpoint.docker, &path, Some(query)))
 }
 
-/// The endpoint and the (hexadecimal) id a console route names, checked
-/// as Portainer 1.x checked them.
-fn console_target(req: &Request) -> Result<(Endpoint, String), Response> {
+/// The endpoint and the (hexadecimal) id a console route names (an exec
+/// instance's, or a container's), checked as Portainer 1.x checked them,
+/// and against resource controls for a user who is not an administrator.
+fn console_target(req: &Request, exec: bool) -> Result<(Endpoint, String), Response> {
     let user = req.identity::<User>()?;
     let id = req.query("id").unwrap_or_default();
     if id.is_empty() {
@@ -433,13 +582,7 @@ fn console_target(req: &Request) -> Result<(Endpoint, String), Response> {
         .query("endpointId")
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| fail(400, "Invalid query parameter: endpointId", ""))?;
-    let endpoint = load_endpoint(endpoint_id)?.ok_or_else(|| {
-        fail(
-            404,
-            "Unable to find the endpoint associated to the stack inside the database",
-            "",
-        )
-    })?;
+    let endpoint = stack_endpoint(endpoint_id)?;
     if !can_use(&user, &endpoint)? {
         return Err(fail(403, "Permission denied to access endpoint", ""));
     }
@@ -453,6 +596,7 @@ fn console_target(req: &Request) -> Result<(Endpoint, String), Response> {
             "websocket: the client is not using the websocket protocol",
         ));
     }
+    console_allowed(&user, &endpoint, id, exec)?;
     Ok((endpoint, id.to_string()))
 }
 

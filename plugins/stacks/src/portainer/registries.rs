@@ -202,3 +202,104 @@ pub fn registry_delete(req: &Request) -> HttpResult {
     kv::delete(&registry_key(r.id))?;
     Ok(Response::new(204))
 }
+
+/// Whether a proxied request carries registry credentials to the engine:
+/// a pull, a push, a service created or updated.
+pub(super) fn sends_registry_auth(method: &str, path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    method == "POST"
+        && match parts.as_slice() {
+            ["images", "create"] | ["services", "create"] | ["services", _, "update"] => true,
+            // Image names hold slashes: `/images/HOST:PORT/NAME/push`.
+            ["images", .., "push"] => parts.len() > 2,
+            _ => false,
+        }
+}
+
+/// The `X-Registry-Auth` the engine gets, as 1.x's proxy made it: the
+/// client names a registry (`{"registryId": N}` in base64; 0 is Docker
+/// Hub) and Berth puts in its credentials, if the user may use it (403
+/// if not, 404 if there is none). `{}` is sent as no header (anonymous).
+/// `None`: the client's header, if any, goes as it is (its own
+/// credentials).
+pub(super) fn registry_auth(req: &Request, user: &User) -> Result<Option<String>, Response> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let Some(header) = req.header("x-registry-auth") else {
+        return Ok(None);
+    };
+    let header = header.trim();
+    let Some(decoded) = [URL_SAFE, STANDARD]
+        .iter()
+        .find_map(|e| e.decode(header).ok())
+    else {
+        return Ok(None);
+    };
+    let Ok(Value::Object(named)) = serde_json::from_slice::<Value>(&decoded) else {
+        return Ok(None);
+    };
+    if named.is_empty() {
+        return Ok(Some(String::new()));
+    }
+    // Go's decoder matches `registryId` in any case.
+    let Some(id) = named
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("registryId"))
+        .map(|(_, v)| v)
+    else {
+        return Ok(None);
+    };
+    let id = id.as_u64().ok_or_else(|| {
+        fail(
+            400,
+            "Invalid registry identifier",
+            "X-Registry-Auth: registryId is a number",
+        )
+    })?;
+    let (authentication, username, password, address) = if id == 0 {
+        let hub = dockerhub()?;
+        (
+            hub.authentication,
+            hub.username,
+            hub.password,
+            "docker.io".to_string(),
+        )
+    } else {
+        let r: Registry =
+            kv::get_json(&registry_key(id))?.ok_or_else(|| not_found("a registry"))?;
+        if !granted(user, &r.authorized_users, &r.authorized_teams)? {
+            return Err(fail(403, "Access denied to resource", "registry"));
+        }
+        (r.authentication, r.username, r.password, r.url)
+    };
+    let auth = if authentication {
+        json!({ "username": username, "password": password, "serveraddress": address })
+    } else {
+        json!({ "serveraddress": address })
+    };
+    Ok(Some(URL_SAFE.encode(auth.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulls_pushes_and_service_writes_carry_registry_credentials() {
+        for (method, path, carries) in [
+            ("POST", "/images/create", true),
+            ("POST", "/images/127.0.0.1:5000/team/app/push", true),
+            ("POST", "/services/create", true),
+            ("POST", "/services/abc/update", true),
+            ("GET", "/images/create", false),
+            ("POST", "/images/push", false),
+            ("POST", "/containers/create", false),
+            ("POST", "/services/abc/rollback", false),
+        ] {
+            assert_eq!(
+                sends_registry_auth(method, path),
+                carries,
+                "{method} {path}"
+            );
+        }
+    }
+}

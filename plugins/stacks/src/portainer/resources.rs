@@ -94,6 +94,21 @@ pub(super) fn disown(kind: u8, resource_id: &str) -> Result<(), Response> {
     Ok(())
 }
 
+/// Move the controls of a resource that was renamed (a stack migrated
+/// under a new name).
+pub(super) fn rename_controls(kind: u8, from: &str, to: &str) -> Result<(), Response> {
+    for mut c in controls()?.into_iter().filter(|c| c.covers(kind, from)) {
+        if c.resource_id == from {
+            c.resource_id = to.to_string();
+        }
+        for sub in c.sub_resource_ids.iter_mut().filter(|s| *s == from) {
+            *sub = to.to_string();
+        }
+        kv::set_json(&control_key(c.id), &c)?;
+    }
+    Ok(())
+}
+
 /// Whether `user` may see stack `name`: its control gives it to them (a
 /// stack without one is administrators').
 pub(super) fn may_see_stack(user: &User, name: &str) -> Result<bool, Response> {
@@ -321,6 +336,17 @@ fn engine_query(req: &Request) -> String {
         .join("&")
 }
 
+/// An engine path without its version: `/v1.41/containers/json` and
+/// `/containers/json` alike.
+pub(super) fn unversioned(path: &str) -> &str {
+    match path.strip_prefix("/v") {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+            rest.find('/').map_or("/", |i| &rest[i..])
+        }
+        _ => path,
+    }
+}
+
 /// A non-administrator's request through the Docker proxy, as 1.x
 /// filtered it. `None`: nothing to filter or check, proxy it as it is.
 pub(super) fn restricted(
@@ -329,13 +355,7 @@ pub(super) fn restricted(
     e: &Endpoint,
     path: &str,
 ) -> Result<Option<Response>, Response> {
-    // `/v1.41/containers/json` and `/containers/json` alike.
-    let unversioned = match path.strip_prefix("/v") {
-        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
-            rest.find('/').map_or("/", |i| &rest[i..])
-        }
-        _ => path,
-    };
+    let unversioned = unversioned(path);
     let parts: Vec<&str> = unversioned.trim_matches('/').split('/').collect();
     let method = req.method();
     // Only the requests filtered or checked read the controls.
@@ -358,32 +378,90 @@ pub(super) fn restricted(
         ("POST", [_, "create"], Some(fam)) => create(req, user, e, path, fam).map(Some),
         // Pruning reaches everyone's resources.
         (_, [_, "prune"], _) => Err(denied()),
-        (_, [segment, id, ..], Some(fam)) => {
-            // Containers are inspected at `/containers/ID/json`, the others
-            // at `/KIND/ID`.
-            let inspect = match *segment {
-                "containers" => format!("/containers/{id}/json"),
-                _ => format!("/{segment}/{id}"),
-            };
-            let answer = docker::request(&e.docker, "GET", &inspect, "", &[], &[])
-                .map_err(engine_failure)?;
-            if answer.status != 200 {
-                // The engine says what is wrong (404 for an unknown id).
-                return Ok(Some(relay(answer)));
-            }
-            let item: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-            let full_id = item[fam.id].as_str().unwrap_or(id).to_string();
-            let labels = match segment {
-                // An inspected container keeps its labels under `Config`.
-                &"containers" => &item["Config"]["Labels"],
-                _ => labels_at(&item, fam.labels),
-            };
-            if viewer()?.visible(fam.kind, &full_id, labels).is_none() {
-                return Err(denied());
-            }
-            Ok(None)
-        }
+        (_, [segment, id, ..], Some(fam)) => match item_check(e, segment, id, fam, viewer)? {
+            Checked::Unknown(answer) => Ok(Some(answer)),
+            Checked::Hidden => Err(denied()),
+            Checked::Visible => Ok(None),
+        },
         _ => Ok(None),
+    }
+}
+
+/// What a non-administrator may do with one item of the engine.
+enum Checked {
+    /// The engine does not have it: its own answer (404 for an unknown id).
+    Unknown(Response),
+    Hidden,
+    Visible,
+}
+
+/// Inspect item `id` of `segment` on the engine and check its control.
+fn item_check<'u>(
+    e: &Endpoint,
+    segment: &str,
+    id: &str,
+    fam: Family,
+    viewer: impl FnOnce() -> Result<Viewer<'u>, Response>,
+) -> Result<Checked, Response> {
+    // Containers are inspected at `/containers/ID/json`, the others at
+    // `/KIND/ID`.
+    let inspect = match segment {
+        "containers" => format!("/containers/{id}/json"),
+        _ => format!("/{segment}/{id}"),
+    };
+    let answer =
+        docker::request(&e.docker, "GET", &inspect, "", &[], &[]).map_err(engine_failure)?;
+    if answer.status != 200 {
+        return Ok(Checked::Unknown(relay(answer)));
+    }
+    let item: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    let full_id = item[fam.id].as_str().unwrap_or(id).to_string();
+    let labels = match segment {
+        // An inspected container keeps its labels under `Config`.
+        "containers" => &item["Config"]["Labels"],
+        _ => labels_at(&item, fam.labels),
+    };
+    Ok(match viewer()?.visible(fam.kind, &full_id, labels) {
+        Some(_) => Checked::Visible,
+        None => Checked::Hidden,
+    })
+}
+
+/// Whether a non-administrator may open a console on container `id`, or
+/// on the container exec instance `id` runs in: as for the proxy, a
+/// control must give them the container (1.x checked only the endpoint).
+pub(super) fn console_allowed(
+    user: &User,
+    e: &Endpoint,
+    id: &str,
+    exec: bool,
+) -> Result<(), Response> {
+    if user.role == ADMIN {
+        return Ok(());
+    }
+    let container = if exec {
+        let answer = docker::request(&e.docker, "GET", &format!("/exec/{id}/json"), "", &[], &[])
+            .map_err(engine_failure)?;
+        if answer.status != 200 {
+            return Err(relay(answer));
+        }
+        let exec: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        exec["ContainerID"].as_str().unwrap_or_default().to_string()
+    } else {
+        id.to_string()
+    };
+    let viewer = || -> Result<Viewer, Response> {
+        Ok(Viewer {
+            user,
+            teams: teams_of(user)?,
+            controls: controls()?,
+        })
+    };
+    let containers = family("containers").expect("containers are a family");
+    match item_check(e, "containers", &container, containers, viewer)? {
+        Checked::Unknown(answer) => Err(answer),
+        Checked::Hidden => Err(fail(403, "Access denied to resource", "Unauthorized")),
+        Checked::Visible => Ok(()),
     }
 }
 
@@ -428,10 +506,16 @@ fn create(req: &Request, user: &User, e: &Endpoint, path: &str, fam: Family) -> 
             "a create body over the plugin's body limit",
         ));
     }
-    let headers: Vec<(String, String)> = ["content-type", "x-registry-auth"]
+    let mut headers: Vec<(String, String)> = ["content-type", "x-registry-auth"]
         .iter()
         .filter_map(|h| req.header(h).map(|v| (h.to_string(), v.to_string())))
         .collect();
+    if let Some(auth) = registry_auth(req, user)? {
+        headers.retain(|(h, _)| h != "x-registry-auth");
+        if !auth.is_empty() {
+            headers.push(("x-registry-auth".into(), auth));
+        }
+    }
     let answer = docker::request(
         &e.docker,
         "POST",

@@ -78,6 +78,11 @@ fn settings() -> Result<Settings, Response> {
     Ok(kv::get_json(SETTINGS_KEY)?.unwrap_or_default())
 }
 
+/// The settings' `TemplatesURL` (empty: the stored templates).
+pub(super) fn templates_url() -> Result<String, Response> {
+    Ok(settings()?.templates_url)
+}
+
 /// `PUT /api/settings`: what the body gives changes.
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "PascalCase")]

@@ -192,7 +192,7 @@ pub fn stack_create(req: &Request) -> HttpResult {
         remove_stack_record(&stack)?;
         return Err(stack_failure(f));
     }
-    kv::set(&format!("p/stack/{:010}", stack.id), stack.uuid.as_bytes())?;
+    kv::set(&stack_key(stack.id), stack.uuid.as_bytes())?;
     if user.role != ADMIN {
         own(&user, STACK, &stack.name)?;
     }
@@ -200,11 +200,22 @@ pub fn stack_create(req: &Request) -> HttpResult {
 }
 
 pub(super) fn remove_stack_record(stack: &Stack) -> Result<(), berth_sdk::Error> {
+    forget_stack(stack)?;
+    kv::delete(&stack_key(stack.id))?;
+    Ok(())
+}
+
+/// Portainer's index of its stacks: id → the stack's uuid.
+fn stack_key(id: u64) -> String {
+    format!("p/stack/{id:010}")
+}
+
+/// Remove a stack's records and its services', leaving its id.
+fn forget_stack(stack: &Stack) -> Result<(), berth_sdk::Error> {
     for uuid in &stack.services {
         kv::delete(&format!("svc/{uuid}"))?;
     }
     kv::delete(&format!("stack/{}", stack.uuid))?;
-    kv::delete(&format!("p/stack/{:010}", stack.id))?;
     Ok(())
 }
 
@@ -222,7 +233,7 @@ pub(super) fn may_see(user: &User, st: &Stack) -> Result<bool, Response> {
 pub(super) fn find_stack(req: &Request, user: &User) -> Result<Stack, Response> {
     let id = id_param(req)?;
     let missing = || not_found("a stack");
-    let uuid = kv::get_string(&format!("p/stack/{id:010}"))?.ok_or_else(missing)?;
+    let uuid = kv::get_string(&stack_key(id))?.ok_or_else(missing)?;
     let st = model::load_stack(&uuid)?.ok_or_else(missing)?;
     if !may_see(user, &st)? {
         return Err(fail(403, "Access denied to resource", ""));
@@ -276,11 +287,216 @@ pub fn stack_update(req: &Request) -> HttpResult {
 
 pub fn stack_delete(req: &Request) -> HttpResult {
     let user = req.identity::<User>()?;
+    if req.query("external") == Some("true") {
+        return external_stack_delete(req, &user);
+    }
     let mut st = find_stack(req, &user)?;
     if st.state != "Terminated" {
         model::run_stack(&mut st, Op::Terminate).map_err(stack_failure)?;
     }
     remove_stack_record(&st)?;
     disown(STACK, &st.name)?;
+    Ok(Response::new(204))
+}
+
+/// `POST /api/stacks/{id}/migrate`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct StackMigrate {
+    #[serde(rename = "EndpointID")]
+    endpoint_id: u64,
+    #[serde(rename = "SwarmID")]
+    swarm_id: String,
+    #[serde(rename = "Name")]
+    name: String,
+}
+
+impl Payload for StackMigrate {
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.endpoint_id == 0 {
+            return Err("Invalid endpoint identifier. Must be a positive number");
+        }
+        Ok(())
+    }
+}
+
+/// The engine's own id (`docker info`), to tell two endpoints on one
+/// engine; `None` when it does not answer.
+fn engine_id(endpoint: &str) -> Option<String> {
+    let info: Value = serde_json::from_str(&docker::info(endpoint).ok()?).ok()?;
+    info["ID"].as_str().map(str::to_string)
+}
+
+/// Move a stack to another endpoint, as 1.x did: deploy it there (under
+/// `Name` if given) from its stored file, then remove it where it was.
+/// It keeps its id, and its resource control follows a new name. A
+/// deploy that fails leaves the stack where it was; moving under the
+/// same name onto the engine it already runs on is refused (409).
+pub fn stack_migrate(req: &Request) -> HttpResult {
+    let user = req.identity::<User>()?;
+    let mut old = find_stack(req, &user)?;
+    let body: StackMigrate = payload(req)?;
+    let p = old.portainer.clone().ok_or_else(|| not_found("a stack"))?;
+    let target = load_endpoint(body.endpoint_id)?.ok_or_else(|| not_found("an endpoint"))?;
+    if !can_use(&user, &target)? {
+        return Err(fail(403, "Access denied to resource", "endpoint"));
+    }
+    let name = if body.name.is_empty() {
+        old.name.clone()
+    } else {
+        body.name
+    };
+    let renamed = !name.eq_ignore_ascii_case(&old.name);
+    if renamed && model::stack_name_taken(&name)? {
+        return Err(fail(
+            409,
+            "A stack with this name already exists",
+            &format!("A stack with the name {name} already exists"),
+        ));
+    }
+    if !renamed
+        && let Some(here) = engine_id(&old.endpoint)
+        && engine_id(&target.docker) == Some(here)
+    {
+        return Err(fail(
+            409,
+            "The stack already runs on this engine",
+            "the target endpoint reaches the engine the stack runs on; give it a new Name",
+        ));
+    }
+    let defs = stackfile::parse_compose(&p.file, &p.env)
+        .map_err(|e| fail(400, "Invalid stack file", &e))?;
+    let swarm_id = if body.swarm_id.is_empty() {
+        p.swarm_id.clone()
+    } else {
+        body.swarm_id
+    };
+    let moved = PortainerStack {
+        endpoint_id: target.id,
+        swarm_id,
+        ..p
+    };
+    crate::stackfile::check_name("stack", &name).map_err(|e| fail(400, "Invalid stack", &e))?;
+    let mut next = model::build_stack(&name, &name, defs, &target.docker, Some(moved), Vec::new())
+        .map_err(stack_failure)?;
+    crate::cloud::follow(&target.docker);
+    if let Err(f) = model::run_stack(&mut next, Op::Start) {
+        let _ = model::run_stack(&mut next, Op::Terminate);
+        remove_stack_record(&next)?;
+        return Err(stack_failure(f));
+    }
+    // The new deployment takes the stack's id; then the old one goes.
+    kv::delete(&stack_key(next.id))?;
+    next.id = old.id;
+    model::save_stack(&next)?;
+    kv::set(&stack_key(next.id), next.uuid.as_bytes())?;
+    if renamed {
+        rename_controls(STACK, &old.name, &name)?;
+    }
+    let removed = if old.state == "Terminated" {
+        Ok(())
+    } else {
+        model::run_stack(&mut old, Op::Terminate)
+    };
+    forget_stack(&old)?;
+    if let Err(f) = removed {
+        let details = match f {
+            Failure::Engine(e) => docker::error_text(&e),
+            Failure::State(m) | Failure::Invalid(m) => m,
+            Failure::Host(e) => e.to_string(),
+        };
+        return Err(fail(
+            500,
+            "Unable to remove the stack from its former endpoint",
+            &format!("it now runs on endpoint {}; {details}", target.id),
+        ));
+    }
+    Ok(Response::json(200, &render_stack(&next)))
+}
+
+/// `DELETE /api/stacks/{name}?external=true&endpointId=N`: a Swarm stack
+/// deployed outside Portainer (`docker stack deploy`), removed as
+/// `docker stack rm` would: its services, networks, secrets and configs
+/// (administrators; 404 when the engine has nothing of it).
+fn external_stack_delete(req: &Request, user: &User) -> HttpResult {
+    let endpoint_id: u64 = req
+        .query("endpointId")
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| fail(400, "Invalid query parameter: endpointId", ""))?;
+    if user.role != ADMIN {
+        return Err(fail(
+            401,
+            "Permission denied to delete the stack",
+            "Unauthorized",
+        ));
+    }
+    let name = req.param("id").unwrap_or_default();
+    if model::stack_name_taken(name)? {
+        return Err(fail(
+            400,
+            "A stack with this name exists inside the database. Cannot use external delete method",
+            "Stack is not external",
+        ));
+    }
+    let endpoint = stack_endpoint(endpoint_id)?;
+    let label = serde_json::to_string(&json!({
+        "label": [format!("com.docker.stack.namespace={name}")]
+    }))
+    .unwrap_or_default();
+    let query = format!("filters={}", percent_encode(&label));
+    let engine =
+        |e: docker::DockerError| fail(500, "Unable to delete stack", &docker::error_text(&e));
+    let mut found = 0;
+    // Services first: networks, secrets and configs in use cannot go.
+    for (kind, id_key) in [
+        ("services", "ID"),
+        ("networks", "Id"),
+        ("secrets", "ID"),
+        ("configs", "ID"),
+    ] {
+        let path = format!("/{kind}");
+        let answer =
+            docker::request(&endpoint.docker, "GET", &path, &query, &[], &[]).map_err(engine)?;
+        if answer.status != 200 {
+            // An engine that is no swarm manager has no secrets or configs.
+            continue;
+        }
+        let items: Vec<Value> = serde_json::from_slice(&answer.body).unwrap_or_default();
+        for item in items {
+            let Some(id) = item[id_key].as_str() else {
+                continue;
+            };
+            let gone = docker::request(
+                &endpoint.docker,
+                "DELETE",
+                &format!("/{kind}/{id}"),
+                "",
+                &[],
+                &[],
+            )
+            .map_err(engine)?;
+            found += 1;
+            // A network still in use by tasks that are going is left, as
+            // the stacks' own networks are.
+            if kind != "networks" && !matches!(gone.status, 200 | 204 | 404) {
+                return Err(fail(
+                    500,
+                    "Unable to delete stack",
+                    &format!(
+                        "removing {kind} {id}: {}",
+                        String::from_utf8_lossy(&gone.body).trim()
+                    ),
+                ));
+            }
+        }
+    }
+    if found == 0 {
+        return Err(fail(
+            404,
+            "Unable to find a stack with the specified identifier",
+            &format!("the engine has nothing of a stack named {name}"),
+        ));
+    }
+    disown(STACK, name)?;
     Ok(Response::new(204))
 }

@@ -92,6 +92,22 @@ fn manages(user: &User, team: u64) -> Result<bool, Response> {
             .any(|m| m.user_id == user.id && m.team_id == team && m.role == 1))
 }
 
+/// Whether `user` leads at least one team.
+pub(super) fn leads_a_team(user: &User) -> Result<bool, Response> {
+    Ok(memberships()?
+        .iter()
+        .any(|m| m.user_id == user.id && m.role == 1))
+}
+
+/// 403 unless `user` may manage team `team`.
+fn must_manage(user: &User, team: u64, err: &str) -> Result<(), Response> {
+    if manages(user, team)? {
+        Ok(())
+    } else {
+        Err(fail(403, err, "Access denied to resource"))
+    }
+}
+
 /// `GET /api/teams`: every team to an admin, a user's own teams to them.
 pub fn team_list(req: &Request) -> HttpResult {
     let me = req.identity::<User>()?;
@@ -203,8 +219,15 @@ fn check_membership(body: &MembershipBody, except: Option<u64>) -> Result<(), Re
     Ok(())
 }
 
+/// `POST /api/team_memberships`: administrators, and leaders of the team.
 pub fn membership_create(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
     let body: MembershipBody = payload(req)?;
+    must_manage(
+        &me,
+        body.team_id,
+        "Permission denied to manage team memberships",
+    )?;
     check_membership(&body, None)?;
     let m = Membership {
         id: kv::next_in_sequence("portainer-membership")?,
@@ -216,11 +239,27 @@ pub fn membership_create(req: &Request) -> HttpResult {
     Ok(Response::json(200, &m))
 }
 
+fn find_membership(req: &Request) -> Result<Membership, Response> {
+    kv::get_json(&membership_key(id_param(req)?))?.ok_or_else(|| not_found("a team membership"))
+}
+
+/// `PUT /api/team_memberships/{id}`: administrators, and leaders of both
+/// the membership's team and the team it moves to, who cannot change
+/// its role.
 pub fn membership_update(req: &Request) -> HttpResult {
-    let id = id_param(req)?;
+    let me = req.identity::<User>()?;
     let body: MembershipBody = payload(req)?;
-    if kv::get(&membership_key(id))?.is_none() {
-        return Err(not_found("a team membership"));
+    let old = find_membership(req)?;
+    let id = old.id;
+    for team in [old.team_id, body.team_id] {
+        must_manage(&me, team, "Permission denied to update the membership")?;
+    }
+    if me.role != ADMIN && i64::from(old.role) != body.role {
+        return Err(fail(
+            403,
+            "Permission denied to update the role of membership",
+            "Access denied to resource",
+        ));
     }
     check_membership(&body, Some(id))?;
     let m = Membership {
@@ -233,10 +272,12 @@ pub fn membership_update(req: &Request) -> HttpResult {
     Ok(Response::json(200, &m))
 }
 
+/// `DELETE /api/team_memberships/{id}`: administrators, and leaders of
+/// the membership's team.
 pub fn membership_delete(req: &Request) -> HttpResult {
-    let id = id_param(req)?;
-    if !kv::delete(&membership_key(id))? {
-        return Err(not_found("a team membership"));
-    }
+    let me = req.identity::<User>()?;
+    let m = find_membership(req)?;
+    must_manage(&me, m.team_id, "Permission denied to delete the membership")?;
+    kv::delete(&membership_key(m.id))?;
     Ok(Response::new(204))
 }

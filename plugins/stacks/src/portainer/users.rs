@@ -255,13 +255,38 @@ pub(super) fn id_param(req: &Request) -> Result<u64, Response> {
         .map_err(|_| fail(400, "Invalid identifier route variable", "id"))
 }
 
-pub fn user_list(_: &Request) -> HttpResult {
-    let list: Vec<Value> = users()?.iter().map(User::render).collect();
+/// `GET /api/users`: every user to an administrator; to anyone else,
+/// the users who are not administrators (1.x's `FilterUsers`), so team
+/// leaders can pick members.
+pub fn user_list(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
+    let list: Vec<Value> = users()?
+        .iter()
+        .filter(|u| me.role == ADMIN || u.role != ADMIN)
+        .map(User::render)
+        .collect();
     Ok(Response::json(200, &list))
 }
 
+/// `POST /api/users`: administrators, and team leaders, who may create
+/// users but not administrators.
 pub fn user_create(req: &Request) -> HttpResult {
+    let me = req.identity::<User>()?;
+    if me.role != ADMIN && !leads_a_team(&me)? {
+        return Err(fail(
+            403,
+            "Permission denied to create user",
+            "Access denied to resource",
+        ));
+    }
     let u: NewUser = payload(req)?;
+    if me.role != ADMIN && u.role as u8 == ADMIN {
+        return Err(fail(
+            403,
+            "Permission denied to create administrator user",
+            "Access denied to resource",
+        ));
+    }
     let user = new_user(&u.username, &u.password, u.role as u8)?;
     Ok(Response::json(200, &user.render()))
 }
