@@ -291,6 +291,33 @@ impl Api {
     }
 }
 
+/// A client session script under `tests/`.
+fn script(path: &str) -> String {
+    format!("{}/../tests/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run a third-party client's session (`command`), at most two minutes;
+/// it must succeed and print `session ok`. Its standard output.
+async fn client_session(mut command: std::process::Command, what: &'static str) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        let child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        support::wait_bounded(child, Duration::from_secs(120), what)
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("session ok"),
+        "{what}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Names of the engine's Swarm services in a stack.
 fn swarm_services(engine: &Engine, stack: &str) -> Vec<String> {
     let (_, body) = engine.get("/services").unwrap();
@@ -2304,28 +2331,10 @@ async fn the_generated_1x_python_client_runs_a_whole_session() {
     };
     let dir = tempfile::tempdir().unwrap();
     let api = Api::start(dir.path(), engine);
-    let url = api.berth.url("");
-    let out = tokio::task::spawn_blocking(move || {
-        let child = std::process::Command::new(python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/py/portainer_api_session.py"
-            ))
-            .arg(url)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        support::wait_bounded(child, Duration::from_secs(120), "the portainer-api session")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("session ok"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut session = std::process::Command::new(python);
+    session.arg(script("py/portainer_api_session.py"));
+    session.arg(api.berth.url(""));
+    client_session(session, "the portainer-api session").await;
 }
 
 /// `portainer-cli` 0.3.0 from PyPI, unmodified: it signs in with
@@ -2979,7 +2988,7 @@ async fn stacks_migrate_external_stacks_go_and_tls_files_upload() {
         upload_tls(&api, &token, "ca", &folder, Some(&tls.cert))
             .await
             .0,
-        204
+        200
     );
     let (status, body) = api
         .call(t, "PUT", &update, Some(json!({ "TLS": true })))
@@ -2992,7 +3001,7 @@ async fn stacks_migrate_external_stacks_go_and_tls_files_upload() {
             upload_tls(&api, &token, certificate, &folder, Some(file))
                 .await
                 .0,
-            204
+            200
         );
     }
     let (status, body) = api
@@ -3156,4 +3165,91 @@ async fn pulls_through_the_proxy_carry_a_registrys_credentials() {
         "{:?}: {text}",
         seen.lock().unwrap()
     );
+
+    // `portainer-api-client` from npm, unmodified, runs its README's
+    // example: the registry sent back with new credentials, which the
+    // next pull brings.
+    let Some(modules) = support::portainer_node_client() else {
+        return;
+    };
+    let mut session = std::process::Command::new("node");
+    session.arg(script("js/portainer_api_client_session.js"));
+    session.args([api.berth.url("").as_str(), "rotated", "n3w-secret"]);
+    session.env("NODE_PATH", modules);
+    client_session(session, "the portainer-api-client session").await;
+    seen.lock().unwrap().clear();
+    let (_, text) = pull(token.clone(), Some(names(json!(registry_id)))).await;
+    assert!(text.contains("manifest unknown"), "{text}");
+    let rotated = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("rotated:n3w-secret")
+    );
+    let seen = seen.lock().unwrap();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|a| *a == rotated),
+        "{seen:?}: {text}"
+    );
+}
+
+/// `portainer` 0.1b0 from PyPI, a client of Portainer 1.15's API,
+/// unmodified (`tests/py/portainer_015_session.py`): its endpoint is made
+/// with `TLS` and JSON, without files, which it uploads afterwards as
+/// 1.15 took them; until they are all there the endpoint waits (503 on
+/// its proxy), then its engine answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_1_15_client_makes_a_tls_endpoint_and_uploads_its_files() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let Some(python) = support::portainer_clients() else {
+        return;
+    };
+    let tls = engine.tls.as_ref().expect("the private engine serves TLS");
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path(), engine);
+    let token = api.admin().await;
+    let t = Some(token.as_str());
+
+    // Waiting for its files, an endpoint is not used.
+    let (status, waiting) = api
+        .call(
+            t,
+            "POST",
+            "/api/endpoints",
+            Some(json!({ "Name": "waiting", "URL": tls.address, "TLS": true })),
+        )
+        .await;
+    assert_eq!(
+        (status, waiting["Status"].clone()),
+        (200, json!(2)),
+        "{waiting}"
+    );
+    let (status, body) = api
+        .call(
+            t,
+            "GET",
+            &format!("/api/endpoints/{}/docker/info", waiting["Id"]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["details"]
+            .as_str()
+            .unwrap()
+            .contains("/api/upload/tls"),
+        "{body}"
+    );
+
+    let mut session = std::process::Command::new(python);
+    session.arg(script("py/portainer_015_session.py"));
+    session.args([api.berth.url(""), tls.address.clone()]);
+    session.args([&tls.ca, &tls.cert, &tls.key]);
+    let stdout = client_session(session, "the portainer 0.1b0 session").await;
+    let id = stdout.trim().rsplit(' ').next().unwrap();
+    let (status, info) = api
+        .call(t, "GET", &format!("/api/endpoints/{id}/docker/info"), None)
+        .await;
+    assert_eq!(status, 200, "{info}");
+    assert!(info["ID"].is_string(), "{info}");
 }

@@ -378,9 +378,9 @@ pub fn python() -> Option<PathBuf> {
 
 /// A Python with third-party Portainer 1.x clients in a venv of its own:
 /// `portainer-api` 1.22.1.1 (generated from Portainer 1.22's Swagger
-/// description) and `portainer-cli` 0.3.0 (its `portainer-cli` command
+/// description), `portainer-cli` 0.3.0 (its `portainer-cli` command
 /// beside the interpreter), with `validators`, which that CLI imports
-/// without declaring it.
+/// without declaring it, and `portainer` 0.1b0 (a client of 1.15's API).
 pub fn portainer_clients() -> Option<PathBuf> {
     static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     venv(
@@ -390,6 +390,7 @@ pub fn portainer_clients() -> Option<PathBuf> {
             "portainer-api==1.22.1.1",
             "portainer-cli==0.3.0",
             "validators==0.36.0",
+            "portainer==0.1b0",
         ],
     )
 }
@@ -495,8 +496,10 @@ fn venv(
     let made = made.get_or_init(|| {
         let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
         let python = venv.join("bin/python");
+        // The marker names what was installed: another list installs again.
         let marker = venv.join("berth-ready");
-        if marker.exists() {
+        let wanted = packages.join("\n");
+        if std::fs::read_to_string(&marker).is_ok_and(|had| had == wanted) {
             return Ok(python);
         }
         let run = |cmd: &mut Command| -> Result<(), String> {
@@ -511,10 +514,39 @@ fn venv(
         run(Command::new(&python)
             .args(["-m", "pip", "install", "--quiet"])
             .args(packages))?;
-        std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
+        std::fs::write(&marker, &wanted).map_err(|e| e.to_string())?;
         Ok(python)
     });
     ready(made, &format!("the Python test environment {name}"))
+}
+
+/// `portainer-api-client` 0.0.2 from the npm registry (a Node.js client
+/// of Portainer's API), installed under the target dir: the
+/// `node_modules` folder to put on `NODE_PATH`.
+pub fn portainer_node_client() -> Option<PathBuf> {
+    static MODULES: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let made = MODULES.get_or_init(|| {
+        let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portainer-npm");
+        let modules = prefix.join("node_modules");
+        let wanted = "portainer-api-client@0.0.2";
+        let marker = prefix.join("berth-ready");
+        if std::fs::read_to_string(&marker).is_ok_and(|had| had == wanted) {
+            return Ok(modules);
+        }
+        std::fs::create_dir_all(&prefix).map_err(|e| e.to_string())?;
+        let out = Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg(wanted)
+            .output()
+            .map_err(|e| format!("npm: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        std::fs::write(&marker, wanted).map_err(|e| e.to_string())?;
+        Ok(modules)
+    });
+    ready(made, "the npm package portainer-api-client")
 }
 
 /// A made test tool, or None (the test skips) when it could not be made;

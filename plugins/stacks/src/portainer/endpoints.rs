@@ -22,6 +22,10 @@ pub(super) struct Endpoint {
     /// Whether the engine answered the last snapshot.
     #[serde(default = "up")]
     up: bool,
+    /// Made with `TLS` but without its files, as 1.x before 1.16 made
+    /// them: unusable until `/api/upload/tls` brings them.
+    #[serde(default)]
+    pending_tls: bool,
 }
 
 fn up() -> bool {
@@ -29,6 +33,21 @@ fn up() -> bool {
 }
 
 impl Endpoint {
+    /// 503 while the endpoint waits for its TLS files.
+    pub(super) fn ready(&self) -> Result<(), Response> {
+        if !self.pending_tls {
+            return Ok(());
+        }
+        Err(fail(
+            503,
+            "Unable to reach the endpoint",
+            &format!(
+                "its TLS files are not all uploaded yet: POST /api/upload/tls/{{ca,cert,key}}?folder={}",
+                self.id
+            ),
+        ))
+    }
+
     fn render(&self) -> Value {
         let mut tls = json!({ "TLS": self.tls, "TLSSkipVerify": false });
         if self.tls {
@@ -118,7 +137,63 @@ pub fn upload_tls(req: &Request) -> HttpResult {
         ));
     }
     kv::set(&upload_key(folder, certificate), file)?;
-    Ok(Response::new(204))
+    if let Ok(id) = folder.parse()
+        && let Some(mut e) = load_endpoint(id)?
+        && e.pending_tls
+    {
+        complete_tls(&mut e)?;
+    }
+    // 1.x answered an empty 200 (204 from 1.20 on); a 2xx either way.
+    Ok(Response::new(200))
+}
+
+/// The TLS files uploaded for `folder`, if its CA is among them; no
+/// client certificate with `skip_client_verify`.
+fn uploaded_tls(
+    folder: &str,
+    skip_client_verify: bool,
+) -> Result<Option<docker::TlsFiles>, Response> {
+    let uploaded = |c: &str| -> Result<Option<String>, Response> {
+        Ok(kv::get(&upload_key(folder, c))?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    };
+    let Some(ca) = uploaded("ca")? else {
+        return Ok(None);
+    };
+    let (cert, key) = if skip_client_verify {
+        (String::new(), String::new())
+    } else {
+        (
+            uploaded("cert")?.unwrap_or_default(),
+            uploaded("key")?.unwrap_or_default(),
+        )
+    };
+    Ok(Some(docker::TlsFiles { ca, cert, key }))
+}
+
+fn forget_uploads(folder: &str) -> Result<(), Response> {
+    for c in ["ca", "cert", "key"] {
+        kv::delete(&upload_key(folder, c))?;
+    }
+    Ok(())
+}
+
+/// An endpoint waiting for its TLS files takes what was uploaded once the
+/// engine answers with it; until then it keeps waiting.
+fn complete_tls(e: &mut Endpoint) -> Result<(), Response> {
+    let folder = e.id.to_string();
+    let Some(files) = uploaded_tls(&folder, false)? else {
+        return Ok(());
+    };
+    if docker::register_endpoint(&e.docker, &e.url, Some(&files)).is_err()
+        || docker::ping(&e.docker).is_err()
+    {
+        return Ok(());
+    }
+    forget_uploads(&folder)?;
+    e.pending_tls = false;
+    e.up = true;
+    kv::set_json(&endpoint_key(e.id), e)?;
+    Ok(())
 }
 
 /// Turn TLS on or off for a `tcp://` endpoint with what was uploaded for
@@ -140,29 +215,17 @@ fn change_tls(
         ));
     }
     let folder = e.id.to_string();
-    let uploaded = |c: &str| -> Result<Option<String>, Response> {
-        Ok(kv::get(&upload_key(&folder, c))?.map(|b| String::from_utf8_lossy(&b).into_owned()))
-    };
-    let ca = uploaded("ca")?;
-    if tls == e.tls && ca.is_none() {
+    let uploaded = uploaded_tls(&folder, skip_client_verify)?;
+    if tls == e.tls && uploaded.is_none() && !e.pending_tls {
         // Nothing new: the endpoint keeps the material it has.
         return Ok(());
     }
     let files = if tls {
-        let ca = ca.ok_or_else(|| {
+        Some(uploaded.ok_or_else(|| {
             invalid(&format!(
                 "a CA is required with TLS: upload it with POST /api/upload/tls/ca?folder={folder}"
             ))
-        })?;
-        let (cert, key) = if skip_client_verify {
-            (String::new(), String::new())
-        } else {
-            (
-                uploaded("cert")?.unwrap_or_default(),
-                uploaded("key")?.unwrap_or_default(),
-            )
-        };
-        Some(docker::TlsFiles { ca, cert, key })
+        })?)
     } else {
         None
     };
@@ -180,10 +243,10 @@ fn change_tls(
     }
     docker::register_endpoint(&e.docker, &e.url, files.as_ref())
         .map_err(|err| invalid(&docker::error_text(&err)))?;
-    for c in ["ca", "cert", "key"] {
-        kv::delete(&upload_key(&folder, c))?;
-    }
+    forget_uploads(&folder)?;
     e.tls = tls;
+    e.pending_tls = false;
+    e.up = true;
     Ok(())
 }
 
@@ -323,6 +386,7 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
         return Err(not_found("an endpoint group"));
     }
     let id = kv::next_in_sequence("portainer-endpoint")?;
+    let mut pending = false;
     let (docker_name, shown_url) = if url.is_empty() || url.starts_with("unix://") {
         if !url.is_empty() && url != "unix:///var/run/docker.sock" {
             return Err(fail(
@@ -336,25 +400,22 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
             "unix:///var/run/docker.sock".to_string(),
         )
     } else if url.starts_with("tcp://") {
-        let files = if tls {
-            let read = |k: &str| {
-                field(&fields, k)
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .filter(|s| !s.is_empty())
-            };
-            let ca = read("TLSCACertFile").ok_or_else(|| {
-                fail(
-                    400,
-                    "Invalid request payload",
-                    "TLSCACertFile is required with TLS",
-                )
-            })?;
-            let cert = read("TLSCertFile").unwrap_or_default();
-            let key = read("TLSKeyFile").unwrap_or_default();
-            Some(docker::TlsFiles { ca, cert, key })
-        } else {
-            None
+        let read = |k: &str| {
+            field(&fields, k)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .filter(|s| !s.is_empty())
         };
+        let files = match read("TLSCACertFile") {
+            Some(ca) if tls => Some(docker::TlsFiles {
+                ca,
+                cert: read("TLSCertFile").unwrap_or_default(),
+                key: read("TLSKeyFile").unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        // TLS without its files: 1.x before 1.16 took them afterwards,
+        // with /api/upload/tls.
+        pending = tls && files.is_none();
         // The host keeps the uploaded TLS material with the endpoint, in
         // its own store: it never touches the filesystem or the plugin's KV.
         let docker_name = format!("portainer-{id}");
@@ -369,7 +430,7 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
             "URL is empty (local socket) or tcp://HOST:PORT",
         ));
     };
-    if let Err(e) = docker::ping(&docker_name) {
+    if !pending && let Err(e) = docker::ping(&docker_name) {
         if docker_name.starts_with("portainer-") {
             let _ = docker::remove_endpoint(&docker_name);
         }
@@ -390,7 +451,8 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
         authorized_users: Vec::new(),
         authorized_teams: Vec::new(),
         snapshot: None,
-        up: true,
+        up: !pending,
+        pending_tls: pending,
     };
     kv::set_json(&endpoint_key(id), &endpoint)?;
     Ok(Response::json(200, &endpoint.render()))
@@ -498,9 +560,7 @@ pub fn endpoint_delete(req: &Request) -> HttpResult {
         })?;
     }
     kv::delete(&endpoint_key(e.id))?;
-    for c in ["ca", "cert", "key"] {
-        kv::delete(&upload_key(&e.id.to_string(), c))?;
-    }
+    forget_uploads(&e.id.to_string())?;
     Ok(Response::new(204))
 }
 
@@ -509,6 +569,7 @@ pub fn endpoint_delete(req: &Request) -> HttpResult {
 pub fn docker_proxy(req: &Request) -> HttpResult {
     let user = req.identity::<User>()?;
     let e = find_endpoint(req, &user)?;
+    e.ready()?;
     let path = format!("/{}", req.param("path").unwrap_or_default());
     if sends_registry_auth(req.method(), unversioned(&path))
         && let Some(auth) = registry_auth(req, &user)?
@@ -596,6 +657,7 @@ fn console_target(req: &Request, exec: bool) -> Result<(Endpoint, String), Respo
             "websocket: the client is not using the websocket protocol",
         ));
     }
+    endpoint.ready()?;
     console_allowed(&user, &endpoint, id, exec)?;
     Ok((endpoint, id.to_string()))
 }
