@@ -3253,3 +3253,161 @@ async fn a_1_15_client_makes_a_tls_endpoint_and_uploads_its_files() {
     assert_eq!(status, 200, "{info}");
     assert!(info["ID"].is_string(), "{info}");
 }
+
+/// 1.x's host jobs (a script in a privileged container on the endpoint's
+/// host), its built-in roles, and what Community Edition without
+/// extensions or LDAP answers, in Portainer's shape.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_jobs_roles_and_what_community_edition_lacks() {
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path(), engine);
+    let token = api.admin().await;
+    let t = Some(token.as_str());
+    let (_, user_token) = api.user(&token, "jo").await;
+    let u = Some(user_token.as_str());
+    let local = endpoint(&api, t).await;
+
+    let (status, roles) = api.call(t, "GET", "/api/roles", None).await;
+    assert_eq!(status, 200, "{roles}");
+    let names: Vec<&str> = roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Endpoint administrator",
+            "Helpdesk",
+            "Standard user",
+            "Read-only user"
+        ]
+    );
+    assert_eq!(api.call(u, "GET", "/api/roles", None).await.0, 403);
+    for (method, path, status) in [
+        ("GET", "/api/extensions/1", 404),
+        ("POST", "/api/extensions", 501),
+        ("PUT", "/api/extensions/1", 501),
+        ("DELETE", "/api/extensions/1", 501),
+        ("PUT", "/api/settings/authentication/checkLDAP", 501),
+    ] {
+        let (got, body) = api.call(t, method, path, Some(json!({}))).await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        assert!(body["err"].is_string(), "{body}");
+    }
+
+    // Host jobs: checked as 1.x did, then run.
+    let job = format!("/api/endpoints/{local}/job");
+    for (query, body, err) in [
+        ("", json!({}), "Invalid query parameter: method"),
+        (
+            "?method=shell",
+            json!({}),
+            "Invalid value for query parameter: method. Value must be one of: string or file",
+        ),
+        (
+            "?method=string",
+            json!({ "image": "busybox:latest" }),
+            "Invalid request payload",
+        ),
+    ] {
+        let (status, answer) = api
+            .call(t, "POST", &format!("{job}{query}"), Some(body))
+            .await;
+        assert_eq!(
+            (status, answer["err"].as_str()),
+            (400, Some(err)),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        api.call(
+            u,
+            "POST",
+            &format!("{job}?method=string"),
+            Some(json!({ "image": "busybox:latest", "fileContent": "true" })),
+        )
+        .await
+        .0,
+        403
+    );
+    // A job's container is made privileged with the host's root at
+    // /host and given the script, then started. An engine that may not
+    // start privileged containers (this sandbox refuses their
+    // capabilities) makes that last step the job's 500, with its reason.
+    let started = |(status, answer): (u16, Value)| {
+        let refused = answer["details"].as_str().unwrap_or_default();
+        assert!(
+            status == 204
+                || (status == 500 && refused.contains("/start") && refused.contains("caps")),
+            "{status} {answer}"
+        );
+    };
+    started(
+        api.call(
+            t,
+            "POST",
+            &format!("{job}?method=string"),
+            Some(json!({ "Image": "busybox:latest", "FileContent": "echo string-job\n" })),
+        )
+        .await,
+    );
+    let script = dir.path().join("job.sh");
+    std::fs::write(&script, "echo file-job\n").unwrap();
+    let (content_type, form) =
+        support::portainer::multipart(&[("Image", "busybox:latest")], &[("File", &script)]);
+    let r = api
+        .http
+        .post(api.berth.url(&format!("{job}?method=file")))
+        .bearer_auth(&token)
+        .header("content-type", content_type)
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    started((status, r.json().await.unwrap_or(Value::Null)));
+    let (status, answer) = api
+        .call(
+            t,
+            "POST",
+            &format!("{job}?method=string"),
+            Some(json!({ "Image": "no-such-image:1", "FileContent": "true" })),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["err"].as_str()),
+        (500, Some("Failed executing job")),
+        "{answer}"
+    );
+
+    // The jobs' containers, marked with the endpoint, hold their scripts.
+    let filters = support::docker::urlencode(&format!(
+        "{{\"label\":[\"io.portainer.job.endpoint={local}\"]}}"
+    ));
+    let (_, body) = engine
+        .get(&format!("/containers/json?all=1&filters={filters}"))
+        .unwrap();
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let mut scripts = Vec::new();
+    for c in list.as_array().unwrap() {
+        let id = c["Id"].as_str().unwrap();
+        let made = engine.inspect(id).unwrap();
+        assert_eq!(made["HostConfig"]["Privileged"], true, "{made}");
+        assert_eq!(made["HostConfig"]["Binds"][0], "/:/host", "{made}");
+        assert_eq!(made["Config"]["Cmd"], json!(["sh", "/tmp/script.sh"]));
+        let (status, tar) = engine
+            .get(&format!("/containers/{id}/archive?path=/tmp/script.sh"))
+            .unwrap();
+        assert_eq!(status, 200);
+        scripts.push(tar);
+        engine.cli(&["rm", "-f", id]);
+    }
+    assert_eq!(scripts.len(), 2, "{list}");
+    assert!(scripts.iter().any(|t| t.contains("echo string-job")));
+    assert!(scripts.iter().any(|t| t.contains("echo file-job")));
+}

@@ -522,6 +522,37 @@ impl Plugin for Stacks {
                             "/api/resource_controls/{id}",
                             p::control_delete,
                         )
+                        .get("portainer.roles", "/api/roles", p::role_list)
+                        .get(
+                            "portainer.extensions.get",
+                            "/api/extensions/{id}",
+                            p::extension_get,
+                        )
+                        .post(
+                            "portainer.extensions.create",
+                            "/api/extensions",
+                            p::extension_change,
+                        )
+                        .put(
+                            "portainer.extensions.update",
+                            "/api/extensions/{id}",
+                            p::extension_change,
+                        )
+                        .delete(
+                            "portainer.extensions.delete",
+                            "/api/extensions/{id}",
+                            p::extension_change,
+                        )
+                        .put(
+                            "portainer.settings.ldap",
+                            "/api/settings/authentication/checkLDAP",
+                            p::check_ldap,
+                        )
+                        .post(
+                            "portainer.endpoints.job",
+                            "/api/endpoints/{id}/job",
+                            p::endpoint_job,
+                        )
                         .post(
                             "portainer.upload.tls",
                             "/api/upload/tls/{certificate}",

@@ -250,6 +250,61 @@ pub fn extension_list(_: &Request) -> HttpResult {
     Ok(Response::json(200, &json!([])))
 }
 
+/// `GET /api/extensions/{id}`: there are none.
+pub fn extension_get(_: &Request) -> HttpResult {
+    Err(not_found("an extension"))
+}
+
+/// `POST /api/extensions`, `PUT` and `DELETE /api/extensions/{id}`:
+/// extensions were licensed from portainer.io, which is not reachable.
+pub fn extension_change(_: &Request) -> HttpResult {
+    Err(fail(
+        501,
+        "Extensions are not available",
+        "this is Portainer Community Edition without extensions: none can be enabled, updated or removed",
+    ))
+}
+
+/// `GET /api/roles`: 1.21's built-in roles, which access policies name
+/// (the role-based access extension gave them authorizations).
+pub fn role_list(_: &Request) -> HttpResult {
+    let role = |id: u64, name: &str, description: &str| json!({ "Id": id, "Name": name, "Description": description, "Authorizations": {} });
+    Ok(Response::json(
+        200,
+        &json!([
+            role(
+                1,
+                "Endpoint administrator",
+                "Full control of all resources in an endpoint"
+            ),
+            role(
+                2,
+                "Helpdesk",
+                "Read-only access of all resources in an endpoint"
+            ),
+            role(
+                3,
+                "Standard user",
+                "Full control of assigned resources in an endpoint"
+            ),
+            role(
+                4,
+                "Read-only user",
+                "Read-only access of assigned resources in an endpoint"
+            ),
+        ]),
+    ))
+}
+
+/// `PUT /api/settings/authentication/checkLDAP`: there is no LDAP here.
+pub fn check_ldap(_: &Request) -> HttpResult {
+    Err(fail(
+        501,
+        "LDAP is not available",
+        "only internal authentication (1) is available here",
+    ))
+}
+
 /// The Docker Hub credentials used for pulls.
 #[derive(Serialize, Deserialize, Default)]
 #[serde(default, rename_all = "PascalCase")]
