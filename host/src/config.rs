@@ -178,6 +178,10 @@ pub struct PluginConfig {
     /// loads (templates, catalogues): key → path.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub setting_files: BTreeMap<String, PathBuf>,
+    /// The text of each of `setting_files`, read when the configuration
+    /// loaded (not shown by `berth config`, which shows the paths).
+    #[serde(skip)]
+    pub file_settings: BTreeMap<String, String>,
 }
 
 /// The largest file `setting_files` reads.
@@ -243,7 +247,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Each plugin's `setting_files`, read into its settings as text.
+    /// Each plugin's `setting_files`, read as text.
     fn read_setting_files(&mut self) -> Result<(), ConfigError> {
         for (name, plugin) in &mut self.plugins {
             for (key, path) in &plugin.setting_files {
@@ -266,9 +270,7 @@ impl Config {
                 };
                 let text = read(path)
                     .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
-                plugin
-                    .settings
-                    .insert(key.clone(), toml::Value::String(text));
+                plugin.file_settings.insert(key.clone(), text);
             }
         }
         Ok(())
@@ -429,22 +431,20 @@ impl Config {
     }
 
     /// Plugin `name`'s settings as text: strings as they are, other values
-    /// as JSON.
+    /// as JSON, and the text of its `setting_files`.
     pub fn settings(&self, name: &str) -> BTreeMap<String, String> {
         let Some(plugin) = self.plugins.get(name) else {
             return BTreeMap::new();
         };
-        plugin
-            .settings
-            .iter()
-            .map(|(k, v)| {
-                let text = match v {
-                    toml::Value::String(s) => s.clone(),
-                    other => serde_json::to_string(other).unwrap_or_default(),
-                };
-                (k.clone(), text)
-            })
-            .collect()
+        let given = plugin.settings.iter().map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                other => serde_json::to_string(other).unwrap_or_default(),
+            };
+            (k.clone(), text)
+        });
+        let read = plugin.file_settings.clone();
+        given.chain(read).collect()
     }
 }
 
@@ -523,6 +523,12 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.settings("stacks")["templates"], "[{\"type\": 1}]\n");
+        // `berth config` shows the path, not the text.
+        let shown = toml::to_string(&c).unwrap();
+        assert!(
+            shown.contains("templates.json") && !shown.contains("type"),
+            "{shown}"
+        );
         // The bundled stacks settings are still there beside it.
         assert_eq!(c.settings("stacks")["endpoint"], "local");
         std::fs::write(&file, vec![b' '; MAX_SETTING_FILE_BYTES as usize + 1]).unwrap();
