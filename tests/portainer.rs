@@ -2477,6 +2477,56 @@ async fn portainer_cli_updates_a_stack_and_a_registry() {
         (json!("renamed"), json!(true), json!("u")),
         "{registry}"
     );
+    // `portainer-py` 0.7.6's `deploy` (it reads `/api/status` to pick
+    // 1.18's routes, finds the stack by name, merges its Env and updates
+    // it with `?endpointId=1`), unmodified.
+    let deployed =
+        "version: \"2\"\nservices:\n  a:\n    image: busybox:latest\n    command: sleep 100002\n";
+    std::fs::write(&new_file, deployed).unwrap();
+    let mut session = std::process::Command::new(python.with_file_name("portainerpy"));
+    session.args(["deploy", "-f"]).arg(&new_file);
+    session.args([
+        "-h",
+        &api.berth.url("/"),
+        "-u",
+        "admin",
+        "-p",
+        "adminpassword",
+    ]);
+    session.args(["-n", "clistack", "-e", "C=3", "--prune-stack"]);
+    let out = tokio::task::spawn_blocking(move || {
+        let child = session
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        support::wait_bounded(child, Duration::from_secs(60), "portainer-py deploy")
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("Stack successfully updated"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, stack) = api
+        .call(t, "GET", &format!("/api/stacks/{stack_id}"), None)
+        .await;
+    assert_eq!(
+        stack["Env"],
+        json!([
+            { "name": "A", "value": "1" },
+            { "name": "B", "value": "2" },
+            { "name": "C", "value": "3" }
+        ]),
+        "{stack}"
+    );
+    let (_, file) = api
+        .call(t, "GET", &format!("/api/stacks/{stack_id}/file"), None)
+        .await;
+    assert_eq!(file["StackFileContent"], deployed);
+
     let (status, _) = api
         .call(t, "DELETE", &format!("/api/stacks/{stack_id}"), None)
         .await;

@@ -380,7 +380,8 @@ pub fn python() -> Option<PathBuf> {
 /// `portainer-api` 1.22.1.1 (generated from Portainer 1.22's Swagger
 /// description), `portainer-cli` 0.3.0 (its `portainer-cli` command
 /// beside the interpreter), with `validators`, which that CLI imports
-/// without declaring it, and `portainer` 0.1b0 (a client of 1.15's API).
+/// without declaring it, `portainer` 0.1b0 (a client of 1.15's API) and
+/// `portainer-py` 0.7.6 (its `portainerpy` command).
 pub fn portainer_clients() -> Option<PathBuf> {
     static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     venv(
@@ -391,6 +392,7 @@ pub fn portainer_clients() -> Option<PathBuf> {
             "portainer-cli==0.3.0",
             "validators==0.36.0",
             "portainer==0.1b0",
+            "portainer-py==0.7.6",
         ],
     )
 }
