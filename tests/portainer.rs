@@ -3340,10 +3340,10 @@ async fn host_jobs_roles_and_what_community_edition_lacks() {
     assert_eq!(api.call(u, "GET", "/api/roles", None).await.0, 403);
     for (method, path, status) in [
         ("GET", "/api/extensions/1", 404),
-        ("POST", "/api/extensions", 501),
-        ("PUT", "/api/extensions/1", 501),
-        ("DELETE", "/api/extensions/1", 501),
-        ("PUT", "/api/settings/authentication/checkLDAP", 501),
+        ("POST", "/api/extensions", 405),
+        ("PUT", "/api/extensions/1", 405),
+        ("DELETE", "/api/extensions/1", 405),
+        ("PUT", "/api/settings/authentication/checkLDAP", 405),
     ] {
         let (got, body) = api.call(t, method, path, Some(json!({}))).await;
         assert_eq!(got, status, "{method} {path}: {body}");

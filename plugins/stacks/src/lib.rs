@@ -523,11 +523,6 @@ impl Plugin for Stacks {
                             p::control_delete,
                         )
                         .get("portainer.roles", "/api/roles", p::role_list)
-                        .get(
-                            "portainer.extensions.get",
-                            "/api/extensions/{id}",
-                            p::extension_get,
-                        )
                         .post(
                             "portainer.extensions.create",
                             "/api/extensions",

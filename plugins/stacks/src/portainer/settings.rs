@@ -250,16 +250,13 @@ pub fn extension_list(_: &Request) -> HttpResult {
     Ok(Response::json(200, &json!([])))
 }
 
-/// `GET /api/extensions/{id}`: there are none.
-pub fn extension_get(_: &Request) -> HttpResult {
-    Err(not_found("an extension"))
-}
-
 /// `POST /api/extensions`, `PUT` and `DELETE /api/extensions/{id}`:
-/// extensions were licensed from portainer.io, which is not reachable.
+/// extensions were licensed from portainer.io, which is not reachable;
+/// never done here (405). `GET /api/extensions/{id}` is the fallback's
+/// 404: there are none.
 pub fn extension_change(_: &Request) -> HttpResult {
     Err(fail(
-        501,
+        405,
         "Extensions are not available",
         "this is Portainer Community Edition without extensions: none can be enabled, updated or removed",
     ))
@@ -296,10 +293,11 @@ pub fn role_list(_: &Request) -> HttpResult {
     ))
 }
 
-/// `PUT /api/settings/authentication/checkLDAP`: there is no LDAP here.
+/// `PUT /api/settings/authentication/checkLDAP`: there is no LDAP here,
+/// never done (405).
 pub fn check_ldap(_: &Request) -> HttpResult {
     Err(fail(
-        501,
+        405,
         "LDAP is not available",
         "only internal authentication (1) is available here",
     ))
