@@ -274,7 +274,16 @@ struct Viewer<'a> {
     controls: Vec<Control>,
 }
 
-impl Viewer<'_> {
+impl<'u> Viewer<'u> {
+    /// `user`, with their teams and every control, read now.
+    fn of(user: &'u User) -> Result<Viewer<'u>, Response> {
+        Ok(Viewer {
+            user,
+            teams: teams_of(user)?,
+            controls: controls()?,
+        })
+    }
+
     /// The control that decides for an item of `kind`: its own, else its
     /// service's (a container's), else its stack's.
     fn control_for(&self, kind: u8, id: &str, labels: &Value) -> Option<&Control> {
@@ -359,13 +368,7 @@ pub(super) fn restricted(
     let parts: Vec<&str> = unversioned.trim_matches('/').split('/').collect();
     let method = req.method();
     // Only the requests filtered or checked read the controls.
-    let viewer = || -> Result<Viewer, Response> {
-        Ok(Viewer {
-            user,
-            teams: teams_of(user)?,
-            controls: controls()?,
-        })
-    };
+    let viewer = || Viewer::of(user);
     let denied = || fail(403, "Access denied to resource", "Unauthorized");
     let fam = parts.first().and_then(|segment| family(segment));
     match (method, parts.as_slice(), fam) {
@@ -450,13 +453,7 @@ pub(super) fn console_allowed(
     } else {
         id.to_string()
     };
-    let viewer = || -> Result<Viewer, Response> {
-        Ok(Viewer {
-            user,
-            teams: teams_of(user)?,
-            controls: controls()?,
-        })
-    };
+    let viewer = || Viewer::of(user);
     let containers = family("containers").expect("containers are a family");
     match item_check(e, "containers", &container, containers, viewer)? {
         Checked::Unknown(answer) => Err(answer),
