@@ -37,6 +37,10 @@ impl Nginx {
                    proxy_buffering off;\n      proxy_request_buffering off;\n      proxy_read_timeout 3600s;\n\
                  }}\n  }}\n}}\n"
         );
+        Nginx::run(dir, port, &conf)
+    }
+
+    fn run(dir: tempfile::TempDir, port: u16, conf: &str) -> anyhow::Result<Nginx> {
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf)?;
         let child = Command::new("nginx")
@@ -60,9 +64,36 @@ impl Nginx {
     }
 }
 
+/// nginx's TCP proxy (its stream module, `apt-get install
+/// libnginx-mod-stream`) on 127.0.0.1 to the engine's socket, passing a
+/// client's half-close on (`proxy_half_close`). Unlike the HTTP proxy it
+/// carries `docker exec` whole: the CLI half-closes as soon as the stream
+/// is switched, and nginx's HTTP proxy ends the upgraded connection there,
+/// the command's output and exit code with it.
+pub fn nginx_stream(socket: &str) -> anyhow::Result<Nginx> {
+    let dir = tempfile::tempdir()?;
+    let port = support::docker::free_port();
+    let prefix = dir.path().display().to_string();
+    let module = "/usr/lib/nginx/modules/ngx_stream_module.so";
+    anyhow::ensure!(
+        std::path::Path::new(module).exists(),
+        "no {module} (apt-get install libnginx-mod-stream)"
+    );
+    let conf = format!(
+        "load_module {module};\ndaemon off;\nuser root;\nworker_processes 1;\n\
+         pid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         stream {{\n  server {{\n    listen 127.0.0.1:{port};\n    proxy_pass unix:{socket};\n\
+           proxy_half_close on;\n    proxy_timeout 3600s;\n  }}\n}}\n"
+    );
+    Nginx::run(dir, port, &conf)
+}
+
 impl Drop for Nginx {
+    /// SIGTERM, not SIGKILL: a killed master leaves its workers running.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: a plain signal to our own child, which `wait` reaps.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }

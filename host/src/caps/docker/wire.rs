@@ -320,13 +320,12 @@ async fn pump<W: AsyncWrite + Unpin>(
             return Ok(());
         }
         let sent = match chunked {
-            // One write per chunk: its size line, data and CRLF together.
+            // One write per chunk, its size line, data and CRLF gathered
+            // rather than copied together.
             true => {
-                let mut chunk = BytesMut::with_capacity(data.len() + 20);
-                chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                chunk.extend_from_slice(&data);
-                chunk.extend_from_slice(b"\r\n");
-                out.write_all(&chunk).await
+                let size = Bytes::from(format!("{:x}\r\n", data.len()));
+                let mut chunk = size.chain(data).chain(&b"\r\n"[..]);
+                out.write_all_buf(&mut chunk).await
             }
             false => out.write_all(&data).await,
         };
