@@ -263,3 +263,15 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET");
 }
+
+/// The signal handlers are in place before Berth says it listens: a
+/// SIGTERM at once still stops it gracefully (exit 0), never by the
+/// signal's default action.
+#[test]
+fn a_sigterm_right_after_listening_stops_berth_gracefully() {
+    for _ in 0..8 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut berth = Berth::start(dir.path(), "install_bundled = false\n");
+        assert!(berth.stop(), "{}", berth.log());
+    }
+}

@@ -239,12 +239,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    let stopping = berth::server::signal();
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("listening on {scheme}://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, plugins = app.plugins.routing().plugins.len(), "berth is serving");
 
-    berth::server::serve(app.clone(), listener, tls, berth::server::signal(), grace).await;
+    berth::server::serve(app.clone(), listener, tls, stopping, grace).await;
     let _ = stop.send(true);
     for task in background {
         let _ = task.await;

@@ -345,19 +345,25 @@ pub async fn serve(
     }
 }
 
-/// Resolves on SIGTERM or ctrl-c.
-pub async fn signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGTERM or SIGINT (ctrl-c). The handlers are installed
+/// when this is called, not when the future is first polled: call it
+/// before saying the server listens, so a SIGTERM that follows at once
+/// stops Berth gracefully rather than by the signal's default action.
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = async |handler: std::io::Result<Signal>| match handler {
+            Ok(mut handler) => {
+                handler.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = wait(term) => {}
+            _ = wait(int) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 
