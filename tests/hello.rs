@@ -199,22 +199,9 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
 
     let r = c.get(berth.url("/_berth/plugins")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = c
-        .get(berth.url("/_berth/plugins"))
-        .bearer_auth(berth.admin_token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let view: serde_json::Value = r.json().await.unwrap();
-    let names: Vec<&str> = view["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let view = support::admin_view(&c, &berth, "/_berth/plugins").await;
     assert_eq!(
-        names,
+        names(&view),
         ["beacons", "commands", "droplets", "hello", "stacks"],
         "the bundled plugins"
     );
@@ -262,6 +249,81 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
     let r = c.delete(berth.url("/hello/x")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET");
+}
+
+/// Upgrading Berth: the bundled plugins it wrote before and nobody changed
+/// are replaced by the new binary's; one the operator removed stays out,
+/// and one the operator replaced with their own build stays theirs.
+#[tokio::test]
+async fn an_upgrade_updates_the_bundled_plugins_berth_wrote_and_no_others() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let mut berth = Berth::start(dir.path(), CONFIG);
+    assert!(berth.stop(), "a clean stop");
+    let plugins = berth.plugins_dir();
+    let record = plugins.join(".bundled");
+    assert!(
+        std::fs::read_to_string(&record)
+            .unwrap()
+            .contains("  hello.wasm\n"),
+        "Berth records what it wrote"
+    );
+    // What an older Berth would have left: its own hello (here, hello 2.0
+    // stands in for it), recorded as written by Berth...
+    let older = std::fs::read(support::plugin_wasm("hello2")).unwrap();
+    std::fs::write(plugins.join("hello.wasm"), &older).unwrap();
+    let text = std::fs::read_to_string(&record).unwrap();
+    let text: String = text
+        .lines()
+        .map(|line| match line.ends_with("  hello.wasm") {
+            true => format!("{}  hello.wasm\n", hex::encode(Sha256::digest(&older))),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(&record, text).unwrap();
+    // ...and an operator who removed beacons and built their own droplets.
+    std::fs::remove_file(plugins.join("beacons.wasm")).unwrap();
+    let mut theirs = std::fs::read(plugins.join("droplets.wasm")).unwrap();
+    // A custom section at the end ("mine", empty) keeps it a valid component.
+    theirs.extend_from_slice(&[0, 5, 4, b'm', b'i', b'n', b'e']);
+    std::fs::write(plugins.join("droplets.wasm"), &theirs).unwrap();
+
+    let berth = Berth::start(dir.path(), CONFIG);
+    let c = client();
+    let (status, body) = get_json(&c, &berth.url("/hello/ann")).await;
+    assert_eq!(
+        (status, &body["greeting"]),
+        (200, &serde_json::json!("Hello, ann!"))
+    );
+    assert!(body.get("version").is_none(), "the bundled hello: {body}");
+    assert!(
+        !plugins.join("beacons.wasm").exists(),
+        "removed stays removed"
+    );
+    assert_eq!(
+        std::fs::read(plugins.join("droplets.wasm")).unwrap(),
+        theirs,
+        "the operator's build stays"
+    );
+    let log = berth.log();
+    assert!(log.contains("updated the bundled plugin"), "{log}");
+    assert!(log.contains("not the bundled plugin; kept"), "{log}");
+    assert!(
+        log.contains("the bundled plugin was removed; left out"),
+        "{log}"
+    );
+    let view = support::admin_view(&c, &berth, "/_berth/plugins").await;
+    assert_eq!(names(&view), ["commands", "droplets", "hello", "stacks"]);
+}
+
+/// The mounted plugins' names in a `/_berth/plugins` view.
+fn names(view: &serde_json::Value) -> Vec<&str> {
+    view["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect()
 }
 
 /// The signal handlers are in place before Berth says it listens: a

@@ -34,14 +34,7 @@ async fn done(c: &reqwest::Client, berth: &Berth, key: &str) -> i64 {
 }
 
 async fn jobs_view(c: &reqwest::Client, berth: &Berth) -> serde_json::Value {
-    let r = c
-        .get(berth.url("/_berth/jobs"))
-        .bearer_auth(berth.admin_token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    support::admin_view(c, berth, "/_berth/jobs").await
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use rand::RngCore;
 
-use crate::bundled::BUNDLED;
+use crate::bundled::{self, BUNDLED, Synced};
 use crate::caps;
 use crate::caps::crypto::KeyVault;
 use crate::config::Config;
@@ -40,7 +40,7 @@ pub struct App {
 
 impl App {
     /// Open the data directory, storage and runtime, install the bundled
-    /// plugins on first run, and mount every plugin in the folder.
+    /// plugins or bring them up to date, and mount every plugin in the folder.
     pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
         let config = Arc::new(config);
         let data = &config.data_dir;
@@ -62,11 +62,10 @@ impl App {
         let runtime = Arc::new(Runtime::new(Some(data.join("cache")))?);
         if config.install_bundled {
             let dir = config.plugins_dir();
-            if plugins::install_bundled(&dir).with_context(|| {
+            let synced = bundled::sync(&dir, BUNDLED).with_context(|| {
                 format!("cannot install the bundled plugins into {}", dir.display())
-            })? {
-                tracing::info!(dir = %dir.display(), count = BUNDLED.len(), "installed the bundled plugins");
-            }
+            })?;
+            log_synced(&dir, &synced);
         }
         std::fs::create_dir_all(config.plugins_dir()).with_context(|| {
             format!(
@@ -134,6 +133,29 @@ impl App {
     /// Whether `token` is the admin token (constant time).
     pub fn is_admin_token(&self, token: &str) -> bool {
         caps::crypto::constant_time_eq(token.as_bytes(), self.admin_token.as_bytes())
+    }
+}
+
+/// Say what became of the bundled plugins: quiet when nothing changed.
+fn log_synced(dir: &std::path::Path, synced: &[(String, Synced)]) {
+    let dir = dir.display();
+    for (file, what) in synced {
+        match what {
+            Synced::Installed => tracing::info!(%dir, file, "installed the bundled plugin"),
+            Synced::Updated => tracing::info!(%dir, file, "updated the bundled plugin"),
+            Synced::Current => {}
+            Synced::Kept => tracing::info!(
+                %dir,
+                file,
+                "not the bundled plugin; kept (remove it to have the bundled one at the next start)"
+            ),
+            Synced::Removed => tracing::info!(
+                %dir,
+                file,
+                "the bundled plugin was removed; left out (delete its line in {} to have it back)",
+                bundled::RECORD
+            ),
+        }
     }
 }
 

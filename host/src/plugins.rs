@@ -615,17 +615,3 @@ pub fn check_manifest(m: &Manifest) -> Result<Vec<(String, Pattern, String)>, St
     }
     Ok(routes)
 }
-
-/// Write the bundled plugins into a plugins folder that does not exist yet.
-pub fn install_bundled(dir: &Path) -> std::io::Result<bool> {
-    if dir.exists() {
-        return Ok(false);
-    }
-    std::fs::create_dir_all(dir)?;
-    for (file, bytes) in crate::bundled::BUNDLED {
-        let tmp = dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, dir.join(file))?;
-    }
-    Ok(true)
-}

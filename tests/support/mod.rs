@@ -208,6 +208,18 @@ impl Drop for Berth {
     }
 }
 
+/// `GET path` (one of the host's `/_berth/` views) as the admin; its JSON.
+pub async fn admin_view(c: &reqwest::Client, berth: &Berth, path: &str) -> serde_json::Value {
+    let r = c
+        .get(berth.url(path))
+        .bearer_auth(berth.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
 /// Send `request`; its JSON answer.
 pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
     request.send().await.unwrap().json().await.unwrap()
