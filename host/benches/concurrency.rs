@@ -36,8 +36,8 @@ struct Build {
 
 impl Build {
     /// Start it in `dir` with `config`, with the fixtures `fixtures`
-    /// dropped into its plugins folder (none: it installs its bundled ones,
-    /// which it does only when it makes that folder itself).
+    /// dropped into its plugins folder (beside its bundled ones unless the
+    /// config says `install_bundled = false`).
     fn start(&self, dir: &Path, config: &str, fixtures: &[&str]) -> anyhow::Result<Berth> {
         let plugins = dir.join("data/plugins");
         if !fixtures.is_empty() {
