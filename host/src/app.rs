@@ -62,10 +62,16 @@ impl App {
         let runtime = Arc::new(Runtime::new(Some(data.join("cache")))?);
         if config.install_bundled {
             let dir = config.plugins_dir();
-            let synced = bundled::sync(&dir, BUNDLED).with_context(|| {
-                format!("cannot install the bundled plugins into {}", dir.display())
-            })?;
-            log_synced(&dir, &synced);
+            // Not fatal: a folder the operator keeps read-only still serves
+            // what it has. One that cannot be made at all stops Berth below.
+            match bundled::sync(&dir, BUNDLED) {
+                Ok(synced) => log_synced(&dir, &synced),
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot install or update the bundled plugins; serving what the folder has"
+                ),
+            }
         }
         std::fs::create_dir_all(config.plugins_dir()).with_context(|| {
             format!(
