@@ -250,3 +250,45 @@ async fn sigterm_waits_for_in_flight_requests() {
     );
     assert!(stopped.await.unwrap(), "berth exited 0 after SIGTERM");
 }
+
+/// A call that computes for seconds gives its worker thread back at every
+/// epoch tick, so connections accepted meanwhile are served at once, not
+/// after it: every one of many new connections is answered while the loop
+/// still runs. (Before, a connection queued behind the loop on its thread
+/// waited out the loop's whole deadline.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_call_does_not_hold_up_connections_accepted_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = start_with(
+        dir.path(),
+        &CONFIG.replace("deadline_ms = 500", "deadline_ms = 5000"),
+    );
+    let url = berth.url("/faults/loop");
+    let looping = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    support::poll(
+        std::time::Duration::from_secs(10),
+        "the loop to be in flight",
+        || async {
+            let metrics = get_text(&client(), &berth.url("/_berth/metrics")).await;
+            metrics
+                .contains("berth_in_flight_requests{plugin=\"faults\"} 1")
+                .then_some(())
+        },
+    )
+    .await;
+    for round in 0..20 {
+        // Eight at once, each on a new connection of a client of its own.
+        let answers = (0..8).map(|n| {
+            let url = berth.url(&format!("/hello/r{round}n{n}"));
+            async move { get_json(&client(), &url).await }
+        });
+        for (status, body) in futures_util::future::join_all(answers).await {
+            assert_eq!(status, 200, "{body}");
+        }
+        assert!(
+            !looping.is_finished(),
+            "round {round}'s requests were answered only once the loop had ended"
+        );
+    }
+    assert_eq!(looping.await.unwrap().unwrap(), 504);
+}

@@ -370,7 +370,11 @@ impl Runtime {
             Ok(())
         });
         // At every tick: trap once the call's deadline passed, else yield
-        // and go on only with a lane, in turn with other long runners.
+        // and go on only with a lane, in turn with other long runners. The
+        // yield is a real one even when a lane is free at once: a call that
+        // never gave its worker thread back would starve the tasks queued
+        // behind it there (tokio cannot steal a worker's next task, the
+        // connection it just accepted, say), for as long as the call runs.
         let lanes = self.lanes.clone();
         store.epoch_deadline_callback(move |mut cx| {
             if Instant::now() >= cx.data().call.deadline {
@@ -383,7 +387,10 @@ impl Runtime {
             let lanes = lanes.clone();
             Ok(UpdateDeadline::YieldCustom(
                 1,
-                Box::pin(async move { slot.put(lanes.acquire(&plugin).await) }),
+                Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    slot.put(lanes.acquire(&plugin).await)
+                }),
             ))
         });
         store.set_epoch_deadline(1);
