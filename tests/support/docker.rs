@@ -387,11 +387,40 @@ pub fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// A port no listener has now, on any address, for something that will
+/// listen on it later (a published container port, an engine's TCP
+/// socket). It is taken below the kernel's ephemeral range: ports that
+/// `bind(:0)` and outgoing connections hand out (every test server here
+/// listens on port 0) come from that range, and one of them could take a
+/// port picked there before its user binds it, failing a container's
+/// start with "address already in use". Never the same port twice in one
+/// test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::Mutex;
+    static HANDED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral.max(10_001));
+    let span = u32::from(high - low);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let mut handed = HANDED.lock().unwrap();
+    for i in 0..span {
+        let port = low + ((seed.wrapping_add(i.wrapping_mul(7919))) % span) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            handed.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
