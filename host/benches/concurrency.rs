@@ -9,12 +9,15 @@
 //!   the same user and endpoint records, so shared locks must not
 //!   serialise them;
 //! - fairness: hello's rate (wrk -c16) while another plugin runs its
-//!   maximum of 8 calls that spin in a tight loop, over hello's rate alone.
+//!   maximum of 8 calls that spin in a tight loop, that allocate until
+//!   their memory cap traps them, or that have the host hash passwords,
+//!   over hello's rate alone.
 //!
 //! With `BENCH_BASELINE=PATH/berth` and `BENCH_BASELINE_PLUGINS=DIR` (that
 //! build's `wasm-plugins/wasm32-wasip2/release`), every figure is also
 //! taken on that build, in the same run, the two taking turns, and the
-//! ratio printed. Knobs: BENCH_SECONDS (5), BENCH_ROUNDS (2).
+//! ratio printed. Knobs: BENCH_SECONDS (5), BENCH_ROUNDS (2), and
+//! BENCH_ONLY=fairness for the fairness figures alone.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -146,42 +149,52 @@ fn portainer_ping(build: &Build, engine: &str, seconds: u64) -> anyhow::Result<f
     )
 }
 
-/// hello's rate alone, and while 8 calls of `faults` spin.
-fn fairness(build: &Build, seconds: u64) -> anyhow::Result<(f64, f64)> {
+/// What keeps 8 calls of `faults` busy while hello is measured.
+const CONTENDERS: [(&str, &str); 3] = [
+    ("spin in a tight loop", "/faults/loop"),
+    ("allocate to their memory cap", "/faults/bomb"),
+    ("have the host hash passwords", "/faults/hash?n=50"),
+];
+
+/// hello's rate alone, then while 8 calls of `faults` do each of
+/// [`CONTENDERS`] (each call until it ends: its 2 s deadline, the memory
+/// cap's trap, or its 50 hashes; then another).
+fn fairness(build: &Build, seconds: u64) -> anyhow::Result<Vec<f64>> {
     let dir = tempfile::tempdir()?;
-    let config = "install_bundled = false\n[plugins.faults]\ngrants = [\"kv\"]\n\
+    let config = "install_bundled = false\n[plugins.faults]\ngrants = [\"kv\", \"crypto\"]\n\
                   max_concurrent = 8\ndeadline_ms = 2000\n";
     let berth = build.start(dir.path(), config, &["hello", "faults"])?;
-    let alone = wrk(&berth.url("/hello/fair"), 16, seconds, None)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let spinners: Vec<_> = (0..8)
-        .map(|_| {
-            let (url, stop) = (berth.url("/faults/loop"), stop.clone());
-            std::thread::spawn(move || -> anyhow::Result<()> {
-                runtime()?.block_on(async {
-                    let http = support::client();
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        // Each call spins until its 2 s deadline (504).
-                        http.get(&url)
-                            .timeout(Duration::from_secs(10))
-                            .send()
-                            .await?;
-                    }
-                    Ok(())
+    let mut rates = vec![wrk(&berth.url("/hello/fair"), 16, seconds, None)?];
+    for (_, route) in CONTENDERS {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, stop) = (berth.url(route), stop.clone());
+                std::thread::spawn(move || -> anyhow::Result<()> {
+                    runtime()?.block_on(async {
+                        let http = support::client();
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            http.get(&url)
+                                .timeout(Duration::from_secs(10))
+                                .send()
+                                .await?;
+                        }
+                        Ok(())
+                    })
                 })
             })
-        })
-        .collect();
-    // Let all eight be spinning before measuring.
-    std::thread::sleep(Duration::from_millis(300));
-    let contended = wrk(&berth.url("/hello/fair"), 16, seconds, None);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for spinner in spinners {
-        spinner
-            .join()
-            .map_err(|_| anyhow::anyhow!("a spinner panicked"))??;
+            .collect();
+        // Let all eight be running before measuring.
+        std::thread::sleep(Duration::from_millis(300));
+        let contended = wrk(&berth.url("/hello/fair"), 16, seconds, None);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for b in busy {
+            b.join()
+                .map_err(|_| anyhow::anyhow!("a contender panicked"))??;
+        }
+        rates.push(contended?);
     }
-    Ok((alone, contended?))
+    Ok(rates)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -211,31 +224,40 @@ fn main() -> anyhow::Result<()> {
             },
         );
     }
-    let engine = support::docker::shared()
-        .ok_or_else(|| anyhow::anyhow!("no Docker engine for the Portainer figure"))?;
+    // BENCH_ONLY=fairness: hello's rates alone, no Dokku or Docker needed.
+    let all = std::env::var("BENCH_ONLY").as_deref() != Ok("fairness");
+    let engine = match all {
+        true => Some(
+            support::docker::shared()
+                .ok_or_else(|| anyhow::anyhow!("no Docker engine for the Portainer figure"))?,
+        ),
+        false => None,
+    };
 
     // figures[build][measure] = one value per round.
-    let measures = [
-        "durable POST /commands/s",
-        "KV increments/s, distinct keys",
-        "Portainer proxied _ping/s (c32)",
-        "hello/s alone",
-        "hello/s with 8 spinning calls",
+    let mut measures = vec![
+        "durable POST /commands/s".to_string(),
+        "KV increments/s, distinct keys".to_string(),
+        "Portainer proxied _ping/s (c32)".to_string(),
+        "hello/s alone".to_string(),
     ];
+    measures.extend(
+        CONTENDERS
+            .iter()
+            .map(|(what, _)| format!("hello/s, 8 calls {what}")),
+    );
     let mut figures = vec![vec![Vec::new(); measures.len()]; builds.len()];
     for round in 0..rounds {
         for (b, build) in builds.iter().enumerate() {
             eprintln!("round {round}: {}", build.name);
-            let (alone, contended) = fairness(build, seconds)?;
-            let values = [
-                commands(build, seconds)?,
-                increments(build, seconds)?,
-                portainer_ping(build, &engine.host, seconds)?,
-                alone,
-                contended,
-            ];
-            for (m, value) in values.into_iter().enumerate() {
-                figures[b][m].push(value);
+            let hello = fairness(build, seconds)?;
+            if let Some(engine) = &engine {
+                figures[b][0].push(commands(build, seconds)?);
+                figures[b][1].push(increments(build, seconds)?);
+                figures[b][2].push(portainer_ping(build, &engine.host, seconds)?);
+            }
+            for (m, value) in hello.into_iter().enumerate() {
+                figures[b][3 + m].push(value);
             }
         }
     }
@@ -251,7 +273,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     for (m, measure) in measures.iter().enumerate() {
-        let mut line = format!("{measure:<36}");
+        let mut line = format!("{measure:<52}");
         for (b, build) in builds.iter().enumerate() {
             line.push_str(&format!("  {}: {}", build.name, show(&figures[b][m])));
         }
@@ -264,20 +286,18 @@ fn main() -> anyhow::Result<()> {
         println!("{line}");
     }
     for (b, build) in builds.iter().enumerate() {
-        let share: Vec<f64> = figures[b][4]
-            .iter()
-            .zip(&figures[b][3])
-            .map(|(c, a)| c / a)
-            .collect();
-        println!(
-            "fairness, {}: hello keeps {} of its rate",
-            build.name,
-            share
+        for (c, (what, _)) in CONTENDERS.iter().enumerate() {
+            let share: Vec<String> = figures[b][4 + c]
                 .iter()
-                .map(|s| format!("{:.0}%", s * 100.0))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+                .zip(&figures[b][3])
+                .map(|(c, a)| format!("{:.0}%", c / a * 100.0))
+                .collect();
+            println!(
+                "fairness, {}: with 8 calls that {what}, hello keeps {} of its rate",
+                build.name,
+                share.join(", ")
+            );
+        }
     }
     Ok(())
 }
