@@ -211,6 +211,9 @@ async fn open_websockets_count_against_the_cap_until_they_close() {
         "[server]\nmax_connections_per_client = 2\n\n[plugins.streamer]\ngrants = [\"events\", \"jobs\"]\n",
     );
     support::mount(&berth, "streamer", "/stream/t/close").await;
+    // The probes' connections are closed, by the server's count too, so
+    // both slots are free for the websockets.
+    support::wait_connections(&berth, 0).await;
     let url = berth
         .url("/stream/ws?framing=websocket")
         .replace("http://", "ws://");
@@ -390,11 +393,47 @@ async fn a_data_dir_made_too_open_is_made_owner_only() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let berth = Berth::start(dir.path(), "");
+    // The plugins folder and the compile cache made world-writable too.
+    for sub in ["plugins", "cache"] {
+        std::fs::create_dir(data.join(sub)).unwrap();
+        std::fs::set_permissions(data.join(sub), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let mut berth = Berth::start(dir.path(), "");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("berth.redb")), 0o600);
     assert_eq!(mode(&data.join("admin-token")), 0o600);
+    assert_eq!(mode(&data.join("plugins")), 0o700);
+    assert_eq!(mode(&data.join("cache")), 0o700);
+    let files = |dir: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(data.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let compiled = files("cache");
+    assert!(!compiled.is_empty(), "the bundled plugins were compiled");
+    for file in compiled.iter().chain(&files("plugins")) {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+
+    // Compiled code someone else could have written is not loaded: it is
+    // compiled again, and written owner-only.
+    assert!(berth.stop());
+    std::fs::set_permissions(&compiled[0], std::fs::Permissions::from_mode(0o666)).unwrap();
+    let berth = Berth::start(dir.path(), "");
+    poll(
+        Duration::from_secs(30),
+        "the open cache entry refused",
+        || async {
+            berth
+                .log()
+                .contains("ignoring a compile cache entry that someone else could have written")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(mode(&compiled[0]), 0o600);
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     assert_eq!(token.trim().len(), 48, "{token:?}");
     let r = client()
@@ -433,4 +472,264 @@ async fn the_merged_openapi_names_each_operation_once() {
         rest > 0,
         "the Docker proxies' {{rest...}} parameters are marked"
     );
+}
+
+/// An HTTP/2 connection with prior knowledge (h2c) from the loopback
+/// address `from`, offering the server a stream window of `window`; the
+/// task driving it ends when the connection does.
+async fn h2c(
+    berth: &Berth,
+    from: &str,
+    window: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let stream = connect_from(berth, from).await;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(stream)
+        .await
+        .unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// Streams on `send`, one after another, each a `POST url` declaring a
+/// 4 MiB body and sending all of it but the last byte as fast as the
+/// server's windows let it, then holding on; a stream the server answers
+/// 503 (no room for its body) is followed by a new one, until `stop`. The
+/// statuses the server answered.
+async fn unfinished_bodies(
+    send: h2::client::SendRequest<bytes::Bytes>,
+    url: String,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<u16> {
+    const DECLARED: usize = 4 << 20;
+    let mut statuses = Vec::new();
+    while !*stop.borrow() {
+        let Ok(mut send) = send.clone().ready().await else {
+            break;
+        };
+        let req = http::Request::post(&url)
+            .header("content-type", "application/json")
+            .header("content-length", DECLARED)
+            .body(())
+            .unwrap();
+        let Ok((response, mut body)) = send.send_request(req, false) else {
+            break;
+        };
+        let sending = async {
+            let mut left = DECLARED - 1;
+            while left > 0 {
+                body.reserve_capacity(left.min(64 << 10));
+                let Some(Ok(room)) = std::future::poll_fn(|cx| body.poll_capacity(cx)).await else {
+                    break;
+                };
+                let n = room.min(left);
+                if body
+                    .send_data(bytes::Bytes::from(vec![b' '; n]), false)
+                    .is_err()
+                {
+                    break;
+                }
+                sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                left -= n;
+            }
+            std::future::pending::<()>().await
+        };
+        let mut stopped = stop.clone();
+        tokio::select! {
+            answer = response => match answer {
+                Ok(r) => statuses.push(r.status().as_u16()),
+                Err(_) => break,
+            },
+            _ = sending => {}
+            _ = stopped.wait_for(|s| *s) => break,
+        }
+        if statuses.last() != Some(&503) {
+            break;
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn unfinished_http2_bodies_stay_within_the_body_budget() {
+    const BUDGET_MIB: u64 = 32;
+    const DECLARED: u64 = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(
+        dir.path(),
+        &format!("[server]\nmax_body_memory_mib = {BUDGET_MIB}\n"),
+    );
+    let http = client();
+    for _ in 0..20 {
+        let r = http.get(berth.url("/hello/warm")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    drop(http);
+    let before = berth.rss_kib();
+
+    // Two connections from two addresses, each with 150 streams of 4 MiB
+    // bodies that never finish (as many at once as the server allows).
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut attackers = Vec::new();
+    let mut drivers = Vec::new();
+    for from in ["127.0.0.1", "127.0.0.2"] {
+        let (send, driver) = h2c(&berth, from, 65_535).await;
+        drivers.push(driver);
+        // A first exchange, so the client knows the server's settings.
+        let mut first = send.clone().ready().await.unwrap();
+        let req = http::Request::get(berth.url("/hello/first"))
+            .body(())
+            .unwrap();
+        let (answer, _) = first.send_request(req, true).unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
+        for _ in 0..150 {
+            let url = berth.url("/api/auth");
+            let task = unfinished_bodies(send.clone(), url, sent.clone(), stopping.clone());
+            attackers.push(tokio::spawn(task));
+        }
+    }
+
+    // Until the bodies the budget has room for (a quarter of it per
+    // address) have arrived but for their last byte, the host's memory is
+    // sampled, and another client is served: a page and a body.
+    let admitted = 2 * (BUDGET_MIB << 20) / 4 / DECLARED;
+    let bystander = client_from("127.0.0.3");
+    let (mut peak_kib, mut peak_held, mut served) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < admitted * (DECLARED - 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the {admitted} bodies with room were not read within 120 s"
+        );
+        peak_kib = peak_kib.max(berth.rss_kib());
+        peak_held = peak_held.max(support::metric(&berth, "berth_request_body_bytes").await);
+        if served < 3 {
+            let page = bystander
+                .get(berth.url("/hello/bystander"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(page.status(), 200);
+            let echo = bystander
+                .post(berth.url("/echo"))
+                .json(&json!({ "message": "still here" }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(echo.status(), 200, "a body from another client is read");
+            served += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peak_kib = peak_kib.max(berth.rss_kib());
+    peak_held = peak_held.max(support::metric(&berth, "berth_request_body_bytes").await);
+    stop.send_replace(true);
+    let mut statuses = Vec::new();
+    for a in attackers {
+        statuses.extend(a.await.unwrap());
+    }
+    let sent_mib = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
+    let grew_mib = peak_kib.saturating_sub(before) >> 10;
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    eprintln!(
+        "the attack sent {sent_mib} MiB in {} bodies ({refused} refused with 503); bodies held \
+         at most {} MiB; the host grew by {grew_mib} MiB",
+        statuses.len(),
+        peak_held >> 20
+    );
+    assert!(served > 0, "the bystander was served during the attack");
+    assert!(
+        refused > 0,
+        "bodies without room were refused: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 503),
+        "only refusals are answered while the others are unfinished: {statuses:?}"
+    );
+    assert!(
+        peak_held <= BUDGET_MIB << 20,
+        "bodies held {peak_held} bytes, over the budget"
+    );
+    assert!(
+        grew_mib < BUDGET_MIB + 16,
+        "the host grew by {grew_mib} MiB under a {BUDGET_MIB} MiB body budget"
+    );
+
+    // Once the attack is gone, everything held is given back.
+    drop(bystander);
+    for d in drivers {
+        d.abort();
+    }
+    support::wait_connections(&berth, 0).await;
+    poll(Duration::from_secs(30), "the budget given back", || async {
+        (support::metric(&berth, "berth_request_body_bytes").await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stalled_and_idle_connections_are_closed_on_the_idle_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(
+        dir.path(),
+        "[server]\nidle_timeout_ms = 1000\n\n[plugins.faults]\ngrants = [\"kv\"]\n",
+    );
+    support::mount(&berth, "faults", "/faults/ok").await;
+    support::wait_connections(&berth, 0).await;
+
+    // HTTP/2 streams whose window the client keeps shut: their answers
+    // cannot be sent, and the connection is closed as an idle one would be.
+    let (send, stalled) = h2c(&berth, "127.0.0.1", 0).await;
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let mut send = send.clone().ready().await.unwrap();
+        let req = http::Request::get(berth.url(&format!("/hello/stall{i}")))
+            .body(())
+            .unwrap();
+        answers.push(send.send_request(req, true).unwrap().0);
+    }
+    // An HTTP/2 connection that never opens a stream.
+    let (_quiet, idle) = h2c(&berth, "127.0.0.2", 65_535).await;
+    // An HTTP/1.1 client that asks for 12 MiB and reads none of it.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut unread = socket.connect(addr(&berth)).await.unwrap();
+    unread
+        .write_all(b"GET /faults/huge?mib=12 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    for (what, driver) in [("stalled HTTP/2", stalled), ("idle HTTP/2", idle)] {
+        tokio::time::timeout(Duration::from_secs(60), driver)
+            .await
+            .unwrap_or_else(|_| panic!("the {what} connection is still open after 60 s"))
+            .unwrap()
+            .ok();
+    }
+    // By the server's count, all three are closed...
+    support::wait_connections(&berth, 0).await;
+    // ... the unread answer cut short, not sent whole.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), unread.read_to_end(&mut got)).await;
+    assert!(
+        got.len() < 12 << 20,
+        "the unread answer was cut short: {} bytes",
+        got.len()
+    );
+    drop(answers);
+}
+
+/// A client whose connections come from the loopback address `from`.
+fn client_from(from: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }

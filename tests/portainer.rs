@@ -683,7 +683,13 @@ async fn the_gist_session_and_the_rest_of_portainer() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(api.login("bob", "bobpassword2").await.0, 200);
+    // The change ends bob's earlier JWT; he signs in again.
+    let (status, _) = api.call(b, "GET", "/api/users/1", None).await;
+    assert_eq!(status, 401, "a JWT from before the password change");
+    let (status, login) = api.login("bob", "bobpassword2").await;
+    assert_eq!(status, 200);
+    let bob_token = login["jwt"].as_str().unwrap().to_string();
+    let b = Some(bob_token.as_str());
     let (status, _) = api.call(b, "GET", "/api/users/1", None).await;
     assert_eq!(status, 403);
     let (status, carol) = api
@@ -1113,6 +1119,10 @@ async fn go_json_rules_the_1x_routes_and_the_api_fallbacks() {
         )
         .await;
     assert_eq!(status, 200);
+    // The change ended dave's JWT: he signs in again.
+    let (_, login) = api.login("dave", "davepassword2").await;
+    let dave_token = login["jwt"].as_str().unwrap().to_string();
+    let d = Some(dave_token.as_str());
     // The password check the UI makes before a change.
     let passwd = format!("{dave_path}/passwd");
     for (password, valid) in [("davepassword2", true), ("davepassword", false)] {

@@ -128,10 +128,10 @@ async fn portainer_keeps_one_admin_and_one_user_per_name() {
     .await;
     assert_eq!(count(&answers, 200), 1, "{answers:?}");
     assert_eq!(count(&answers, 409), RACERS - 1, "{answers:?}");
-    let winner = answers.iter().find(|a| a.0 == 200).unwrap().1["Username"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let won = &answers.iter().find(|a| a.0 == 200).unwrap().1;
+    // Portainer's first admin is user 1: the losers took no id.
+    assert_eq!(won["Id"], 1, "{won}");
+    let winner = won["Username"].as_str().unwrap().to_string();
     let auth = support::json_of(
         http.post(berth.url("/api/auth"))
             .json(&json!({ "Username": winner, "Password": "secret-pass" })),
@@ -154,6 +154,8 @@ async fn portainer_keeps_one_admin_and_one_user_per_name() {
         u["Username"].as_str().unwrap().eq_ignore_ascii_case("dupe")
     });
     assert_eq!(dupes, 1, "{users}");
+    let ids: Vec<&Value> = users.as_array().unwrap().iter().map(|u| &u["Id"]).collect();
+    assert_eq!(ids, [&json!(1), &json!(2)], "dense ids: {users}");
     let admins = listed(&users, |u| u["Role"] == 1);
     assert_eq!(admins, 1, "{users}");
 }

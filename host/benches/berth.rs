@@ -216,6 +216,7 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
             db.clone(),
         )?),
         events: Default::default(),
+        lanes: runtime.lanes(),
         db: db.clone(),
     });
     let limits = config.limits("hello");

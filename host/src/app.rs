@@ -1,13 +1,14 @@
 //! The running host as one value: configuration, storage, plugins, jobs,
 //! metrics; what the server, dispatch and the admin routes share.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use rand::RngCore;
 
+use crate::budget::BodyBudget;
 use crate::bundled::{self, BUNDLED, Synced};
 use crate::caps;
 use crate::caps::crypto::KeyVault;
@@ -17,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::net;
 use crate::plugins;
 use crate::plugins::Plugins;
+use crate::private;
 use crate::runtime::Runtime;
 use crate::store;
 use crate::store::Store;
@@ -27,6 +29,8 @@ pub struct App {
     pub db: Arc<Store>,
     pub plugins: Arc<Plugins>,
     pub metrics: Arc<Metrics>,
+    /// What request bodies read into memory may hold at once.
+    pub bodies: Arc<BodyBudget>,
     pub jobs: Arc<Jobs>,
     /// Whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
     pub trusted: net::TrustedProxies,
@@ -44,16 +48,18 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<Arc<App>> {
         let config = Arc::new(config);
         let data = &config.data_dir;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data)
-            .with_context(|| format!("cannot create data directory {}", data.display()))?;
         // Owner-only even when the operator made the folder beforehand: it
-        // holds the store (secrets' HMAC keys, uploaded TLS keys) and the
-        // admin token.
-        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot make {} owner-only", data.display()))?;
+        // holds the store (secrets' HMAC keys, uploaded TLS keys), the
+        // admin token and the compile cache.
+        let ours = private::dir(data)
+            .with_context(|| format!("cannot create data directory {}", data.display()))?;
+        if !ours {
+            anyhow::bail!(
+                "the data directory {} belongs to another user; Berth keeps its data in a \
+                 folder of the user it runs as",
+                data.display()
+            );
+        }
         let db_path = data.join("berth.redb");
         private_file(&db_path)?;
         let db = Store::open(&db_path)
@@ -73,12 +79,18 @@ impl App {
                 ),
             }
         }
-        std::fs::create_dir_all(config.plugins_dir()).with_context(|| {
-            format!(
-                "cannot create plugins folder {}",
-                config.plugins_dir().display()
-            )
-        })?;
+        // Whoever can write the plugins folder can mount code: owner-only
+        // when it is Berth's; another user's (a read-only mount, say) is
+        // that user's to keep.
+        let plugins_dir = config.plugins_dir();
+        let ours = private::dir(&plugins_dir)
+            .with_context(|| format!("cannot create plugins folder {}", plugins_dir.display()))?;
+        if !ours && !private::only_mine(&plugins_dir) {
+            tracing::warn!(
+                dir = %plugins_dir.display(),
+                "the plugins folder belongs to another user: whoever can write it can mount plugins"
+            );
+        }
         let metrics = Arc::new(Metrics::default());
         let keys = Arc::new(KeyVault::new(db.clone()));
         let plugins = Arc::new(Plugins::new(
@@ -97,7 +109,9 @@ impl App {
         let (sink, queued) = tokio::sync::mpsc::unbounded_channel();
         db.set_job_sink(sink);
         let jobs = Jobs::new(db.clone(), config.jobs.clone())?;
+        let bodies = BodyBudget::new(config.server.max_body_memory_mib << 20, metrics.clone());
         Ok(Arc::new(App {
+            bodies,
             trusted: net::TrustedProxies::new(&config.server.trusted_proxies),
             config,
             db,

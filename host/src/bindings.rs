@@ -46,4 +46,4 @@ pub use types::{DockerTarget, Framing, Manifest, Outcome, Request, Response};
 
 /// The WIT package this host implements, and its version.
 pub const WIT_PACKAGE: &str = "berth:plugin";
-pub const WIT_VERSION: &str = "0.1.4";
+pub const WIT_VERSION: &str = "0.1.5";

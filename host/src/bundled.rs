@@ -35,8 +35,8 @@ pub enum Synced {
 /// [`BUNDLED`] outside tests. A file Berth wrote and nobody changed is
 /// updated; one the operator replaced is kept, and one they removed stays
 /// removed; one the folder never had is installed. Files are written
-/// under a dot-name and renamed, so the folder's watcher never mounts half
-/// a file.
+/// owner-only under a dot-name and renamed, so the folder's watcher never
+/// mounts half a file.
 pub fn sync(dir: &Path, bundled: &[(&str, &[u8])]) -> std::io::Result<Vec<(String, Synced)>> {
     std::fs::create_dir_all(dir)?;
     let record_path = dir.join(RECORD);
@@ -64,9 +64,7 @@ pub fn sync(dir: &Path, bundled: &[(&str, &[u8])]) -> std::io::Result<Vec<(Strin
         };
         match what {
             Synced::Installed | Synced::Updated => {
-                let tmp = dir.join(format!(".{file}.tmp"));
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, &path)?;
+                crate::private::write(&path, bytes)?;
                 written.insert(file.to_string(), ours);
             }
             Synced::Current => {
@@ -85,9 +83,7 @@ pub fn sync(dir: &Path, bundled: &[(&str, &[u8])]) -> std::io::Result<Vec<(Strin
         .iter()
         .map(|(file, hash)| format!("{hash}  {file}\n"))
         .collect();
-    let tmp = dir.join(format!("{RECORD}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &record_path)?;
+    crate::private::write(&record_path, text.as_bytes())?;
     Ok(synced)
 }
 

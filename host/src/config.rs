@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub max_connections: u32,
     pub max_connections_per_client: u32,
     pub max_header_kib: u32,
+    pub max_http2_streams: u32,
+    pub max_body_memory_mib: u64,
     pub trusted_proxies: Vec<String>,
 }
 
@@ -335,6 +337,8 @@ impl Config {
                 u64::from(server.max_connections_per_client),
             ),
             ("max_header_kib", u64::from(server.max_header_kib)),
+            ("max_http2_streams", u64::from(server.max_http2_streams)),
+            ("max_body_memory_mib", server.max_body_memory_mib),
         ];
         for (key, value) in positive {
             if value == 0 {

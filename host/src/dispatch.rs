@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::bindings::{Outcome, Request};
+use crate::budget::Reserved;
 use crate::capability::Capability;
 use crate::caps::docker::Streamed;
 use crate::caps::{CallCx, OpenStream};
@@ -162,7 +163,11 @@ async fn call(
     let deadline = tokio::time::Instant::now() + plugin.limits.deadline;
     let (mut parts, mut body) = req.into_parts();
     // Held until the answer is built, streams and proxying included.
-    let admitted = match admit(app, &plugin, &parts, &mut body, deadline, request_id).await {
+    let admitted = match admit(
+        app, &plugin, &parts, &mut body, client, deadline, request_id,
+    )
+    .await
+    {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
@@ -289,6 +294,8 @@ struct Admitted {
     body: Bytes,
     withheld: Option<Withheld>,
     _permit: OwnedSemaphorePermit,
+    /// The body's bytes, held against the server's body budget.
+    _memory: Reserved,
 }
 
 /// A body larger than the plugin reads, kept for the Docker engine: what
@@ -335,16 +342,17 @@ fn too_large(plugin: &Mounted, limit: u64, request_id: &str) -> Response {
     r
 }
 
-/// Read the body within the plugin's limit and the server's body timeout,
-/// then take a call slot, waiting for one until the call's deadline: or
-/// the host's 413, 408, 400 or 503. A larger body to a plugin granted
-/// `docker` is withheld (see [`Withheld`]) rather than refused: the
-/// plugin may send it on to an engine.
+/// Read the body within the plugin's limit, the server's body budget and
+/// its body timeout, then take a call slot, waiting for one until the
+/// call's deadline: or the host's 413, 408, 400 or 503. A larger body to a
+/// plugin granted `docker` is withheld (see [`Withheld`]) rather than
+/// refused: the plugin may send it on to an engine.
 async fn admit(
     app: &App,
     plugin: &Mounted,
     parts: &http::request::Parts,
     body: &mut Body,
+    client: SocketAddr,
     deadline: tokio::time::Instant,
     request_id: &str,
 ) -> Result<Admitted, Response> {
@@ -357,6 +365,7 @@ async fn admit(
     let max = limits.max_body_bytes as usize;
     let may_withhold = plugin.env.granted.contains(Capability::Docker)
         && declared.is_none_or(|n| n <= limits.max_proxy_body_bytes);
+    let mut memory = app.bodies.start(client.ip());
     let read = if declared.is_some_and(|n| n > limits.max_body_bytes) {
         Err(BodyError::TooLarge(Bytes::new()))
     } else if body.is_end_stream() {
@@ -365,7 +374,7 @@ async fn admit(
         // A client that sends its body slower than this holds a plugin
         // slot's worth of memory for nothing.
         let within = app.config.server.body_timeout();
-        tokio::time::timeout(within, read_body(body, max))
+        tokio::time::timeout(within, read_body(body, max, declared, &mut memory))
             .await
             .unwrap_or(Err(BodyError::TimedOut(within)))
     };
@@ -398,6 +407,19 @@ async fn admit(
                 ),
                 request_id,
             );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(r);
+        }
+        Err(BodyError::NoMemory) => {
+            plugin.metrics.refused.fetch_add(1, Relaxed);
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server holds as many request bodies as it may keep in memory ([server] max_body_memory_mib); retry later",
+                request_id,
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Err(r);
@@ -437,6 +459,7 @@ async fn admit(
         body,
         withheld,
         _permit: permit,
+        _memory: memory,
     })
 }
 
@@ -551,15 +574,42 @@ enum BodyError {
     /// Over the limit: what was read of it.
     TooLarge(Bytes),
     TimedOut(std::time::Duration),
+    /// The body budget has no room for it.
+    NoMemory,
     Read(String),
 }
 
-/// Read the whole body if it is at most `max` bytes.
-async fn read_body(body: &mut Body, max: usize) -> Result<Bytes, BodyError> {
+/// Read the whole body if it is at most `max` bytes, holding what the
+/// buffer takes against the body budget (`memory`) before it takes it.
+/// A declared length sizes the buffer once; otherwise it doubles as it
+/// fills, and the budget is charged for its capacity, not just its length.
+async fn read_body(
+    body: &mut Body,
+    max: usize,
+    declared: Option<u64>,
+    memory: &mut Reserved,
+) -> Result<Bytes, BodyError> {
     let mut buf = bytes::BytesMut::new();
+    if let Some(n) = declared {
+        let n = (n as usize).min(max);
+        if !memory.grow(n as u64) {
+            return Err(BodyError::NoMemory);
+        }
+        buf.reserve(n);
+    }
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         if let Some(data) = frame.data_ref() {
+            let want = buf.len() + data.len();
+            if want <= max && want > buf.capacity() {
+                let capacity = want.max(2 * buf.capacity()).min(max);
+                if !memory.grow((capacity as u64).saturating_sub(memory.bytes())) {
+                    return Err(BodyError::NoMemory);
+                }
+                buf.reserve(capacity - buf.len());
+            }
+            // Past `max` by at most this frame: what was read goes on to
+            // an engine when the body is withheld.
             buf.extend_from_slice(data);
             if buf.len() > max {
                 return Err(BodyError::TooLarge(buf.freeze()));

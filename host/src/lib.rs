@@ -8,9 +8,10 @@
 //! The modules are layered one way; each uses only those on lines above
 //! its own (`tests/layers.rs` checks it):
 //!
-//! 1. `net`, `store`, `lanes`, `metrics`, `router`, `openapi`, `bundled`,
-//!    `web` (HTTP types), `capability` (names and sets)
-//! 2. `config`, `bindings` (the WIT contract, generated)
+//! 1. `net`, `store`, `lanes`, `metrics`, `router`, `openapi`, `private`
+//!    (owner-only files), `web` (HTTP types), `capability` (names and sets)
+//! 2. `config`, `bindings` (the WIT contract, generated), `budget` (the
+//!    memory request bodies may hold), `bundled` (the embedded plugins)
 //! 3. `caps`: the capability interfaces, each on its own view of a call
 //! 4. `runtime`: the engine, the linker, one store per call
 //! 5. `plugins`: the mounted plugins and the folder watcher
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod app;
 pub mod bindings;
+pub mod budget;
 pub mod bundled;
 pub mod capability;
 pub mod caps;
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod net;
 pub mod openapi;
 pub mod plugins;
+pub mod private;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -382,6 +382,7 @@ async fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCo
             db.clone(),
         )?),
         events: Default::default(),
+        lanes: runtime.lanes(),
         db,
     });
     let manifest = match runtime

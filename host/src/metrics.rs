@@ -150,6 +150,10 @@ impl Drop for Proxying {
 pub struct Metrics {
     plugins: Mutex<BTreeMap<String, Arc<PluginMetrics>>>,
     pub unrouted: AtomicU64,
+    /// Client connections open now (upgraded ones included).
+    pub connections: AtomicU64,
+    /// Bytes of request bodies held in memory now.
+    pub body_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -256,6 +260,25 @@ impl Metrics {
             "berth_unrouted_requests_total {}",
             self.unrouted.load(Relaxed)
         );
+        let host: [(&str, &str, &AtomicU64); 2] = [
+            (
+                "berth_connections",
+                "Client connections open now, upgraded ones included.",
+                &self.connections,
+            ),
+            (
+                "berth_request_body_bytes",
+                "Bytes of request bodies held in memory now (see [server] max_body_memory_mib).",
+                &self.body_bytes,
+            ),
+        ];
+        for (metric, help, value) in host {
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {}",
+                value.load(Relaxed)
+            );
+        }
         out
     }
 }

@@ -276,6 +276,7 @@ impl Plugins {
             http: self.http.clone(),
             docker: self.docker.clone(),
             events: self.events.clone(),
+            lanes: self.runtime.lanes(),
         });
         let manifest = self
             .runtime
@@ -309,6 +310,7 @@ impl Plugins {
                 http: self.http.clone(),
                 docker: self.docker.clone(),
                 events: self.events.clone(),
+                lanes: self.runtime.lanes(),
             }),
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             metrics: self.metrics.plugin(&name),

@@ -33,11 +33,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
 use crate::web::{Body, BoxError, ConnSlot, ConnSocket};
 
 /// Open connections, in all and per client address.
 struct Connections {
+    metrics: Arc<Metrics>,
     max: u32,
     max_per_client: u32,
     trusted: TrustedProxies,
@@ -53,8 +55,9 @@ struct Admitted {
 }
 
 impl Connections {
-    fn new(config: &ServerConfig) -> Connections {
+    fn new(config: &ServerConfig, metrics: Arc<Metrics>) -> Connections {
         Connections {
+            metrics,
             max: config.max_connections,
             max_per_client: config.max_connections_per_client,
             trusted: TrustedProxies::new(&config.trusted_proxies),
@@ -77,6 +80,9 @@ impl Connections {
         }
         *mine += 1;
         open.0 += 1;
+        self.metrics
+            .connections
+            .store(open.0.into(), Ordering::Relaxed);
         Ok(Admitted {
             connections: self.clone(),
             ip,
@@ -108,6 +114,11 @@ impl Drop for Admitted {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         open.0 = open.0.saturating_sub(1);
+        let count = open.0.into();
+        self.connections
+            .metrics
+            .connections
+            .store(count, Ordering::Relaxed);
         if let Some(mine) = open.1.get_mut(&self.ip) {
             *mine -= 1;
             if *mine == 0 {
@@ -118,13 +129,20 @@ impl Drop for Admitted {
 }
 
 /// Whether a connection has a request in progress, and since when it has
-/// had none: its watchdog closes it when idle past its deadline.
+/// had none: its watchdog closes it when idle past its deadline. A
+/// request whose answer waits on the client (its next bytes not taken:
+/// a client that does not read, or an HTTP/2 stream whose window it keeps
+/// shut) counts as idle from when it began waiting, so a connection that
+/// stalls its answers is closed on the same deadline as an idle one.
 struct Activity {
     started: Instant,
     busy: AtomicU32,
     /// Milliseconds after `started` when the last request ended; `NEVER`
     /// before the first.
     last_done_ms: AtomicU64,
+    /// The requests in progress that have an answer out, each with the
+    /// time (ms after `started`) since it waits on the client, or `NEVER`.
+    answers: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 const NEVER: u64 = u64::MAX;
@@ -135,14 +153,29 @@ impl Activity {
             started: Instant::now(),
             busy: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(NEVER),
+            answers: Mutex::new(Vec::new()),
         })
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicU64>>> {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// When the connection is to be closed if nothing happens; None while
-    /// a request is in progress.
+    /// a request is in progress and none of its answers waits on the client.
     fn deadline(&self, header: Duration, idle: Duration) -> Option<Instant> {
         if self.busy.load(Ordering::Acquire) > 0 {
-            return None;
+            let stalled = self
+                .answers()
+                .iter()
+                .map(|since| since.load(Ordering::Acquire))
+                .min()
+                .filter(|since| *since != NEVER)?;
+            return Some(self.started + Duration::from_millis(stalled) + idle);
         }
         Some(match self.last_done_ms.load(Ordering::Acquire) {
             NEVER => self.started + header,
@@ -152,25 +185,63 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
+        Busy {
+            activity: self.clone(),
+            waiting: None,
+        }
     }
 }
 
 /// A request in progress, until its response body is done or dropped.
-struct Busy(Arc<Activity>);
+struct Busy {
+    activity: Arc<Activity>,
+    /// Since when its answer waits on the client (see [`Activity`]).
+    waiting: Option<Arc<AtomicU64>>,
+}
 
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let done = self.0.started.elapsed().as_millis() as u64;
-        self.0.last_done_ms.store(done, Ordering::Release);
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+impl Busy {
+    /// The answer is out: from now on it waits on the client whenever
+    /// its body has handed over bytes and is not asked for more.
+    fn answered(&mut self) {
+        let since = Arc::new(AtomicU64::new(self.activity.now_ms()));
+        self.activity.answers().push(since.clone());
+        self.waiting = Some(since);
+    }
+
+    fn waits_on_client(&self, yes: bool) {
+        if let Some(since) = &self.waiting {
+            let at = if yes { self.activity.now_ms() } else { NEVER };
+            since.store(at, Ordering::Release);
+        }
     }
 }
 
-/// A response body that keeps its request counted as in progress.
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(since) = self.waiting.take() {
+            self.activity.answers().retain(|a| !Arc::ptr_eq(a, &since));
+        }
+        let done = self.activity.now_ms();
+        self.activity.last_done_ms.store(done, Ordering::Release);
+        self.activity.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in progress, and
+/// tells its connection's watchdog when it waits on the client: after it
+/// handed over a frame and until it is polled again (hyper polls for the
+/// next frame only once the client has taken room for it; HTTP/2 does not
+/// poll at all while the client's window is shut).
 struct Tracked {
     body: Body,
-    _busy: Busy,
+    busy: Busy,
+}
+
+impl Tracked {
+    fn new(body: Body, mut busy: Busy) -> Tracked {
+        busy.answered();
+        Tracked { body, busy }
+    }
 }
 
 impl http_body::Body for Tracked {
@@ -181,7 +252,10 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        self.busy
+            .waits_on_client(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -255,9 +329,14 @@ pub async fn serve(
     // hyper refuses a larger head with 431; it needs at least 8 KiB.
     let max_head = (config.max_header_kib as usize * 1024).max(8192);
     builder.http1().max_buf_size(max_head);
-    builder.http2().max_header_list_size(max_head as u32);
+    builder
+        .http2()
+        .max_header_list_size(max_head as u32)
+        // Each stream may be reading a body: fewer streams, less memory
+        // one connection can ask for (hyper's default is 200).
+        .max_concurrent_streams(config.max_http2_streams);
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Connections::new(&config));
+    let connections = Arc::new(Connections::new(&config, app.metrics.clone()));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -295,9 +374,7 @@ pub async fn serve(
                 req.extensions_mut().insert(slot.clone());
                 async move {
                     let response = crate::dispatch::handle(app, req, peer).await;
-                    Ok::<_, std::convert::Infallible>(
-                        response.map(|body| Tracked { body, _busy: busy }),
-                    )
+                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked::new(body, busy)))
                 }
             }
         });

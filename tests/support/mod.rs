@@ -326,6 +326,42 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The value of the unlabelled metric `name` in `/_berth/metrics`, read
+/// over a connection of its own from 127.0.0.254, so that it never counts
+/// against a test's client address.
+pub async fn metric(berth: &Berth, name: &str) -> u64 {
+    let http = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 254]))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let text = http
+        .get(berth.url("/_berth/metrics"))
+        .header("connection", "close")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+/// Wait until the server has closed all but `n` client connections, by
+/// its own count (the one asking left out): a client's closed connection
+/// is the server's to notice, some time after the client dropped it.
+pub async fn wait_connections(berth: &Berth, n: u64) {
+    poll(
+        Duration::from_secs(30),
+        &format!("the server to count {n} open connections"),
+        || async { (metric(berth, "berth_connections").await == n + 1).then_some(()) },
+    )
+    .await;
+}
+
 /// GET `url` and return (status, body as JSON or Null).
 pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
     let r = client.get(url).send().await.unwrap();

@@ -11,11 +11,13 @@ use sha2::Sha256;
 use wasmtime::component::HasData;
 
 use crate::bindings::HostError;
-use crate::bindings::crypto::{Host, TotpParams};
+use crate::bindings::crypto::{AttemptCounter, Host, TotpParams};
 use crate::bindings::types::Error;
 use crate::capability::Capability;
 use crate::caps::{CallCx, Caller};
+use crate::lanes::Lanes;
 use crate::store::Store;
+use crate::store::attempts::{Attempts, MAX_COUNTERS, MAX_WINDOW_SECS};
 
 type Answer<T> = Result<T, HostError>;
 
@@ -110,10 +112,14 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// What `crypto` sees of a call: the caller and the host's HMAC keys.
+/// What `crypto` sees of a call: the caller, the host's HMAC keys, the
+/// counters of attempts and the CPU lanes (password hashing is CPU work
+/// done for the plugin, shared out like its own).
 pub struct CryptoView<'a> {
     caller: Caller<'a>,
     keys: &'a KeyVault,
+    attempts: &'a Attempts,
+    lanes: &'a Arc<Lanes>,
 }
 
 /// Links `crypto` to [`CryptoView`].
@@ -129,38 +135,64 @@ impl CallCx {
         CryptoView {
             caller,
             keys: &env.keys,
+            attempts: env.db.attempts(),
+            lanes: &env.lanes,
         }
+    }
+}
+
+impl CryptoView<'_> {
+    /// Run argon2 (`work`) on a blocking thread once this plugin's turn on
+    /// a CPU lane comes: it takes tens of milliseconds of CPU, and a plugin
+    /// asked to hash in a loop (logins, by anyone) must get no more of the
+    /// CPU than one whose wasm loops. Waiting ends at the call's deadline.
+    async fn on_a_lane<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HostError> {
+        let plugin: Arc<str> = Arc::from(self.caller.plugin());
+        let deadline = self.caller.deadline().into();
+        let Ok(lane) = tokio::time::timeout_at(deadline, self.lanes.acquire(&plugin)).await else {
+            return Err(Error::Unavailable(
+                "the host's CPU lanes stayed busy until this call's deadline; retry".into(),
+            )
+            .into());
+        };
+        let done = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(HostError::trap);
+        drop(lane);
+        done
     }
 }
 
 impl Host for CryptoView<'_> {
     async fn hash_password(&mut self, password: String) -> Answer<String> {
         self.caller.check(Capability::Crypto)?;
-        // argon2 takes tens of milliseconds: keep it off the async workers.
-        let hashed = tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            argon2::Argon2::default()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-        })
-        .await
-        .map_err(HostError::trap)?;
+        let hashed = self
+            .on_a_lane(move || {
+                let salt = SaltString::generate(&mut rand::rngs::OsRng);
+                argon2::Argon2::default()
+                    .hash_password(password.as_bytes(), &salt)
+                    .map(|h| h.to_string())
+            })
+            .await?;
         Ok(hashed.map_err(|e| Error::Invalid(format!("cannot hash password: {e}")))?)
     }
 
     async fn verify_password(&mut self, password: String, hash: String) -> Answer<bool> {
         self.caller.check(Capability::Crypto)?;
-        let verdict = tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&hash)
-                .map_err(|e| Error::Invalid(format!("not a PHC password hash: {e}")))?;
-            Ok::<bool, Error>(
-                argon2::Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok(),
-            )
-        })
-        .await
-        .map_err(HostError::trap)?;
+        let verdict = self
+            .on_a_lane(move || {
+                let parsed = PasswordHash::new(&hash)
+                    .map_err(|e| Error::Invalid(format!("not a PHC password hash: {e}")))?;
+                Ok::<bool, Error>(
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok(),
+                )
+            })
+            .await?;
         Ok(verdict?)
     }
 
@@ -227,6 +259,55 @@ impl Host for CryptoView<'_> {
     async fn constant_time_eq(&mut self, a: Vec<u8>, b: Vec<u8>) -> wasmtime::Result<bool> {
         Ok(constant_time_eq(&a, &b))
     }
+
+    async fn take_attempt(
+        &mut self,
+        counters: Vec<AttemptCounter>,
+        window_secs: u32,
+    ) -> Answer<bool> {
+        self.caller.check(Capability::Crypto)?;
+        if counters.is_empty() || counters.len() > MAX_COUNTERS {
+            return Err(Error::Invalid(format!(
+                "an attempt is counted on 1 to {MAX_COUNTERS} counters"
+            ))
+            .into());
+        }
+        if !(1..=MAX_WINDOW_SECS).contains(&window_secs) {
+            return Err(Error::Invalid(format!(
+                "an attempt window is 1 to {MAX_WINDOW_SECS} seconds"
+            ))
+            .into());
+        }
+        let counters = counters
+            .into_iter()
+            .map(|c| attempt_key(c.key).map(|key| (key, c.limit)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let window = std::time::Duration::from_secs(window_secs.into());
+        Ok(self.attempts.take(self.caller.plugin(), &counters, window))
+    }
+
+    async fn attempt_passed(&mut self, keys: Vec<String>) -> Answer<()> {
+        self.caller.check(Capability::Crypto)?;
+        if keys.len() > MAX_COUNTERS {
+            return Err(Error::Invalid(format!("at most {MAX_COUNTERS} counters")).into());
+        }
+        let keys = keys
+            .into_iter()
+            .map(attempt_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.attempts.passed(self.caller.plugin(), &keys);
+        Ok(())
+    }
+}
+
+/// A counter's key, checked: 1..=1024 bytes.
+fn attempt_key(key: String) -> Result<String, Error> {
+    if key.is_empty() || key.len() > 1024 {
+        return Err(Error::Invalid(
+            "attempt counter keys are 1 to 1024 bytes".into(),
+        ));
+    }
+    Ok(key)
 }
 
 #[cfg(test)]

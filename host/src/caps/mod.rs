@@ -46,6 +46,9 @@ pub struct PluginEnv {
     pub http: Arc<http_out::HttpOut>,
     pub docker: Arc<docker::Docker>,
     pub events: Arc<events::Events>,
+    /// The CPU lanes long-running work takes turns on (see `lanes`): a
+    /// call's wasm, and CPU-heavy work the host does for it (hashing).
+    pub lanes: Arc<crate::lanes::Lanes>,
 }
 
 /// Per-call context the capabilities use.

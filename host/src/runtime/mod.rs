@@ -255,9 +255,19 @@ impl Runtime {
                 }
             })?;
 
-        if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir)?;
-        }
+        // Compiled code is loaded as native code: cache it only in a folder
+        // no one but Berth's user can write.
+        let cache_dir = match cache_dir {
+            Some(dir) if crate::private::dir(&dir)? => Some(dir),
+            Some(dir) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the compile cache folder belongs to another user: compiled code is not cached"
+                );
+                None
+            }
+            None => None,
+        };
         // The async runtime runs one worker per core.
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
         Ok(Runtime {
@@ -268,6 +278,12 @@ impl Runtime {
             lanes: Lanes::for_workers(workers),
             pools,
         })
+    }
+
+    /// The lanes long-running calls take turns on, for the host's own
+    /// CPU-heavy work done for a plugin to take turns on too.
+    pub fn lanes(&self) -> Arc<Lanes> {
+        self.lanes.clone()
     }
 
     /// Compile `wasm` (or load its cached compilation) and link it against
@@ -298,20 +314,25 @@ impl Runtime {
             .precompile_compatibility_hash()
             .hash(&mut settings);
         let path = dir.join(format!("{hash}-{:016x}.cwasm", settings.finish()));
-        if path.exists() {
-            // SAFETY: the cache lives in the owner-only data directory and is
-            // written only by this function from wasmtime's own output;
-            // wasmtime also checks the engine settings it was compiled for.
+        if crate::private::only_mine(&path) {
+            // SAFETY: the entry is a file only Berth's user can write, in an
+            // owner-only folder, written only by this function from
+            // wasmtime's own output; wasmtime also checks the engine
+            // settings it was compiled for.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(component) => return Ok((component, true)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring a bad compile cache entry")
                 }
             }
+        } else if path.symlink_metadata().is_ok() {
+            tracing::warn!(
+                path = %path.display(),
+                "ignoring a compile cache entry that someone else could have written"
+            );
         }
         let compiled = self.engine.precompile_component(wasm)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path))?;
+        crate::private::write(&path, &compiled)?;
         // SAFETY: these bytes come straight from `precompile_component`.
         Ok((
             unsafe { Component::deserialize(&self.engine, &compiled) }?,

@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+pub mod attempts;
 mod locks;
 
+use attempts::Attempts;
 use locks::{LockTable, Mode, Refused, Span, TxnId};
 
 /// Plugin KV: (namespace, key) -> value.
@@ -107,6 +109,8 @@ pub struct Store {
     sequences: tokio::sync::Mutex<HashMap<(String, String), (u64, u64)>>,
     /// Told about every job once it is durably queued.
     job_sink: JobSink,
+    /// Attempts at secrets, counted before they are checked.
+    attempts: Attempts,
 }
 
 /// A job that is durably in the queue and due at `run_at_ms`.
@@ -192,6 +196,7 @@ impl Store {
             next_job,
             sequences: Default::default(),
             job_sink,
+            attempts: Attempts::default(),
         }))
     }
 
@@ -218,6 +223,11 @@ impl Store {
         let t = tx.open_table(def(table)).map_err(StoreError::from_redb)?;
         let value = t.get((ns, key)).map_err(StoreError::from_redb)?;
         Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// The counters of attempts at secrets.
+    pub fn attempts(&self) -> &Attempts {
+        &self.attempts
     }
 
     /// Read host metadata.

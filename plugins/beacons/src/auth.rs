@@ -26,6 +26,10 @@ struct Login {
 struct Session {
     email: String,
     expires: u64,
+    /// The user's password when the session began (see [`password_mark`]);
+    /// a session from before Berth kept it has none, and is over.
+    #[serde(default)]
+    password: String,
 }
 
 /// `POST /login {Email, Password}`: a session cookie, or 401.
@@ -49,6 +53,7 @@ pub fn login(req: &Request) -> HttpResult {
     let session = Session {
         email: user.email.clone(),
         expires: time::now_secs() + ttl,
+        password: password_mark(&user)?,
     };
     kv::set_json(&session_key(&token)?, &session)?;
     let cookie =
@@ -75,8 +80,23 @@ pub fn session(req: &Request) -> Result<User, Response> {
         kv::delete(&key)?;
         return Err(missing());
     }
-    // A user deleted since keeps no session.
-    users::load(&session.email)?.ok_or_else(missing)
+    // A user deleted since, or whose password changed since, keeps no
+    // session.
+    let user = users::load(&session.email)?.ok_or_else(missing)?;
+    if session.password != password_mark(&user)? {
+        kv::delete(&key)?;
+        return Err(missing());
+    }
+    Ok(user)
+}
+
+/// A tag of the user's stored password hash under a host-held key: a new
+/// password (even the same one, with its new salt) changes it.
+fn password_mark(user: &User) -> Result<String, Response> {
+    Ok(hex(&crypto::sign(
+        SESSION_KEY,
+        format!("password\n{}", user.hash).as_bytes(),
+    )?[..12]))
 }
 
 fn cookie(req: &Request) -> Option<&str> {

@@ -377,19 +377,17 @@ fn auth(req: &Request) -> HttpResult {
                 Response::from,
             )
         })?;
+    // A failure keeps the slot the attempt took; a success gives it back.
     let Some(mut user) = load_user(&username)? else {
-        attempt.failed()?;
         return Err(fail(400, 903, "User not found"));
     };
     let secret = unhex(&user.secret).ok_or_else(|| fail(500, 900, "stored secret is damaged"))?;
     let step = crypto::totp_verify(&secret, code.trim())?;
     match step {
         Some(step) if step > user.last_step => user.last_step = step,
-        _ => {
-            attempt.failed()?;
-            return Err(fail(400, 902, "TOTP code invalid"));
-        }
+        _ => return Err(fail(400, 902, "TOTP code invalid")),
     }
+    attempt.passed()?;
     issue_tokens(&mut user)
 }
 

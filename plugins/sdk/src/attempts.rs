@@ -1,6 +1,7 @@
-//! Failed logins, counted in KV per client address and per account and
-//! wall-clock minute, to refuse whoever keeps failing. [`Login`] is the
-//! helper every surface's login uses; [`Attempts`] is the counter under it.
+//! Attempts at secrets (logins, one-time codes, password checks), counted
+//! per client address and per account *before* the secret is checked, so
+//! that guesses sent at once get no more checks than guesses sent one
+//! after another. [`Login`] is the helper every surface uses.
 //!
 //! ```no_run
 //! # use berth_sdk::attempts::{Limits, Login};
@@ -20,88 +21,57 @@
 //! # }
 //! ```
 //!
-//! A failure is stored by the call that fails, so answer it with a
-//! response (not a trap) for the count to stick. The client address is
-//! the host's: behind a reverse proxy listed in `[server] trusted_proxies`
-//! it is the address the proxy forwarded for.
+//! [`Login::begin`] takes a slot on both counters (the host's
+//! `crypto.take-attempt`, atomic across concurrent calls) or answers
+//! [`LoginError::Throttled`] without anything being checked. A right
+//! secret gives its slots back ([`Login::verify_password`] does it; after
+//! checking a one-time code, call [`Login::passed`]); a wrong one, or a
+//! call that ends any other way, keeps them: only failures count. So at
+//! most `limit` wrong secrets are checked per window, in any order and at
+//! any concurrency. A window starts at the first attempt a counter counts
+//! and lasts [`Limits::window_secs`].
+//!
+//! The counters are the host's, not KV: they do not grow the store, they
+//! are forgotten when their window ends (and when Berth restarts), and a
+//! call that traps still counted. The client address is the host's: behind
+//! a reverse proxy listed in `[server] trusted_proxies` it is the address
+//! the proxy forwarded for.
 
-use serde::{Deserialize, Serialize};
+use crate::{Error, Request, Response, crypto};
 
-use crate::{Error, Request, Response, kv};
-
-#[derive(Serialize, Deserialize, Default)]
-struct Count {
-    minute: u64,
-    failures: u32,
-}
-
-/// Failures recorded under one key in the current minute.
-pub struct Attempts {
-    key: String,
-    count: Count,
-    limit: u32,
-}
-
-impl Attempts {
-    /// Read the failures under `key`; more than `limit - 1` in this minute
-    /// makes [`Attempts::exceeded`] true.
-    pub fn load(key: &str, limit: u32) -> Result<Attempts, Error> {
-        let minute = crate::time::now_secs() / 60;
-        let count = kv::get_json::<Count>(key)?
-            .filter(|c| c.minute == minute)
-            .unwrap_or(Count {
-                minute,
-                failures: 0,
-            });
-        Ok(Attempts {
-            key: key.to_string(),
-            count,
-            limit,
-        })
-    }
-
-    /// Has the limit been reached this minute?
-    pub fn exceeded(&self) -> bool {
-        self.count.failures >= self.limit
-    }
-
-    /// Record one more failure.
-    pub fn fail(&mut self) -> Result<(), Error> {
-        self.count.failures += 1;
-        kv::set_json(&self.key, &self.count)
-    }
-}
-
-/// Failed logins allowed per minute.
+/// Failed attempts allowed per window.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// From one client address, whichever accounts it tries.
     pub per_client: u32,
     /// For one account, from whichever addresses. Higher than
     /// `per_client`, since anyone can spend it to lock the account out
-    /// for the rest of the minute.
+    /// for the rest of the window.
     pub per_user: u32,
+    /// The window, in seconds.
+    pub window_secs: u32,
 }
 
 impl Limits {
     /// The plugin's settings `login_attempts_per_minute` (per client,
-    /// default 5) and `login_attempts_per_user_per_minute` (default 10).
-    /// A setting that does not parse keeps its default.
+    /// default 5) and `login_attempts_per_user_per_minute` (default 10),
+    /// per minute. A setting that does not parse keeps its default.
     pub fn from_config() -> Limits {
         let setting = |key, default| crate::config::get_or(key, default).unwrap_or(default);
         Limits {
             per_client: setting("login_attempts_per_minute", 5),
             per_user: setting("login_attempts_per_user_per_minute", 10),
+            window_secs: 60,
         }
     }
 }
 
-/// Why a login may not go on.
+/// Why an attempt may not go on.
 #[derive(Debug)]
 pub enum LoginError {
-    /// The client or the account failed too often this minute: answer 429.
+    /// The client or the account is at its limit: answer 429.
     Throttled,
-    /// The host failed (storage, a conflict).
+    /// The host failed.
     Host(Error),
 }
 
@@ -126,10 +96,11 @@ impl From<Error> for LoginError {
     }
 }
 
-/// One login attempt, counted against its client and its account.
+/// One attempt, counted against its client and its account.
 pub struct Login {
-    client: Attempts,
-    user: Attempts,
+    client: String,
+    user: String,
+    passed: bool,
 }
 
 /// Longest account name kept in a counter's key; longer names share the
@@ -137,9 +108,9 @@ pub struct Login {
 const NAME_IN_KEY: usize = 200;
 
 impl Login {
-    /// Begin a login of `user` (compared case-insensitively) by the
-    /// request's client, with counters under `prefix` in KV. Throttled
-    /// when either has failed `limits` times this minute.
+    /// Begin an attempt on `user` (compared case-insensitively) by the
+    /// request's client, on counters under `prefix`: it takes a slot on
+    /// both, or is [`LoginError::Throttled`] when either is at its limit.
     pub fn begin(
         req: &Request,
         prefix: &str,
@@ -155,13 +126,15 @@ impl Login {
             name.truncate(cut);
         }
         let login = Login {
-            client: Attempts::load(
-                &format!("{prefix}attempts/client/{}", client_ip(req)),
-                limits.per_client,
-            )?,
-            user: Attempts::load(&format!("{prefix}attempts/user/{name}"), limits.per_user)?,
+            client: format!("{prefix}attempts/client/{}", client_ip(req)),
+            user: format!("{prefix}attempts/user/{name}"),
+            passed: false,
         };
-        if login.client.exceeded() || login.user.exceeded() {
+        let counters = [
+            (login.client.as_str(), limits.per_client),
+            (login.user.as_str(), limits.per_user),
+        ];
+        if !crypto::take_attempt(&counters, limits.window_secs)? {
             return Err(LoginError::Throttled);
         }
         Ok(login)
@@ -169,25 +142,28 @@ impl Login {
 
     /// Check `password` against the account's stored hash (None: no such
     /// account, which costs the same time as a wrong password, so timing
-    /// does not tell which accounts exist). A mismatch is recorded.
+    /// does not tell which accounts exist). A match gives the slots back.
     pub fn verify_password(&mut self, password: &str, hash: Option<&str>) -> Result<bool, Error> {
         let ok = match hash {
-            Some(hash) => crate::crypto::verify_password(password, hash)?,
+            Some(hash) => crypto::verify_password(password, hash)?,
             None => {
-                crate::crypto::hash_password(password)?;
+                crypto::hash_password(password)?;
                 false
             }
         };
-        if !ok {
-            self.failed()?;
+        if ok {
+            self.passed()?;
         }
         Ok(ok)
     }
 
-    /// Record a failed attempt (a wrong one-time code, say).
-    pub fn failed(&mut self) -> Result<(), Error> {
-        self.client.fail()?;
-        self.user.fail()
+    /// The secret was right (a one-time code, say): give the slots back.
+    /// Once per attempt; later calls do nothing.
+    pub fn passed(&mut self) -> Result<(), Error> {
+        if !std::mem::replace(&mut self.passed, true) {
+            crypto::attempt_passed(&[&self.client, &self.user])?;
+        }
+        Ok(())
     }
 }
 

@@ -54,3 +54,24 @@ pub fn random_token(bytes: u32) -> Result<String, Error> {
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     raw::constant_time_eq(a, b)
 }
+
+/// Count an attempt at a secret on each of `counters` (key, limit per
+/// window) before checking it: true when it took a slot on every one,
+/// false when one is at its limit (do not check the secret then). Not
+/// part of the call's transaction. [`crate::attempts`] builds logins on it.
+pub fn take_attempt(counters: &[(&str, u32)], window_secs: u32) -> Result<bool, Error> {
+    let counters: Vec<raw::AttemptCounter> = counters
+        .iter()
+        .map(|(key, limit)| raw::AttemptCounter {
+            key: key.to_string(),
+            limit: *limit,
+        })
+        .collect();
+    raw::take_attempt(&counters, window_secs)
+}
+
+/// The attempt counted on `keys` succeeded: give back its slots.
+pub fn attempt_passed(keys: &[&str]) -> Result<(), Error> {
+    let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    raw::attempt_passed(&keys)
+}

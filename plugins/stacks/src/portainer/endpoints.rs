@@ -385,7 +385,7 @@ pub fn endpoint_create(req: &Request) -> HttpResult {
     if load_group(group_id)?.is_none() {
         return Err(not_found("an endpoint group"));
     }
-    let id = kv::next_in_sequence("portainer-endpoint")?;
+    let id = next_id("endpoint", "portainer-endpoint")?;
     let mut pending = false;
     let (docker_name, shown_url) = if url.is_empty() || url.starts_with("unix://") {
         if !url.is_empty() && url != "unix:///var/run/docker.sock" {

@@ -152,7 +152,7 @@ pub fn group_create(req: &Request) -> HttpResult {
     check_tags(&body.tag_ids)?;
     let g = Group {
         // Group ids start after the built-in "Unassigned".
-        id: kv::next_in_sequence("portainer-group")? + UNASSIGNED,
+        id: next_id("group", "portainer-group")? + UNASSIGNED,
         name: body.name,
         description: body.description,
         tag_ids: body.tag_ids,
@@ -282,7 +282,7 @@ pub fn tag_create(req: &Request) -> HttpResult {
         ));
     }
     let tag = Tag {
-        id: kv::next_in_sequence("portainer-tag")?,
+        id: next_id("tag", "portainer-tag")?,
         name: body.name,
     };
     kv::set_json(&tag_key(tag.id), &tag)?;

@@ -97,6 +97,31 @@ pub fn failure(status: u16, text: &str) -> Response {
     fail(status, err, text)
 }
 
+/// The next id of the records under `p/{kind}/`: dense and from 1, as
+/// Portainer's BoltDB sequences give them (its first admin is user 1,
+/// whoever raced to be it). Installs from before kept these ids in the
+/// host's sequence `legacy`; the counter starts after it there.
+fn next_id(kind: &str, legacy: &str) -> Result<u64, Response> {
+    Ok(kv::next_id(&format!("p/id/{kind}"), || {
+        let first = kv::list(&format!("p/{kind}/"), None, 1)?;
+        if first.entries.is_empty() {
+            return Ok(0);
+        }
+        Ok(kv::next_in_sequence(legacy)? - 1)
+    })?)
+}
+
+/// Take the lock of `kind`'s id counter without taking an id: creations
+/// that check a uniqueness rule (by listing the records) and then take an
+/// id must take it before they list, so they run one after another. Were
+/// the listing first, racers would all hold it and wait for the counter
+/// and each other, and whichever got furthest would be rolled back, again
+/// and again.
+fn take_turn(kind: &str) -> Result<(), Response> {
+    kv::increment(&format!("p/id/{kind}"), 0)?;
+    Ok(())
+}
+
 fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

@@ -126,7 +126,7 @@ pub fn registry_create(req: &Request) -> HttpResult {
     let body: NewRegistry = payload(req)?;
     check_url(&body.url, None)?;
     let r = Registry {
-        id: kv::next_in_sequence("portainer-registry")?,
+        id: next_id("registry", "portainer-registry")?,
         kind: body.kind as u8,
         name: body.name,
         url: body.url,

@@ -73,7 +73,7 @@ fn controls() -> Result<Vec<Control>, Response> {
 /// Record that `user` owns a resource they just created.
 pub(super) fn own(user: &User, kind: u8, resource_id: &str) -> Result<(), Response> {
     let c = Control {
-        id: kv::next_in_sequence("portainer-control")?,
+        id: next_id("control", "portainer-control")?,
         kind,
         resource_id: resource_id.to_string(),
         sub_resource_ids: Vec::new(),
@@ -211,7 +211,7 @@ pub fn control_create(req: &Request) -> HttpResult {
         ));
     }
     let c = Control {
-        id: kv::next_in_sequence("portainer-control")?,
+        id: next_id("control", "portainer-control")?,
         kind,
         resource_id: body.resource_id,
         sub_resource_ids: body.sub_resource_ids,

@@ -132,7 +132,7 @@ pub fn team_create(req: &Request) -> HttpResult {
         ));
     }
     let team = Team {
-        id: kv::next_in_sequence("portainer-team")?,
+        id: next_id("team", "portainer-team")?,
         name: body.name,
     };
     kv::set_json(&team_key(team.id), &team)?;
@@ -230,7 +230,7 @@ pub fn membership_create(req: &Request) -> HttpResult {
     )?;
     check_membership(&body, None)?;
     let m = Membership {
-        id: kv::next_in_sequence("portainer-membership")?,
+        id: next_id("membership", "portainer-membership")?,
         user_id: body.user_id,
         team_id: body.team_id,
         role: body.role as u8,

@@ -243,7 +243,7 @@ fn stored() -> Result<Vec<Template>, Response> {
             })?
         };
         for mut t in seed {
-            t.id = kv::next_in_sequence("portainer-template")?;
+            t.id = next_id("template", "portainer-template")?;
             kv::set_json(&template_key(t.id), &t)?;
         }
         kv::set(SEEDED_KEY, b"1")?;
@@ -292,7 +292,7 @@ pub fn template_create(req: &Request) -> HttpResult {
         .map_err(|e| fail(400, "Invalid request payload", e))?;
     stored()?;
     let mut t = Template {
-        id: kv::next_in_sequence("portainer-template")?,
+        id: next_id("template", "portainer-template")?,
         kind: body.kind,
         ..Template::default()
     };

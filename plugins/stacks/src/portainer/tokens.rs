@@ -107,7 +107,7 @@ fn owner(req: &Request, admin_may: bool) -> Result<User, Response> {
 pub fn token_create(req: &Request) -> HttpResult {
     let user = owner(req, false)?;
     let body: NewToken = payload(req)?;
-    if !crypto::verify_password(&body.password, &user.hash)? {
+    if !password_matches(req, &user, &body.password)? {
         return Err(fail(
             403,
             "Current password doesn't match",

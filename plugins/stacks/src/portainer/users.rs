@@ -117,6 +117,7 @@ impl Payload for PasswordCheck {
 }
 
 pub(super) fn new_user(username: &str, password: &str, role: u8) -> Result<User, Response> {
+    take_turn("user")?;
     if user_by_name(username)?.is_some() {
         return Err(fail(
             409,
@@ -125,7 +126,7 @@ pub(super) fn new_user(username: &str, password: &str, role: u8) -> Result<User,
         ));
     }
     let user = User {
-        id: kv::next_in_sequence("portainer-user")?,
+        id: next_id("user", "portainer-user")?,
         username: username.to_string(),
         role,
         hash: crypto::hash_password(password)?,
@@ -148,6 +149,7 @@ pub fn admin_check(_: &Request) -> HttpResult {
 
 pub fn admin_init(req: &Request) -> HttpResult {
     let c: Login = payload(req)?;
+    take_turn("user")?;
     if users()?.iter().any(|u| u.role == ADMIN) {
         return Err(fail(
             409,
@@ -163,19 +165,7 @@ pub fn admin_init(req: &Request) -> HttpResult {
 /// address and per user.
 pub fn auth(req: &Request) -> HttpResult {
     let c: Login = payload(req)?;
-    let mut attempt = attempts::Login::begin(req, "p/", &c.username, Limits::from_config())
-        .map_err(|e| {
-            e.respond(
-                || {
-                    fail(
-                        429,
-                        "Too many failed login attempts",
-                        "try again in a minute",
-                    )
-                },
-                Response::from,
-            )
-        })?;
+    let mut attempt = begin_attempt(req, &c.username)?;
     let user = user_by_name(&c.username)?;
     let hash = user.as_ref().map(|u| u.hash.as_str());
     let ok = attempt.verify_password(&c.password, hash)?;
@@ -189,6 +179,7 @@ pub fn auth(req: &Request) -> HttpResult {
         "username": user.username,
         "role": user.role,
         "exp": time::now_secs() + ttl,
+        "pwd": password_mark(&user)?,
     });
     let signed = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
     let tag = crypto::sign(JWT_KEY, signed.as_bytes())?;
@@ -196,6 +187,35 @@ pub fn auth(req: &Request) -> HttpResult {
         200,
         &json!({ "jwt": format!("{signed}.{}", b64url(&tag)) }),
     ))
+}
+
+/// An attempt at `username`'s password by the request's client, counted
+/// before the password is checked, or Portainer's 429.
+fn begin_attempt(req: &Request, username: &str) -> Result<attempts::Login, Response> {
+    attempts::Login::begin(req, "p/", username, Limits::from_config()).map_err(|e| {
+        e.respond(
+            || {
+                fail(
+                    429,
+                    "Too many failed login attempts",
+                    "try again in a minute",
+                )
+            },
+            Response::from,
+        )
+    })
+}
+
+/// Whether `password` is `user`'s, checked as a login's is (counted first
+/// against the client and the account, 429 past their limits): a token
+/// holder may not test passwords any faster than a stranger.
+pub(super) fn password_matches(
+    req: &Request,
+    user: &User,
+    password: &str,
+) -> Result<bool, Response> {
+    let mut attempt = begin_attempt(req, &user.username)?;
+    Ok(attempt.verify_password(password, Some(&user.hash))?)
 }
 
 /// The user a request's API token (`X-API-Key`) or JWT (`Authorization:
@@ -233,7 +253,21 @@ pub fn authenticate(req: &Request) -> Result<User, Response> {
         return Err(fail(401, "Unauthorized", "Token expired"));
     }
     let id = claims["id"].as_u64().ok_or_else(denied)?;
-    load_user(id)?.ok_or_else(denied)
+    let user = load_user(id)?.ok_or_else(denied)?;
+    // A password changed since the token was issued ends it.
+    if claims["pwd"].as_str() != Some(password_mark(&user)?.as_str()) {
+        return Err(denied());
+    }
+    Ok(user)
+}
+
+/// What a JWT carries of its user's password: a tag of the stored hash
+/// (which a new password, even the same one, changes with its salt), so
+/// that changing the password ends the tokens issued before. It tells
+/// nothing of the password or the hash: the key never leaves the host.
+fn password_mark(user: &User) -> Result<String, Response> {
+    let tag = crypto::sign(JWT_KEY, format!("password\n{}", user.hash).as_bytes())?;
+    Ok(b64url(&tag[..12]))
 }
 
 pub fn admin(req: &Request) -> Result<User, Response> {
@@ -346,7 +380,7 @@ pub fn user_password_check(req: &Request) -> HttpResult {
         ));
     }
     let check: PasswordCheck = payload(req)?;
-    let valid = crypto::verify_password(&check.password, &user.hash)?;
+    let valid = password_matches(req, &user, &check.password)?;
     Ok(Response::json(200, &json!({ "valid": valid })))
 }
 

@@ -111,7 +111,7 @@ pub fn webhook_create(req: &Request) -> HttpResult {
         ));
     }
     let w = Webhook {
-        id: kv::next_in_sequence("portainer-webhook")?,
+        id: next_id("webhook", "portainer-webhook")?,
         token: model::uuid4()?,
         resource_id: body.resource_id,
         endpoint_id: body.endpoint_id,
