@@ -156,16 +156,18 @@ const CONTENDERS: [(&str, &str); 3] = [
     ("have the host hash passwords", "/faults/hash?n=50"),
 ];
 
-/// hello's rate alone, then while 8 calls of `faults` do each of
-/// [`CONTENDERS`] (each call until it ends: its 2 s deadline, the memory
-/// cap's trap, or its 50 hashes; then another).
-fn fairness(build: &Build, seconds: u64) -> anyhow::Result<Vec<f64>> {
+/// For each of [`CONTENDERS`]: hello's rate alone, then while 8 calls of
+/// `faults` do it (each call until it ends: its 2 s deadline, the memory
+/// cap's trap, or its 50 hashes; then another). Alone and contended take
+/// turns, so that each pair sees the same phase of this VM.
+fn fairness(build: &Build, seconds: u64) -> anyhow::Result<Vec<(f64, f64)>> {
     let dir = tempfile::tempdir()?;
     let config = "install_bundled = false\n[plugins.faults]\ngrants = [\"kv\", \"crypto\"]\n\
                   max_concurrent = 8\ndeadline_ms = 2000\n";
     let berth = build.start(dir.path(), config, &["hello", "faults"])?;
-    let mut rates = vec![wrk(&berth.url("/hello/fair"), 16, seconds, None)?];
+    let mut rates = Vec::new();
     for (_, route) in CONTENDERS {
+        let alone = wrk(&berth.url("/hello/fair"), 16, seconds, None)?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let busy: Vec<_> = (0..8)
             .map(|_| {
@@ -192,7 +194,7 @@ fn fairness(build: &Build, seconds: u64) -> anyhow::Result<Vec<f64>> {
             b.join()
                 .map_err(|_| anyhow::anyhow!("a contender panicked"))??;
         }
-        rates.push(contended?);
+        rates.push((alone, contended?));
     }
     Ok(rates)
 }
@@ -247,6 +249,8 @@ fn main() -> anyhow::Result<()> {
             .map(|(what, _)| format!("hello/s, 8 calls {what}")),
     );
     let mut figures = vec![vec![Vec::new(); measures.len()]; builds.len()];
+    // shares[build][contender]: contended over the alone rate measured just before.
+    let mut shares = vec![vec![Vec::new(); CONTENDERS.len()]; builds.len()];
     for round in 0..rounds {
         for (b, build) in builds.iter().enumerate() {
             eprintln!("round {round}: {}", build.name);
@@ -256,8 +260,10 @@ fn main() -> anyhow::Result<()> {
                 figures[b][1].push(increments(build, seconds)?);
                 figures[b][2].push(portainer_ping(build, &engine.host, seconds)?);
             }
-            for (m, value) in hello.into_iter().enumerate() {
-                figures[b][3 + m].push(value);
+            for (c, (alone, contended)) in hello.into_iter().enumerate() {
+                figures[b][3].push(alone);
+                figures[b][4 + c].push(contended);
+                shares[b][c].push(contended / alone);
             }
         }
     }
@@ -287,10 +293,9 @@ fn main() -> anyhow::Result<()> {
     }
     for (b, build) in builds.iter().enumerate() {
         for (c, (what, _)) in CONTENDERS.iter().enumerate() {
-            let share: Vec<String> = figures[b][4 + c]
+            let share: Vec<String> = shares[b][c]
                 .iter()
-                .zip(&figures[b][3])
-                .map(|(c, a)| format!("{:.0}%", c / a * 100.0))
+                .map(|s| format!("{:.0}%", s * 100.0))
                 .collect();
             println!(
                 "fairness, {}: with 8 calls that {what}, hello keeps {} of its rate",

@@ -11,7 +11,9 @@
 //! another's few. A call gives its lane back whenever it calls the host
 //! (a kv read, a Docker call: it is not using the CPU then), and at its
 //! next tick asks again; a call that never runs a whole tick never meets
-//! a lane at all.
+//! a lane at all. CPU work the host does for a call takes a lane too: a
+//! password hash (`caps::crypto`), and a call's memory growing past a few
+//! MiB (the kernel's page faults, which ticks see late: `runtime`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +48,11 @@ pub struct LaneSlot(Arc<Mutex<Option<Lane>>>);
 impl LaneSlot {
     pub fn put(&self, lane: Lane) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(lane);
+    }
+
+    /// Whether a lane is held.
+    pub fn holds(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// Give the lane back, if one is held.

@@ -22,8 +22,8 @@ use wasmtime::component::{
     Lower, ResourceTable, TypedFunc,
 };
 use wasmtime::{
-    CallHook, Engine, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, UpdateDeadline,
+    CallHook, Engine, PoolingAllocationConfig, ResourceLimiter, ResourceLimiterAsync, Store,
+    StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -57,6 +57,8 @@ pub struct HostState {
     table: ResourceTable,
     limits: Limiter,
     timed_out: bool,
+    /// When the current call began.
+    started: Instant,
     /// The lane this call holds while it runs long, if any.
     lane: LaneSlot,
     pub call: CallCx,
@@ -71,15 +73,28 @@ impl WasiView for HostState {
     }
 }
 
-/// The store's memory cap, counting what the instance's memories grew to.
+/// Linear memory a call may grow to before growing on takes a CPU lane:
+/// touching new memory is the kernel's work (a page fault for every page,
+/// and giving the pages back after the call), work done for the plugin
+/// that the epoch ticks do not see in time. Calls that stay below it,
+/// nearly all, never meet a lane for it.
+const LANE_MEMORY: usize = 4 << 20;
+
+/// The store's memory cap, counting what the instance's memories grew to;
+/// past [`LANE_MEMORY`] a growth waits for the call's turn on a CPU lane.
 struct Limiter {
     limits: StoreLimits,
     /// Bytes of linear memory, all memories together.
     memory: usize,
+    /// Where the call keeps its lane (the store's own slot).
+    lane: LaneSlot,
+    lanes: Arc<Lanes>,
+    plugin: Arc<str>,
 }
 
-impl ResourceLimiter for Limiter {
-    fn memory_growing(
+#[async_trait::async_trait]
+impl ResourceLimiterAsync for Limiter {
+    async fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
@@ -87,12 +102,16 @@ impl ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if allowed {
-            self.memory += desired.saturating_sub(current);
+            let grown = self.memory + desired.saturating_sub(current);
+            if grown > LANE_MEMORY && !self.lane.holds() {
+                self.lane.put(self.lanes.acquire(&self.plugin).await);
+            }
+            self.memory = grown;
         }
         Ok(allowed)
     }
 
-    fn table_growing(
+    async fn table_growing(
         &mut self,
         current: usize,
         desired: usize,
@@ -144,6 +163,8 @@ pub struct Spent(Retiring);
 
 enum Retiring {
     Done(Store<HostState>),
+    /// Torn down elsewhere already (see `Runtime::tear_down_on_a_lane`).
+    Gone,
     Again {
         warm: Warm,
         pool: Arc<Pool>,
@@ -170,6 +191,7 @@ impl Spent {
                 None => return,
                 Some(unkept) => unkept.store,
             },
+            Retiring::Gone => return,
         };
         let previous = RETIRED.with(|slot| slot.borrow_mut().replace(Spent(Retiring::Done(store))));
         drop(previous);
@@ -367,6 +389,7 @@ impl Runtime {
     ) -> Result<Warm, CallError> {
         let stderr = Tail::new(STDERR_CAP);
         let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let lane = LaneSlot::default();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
@@ -376,13 +399,17 @@ impl Runtime {
                     .trap_on_grow_failure(true)
                     .build(),
                 memory: 0,
+                lane: lane.clone(),
+                lanes: self.lanes.clone(),
+                plugin: Arc::from(call.plugin.name.as_str()),
             },
             timed_out: false,
-            lane: LaneSlot::default(),
+            started: Instant::now(),
+            lane,
             call,
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter_async(|s| &mut s.limits);
         // A call in the host is not using the CPU: its lane goes back.
         store.call_hook(|cx, hook| {
             if matches!(hook, CallHook::CallingHost) {
@@ -398,9 +425,16 @@ impl Runtime {
         // connection it just accepted, say), for as long as the call runs.
         let lanes = self.lanes.clone();
         store.epoch_deadline_callback(move |mut cx| {
-            if Instant::now() >= cx.data().call.deadline {
+            let now = Instant::now();
+            if now >= cx.data().call.deadline {
                 cx.data_mut().timed_out = true;
                 return Ok(UpdateDeadline::Interrupt);
+            }
+            // A call that has not yet run a whole tick goes on as it is
+            // (its first tick came early), unless its memory grew large.
+            let state = cx.data();
+            if now < state.started + EPOCH_TICK && state.limits.memory <= LANE_MEMORY {
+                return Ok(UpdateDeadline::Continue(1));
             }
             let slot = cx.data().lane.clone();
             slot.clear();
@@ -510,6 +544,7 @@ impl Runtime {
             }
         };
         warm.calls += 1;
+        warm.store.data_mut().started = Instant::now();
         let func = export
             .get(&mut warm.store, &warm.instance)
             .ok_or_else(|| CallError::Instantiate("an export is missing".into()))?;
@@ -519,7 +554,13 @@ impl Runtime {
         let result = func.call_async(&mut warm.store, params).await;
         let state = warm.store.data_mut();
         state.lane.clear();
-        match result {
+        let large = state.limits.memory > LANE_MEMORY;
+        if result.is_err() {
+            // A failed call's transaction rolls back now, its locks with it,
+            // whenever its store is torn down.
+            drop(state.call.txn.take());
+        }
+        let result = match result {
             Ok((value,)) => {
                 let txn = state.call.txn.take();
                 let opened = std::mem::take(&mut state.call.opened);
@@ -534,15 +575,19 @@ impl Runtime {
                         pool: pre.pool.clone(),
                         keep: limits.max_concurrent as usize,
                     },
+                    false if large => {
+                        self.tear_down_on_a_lane(warm.store);
+                        Retiring::Gone
+                    }
                     false => Retiring::Done(warm.store),
                 };
-                Ok(Called {
+                return Ok(Called {
                     value,
                     txn,
                     opened,
                     instantiate,
                     spent: Spent(spent),
-                })
+                });
             }
             Err(_) if state.timed_out => Err(CallError::Timeout(limits.deadline)),
             Err(trap) => {
@@ -554,7 +599,23 @@ impl Runtime {
                 };
                 Err(CallError::Trap(reason))
             }
+        };
+        if large {
+            self.tear_down_on_a_lane(warm.store);
         }
+        result
+    }
+
+    /// Tear down a store whose memory grew past [`LANE_MEMORY`] on a
+    /// blocking thread, in its plugin's turn on a CPU lane: giving back
+    /// that many pages is the kernel's work, done for the plugin.
+    fn tear_down_on_a_lane(&self, store: Store<HostState>) {
+        let lanes = self.lanes.clone();
+        let plugin: Arc<str> = Arc::from(store.data().call.plugin.name.as_str());
+        tokio::spawn(async move {
+            let _lane = lanes.acquire(&plugin).await;
+            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+        });
     }
 }
 
