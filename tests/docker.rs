@@ -303,7 +303,8 @@ async fn proxied_requests_stream_byte_for_byte() {
         None,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No wait for the follower to connect: it asks for the events since
+    // it was started, whenever its connection comes.
     let watched = format!("watched-{}", std::process::id());
     let run = engine.cli(&[
         "run",

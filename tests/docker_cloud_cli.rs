@@ -289,20 +289,44 @@ async fn the_docker_cloud_cli_runs_a_whole_session() {
         .stderr(Stdio::piped());
     let mut child = pty.spawn().expect("script");
     let mut input = child.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(2));
-        let _ = input.write_all(b"echo at-a-terminal\r");
-        std::thread::sleep(Duration::from_secs(1));
-        let _ = input.write_all(b"exit\r");
-        std::thread::sleep(Duration::from_secs(5));
+    let mut output = child.stdout.take().unwrap();
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = std::thread::spawn({
+        let screen = screen.clone();
+        move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut output, &mut buf) {
+                screen
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
     });
+    // Typed only once the shell shows its prompt (what is typed before the
+    // CLI puts the terminal in raw mode is flushed), and `exit` once the
+    // command's output is back: the typed line's echo and its output.
+    let shown = |text: &str, times: usize| {
+        let until = Instant::now() + STEP;
+        while screen.lock().unwrap().matches(text).count() < times {
+            assert!(
+                Instant::now() < until,
+                "{line}: no {text:?} on the screen: {}",
+                screen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    shown("# ", 1);
+    input.write_all(b"echo at-a-terminal\r").unwrap();
+    shown("at-a-terminal", 2);
+    input.write_all(b"exit\r").unwrap();
     let out = wait_bounded(child, &line);
-    let (stdout, stderr) = texts(&out);
-    assert!(
-        out.status.success() && stdout.contains("at-a-terminal"),
-        "{:?}: {stdout}{stderr}",
-        out.status
-    );
+    drop(input);
+    reader.join().unwrap();
+    let stdout = screen.lock().unwrap().clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stdout}{stderr}", out.status);
 
     // Logs that follow: a line logged after the stream opened arrives.
     let id = container["docker_id"].as_str().unwrap().to_string();

@@ -259,9 +259,11 @@ async fn sigterm_waits_for_in_flight_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_call_does_not_hold_up_connections_accepted_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
+    // A loop of 60 s: the rounds below take a small part of it even on a
+    // machine busy with other work.
     let berth = start_with(
         dir.path(),
-        &CONFIG.replace("deadline_ms = 500", "deadline_ms = 5000"),
+        &CONFIG.replace("deadline_ms = 500", "deadline_ms = 60000"),
     );
     let url = berth.url("/faults/loop");
     let looping = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
@@ -290,5 +292,6 @@ async fn a_long_call_does_not_hold_up_connections_accepted_meanwhile() {
             "round {round}'s requests were answered only once the loop had ended"
         );
     }
-    assert_eq!(looping.await.unwrap().unwrap(), 504);
+    // The loop runs on to its deadline; the test does not wait for it.
+    looping.abort();
 }

@@ -101,20 +101,16 @@ async fn idle_and_half_sent_connections_are_closed_while_another_client_is_serve
         hostile.push(stream);
     }
 
-    // Another client keeps being served while they hang on.
+    // Another client keeps being served while they hang on, until the
+    // server has closed them all.
+    let (done, hanging) = tokio::sync::watch::channel(false);
     let served = tokio::spawn({
         let url = berth.url("/hello/bystander");
         async move {
             let http = client();
-            let until = Instant::now() + Duration::from_secs(3);
             let mut ok = 0;
-            while Instant::now() < until {
-                let r = http
-                    .get(&url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .unwrap();
+            while !*hanging.borrow() {
+                let r = http.get(&url).send().await.unwrap();
                 assert_eq!(r.status(), 200);
                 ok += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -126,13 +122,15 @@ async fn idle_and_half_sent_connections_are_closed_while_another_client_is_serve
     let started = Instant::now();
     for (i, stream) in hostile.iter_mut().enumerate() {
         assert!(
-            closed_within(stream, Duration::from_secs(10)).await,
+            closed_within(stream, Duration::from_secs(60)).await,
             "connection {i} still open after {:?}",
             started.elapsed()
         );
     }
+    done.send_replace(true);
+    // They hung on for at least their 1.5 s deadline.
     assert!(
-        served.await.unwrap() > 10,
+        served.await.unwrap() >= 3,
         "the bystander was served throughout"
     );
 }
@@ -168,8 +166,9 @@ async fn one_address_at_its_cap_cannot_starve_another() {
         held.push(connect_from(&berth, "127.0.0.1").await);
     }
     // The 21st from the same address is refused at once, and logged.
+    // Closed at once, not at the 10 s header timeout.
     let mut over = connect_from(&berth, "127.0.0.1").await;
-    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+    assert!(closed_within(&mut over, Duration::from_secs(8)).await);
     poll(Duration::from_secs(5), "the refusal logged", || async {
         berth
             .log()
@@ -221,8 +220,9 @@ async fn open_websockets_count_against_the_cap_until_they_close() {
     let (second, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
 
     // Both upgraded connections still hold their slots.
+    // Closed at once, not at the 10 s header timeout.
     let mut over = connect_from(&berth, "127.0.0.1").await;
-    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+    assert!(closed_within(&mut over, Duration::from_secs(8)).await);
 
     // Closing one frees its slot.
     drop(first);

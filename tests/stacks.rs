@@ -522,8 +522,8 @@ async fn two_hundred_subscribers_and_one_that_never_reads() {
             seen
         });
     }
-    // Every subscriber is in place before the first event.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every subscriber is in place before the first event: the host
+    // subscribes a stream before it answers the handshake.
 
     let mut peak = 0;
     for i in 0..UPDATES {

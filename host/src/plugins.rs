@@ -432,6 +432,7 @@ impl Plugins {
                         "granted": m.env.granted.names(),
                     },
                     "limits": m.limits,
+                    "idle_instances": m.pre.idle_instances(),
                 })
             })
             .collect();

@@ -652,6 +652,11 @@ pub struct Linked {
 type JobResult = Result<(), String>;
 
 impl Linked {
+    /// Instances of this version kept idle for later calls now.
+    pub fn idle_instances(&self) -> usize {
+        self.pool.len()
+    }
+
     fn new(pre: InstancePre<HostState>) -> anyhow::Result<Linked> {
         Ok(Linked {
             describe: Export::find(&pre, "describe")?,

@@ -62,6 +62,11 @@ impl Pool {
         None
     }
 
+    /// Instances waiting for a call now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The instances idle since before `cutoff`, taken out.
     fn expired(&self, cutoff: Instant) -> Vec<Warm> {
         let mut idle = self.lock();

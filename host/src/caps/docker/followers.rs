@@ -168,6 +168,14 @@ impl Docker {
             return Ok(false);
         }
         let plugin = key.0.clone();
+        // The follower's events are those from now on, whenever its stream
+        // connects: the first connection asks the engine for the events
+        // since the follower started, each later one for those after the
+        // last it delivered. The engine replays what it still keeps, so a
+        // slow connection or a reconnection loses nothing in between.
+        let mut since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
         let task = tokio::spawn(async move {
             use futures_util::StreamExt;
             let mut backoff = Duration::from_millis(500);
@@ -176,6 +184,11 @@ impl Docker {
                     Ok(api) => {
                         let options = q::EventsOptions {
                             filters: filter_map(filters.clone()),
+                            since: Some(format!(
+                                "{}.{:09}",
+                                since.div_euclid(1_000_000_000),
+                                since.rem_euclid(1_000_000_000)
+                            )),
                             ..Default::default()
                         };
                         let mut stream = api.events(Some(options));
@@ -183,6 +196,9 @@ impl Docker {
                             match event {
                                 Ok(event) => {
                                     backoff = Duration::from_millis(500);
+                                    if let Some(at) = event.time_nano {
+                                        since = at + 1;
+                                    }
                                     sink.deliver(&plugin, Bytes::from(json(&event))).await;
                                 }
                                 Err(e) => {
