@@ -73,7 +73,7 @@ impl WasiView for HostState {
     }
 }
 
-/// Linear memory a call may grow to before growing on takes a CPU lane:
+/// Linear memory a call may grow by before growing on takes a CPU lane:
 /// touching new memory is the kernel's work (a page fault for every page,
 /// and giving the pages back after the call), work done for the plugin
 /// that the epoch ticks do not see in time. Calls that stay below it,
@@ -86,6 +86,9 @@ struct Limiter {
     limits: StoreLimits,
     /// Bytes of linear memory, all memories together.
     memory: usize,
+    /// Of those, what the memories grew past their initial sizes: a plugin
+    /// that starts large (an interpreter's image) is not lane-bound for it.
+    grown: usize,
     /// Where the call keeps its lane (the store's own slot).
     lane: LaneSlot,
     lanes: Arc<Lanes>,
@@ -102,11 +105,14 @@ impl ResourceLimiterAsync for Limiter {
     ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if allowed {
-            let grown = self.memory + desired.saturating_sub(current);
-            if grown > LANE_MEMORY && !self.lane.holds() {
-                self.lane.put(self.lanes.acquire(&self.plugin).await);
+            let more = desired.saturating_sub(current);
+            if current > 0 {
+                self.grown += more;
+                if self.grown > LANE_MEMORY && !self.lane.holds() {
+                    self.lane.put(self.lanes.acquire(&self.plugin).await);
+                }
             }
-            self.memory = grown;
+            self.memory += more;
         }
         Ok(allowed)
     }
@@ -399,6 +405,7 @@ impl Runtime {
                     .trap_on_grow_failure(true)
                     .build(),
                 memory: 0,
+                grown: 0,
                 lane: lane.clone(),
                 lanes: self.lanes.clone(),
                 plugin: Arc::from(call.plugin.name.as_str()),
@@ -433,7 +440,7 @@ impl Runtime {
             // A call that has not yet run a whole tick goes on as it is
             // (its first tick came early), unless its memory grew large.
             let state = cx.data();
-            if now < state.started + EPOCH_TICK && state.limits.memory <= LANE_MEMORY {
+            if now < state.started + EPOCH_TICK && state.limits.grown <= LANE_MEMORY {
                 return Ok(UpdateDeadline::Continue(1));
             }
             let slot = cx.data().lane.clone();
@@ -554,7 +561,7 @@ impl Runtime {
         let result = func.call_async(&mut warm.store, params).await;
         let state = warm.store.data_mut();
         state.lane.clear();
-        let large = state.limits.memory > LANE_MEMORY;
+        let large = state.limits.grown > LANE_MEMORY;
         if result.is_err() {
             // A failed call's transaction rolls back now, its locks with it,
             // whenever its store is torn down.
