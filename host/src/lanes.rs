@@ -1,21 +1,27 @@
-//! CPU lanes: fairness between plugins when some run long.
+//! CPU lanes: fairness between plugins when some run long, and between
+//! short requests and everything long.
 //!
 //! Wasm runs on the async runtime's worker threads and yields at every
 //! epoch tick. Yielding alone is not fair: eight tight loops of one plugin
 //! keep both workers of a 2-core machine busy, and another plugin's short
 //! calls wait behind their slices. So a call that keeps running wasm
-//! across a tick must hold a lane to go on, and there are fewer lanes than
-//! workers (half, at least one): long runners share the lanes, and the
-//! other workers stay free for everyone's short calls. Lanes are handed
-//! out round-robin by plugin, so one plugin's many loops do not crowd out
-//! another's few. A call gives its lane back whenever it calls the host
-//! (a kv read, a Docker call: it is not using the CPU then), and at its
-//! next tick asks again; a call that never runs a whole tick never meets
-//! a lane at all. CPU work the host does for a call takes a lane too: a
-//! password hash (`caps::crypto`), and a call's memory growing past a few
-//! MiB (the kernel's page faults, which ticks see late: `runtime`).
+//! across a tick moves to the lanes: a runtime of its own, with fewer
+//! threads than the request workers (half, at least one), at a lower OS
+//! priority (nice [`LANE_NICENESS`]), where it must hold a lane to go on.
+//! Long runners share the lanes, handed out round-robin by plugin, so one
+//! plugin's many loops do not crowd out another's few; and while requests
+//! keep the workers busy, the kernel gives them the CPU first, so long
+//! runners take what is left (on an idle machine they run at full
+//! speed). A call gives its lane back whenever it calls the host (a kv
+//! read, a Docker call: it is not using the CPU then), and at its next
+//! tick asks again; a call that never runs a whole tick never leaves its
+//! worker nor meets a lane. CPU work the host does for a call runs the
+//! same way: a password hash (`caps::crypto`), and a call's memory growing
+//! past a few MiB and its teardown (the kernel's page faults: `runtime`).
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -23,6 +29,17 @@ use tokio::sync::oneshot;
 /// The lanes of one runtime.
 pub struct Lanes {
     queue: Mutex<Queue>,
+    /// Where long calls and the host's heavy work run (None once dropped).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// How much lower than the request workers' the OS priority of the lanes'
+/// threads is (a nice value).
+const LANE_NICENESS: i32 = 5;
+
+thread_local! {
+    /// Whether this thread is one of the lanes' runtime.
+    static LANE_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 #[derive(Default)]
@@ -63,14 +80,91 @@ impl LaneSlot {
 }
 
 impl Lanes {
-    /// `count` lanes (at least one).
+    /// `count` lanes (at least one), and their runtime.
     pub fn new(count: usize) -> Arc<Lanes> {
+        let count = count.max(1);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(count)
+            .thread_name("berth-lane")
+            .on_thread_start(|| {
+                LANE_THREAD.with(|t| t.set(true));
+                // SAFETY: setpriority has no memory preconditions; with
+                // PRIO_PROCESS and 0, Linux sets the calling thread's nice.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, LANE_NICENESS) };
+            })
+            .enable_all()
+            .build();
+        let runtime = match runtime {
+            Ok(runtime) => Some(runtime),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the lanes' runtime; long calls stay on the request workers");
+                None
+            }
+        };
         Arc::new(Lanes {
             queue: Mutex::new(Queue {
-                free: count.max(1),
+                free: count,
                 ..Queue::default()
             }),
+            runtime,
         })
+    }
+
+    /// Whether the calling thread is one of the lanes'.
+    pub fn on_a_lane_thread() -> bool {
+        LANE_THREAD.with(Cell::get)
+    }
+
+    /// Run `call`, a plugin call, here until it asks to move (`moving`
+    /// set when it has run a whole tick, or its memory grew large), then
+    /// on the lanes' runtime. Dropping the returned future stops the call
+    /// wherever it runs. Err if it panicked there.
+    pub async fn run_call<F>(
+        &self,
+        moving: &std::sync::atomic::AtomicBool,
+        call: F,
+    ) -> Result<F::Output, String>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::task::Poll;
+        let mut call = Box::pin(call);
+        let Some(runtime) = &self.runtime else {
+            return Ok(call.await);
+        };
+        let here = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+            Poll::Ready(done) => Poll::Ready(Some(done)),
+            Poll::Pending if moving.load(Relaxed) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        if let Some(done) = here {
+            return Ok(done);
+        }
+        let mut moved = AbortOnDrop(runtime.spawn(call));
+        match (&mut moved.0).await {
+            Ok(done) => Ok(done),
+            Err(e) => Err(format!("the call failed on a lane: {e}")),
+        }
+    }
+
+    /// Run the host's CPU-heavy `work` for a call of `plugin` (a password
+    /// hash, tearing down a large memory) in that plugin's turn on a lane,
+    /// on a thread of the lanes' runtime; None if the work panicked.
+    pub async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        plugin: &Arc<str>,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let lane = self.acquire(plugin).await;
+        let done = match &self.runtime {
+            Some(runtime) => runtime.spawn_blocking(work).await.ok(),
+            None => tokio::task::spawn_blocking(work).await.ok(),
+        };
+        drop(lane);
+        done
     }
 
     /// Half the worker threads, at least one.
@@ -142,6 +236,25 @@ impl Lanes {
     #[cfg(test)]
     fn free(&self) -> usize {
         self.queue().free
+    }
+}
+
+/// A task on the lanes' runtime, aborted if its awaiter goes away (the
+/// request was dropped): a moved call stops as it would have in place.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        // Dropped within the request runtime: its threads may not block.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

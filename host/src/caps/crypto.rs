@@ -142,27 +142,27 @@ impl CallCx {
 }
 
 impl CryptoView<'_> {
-    /// Run argon2 (`work`) on a blocking thread once this plugin's turn on
-    /// a CPU lane comes: it takes tens of milliseconds of CPU, and a plugin
-    /// asked to hash in a loop (logins, by anyone) must get no more of the
-    /// CPU than one whose wasm loops. Waiting ends at the call's deadline.
+    /// Run argon2 (`work`) in this plugin's turn on a CPU lane, at the
+    /// lanes' lower OS priority (`Lanes::run`): it takes tens of
+    /// milliseconds of CPU, and a plugin asked to hash in a loop (logins,
+    /// by anyone) must get no more of the CPU than one whose wasm loops.
+    /// Waiting for the turn ends at the call's deadline.
     async fn on_a_lane<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HostError> {
         let plugin: Arc<str> = Arc::from(self.caller.plugin());
         let deadline = self.caller.deadline().into();
-        let Ok(lane) = tokio::time::timeout_at(deadline, self.lanes.acquire(&plugin)).await else {
-            return Err(Error::Unavailable(
+        match tokio::time::timeout_at(deadline, self.lanes.run(&plugin, work)).await {
+            Ok(Some(done)) => Ok(done),
+            Ok(None) => Err(HostError::trap(wasmtime::Error::msg(
+                "password hashing panicked",
+            ))),
+            Err(_) => Err(Error::Unavailable(
                 "the host's CPU lanes stayed busy until this call's deadline; retry".into(),
             )
-            .into());
-        };
-        let done = tokio::task::spawn_blocking(work)
-            .await
-            .map_err(HostError::trap);
-        drop(lane);
-        done
+            .into()),
+        }
     }
 }
 

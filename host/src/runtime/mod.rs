@@ -61,6 +61,8 @@ pub struct HostState {
     started: Instant,
     /// The lane this call holds while it runs long, if any.
     lane: LaneSlot,
+    /// Set when the call is to move to the lanes' runtime (see `lanes`).
+    moving: Arc<AtomicBool>,
     pub call: CallCx,
 }
 
@@ -93,6 +95,8 @@ struct Limiter {
     lane: LaneSlot,
     lanes: Arc<Lanes>,
     plugin: Arc<str>,
+    /// The store's `moving` flag.
+    moving: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -109,6 +113,12 @@ impl ResourceLimiterAsync for Limiter {
             if current > 0 {
                 self.grown += more;
                 if self.grown > LANE_MEMORY && !self.lane.holds() {
+                    if !Lanes::on_a_lane_thread() {
+                        // Move to the lanes' runtime first (the call
+                        // returns Pending and its runner moves it).
+                        self.moving.store(true, Ordering::Relaxed);
+                        tokio::task::yield_now().await;
+                    }
                     self.lane.put(self.lanes.acquire(&self.plugin).await);
                 }
             }
@@ -396,6 +406,7 @@ impl Runtime {
         let stderr = Tail::new(STDERR_CAP);
         let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
         let lane = LaneSlot::default();
+        let moving = Arc::new(AtomicBool::new(false));
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
@@ -409,10 +420,12 @@ impl Runtime {
                 lane: lane.clone(),
                 lanes: self.lanes.clone(),
                 plugin: Arc::from(call.plugin.name.as_str()),
+                moving: moving.clone(),
             },
             timed_out: false,
             started: Instant::now(),
             lane,
+            moving,
             call,
         };
         let mut store = Store::new(&self.engine, state);
@@ -442,6 +455,14 @@ impl Runtime {
             let state = cx.data();
             if now < state.started + EPOCH_TICK && state.limits.grown <= LANE_MEMORY {
                 return Ok(UpdateDeadline::Continue(1));
+            }
+            // Long from here on: off the request workers, to the lanes.
+            if !Lanes::on_a_lane_thread() {
+                cx.data().moving.store(true, Ordering::Relaxed);
+                return Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ));
             }
             let slot = cx.data().lane.clone();
             slot.clear();
@@ -531,7 +552,7 @@ impl Runtime {
         params: P,
     ) -> Result<Called<R>, CallError>
     where
-        P: ComponentNamedList + Lower + Send + Sync,
+        P: ComponentNamedList + Lower + Send + Sync + 'static,
         (R,): ComponentNamedList + Lift + Send + Sync + 'static,
     {
         let started = Instant::now();
@@ -552,13 +573,24 @@ impl Runtime {
         };
         warm.calls += 1;
         warm.store.data_mut().started = Instant::now();
+        let moving = warm.store.data().moving.clone();
+        moving.store(false, Ordering::Relaxed);
         let func = export
             .get(&mut warm.store, &warm.instance)
             .ok_or_else(|| CallError::Instantiate("an export is missing".into()))?;
         // The epoch callback stops wasm at the deadline. Host calls that
         // may wait (key locks) are bounded by the same deadline themselves,
-        // so no timer is armed per call on this hot path.
-        let result = func.call_async(&mut warm.store, params).await;
+        // so no timer is armed per call on this hot path. A call that runs
+        // long moves to the lanes (`Lanes::run_call`).
+        let running = async move {
+            let result = func.call_async(&mut warm.store, params).await;
+            (warm, result)
+        };
+        let (mut warm, result) = self
+            .lanes
+            .run_call(&moving, running)
+            .await
+            .map_err(CallError::Trap)?;
         let state = warm.store.data_mut();
         state.lane.clear();
         let large = state.limits.grown > LANE_MEMORY;
@@ -613,16 +645,13 @@ impl Runtime {
         result
     }
 
-    /// Tear down a store whose memory grew past [`LANE_MEMORY`] on a
-    /// blocking thread, in its plugin's turn on a CPU lane: giving back
-    /// that many pages is the kernel's work, done for the plugin.
+    /// Tear down a store whose memory grew past [`LANE_MEMORY`] in its
+    /// plugin's turn on a CPU lane (`Lanes::run`): giving back that many
+    /// pages is the kernel's work, done for the plugin.
     fn tear_down_on_a_lane(&self, store: Store<HostState>) {
         let lanes = self.lanes.clone();
         let plugin: Arc<str> = Arc::from(store.data().call.plugin.name.as_str());
-        tokio::spawn(async move {
-            let _lane = lanes.acquire(&plugin).await;
-            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
-        });
+        tokio::spawn(async move { lanes.run(&plugin, move || drop(store)).await });
     }
 }
 
