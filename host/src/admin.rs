@@ -18,7 +18,7 @@ use crate::store::StoreError;
 use crate::web::{Response, error, full, json};
 
 /// Routes under `/_berth/`.
-pub fn handle<B>(app: &App, req: &http::Request<B>, request_id: &str) -> Response {
+pub async fn handle<B>(app: &App, req: &http::Request<B>, request_id: &str) -> Response {
     let path = req.uri().path().trim_end_matches('/');
     let known = [
         "/_berth/health",
@@ -57,7 +57,7 @@ pub fn handle<B>(app: &App, req: &http::Request<B>, request_id: &str) -> Respons
                 .and_then(|v| v.strip_prefix("Bearer "));
             match token {
                 Some(t) if app.is_admin_token(t) && path == "/_berth/jobs" => {
-                    json(StatusCode::OK, &app.jobs.status())
+                    json(StatusCode::OK, &app.jobs.status().await)
                 }
                 Some(t) if app.is_admin_token(t) => json(StatusCode::OK, &app.plugins.status()),
                 _ => {
@@ -188,7 +188,7 @@ async fn answer(app: &App, request: AdminRequest) -> AdminResponse {
         },
         AdminRequest::Jobs => AdminResponse {
             ok: true,
-            output: app.jobs.status(),
+            output: app.jobs.status().await,
         },
         AdminRequest::RetryJob { id } => app.jobs.retry(id).await.into(),
         AdminRequest::Run { plugin, args } => run(app, &plugin, args).await.into(),

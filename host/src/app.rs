@@ -60,10 +60,20 @@ impl App {
                 data.display()
             );
         }
-        let db_path = data.join("berth.redb");
-        private_file(&db_path)?;
-        let db = Store::open(&db_path)
-            .with_context(|| format!("cannot open storage in {}", data.display()))?;
+        let db = match config.store.postgres()? {
+            Some(options) => Store::connect(&options).await.with_context(|| {
+                format!(
+                    "cannot open storage on {}",
+                    crate::store::redact(&options.url)
+                )
+            })?,
+            None => {
+                let db_path = data.join("berth.redb");
+                private_file(&db_path)?;
+                Store::open(&db_path)
+                    .with_context(|| format!("cannot open storage in {}", data.display()))?
+            }
+        };
         let admin_token = admin_token(&config)?;
         let runtime = Arc::new(Runtime::new(Some(data.join("cache")))?);
         if config.install_bundled {
@@ -108,7 +118,7 @@ impl App {
         plugins.scan(false).await;
         let (sink, queued) = tokio::sync::mpsc::unbounded_channel();
         db.set_job_sink(sink);
-        let jobs = Jobs::new(db.clone(), config.jobs.clone())?;
+        let jobs = Jobs::new(db.clone(), config.jobs.clone()).await?;
         let bodies = BodyBudget::new(config.server.max_body_memory_mib << 20, metrics.clone());
         Ok(Arc::new(App {
             bodies,

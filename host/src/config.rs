@@ -40,6 +40,7 @@ pub struct Config {
     pub tls_key: PathBuf,
     pub shutdown_grace_ms: u64,
     pub server: ServerConfig,
+    pub store: StoreConfig,
     pub jobs: JobsConfig,
     pub dokku: DokkuConfig,
     pub http_out: HttpOutConfig,
@@ -75,6 +76,47 @@ impl ServerConfig {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// Durable storage: the embedded redb file, or a shared PostgreSQL.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub url: String,
+    pub password_file: PathBuf,
+    pub pool_size: u32,
+    pub connect_timeout_ms: u64,
+    pub tls_ca: PathBuf,
+}
+
+impl StoreConfig {
+    /// How to reach PostgreSQL; none for the embedded store. The password
+    /// comes from the URL, else `BERTH_STORE_PASSWORD`, else the file.
+    pub fn postgres(&self) -> Result<Option<crate::store::PgOptions>, ConfigError> {
+        if self.url.is_empty() {
+            return Ok(None);
+        }
+        let password = match std::env::var("BERTH_STORE_PASSWORD") {
+            Ok(p) if !p.is_empty() => Some(p),
+            _ if !self.password_file.as_os_str().is_empty() => {
+                let text = std::fs::read_to_string(&self.password_file).map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "[store] password_file {}: {e}",
+                        self.password_file.display()
+                    ))
+                })?;
+                Some(text.trim_end_matches(['\n', '\r']).to_string())
+            }
+            _ => None,
+        };
+        Ok(Some(crate::store::PgOptions {
+            url: self.url.clone(),
+            password,
+            pool_size: self.pool_size as usize,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            tls_ca: self.tls_ca.clone(),
+        }))
     }
 }
 
@@ -278,8 +320,31 @@ impl Config {
         Ok(())
     }
 
+    /// Check the whole configuration again (after flags changed it).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let empty = |p: &Path| p.as_os_str().is_empty();
+        let url = &self.store.url;
+        let postgres = ["postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+            || url.contains("host=")
+            || url.contains("dbname=");
+        if !url.is_empty() && !postgres {
+            return Err(ConfigError::Invalid(format!(
+                "[store] url must be empty (the embedded redb file) or a PostgreSQL URL \
+                 (postgres://...), not `{}`",
+                crate::store::redact(url)
+            )));
+        }
+        if self.store.pool_size == 0 {
+            return Err(ConfigError::Invalid(
+                "[store] pool_size must be above 0".to_string(),
+            ));
+        }
         if empty(&self.tls_cert) != empty(&self.tls_key) {
             return Err(ConfigError::Invalid(
                 "tls_cert and tls_key must be given together".to_string(),

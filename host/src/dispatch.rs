@@ -21,7 +21,7 @@ use crate::caps::docker::Streamed;
 use crate::caps::{CallCx, OpenStream};
 use crate::plugins::Mounted;
 use crate::router::{Found, percent_decode};
-use crate::runtime::CallError;
+use crate::runtime::{CallError, Called};
 use crate::store::{StoreError, Txn};
 use crate::web::{Body, BoxError, Response, error, full, reserved};
 
@@ -42,7 +42,7 @@ where
     let mut response = if let Some(refused) = refuse(&req, &request_id) {
         refused
     } else if req.uri().path().starts_with("/_berth/") || req.uri().path() == "/_berth" {
-        crate::admin::handle(&app, &req, &request_id)
+        crate::admin::handle(&app, &req, &request_id).await
     } else {
         route(&app, req, client, &request_id).await
     };
@@ -182,27 +182,65 @@ async fn call(
         body: admitted.body.to_vec(),
         client: client.to_string(),
     };
-    let cx = CallCx::new(
-        plugin.env.clone(),
-        request_id.to_string(),
-        Some(plugin.env.db.begin(&plugin.env.name)),
-        deadline.into_std(),
-    );
     let runtime = app.plugins.runtime();
     let _running = plugin.metrics.running();
-    let called = match runtime
-        .handle(&plugin.pre, cx, &plugin.limits, request)
-        .await
-    {
-        Ok(called) => called,
-        Err(e) => return failed(&plugin, e, request_id),
-    };
-    called.spent.retire();
-    plugin.metrics.instantiated(called.instantiate);
     let Admitted {
         body, mut withheld, ..
     } = admitted;
-    let proxying = matches!(called.value, Outcome::ProxyDocker(_));
+    // A call whose writes met a concurrent call's only at commit (the
+    // PostgreSQL store finds some conflicts only then) runs again, if it
+    // did nothing outside KV, as the SDK runs a handler again on a conflict
+    // met during the call.
+    let mut reruns = 0;
+    let called = loop {
+        let mut txn = plugin.env.db.begin(&plugin.env.name);
+        if reruns > 0 {
+            txn.take_turn();
+        }
+        let cx = CallCx::new(
+            plugin.env.clone(),
+            request_id.to_string(),
+            Some(txn),
+            deadline.into_std(),
+        );
+        let called = match runtime
+            .handle(&plugin.pre, cx, &plugin.limits, request.clone())
+            .await
+        {
+            Ok(called) => called,
+            Err(e) => return failed(&plugin, e, request_id),
+        };
+        let Called {
+            value,
+            txn,
+            opened,
+            instantiate,
+            spent,
+        } = called;
+        spent.retire();
+        plugin.metrics.instantiated(instantiate);
+        let Outcome::Respond(response) = value else {
+            break (value, txn, opened);
+        };
+        if withheld.is_some() {
+            break (Outcome::Respond(response), txn, opened);
+        }
+        let rerun = reruns < MAX_RERUNS
+            && tokio::time::Instant::now() < deadline
+            && txn.as_ref().is_some_and(|t| !t.pinned());
+        match respond(&plugin, response, txn, request_id, rerun).await {
+            Responded::Sent(response) => return response,
+            Responded::Conflict => {
+                reruns += 1;
+                tracing::debug!(
+                    reruns,
+                    "the call's writes conflicted at commit; running it again"
+                );
+            }
+        }
+    };
+    let (value, txn, opened) = called;
+    let proxying = matches!(value, Outcome::ProxyDocker(_));
     if !proxying && let Some(withheld) = withheld.take() {
         // Only the engine takes a body the plugin did not read: the call's
         // writes are dropped and the client gets the 413 it would have.
@@ -210,14 +248,19 @@ async fn call(
         drain(&mut rest).await;
         return too_large(&plugin, plugin.limits.max_body_bytes, request_id);
     }
-    match called.value {
-        Outcome::Respond(response) => respond(&plugin, response, called.txn, request_id).await,
+    match value {
+        Outcome::Respond(response) => {
+            match respond(&plugin, response, txn, request_id, false).await {
+                Responded::Sent(response) => response,
+                Responded::Conflict => unreachable!("only a call that may run again is run again"),
+            }
+        }
         Outcome::ProxyDocker(target) => {
             let name = &plugin.manifest.name;
             if let Some(r) = refused(&plugin, Capability::Docker, "proxy to Docker", request_id) {
                 return r;
             }
-            if let Err(r) = commit(name, called.txn, request_id).await {
+            if let Err(r) = commit(name, txn, request_id).await {
                 return r;
             }
             let (first, rest, length) = match withheld {
@@ -231,7 +274,7 @@ async fn call(
                 limit: plugin.limits.max_proxy_body_bytes,
                 idle: app.config.server.body_timeout(),
             };
-            let mut opened = called.opened;
+            let mut opened = opened;
             opened.apply_proxy_headers(&mut parts.headers);
             let docker = &plugin.env.docker;
             let metrics = &plugin.metrics;
@@ -241,7 +284,7 @@ async fn call(
         }
         Outcome::Subscribe(sub) => {
             let name = &plugin.manifest.name;
-            let mut opened = called.opened;
+            let mut opened = opened;
             let opened = opened.take(&sub.topic);
             let (needs, what) = match opened {
                 Some(OpenStream::Logs(_)) => (Capability::Docker, "stream logs"),
@@ -250,12 +293,17 @@ async fn call(
             if let Some(r) = refused(&plugin, needs, what, request_id) {
                 return r;
             }
-            if let Err(r) = commit(name, called.txn, request_id).await {
+            if let Err(r) = commit(name, txn, request_id).await {
                 return r;
             }
             let source = match opened {
                 Some(OpenStream::Logs(spec)) => {
-                    match plugin.env.docker.log_lines(name, spec, &plugin.metrics) {
+                    match plugin
+                        .env
+                        .docker
+                        .log_lines(name, spec, &plugin.metrics)
+                        .await
+                    {
                         Ok(lines) => crate::streams::Source::Logs(lines),
                         Err(message) => {
                             return error(StatusCode::SERVICE_UNAVAILABLE, &message, request_id);
@@ -478,18 +526,31 @@ fn refused(plugin: &Mounted, cap: Capability, doing: &str, request_id: &str) -> 
     ))
 }
 
+/// Most times a call runs again after its writes conflicted at commit.
+const MAX_RERUNS: u32 = 8;
+
+/// What became of a plugin's own response.
+enum Responded {
+    Sent(Response),
+    /// Its writes conflicted with a concurrent call's at commit and were
+    /// not kept; the call may run again.
+    Conflict,
+}
+
 /// The plugin's own response: checked against its size limit, its writes
-/// made durable before it leaves.
+/// made durable before it leaves. With `rerun`, a conflict at commit is
+/// [`Responded::Conflict`] rather than a 503.
 async fn respond(
     plugin: &Mounted,
     response: crate::bindings::Response,
     txn: Option<Txn>,
     request_id: &str,
-) -> Response {
+    rerun: bool,
+) -> Responded {
     let name = &plugin.manifest.name;
     let limits = plugin.limits;
     if response.body.len() as u64 > limits.max_response_bytes {
-        return error(
+        return Responded::Sent(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!(
                 "plugin `{name}` returned a {} byte body, over its limit of {} bytes",
@@ -497,18 +558,22 @@ async fn respond(
                 limits.max_response_bytes
             ),
             request_id,
-        );
+        ));
     }
     // A plugin that answered a rolled-back call with its own failure (503
     // in its format) is believed; a success is not.
     if response.status >= 500 && txn.as_ref().is_some_and(|t| t.aborted().is_some()) {
-        return to_http(name, response, request_id);
+        return Responded::Sent(to_http(name, response, request_id));
     }
     // Durable before the response leaves.
-    if let Err(r) = commit(name, txn, request_id).await {
-        return r;
+    if let Some(txn) = txn {
+        match txn.commit().await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) if rerun => return Responded::Conflict,
+            Err(e) => return Responded::Sent(commit_failed(name, e, request_id)),
+        }
     }
-    to_http(name, response, request_id)
+    Responded::Sent(to_http(name, response, request_id))
 }
 
 /// A call that trapped or ran out of time: the host's 504 or 500, the
@@ -541,7 +606,22 @@ fn failed(plugin: &Mounted, e: CallError, request_id: &str) -> Response {
 /// Make a call's writes durable; the error response if that fails.
 async fn commit(plugin: &str, txn: Option<Txn>, request_id: &str) -> Result<(), Response> {
     let Some(txn) = txn else { return Ok(()) };
-    txn.commit().await.map_err(|e| match e {
+    txn.commit()
+        .await
+        .map_err(|e| commit_failed(plugin, e, request_id))
+}
+
+/// 503 with `Retry-After: 1`.
+fn retry_later(message: &str, request_id: &str) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message, request_id);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// The answer to a call whose writes could not be committed.
+fn commit_failed(plugin: &str, e: StoreError, request_id: &str) -> Response {
+    match e {
         // The plugin claimed success for a call whose transaction was
         // rolled back: its writes are gone, so it must not look done.
         StoreError::Aborted(why) => {
@@ -550,14 +630,24 @@ async fn commit(plugin: &str, txn: Option<Txn>, request_id: &str) -> Result<(), 
                 request_id,
                 "answered a rolled-back call as a success: {why}"
             );
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
+            retry_later(
                 "the request met a concurrent one and was not done; retry it",
                 request_id,
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
+            )
+        }
+        StoreError::Conflict(why) => {
+            tracing::info!(plugin, request_id, "writes conflicted at commit: {why}");
+            retry_later(
+                "the request met a concurrent one and was not done; retry it",
+                request_id,
+            )
+        }
+        StoreError::Unavailable(why) => {
+            tracing::warn!(plugin, request_id, "commit failed: {why}");
+            retry_later(
+                "storage is unavailable; this request may not have been kept, retry it",
+                request_id,
+            )
         }
         e => {
             tracing::error!(plugin, request_id, error = %e, "commit failed");
@@ -567,7 +657,7 @@ async fn commit(plugin: &str, txn: Option<Txn>, request_id: &str) -> Result<(), 
                 request_id,
             )
         }
-    })
+    }
 }
 
 enum BodyError {

@@ -44,9 +44,9 @@ pub struct Counts {
 
 impl Jobs {
     /// A runner over `db`'s queue; every job stored and not dead is due.
-    pub fn new(db: Arc<Store>, config: JobsConfig) -> anyhow::Result<Arc<Jobs>> {
+    pub async fn new(db: Arc<Store>, config: JobsConfig) -> anyhow::Result<Arc<Jobs>> {
         let mut schedule = BTreeSet::new();
-        for job in db.jobs()? {
+        for job in db.jobs().await? {
             if !job.dead {
                 schedule.insert(job.queued());
             }
@@ -118,7 +118,7 @@ impl Jobs {
     }
 
     async fn run_one(&self, plugins: &Plugins, queued: Queued) {
-        let job = match self.db.job(&queued.plugin, queued.id) {
+        let job = match self.db.job(&queued.plugin, queued.id).await {
             Ok(Some(job)) if !job.dead => job,
             Ok(_) => return, // Finished or killed meanwhile.
             Err(e) => {
@@ -204,13 +204,13 @@ impl Jobs {
     }
 
     /// Queued, running and dead counts per plugin, and the dead jobs.
-    pub fn status(&self) -> serde_json::Value {
+    pub async fn status(&self) -> serde_json::Value {
         let mut counts: std::collections::BTreeMap<String, Counts> = Default::default();
         let mut dead = Vec::new();
         let mut next = Vec::new();
         let running = self.running().clone();
         let scheduled: HashSet<u64> = self.schedule().iter().map(|q| q.id).collect();
-        match self.db.jobs() {
+        match self.db.jobs().await {
             Ok(jobs) => {
                 for job in jobs {
                     let c = counts.entry(job.plugin.clone()).or_default();
@@ -241,7 +241,7 @@ impl Jobs {
 
     /// Queue dead job `id` again with a fresh attempt count.
     pub async fn retry(&self, id: u64) -> Result<String, String> {
-        let jobs = self.db.jobs().map_err(|e| e.to_string())?;
+        let jobs = self.db.jobs().await.map_err(|e| e.to_string())?;
         let Some(mut job) = jobs.into_iter().find(|j| j.id == id) else {
             return Err(format!("no job with id {id}"));
         };

@@ -32,6 +32,11 @@ struct Cli {
     #[arg(long, global = true, env = "BERTH_DATA_DIR")]
     data_dir: Option<PathBuf>,
 
+    /// Where durable state lives: empty for the embedded redb file, or a
+    /// PostgreSQL URL that several replicas share ([store] url).
+    #[arg(long, global = true, env = "BERTH_STORE_URL", hide_env_values = true)]
+    store_url: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -149,6 +154,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
     }
+    if let Some(url) = &cli.store_url {
+        config.store.url = url.clone();
+        config.check()?;
+    }
     Ok(config)
 }
 
@@ -207,6 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Config => {
+            config.store.url = berth::store::redact(&config.store.url);
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(ExitCode::SUCCESS)
         }

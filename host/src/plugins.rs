@@ -380,7 +380,7 @@ impl Plugins {
         let env = mounted.env.clone();
         plugins.insert(name, mounted);
         self.install(plugins);
-        self.docker.restore_followers(&env);
+        self.docker.restore_followers(&env).await;
         if let Some(state) = self.files().get_mut(path) {
             state.last_refusal = None;
         }

@@ -56,7 +56,11 @@ impl Berth {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if postgres::store_pass() && std::env::var_os("BERTH_STORE_URL").is_none() {
+            command.env("BERTH_STORE_URL", postgres::url_for(&data));
+        }
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .arg("--data-dir")
@@ -406,6 +410,7 @@ pub async fn call_bearer(
 pub mod docker;
 pub mod dokkud;
 pub mod portainer;
+pub mod postgres;
 
 /// A Python with the real clients the API tests drive (the Docker Cloud
 /// SDK, httpie), in a venv under the target dir, made on first use from

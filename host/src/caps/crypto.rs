@@ -52,7 +52,7 @@ impl KeyVault {
         }
         let ns = format!("hmac-key/{plugin}");
         let unavailable = |e: crate::store::StoreError| Error::Unavailable(e.to_string());
-        let key: [u8; 32] = match self.db.meta_get(&ns, name).map_err(unavailable)? {
+        let key: [u8; 32] = match self.db.meta_get(&ns, name).await.map_err(unavailable)? {
             Some(bytes) => bytes
                 .try_into()
                 .map_err(|_| Error::Unavailable(format!("stored key `{name}` is corrupt")))?,

@@ -43,6 +43,80 @@ struct Channel {
     sender: broadcast::Sender<Event>,
     retained: VecDeque<Event>,
     next_seq: u64,
+    /// Numbers given to events that wait for their call's commit (None),
+    /// and events published after them (Some), which wait their turn:
+    /// events go out in the order of their numbers, so a subscriber never
+    /// sees a number before a smaller one, and `after` loses nothing.
+    held: std::collections::BTreeMap<u64, Option<Event>>,
+}
+
+impl Channel {
+    /// Send `event` now, or behind the events still held before it.
+    fn send(&mut self, event: Event) {
+        if self.held.is_empty() {
+            self.deliver(event);
+        } else {
+            self.held.insert(event.seq, Some(event));
+            self.flush();
+        }
+    }
+
+    /// Send the held events that are no longer waiting, in order.
+    fn flush(&mut self) {
+        while let Some(mut first) = self.held.first_entry() {
+            match first.get_mut().take() {
+                Some(event) => {
+                    first.remove();
+                    self.deliver(event);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn deliver(&mut self, event: Event) {
+        if self.retained.len() == RETAINED {
+            self.retained.pop_front();
+        }
+        self.retained.push_back(event.clone());
+        // No receivers is fine: nobody is listening yet.
+        let _ = self.sender.send(event);
+    }
+}
+
+/// An event with its number, waiting for its call's commit: sent by
+/// [`Pending::send`], or, dropped unsent (the call rolled back), its number
+/// is skipped.
+pub struct Pending {
+    events: Arc<Events>,
+    plugin: String,
+    event: Option<Event>,
+}
+
+impl Pending {
+    pub fn seq(&self) -> u64 {
+        self.event.as_ref().map_or(0, |e| e.seq)
+    }
+
+    pub fn send(mut self) {
+        if let Some(event) = self.event.take() {
+            self.events.with_channel(&self.plugin, |c| {
+                c.held.remove(&event.seq);
+                c.send(event);
+            });
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(event) = self.event.take() {
+            self.events.with_channel(&self.plugin, |c| {
+                c.held.remove(&event.seq);
+                c.flush();
+            });
+        }
+    }
 }
 
 /// Every plugin's channel.
@@ -66,6 +140,7 @@ impl Events {
                 sender: broadcast::channel(LAG_LIMIT).0,
                 retained: VecDeque::new(),
                 next_seq: 1,
+                held: Default::default(),
             });
         f(channel)
     }
@@ -73,21 +148,43 @@ impl Events {
     /// Publish an event of `plugin`; its sequence number.
     pub fn publish(&self, plugin: &str, topic: &str, payload: Bytes, closing: bool) -> u64 {
         self.with_channel(plugin, |c| {
-            let event = Event {
-                seq: c.next_seq,
+            let seq = c.next_seq;
+            c.next_seq += 1;
+            c.send(Event {
+                seq,
                 topic: Arc::from(topic),
                 payload,
                 closing,
-            };
-            c.next_seq += 1;
-            if c.retained.len() == RETAINED {
-                c.retained.pop_front();
-            }
-            c.retained.push_back(event.clone());
-            // No receivers is fine: nobody is listening yet.
-            let _ = c.sender.send(event);
-            c.next_seq - 1
+            });
+            seq
         })
+    }
+
+    /// Number an event of `plugin` now and hold it (and every event of
+    /// `plugin` numbered after it) until it is sent or dropped.
+    pub fn hold(
+        self: &Arc<Self>,
+        plugin: &str,
+        topic: &str,
+        payload: Bytes,
+        closing: bool,
+    ) -> Pending {
+        let seq = self.with_channel(plugin, |c| {
+            let seq = c.next_seq;
+            c.next_seq += 1;
+            c.held.insert(seq, None);
+            seq
+        });
+        Pending {
+            events: self.clone(),
+            plugin: plugin.to_string(),
+            event: Some(Event {
+                seq,
+                topic: Arc::from(topic),
+                payload,
+                closing,
+            }),
+        }
     }
 
     /// Subscribe to `plugin`'s events on `topic`; with `replay`, the
@@ -127,7 +224,7 @@ fn check_event(topic: &str, payload: &[u8]) -> Result<(), WitError> {
 /// What `events` sees of a call: the caller and the host's channels.
 pub struct EventsView<'a> {
     caller: Caller<'a>,
-    events: &'a Events,
+    events: &'a Arc<Events>,
     /// The call's opened streams.
     opened: &'a mut Opened,
 }
@@ -151,19 +248,23 @@ impl CallCx {
 }
 
 impl EventsView<'_> {
+    /// Publish: numbered now, sent at the call's commit while the call may
+    /// still run again (not sent if it rolls back), else at once.
     fn publish_event(
         &mut self,
         topic: String,
         payload: Vec<u8>,
         closing: bool,
     ) -> Result<u64, WitError> {
-        self.caller.acted("a published event");
         self.caller.check(Capability::Events)?;
         check_event(&topic, &payload)?;
         let plugin = self.caller.plugin();
-        Ok(self
+        let pending = self
             .events
-            .publish(plugin, &topic, Bytes::from(payload), closing))
+            .hold(plugin, &topic, Bytes::from(payload), closing);
+        let seq = pending.seq();
+        self.caller.defer(Box::new(move || pending.send()));
+        Ok(seq)
     }
 }
 
@@ -193,6 +294,24 @@ impl Host for EventsView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_events_go_out_in_number_order_and_dropped_ones_are_skipped() {
+        let events = Arc::new(Events::default());
+        let mut sub = events.subscribe("p", "t", false, 0);
+        let first = events.hold("p", "t", Bytes::from_static(b"1"), false);
+        let rolled_back = events.hold("p", "t", Bytes::from_static(b"2"), false);
+        assert_eq!(events.publish("p", "t", Bytes::from_static(b"3"), false), 3);
+        assert!(sub.live.try_recv().is_err(), "3 waits behind 1 and 2");
+        first.send();
+        assert_eq!(sub.live.try_recv().unwrap().seq, 1);
+        assert!(sub.live.try_recv().is_err(), "3 still waits behind 2");
+        drop(rolled_back);
+        assert_eq!(sub.live.try_recv().unwrap().seq, 3, "2 was never sent");
+        let replay = events.subscribe("p", "t", true, 0).replay;
+        let seqs: Vec<u64> = replay.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 3]);
+    }
 
     #[test]
     fn replay_then_live_without_gaps_or_repeats() {

@@ -45,6 +45,7 @@ impl Host for JobsView<'_> {
         };
         Ok(txn
             .enqueue(&kind, &payload, delay_ms)
+            .await
             .map_err(Error::from)?)
     }
 }

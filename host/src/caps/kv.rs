@@ -119,7 +119,8 @@ impl Host for KvView<'_> {
             ))
             .into());
         }
-        self.txn()?.restart();
+        self.txn()?.restart().await;
+        self.caller.forget_deferred();
         Ok(())
     }
 }

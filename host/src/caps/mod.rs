@@ -63,9 +63,16 @@ pub struct CallCx {
     /// repeat (a Docker change, a Dokku command, ...); `kv.restart` is then
     /// refused.
     pub acted_outside: Option<&'static str>,
+    /// What waits for the call's commit while it has not acted outside KV
+    /// (its published events): run once its writes are committed, or at
+    /// once when it acts outside KV, or never if it is rolled back.
+    pub deferred: Vec<Deferred>,
     /// Streams this call opened, by topic, for its answer to send.
     pub opened: Opened,
 }
+
+/// An effect held until the call's commit.
+pub type Deferred = Box<dyn FnOnce() + Send + Sync>;
 
 /// What a call prepared for its answer: streams it opened
 /// (`docker.open-log-stream`, `events.open-messages`) for a `subscribe`
@@ -130,6 +137,7 @@ impl CallCx {
             txn,
             deadline,
             acted_outside: None,
+            deferred: Vec::new(),
             opened: Opened::default(),
         }
     }
@@ -153,6 +161,8 @@ impl CallCx {
             request_id: &self.request_id,
             deadline: self.deadline,
             acted_outside: &mut self.acted_outside,
+            deferred: &mut self.deferred,
+            can_defer: self.txn.is_some(),
         };
         (caller, &self.plugin, self.txn.as_mut(), &mut self.opened)
     }
@@ -169,6 +179,9 @@ pub struct Caller<'a> {
     request_id: &'a str,
     deadline: Instant,
     acted_outside: &'a mut Option<&'static str>,
+    deferred: &'a mut Vec<Deferred>,
+    /// The call has a transaction to commit (not describing).
+    can_defer: bool,
 }
 
 impl Caller<'_> {
@@ -187,9 +200,31 @@ impl Caller<'_> {
         self.deadline
     }
 
-    /// Note that this call acted outside KV (see `CallCx::acted_outside`).
+    /// Note that this call acted outside KV (see `CallCx::acted_outside`):
+    /// what it deferred happens now, before that action, as it was asked
+    /// for before it.
     pub(crate) fn acted(&mut self, what: &'static str) {
+        if self.acted_outside.is_none() {
+            for effect in self.deferred.drain(..) {
+                effect();
+            }
+        }
         self.acted_outside.get_or_insert(what);
+    }
+
+    /// Run `effect` once the call's writes are committed, if the call can
+    /// still run again; else now.
+    pub(crate) fn defer(&mut self, effect: Deferred) {
+        if self.acted_outside.is_none() && self.can_defer {
+            self.deferred.push(effect);
+        } else {
+            effect();
+        }
+    }
+
+    /// The call runs again from the start: what it deferred is dropped.
+    pub(crate) fn forget_deferred(&mut self) {
+        self.deferred.clear();
     }
 
     /// What this call did outside KV first, if anything.

@@ -601,7 +601,15 @@ impl Runtime {
         }
         let result = match result {
             Ok((value,)) => {
-                let txn = state.call.txn.take();
+                let mut txn = state.call.txn.take();
+                // A call that acted outside KV after its last KV operation
+                // is pinned too: the host must not run it again.
+                if let Some(txn) = txn.as_mut() {
+                    if state.call.acted_outside.is_some() {
+                        txn.pin();
+                    }
+                    txn.after_commit(std::mem::take(&mut state.call.deferred));
+                }
                 let opened = std::mem::take(&mut state.call.opened);
                 // An instance is kept only while it has calls left and its
                 // memory stays within a quarter of its cap.

@@ -74,7 +74,7 @@ impl EventSink {
             }
             EventSink::Jobs { db, kind } => {
                 let mut txn = db.begin(plugin);
-                let queued = match txn.enqueue(kind, &payload, 0) {
+                let queued = match txn.enqueue(kind, &payload, 0).await {
                     Ok(_) => txn.commit().await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
@@ -102,7 +102,10 @@ impl Docker {
             filters: filters.clone(),
             sink: sink.spec(),
         };
-        if !self.start_following(plugin, endpoint, filters, sink)? {
+        if !self
+            .start_following(plugin, endpoint, filters, sink)
+            .await?
+        {
             return Ok(());
         }
         let value = serde_json::to_vec(&record).expect("a record serialises");
@@ -118,11 +121,15 @@ impl Docker {
 
     /// Start the followers `env`'s plugin had, as far as its grants still
     /// allow. Ones already running are left alone.
-    pub fn restore_followers(&self, env: &crate::caps::PluginEnv) {
+    pub async fn restore_followers(&self, env: &crate::caps::PluginEnv) {
         if !env.granted.contains(Capability::Docker) {
             return;
         }
-        let records = match self.db.meta_list(&format!("{FOLLOW_NS}:{}", env.name)) {
+        let records = match self
+            .db
+            .meta_list(&format!("{FOLLOW_NS}:{}", env.name))
+            .await
+        {
             Ok(records) => records,
             Err(e) => {
                 tracing::warn!(plugin = %env.name, error = %e, "cannot read the event followers");
@@ -146,7 +153,9 @@ impl Docker {
                 },
                 _ => continue,
             };
-            if let Err(e) = self.start_following(&env.name, &record.endpoint, record.filters, sink)
+            if let Err(e) = self
+                .start_following(&env.name, &record.endpoint, record.filters, sink)
+                .await
             {
                 tracing::warn!(plugin = %env.name, endpoint = %record.endpoint, error = %error_text(&e), "cannot follow the engine's events again");
             }
@@ -154,14 +163,14 @@ impl Docker {
     }
 
     /// Start a follower unless the same one runs; whether it was started.
-    pub(super) fn start_following(
+    pub(super) async fn start_following(
         &self,
         plugin: &str,
         endpoint: &str,
         filters: Filters,
         sink: EventSink,
     ) -> Result<bool, DockerError> {
-        let engine = self.engine(plugin, endpoint)?;
+        let engine = self.engine(plugin, endpoint).await?;
         let key = (plugin.to_string(), endpoint.to_string(), sink.spec().key());
         let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
         if followers.get(&key).is_some_and(|f| !f.is_finished()) {

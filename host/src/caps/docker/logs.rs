@@ -74,7 +74,7 @@ impl LogLines {
 impl Docker {
     /// Start reading the logs `spec` names for plugin `name`: a task per
     /// container, each stopping when its log ends or the client leaves.
-    pub fn log_lines(
+    pub async fn log_lines(
         &self,
         name: &str,
         spec: LogSpec,
@@ -82,6 +82,7 @@ impl Docker {
     ) -> Result<LogLines, String> {
         let engine = self
             .proxied_engine(name, &spec.endpoint)
+            .await
             .map_err(|e| proxy_text(e, &spec.endpoint))?;
         let slot = self
             .slot(name, metrics)

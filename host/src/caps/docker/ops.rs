@@ -68,7 +68,7 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(
 /// followed events go (the plugin's channel or its job queue).
 pub struct DockerView<'a> {
     caller: Caller<'a>,
-    docker: &'a Docker,
+    docker: &'a Arc<Docker>,
     /// For URL endpoints, which must pass `http-out`'s allow-list.
     http: &'a HttpOut,
     events: &'a Arc<Events>,
@@ -112,9 +112,9 @@ impl DockerView<'_> {
 
     /// The engine behind `endpoint`, if this plugin holds `docker`; the
     /// plugin's deadline bounds the call.
-    pub(super) fn docker_engine(&self, endpoint: &str) -> Result<Arc<Engine>, DockerError> {
+    pub(super) async fn docker_engine(&self, endpoint: &str) -> Result<Arc<Engine>, DockerError> {
         self.granted(Capability::Docker)?;
-        self.docker.engine(self.caller.plugin(), endpoint)
+        self.docker.engine(self.caller.plugin(), endpoint).await
     }
 
     /// Run bollard's `op` on `endpoint`'s engine within this call's
@@ -148,12 +148,17 @@ impl DockerView<'_> {
         F: FnOnce(Arc<Engine>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, DockerError>> + Send,
     {
-        let engine = self.docker_engine(endpoint);
+        let granted = self.granted(Capability::Docker);
+        let docker = self.docker.clone();
         let deadline = tokio::time::Instant::from_std(self.caller.deadline());
         let plugin = self.caller.plugin().to_string();
         let request_id = self.caller.request_id().to_string();
         let endpoint = endpoint.to_string();
         async move {
+            let engine = match granted {
+                Ok(()) => docker.engine(&plugin, &endpoint).await,
+                Err(e) => Err(e),
+            };
             let engine = match engine {
                 Ok(engine) => engine,
                 Err(e) => return Err(e.into()),
@@ -458,7 +463,7 @@ impl Host for DockerView<'_> {
         tail: Option<u32>,
         follow: bool,
     ) -> Result<String, DockerFailure> {
-        self.docker_engine(&endpoint)?;
+        self.docker_engine(&endpoint).await?;
         let sources = sources.into_iter().map(|s| (s.id, s.fields)).collect();
         let spec = LogSpec::new(endpoint, sources, tail, follow)?;
         Ok(self.opened.add(OpenStream::Logs(spec)))

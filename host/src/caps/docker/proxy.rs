@@ -71,12 +71,12 @@ fn asked_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 
 impl Docker {
     /// The engine `plugin` proxies to as `endpoint`.
-    pub(super) fn proxied_engine(
+    pub(super) async fn proxied_engine(
         &self,
         plugin: &str,
         endpoint: &str,
     ) -> Result<Arc<Engine>, ProxyError> {
-        self.engine(plugin, endpoint).map_err(|e| match e {
+        self.engine(plugin, endpoint).await.map_err(|e| match e {
             DockerError::Unreachable(m) => ProxyError::Unreachable(m),
             DockerError::UnknownEndpoint(m) => ProxyError::Unknown(m),
             other => ProxyError::Refused(error_text(&other)),
@@ -247,7 +247,7 @@ impl Docker {
                 .await;
         }
         let proxied = async {
-            let engine = self.proxied_engine(name, &endpoint)?;
+            let engine = self.proxied_engine(name, &endpoint).await?;
             let slot = self.slot(name, metrics)?;
             let answer = self
                 .exchange(&engine, parts, &target, upgrade.as_ref(), body)
@@ -365,7 +365,7 @@ impl Docker {
         };
         let tcp = HeaderValue::from_static("tcp");
         let started = async {
-            let engine = self.proxied_engine(name, endpoint)?;
+            let engine = self.proxied_engine(name, endpoint).await?;
             let slot = self.slot(name, metrics)?;
             let answer = self
                 .exchange(&engine, &hijack, target, Some(&tcp), body)

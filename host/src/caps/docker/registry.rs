@@ -99,7 +99,7 @@ impl Docker {
     }
 
     /// The engine `plugin` reaches as `name`.
-    pub fn engine(&self, plugin: &str, name: &str) -> Result<Arc<Engine>, DockerError> {
+    pub async fn engine(&self, plugin: &str, name: &str) -> Result<Arc<Engine>, DockerError> {
         let (owner, spec) = if let Some(spec) = self.named.get(name) {
             let open = self
                 .config
@@ -120,6 +120,7 @@ impl Docker {
             let stored = self
                 .db
                 .meta_get(&format!("{META_NS}:{plugin}"), name)
+                .await
                 .map_err(|e| DockerError::Unreachable(format!("storage: {e}")))?
                 .ok_or_else(|| DockerError::UnknownEndpoint(format!("no endpoint `{name}`")))?;
             let spec: Spec = serde_json::from_slice(&stored)
@@ -227,7 +228,14 @@ impl Docker {
         let value = serde_json::to_vec(&spec).expect("a spec serialises");
         // Registering what is already there (as `beacons` does before each
         // streamed call) writes nothing and keeps the engine's connections.
-        if self.db.meta_get(&ns, name).map_err(storage)?.as_deref() == Some(&value[..]) {
+        if self
+            .db
+            .meta_get(&ns, name)
+            .await
+            .map_err(storage)?
+            .as_deref()
+            == Some(&value[..])
+        {
             return Ok(());
         }
         // Refuse bad TLS material now rather than on first use.
@@ -241,13 +249,18 @@ impl Docker {
         let ns = format!("{META_NS}:{plugin}");
         let storage =
             |e: crate::store::StoreError| DockerError::Unreachable(format!("storage: {e}"));
-        let existed = self.db.meta_get(&ns, name).map_err(storage)?.is_some();
+        let existed = self
+            .db
+            .meta_get(&ns, name)
+            .await
+            .map_err(storage)?
+            .is_some();
         if existed {
             self.db.meta_delete(&ns, name).await.map_err(storage)?;
         }
         self.stop_following(plugin, Some(name));
         let follows = format!("{FOLLOW_NS}:{plugin}");
-        for (key, value) in self.db.meta_list(&follows).map_err(storage)? {
+        for (key, value) in self.db.meta_list(&follows).await.map_err(storage)? {
             let on_it =
                 serde_json::from_slice::<FollowRecord>(&value).is_ok_and(|r| r.endpoint == name);
             if on_it {

@@ -1,0 +1,861 @@
+//! The PostgreSQL backend, for several Berth replicas on one database.
+//!
+//! A call's transaction is one SERIALIZABLE PostgreSQL transaction on a
+//! pooled connection, begun at the call's first KV operation and committed
+//! before its response leaves. PostgreSQL's serializable snapshot isolation
+//! gives what the embedded lock table gives, across processes: no lost
+//! update, no write skew, no phantom in a listed prefix (its predicate locks
+//! cover the index range a listing read). A serialization failure or a
+//! deadlock reaches the plugin as `conflict`, and rolls the transaction
+//! back; a lock wait ends at the call's deadline (`lock_timeout`).
+//!
+//! Where it differs from the embedded store: a conflict may be found only at
+//! commit, after the call answered; the host then runs the call again if
+//! it did not act outside KV, or answers 503 (see `dispatch`). Which of two
+//! conflicting calls gives way is PostgreSQL's choice, not the pinned
+//! call's preference.
+
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+
+use super::{JobRecord, Page, StoreError, Table, TxnError};
+
+/// Every migration, in order; the schema's version is how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: plugin KV, host metadata, the job queue.
+    r#"
+    CREATE TABLE berth_kv (
+        ns text NOT NULL,
+        key bytea NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (ns, key)
+    );
+    CREATE TABLE berth_meta (
+        ns text NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (ns, key)
+    );
+    CREATE TABLE berth_jobs (
+        plugin text NOT NULL,
+        id bigint NOT NULL,
+        record text NOT NULL,
+        PRIMARY KEY (plugin, id)
+    );
+    CREATE SEQUENCE berth_job_ids;
+    "#,
+];
+
+/// Connections kept for the host's own statements, beside the pool size.
+const HOST_POOL: usize = 4;
+
+/// The advisory lock replicas take while migrating ("berth" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0062_6572_7468;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://...` or `postgresql://...`, or libpq's `key=value` form.
+    pub url: String,
+    /// Used when the URL has none.
+    pub password: Option<String>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    /// Extra CA certificates (PEM) for TLS to the database; the public
+    /// roots are always trusted.
+    pub tls_ca: PathBuf,
+}
+
+pub(super) struct Postgres {
+    /// Connections for calls' transactions, each held for its call.
+    pool: Pool,
+    /// Connections for the host's own short statements (metadata,
+    /// sequences, jobs): never waiting behind calls that hold the first
+    /// pool while they ask for a sequence number.
+    host: Pool,
+    /// Where it is, for logs (no password).
+    pub shown: String,
+}
+
+fn unavailable(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(what.to_string())
+}
+
+/// A database error as a store error: unreachable or failing.
+fn store_error(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Storage(format!("{}: {}", db.code().code(), db.message())),
+        None => unavailable(format!("the store is unreachable: {e}")),
+    }
+}
+
+/// A database error met inside a call's transaction.
+fn txn_error(e: tokio_postgres::Error) -> TxnError {
+    let code = e.code().cloned();
+    if code == Some(SqlState::T_R_SERIALIZATION_FAILURE)
+        || code == Some(SqlState::T_R_DEADLOCK_DETECTED)
+    {
+        return TxnError::Conflict(
+            "a concurrent call changed what this one read or wrote; this call's \
+             transaction was rolled back: run the call again"
+                .into(),
+        );
+    }
+    if code == Some(SqlState::LOCK_NOT_AVAILABLE) || code == Some(SqlState::QUERY_CANCELED) {
+        return TxnError::Conflict(
+            "a key stayed locked by another call until this call's deadline; this call's \
+             transaction was rolled back: run the call again"
+                .into(),
+        );
+    }
+    TxnError::Store(store_error(e))
+}
+
+fn tls(ca: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if !ca.as_os_str().is_empty() {
+        let pem = std::fs::read(ca)
+            .map_err(|e| StoreError::Storage(format!("cannot read {}: {e}", ca.display())))?;
+        for cert in rustls_pemfile::certs(&mut &pem[..]) {
+            let cert = cert.map_err(|e| {
+                StoreError::Storage(format!("{} is not PEM certificates: {e}", ca.display()))
+            })?;
+            roots.add(cert).map_err(|e| {
+                StoreError::Storage(format!("a certificate in {}: {e}", ca.display()))
+            })?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Storage(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The URL without its password, for logs and `berth config`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url
+            .split_whitespace()
+            .map(|kv| match kv.split_once('=') {
+                Some(("password", _)) => "password=***".to_string(),
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{name}:***@{host}"),
+            None => format!("{user}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let mut path = path.to_string();
+    if let Some(at) = path.find("password=") {
+        let end = path[at..].find('&').map_or(path.len(), |e| at + e);
+        path.replace_range(at..end, "password=***");
+    }
+    format!("{scheme}://{authority}{path}")
+}
+
+impl Postgres {
+    /// Connect, then bring the schema up to date under an advisory lock, so
+    /// replicas starting together do not race.
+    pub async fn connect(options: &PgOptions) -> Result<Postgres, StoreError> {
+        let shown = redact(&options.url);
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| StoreError::Storage(format!("the store URL {shown} is invalid: {e}")))?;
+        if config.get_password().is_none()
+            && let Some(password) = &options.password
+        {
+            config.password(password);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("berth");
+        }
+        config.connect_timeout(options.connect_timeout);
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        // TLS is for the network; a unix socket is local (and has no name
+        // to check a certificate against).
+        let local = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        let pool = |size: usize| {
+            let manager = if local {
+                Manager::from_config(
+                    config.clone(),
+                    tokio_postgres::NoTls,
+                    manager_config.clone(),
+                )
+            } else {
+                Manager::from_config(
+                    config.clone(),
+                    tls(&options.tls_ca)?,
+                    manager_config.clone(),
+                )
+            };
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .create_timeout(Some(options.connect_timeout))
+                .build()
+                .map_err(|e| StoreError::Storage(e.to_string()))
+        };
+        let pg = Postgres {
+            pool: pool(options.pool_size.max(1))?,
+            host: pool(HOST_POOL)?,
+            shown,
+        };
+        pg.migrate().await?;
+        Ok(pg)
+    }
+
+    /// A connection for the host's own statement.
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.host
+            .get()
+            .await
+            .map_err(|e| unavailable(format!("the store is unreachable: {e}")))
+    }
+
+    /// A connection for a call's transaction.
+    async fn txn_client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| unavailable(format!("the store is unreachable: {e}")))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(store_error)?;
+        let migrated = self.migrate_locked(&client).await;
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        migrated?;
+        unlocked.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn migrate_locked(&self, client: &Object) -> Result<(), StoreError> {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS berth_schema (
+                    version integer PRIMARY KEY,
+                    applied timestamptz NOT NULL DEFAULT now()
+                )",
+            )
+            .await
+            .map_err(store_error)?;
+        let row = client
+            .query_one("SELECT coalesce(max(version), 0) FROM berth_schema", &[])
+            .await
+            .map_err(store_error)?;
+        let at = row.get::<_, i32>(0) as usize;
+        if at > MIGRATIONS.len() {
+            tracing::warn!(
+                schema = at,
+                known = MIGRATIONS.len(),
+                "the store's schema is newer than this Berth (a rolling upgrade?); serving on it"
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(at) {
+            let version = i as i32 + 1;
+            let script = format!(
+                "BEGIN; {sql}; INSERT INTO berth_schema (version) VALUES ({version}); COMMIT;"
+            );
+            if let Err(e) = client.batch_execute(&script).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(store_error(e));
+            }
+            tracing::info!(version, "store schema migrated");
+        }
+        Ok(())
+    }
+
+    fn table(table: Table) -> &'static str {
+        match table {
+            Table::Kv => "berth_kv",
+            Table::Meta => "berth_meta",
+            Table::Jobs => "berth_jobs",
+        }
+    }
+
+    pub async fn meta_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT value FROM berth_meta WHERE ns = $1 AND key = $2",
+                &[&ns, &key],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn meta_set(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO berth_meta (ns, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&ns, &key, &value],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    pub async fn meta_delete(&self, ns: &str, key: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM berth_meta WHERE ns = $1 AND key = $2",
+                &[&ns, &key],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    pub async fn meta_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key, value FROM berth_meta WHERE ns = $1 ORDER BY key",
+                &[&ns],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Reserve the next `block` numbers of sequence `key` in `ns` (kept in
+    /// host metadata as a decimal): the first of them. Atomic across
+    /// replicas.
+    pub async fn reserve(&self, ns: &str, key: &str, block: u64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let block = block as i64;
+        let row = client
+            .query_one(
+                "INSERT INTO berth_meta (ns, key, value) VALUES ($1, $2, convert_to($3::bigint::text, 'UTF8'))
+                 ON CONFLICT (ns, key) DO UPDATE SET value = convert_to(
+                     (convert_from(berth_meta.value, 'UTF8')::bigint + $3::bigint)::text, 'UTF8')
+                 RETURNING convert_from(value, 'UTF8')::bigint",
+                &[&ns, &key, &block],
+            )
+            .await
+            .map_err(store_error)?;
+        let limit: i64 = row.get(0);
+        Ok((limit - block) as u64)
+    }
+
+    /// Every stored job record.
+    pub async fn jobs(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT record FROM berth_jobs ORDER BY id", &[])
+            .await
+            .map_err(store_error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn job(&self, plugin: &str, id: u64) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT record FROM berth_jobs WHERE plugin = $1 AND id = $2",
+                &[&plugin, &(id as i64)],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        let record = serde_json::to_string(job).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO berth_jobs (plugin, id, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (plugin, id) DO UPDATE SET record = EXCLUDED.record",
+                &[&job.plugin, &(job.id as i64), &record],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Every entry of `table`, for `berth store copy`: (namespace, key,
+    /// value), jobs as their JSON record.
+    pub async fn dump(&self, table: Table) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let sql = match table {
+            Table::Kv => {
+                "SELECT ns, convert_from(key, 'UTF8'), value FROM berth_kv ORDER BY ns, key"
+            }
+            Table::Meta => "SELECT ns, key, value FROM berth_meta ORDER BY ns, key",
+            Table::Jobs => {
+                "SELECT plugin, lpad(id::text, 20, '0'), convert_to(record, 'UTF8') FROM berth_jobs ORDER BY plugin, id"
+            }
+        };
+        let rows = client.query(sql, &[]).await.map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Write entries into `table` (for `berth store copy`), in one
+    /// transaction; the job id sequence moves past every id written.
+    pub async fn load(
+        &self,
+        table: Table,
+        entries: &[(String, String, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(store_error)?;
+        let name = Self::table(table);
+        for (ns, key, value) in entries {
+            match table {
+                Table::Kv => tx
+                    .execute(
+                        "INSERT INTO berth_kv (ns, key, value) VALUES ($1, $2, $3)
+                         ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value",
+                        &[ns, &key.as_bytes(), value],
+                    )
+                    .await
+                    .map(drop),
+                Table::Meta => tx
+                    .execute(
+                        "INSERT INTO berth_meta (ns, key, value) VALUES ($1, $2, $3)
+                         ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value",
+                        &[ns, key, value],
+                    )
+                    .await
+                    .map(drop),
+                Table::Jobs => {
+                    let id: i64 = key.parse().map_err(|_| {
+                        StoreError::Storage(format!("job key `{key}` in {name} is not an id"))
+                    })?;
+                    let record = String::from_utf8_lossy(value);
+                    tx.execute(
+                        "INSERT INTO berth_jobs (plugin, id, record) VALUES ($1, $2, $3)
+                         ON CONFLICT (plugin, id) DO UPDATE SET record = EXCLUDED.record",
+                        &[ns, &id, &record.as_ref()],
+                    )
+                    .await
+                    .map(drop)
+                }
+            }
+            .map_err(store_error)?;
+        }
+        if table == Table::Jobs {
+            tx.batch_execute(
+                "SELECT setval('berth_job_ids', greatest(
+                    (SELECT coalesce(max(id), 0) FROM berth_jobs) + 1,
+                    (SELECT last_value FROM berth_job_ids)), false)",
+            )
+            .await
+            .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+}
+
+/// The smallest byte string greater than every string starting with
+/// `prefix`; none if there is none (an empty or all-0xff prefix).
+fn past_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The advisory lock that conflicted calls of namespace `ns` take turns
+/// on (FNV-1a of the name).
+fn turn_key(ns: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"berth-turn/".iter().chain(ns.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// One call's transaction on PostgreSQL.
+///
+/// Serializable snapshot isolation is optimistic: racing calls all run,
+/// and all but one of those that conflict are rolled back. Run again at
+/// once they would meet each other again, round after round (fifty calls
+/// creating the same name would run about fifty squared times). So a call
+/// that met a conflict takes its namespace's turn before it runs again: a
+/// session-level advisory lock, taken before its new snapshot, held until
+/// its transaction ends. Calls that conflicted then go one at a time, each
+/// seeing the one before it committed; calls that did not conflict are not
+/// slowed.
+#[derive(Default)]
+pub(super) struct PgTxn {
+    client: Option<Object>,
+    /// A transaction is open on `client`. A call dropped while a statement
+    /// is in flight leaves the connection usable: tokio-postgres reads and
+    /// discards the answer, and the ROLLBACK queued after it runs next.
+    open: bool,
+    /// The turn to take before the next transaction begins (the call met
+    /// a conflict).
+    turn: Option<i64>,
+    /// The turn is held (on `client`'s session).
+    holding: bool,
+}
+
+impl PgTxn {
+    /// The connection with a transaction open on it, begun now if it is not
+    /// yet: SERIALIZABLE, lock waits ending at `deadline`.
+    async fn begun(&mut self, pg: &Postgres, deadline: Instant) -> Result<&Object, TxnError> {
+        if self.client.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let client = tokio::time::timeout(left, pg.txn_client())
+                .await
+                .map_err(|_| {
+                    unavailable("no connection to the store was free before this call's deadline")
+                })??;
+            self.client = Some(client);
+        }
+        if !self.open {
+            let ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .clamp(1, i32::MAX as u128);
+            let client = self.client.as_ref().expect("connected above");
+            if let Some(key) = self.turn
+                && !self.holding
+            {
+                // lock_timeout bounds an advisory lock's wait too.
+                let take = format!(
+                    "SET lock_timeout = {ms}; SELECT pg_advisory_lock({key}); SET lock_timeout = 0"
+                );
+                client.batch_execute(&take).await.map_err(txn_error)?;
+                self.holding = true;
+            }
+            let begin =
+                format!("BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL lock_timeout = {ms}");
+            client.batch_execute(&begin).await.map_err(txn_error)?;
+            self.open = true;
+        }
+        Ok(self.client.as_ref().expect("connected above"))
+    }
+
+    /// Read `key`, locking its row (shared, or for update when the call
+    /// will write it) until the transaction ends: a concurrent call that
+    /// would change what this one read waits for it, as with the embedded
+    /// store's locks, rather than commit first and make this call fail
+    /// later, when it may have acted outside KV and could not run again.
+    /// (A key that does not exist has no row to lock: serializable
+    /// isolation's predicate locks cover it, with a conflict.)
+    pub async fn read(
+        &mut self,
+        pg: &Postgres,
+        ns: &str,
+        key: &str,
+        exclusive: bool,
+        deadline: Instant,
+    ) -> Result<Option<Vec<u8>>, TxnError> {
+        let client = self.begun(pg, deadline).await?;
+        let statement = client
+            .prepare_cached(if exclusive {
+                "SELECT value FROM berth_kv WHERE ns = $1 AND key = $2 FOR UPDATE"
+            } else {
+                "SELECT value FROM berth_kv WHERE ns = $1 AND key = $2 FOR SHARE"
+            })
+            .await;
+        let row = match statement {
+            Ok(s) => client.query_opt(&s, &[&ns, &key.as_bytes()]).await,
+            Err(e) => Err(e),
+        };
+        row.map(|r| r.map(|r| r.get(0))).map_err(txn_error)
+    }
+
+    pub async fn write(
+        &mut self,
+        pg: &Postgres,
+        ns: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<(), TxnError> {
+        let client = self.begun(pg, deadline).await?;
+        let done = match value {
+            Some(value) => {
+                let sql = "INSERT INTO berth_kv (ns, key, value) VALUES ($1, $2, $3)
+                           ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value";
+                match client.prepare_cached(sql).await {
+                    Ok(s) => client.execute(&s, &[&ns, &key.as_bytes(), &value]).await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => {
+                let sql = "DELETE FROM berth_kv WHERE ns = $1 AND key = $2";
+                match client.prepare_cached(sql).await {
+                    Ok(s) => client.execute(&s, &[&ns, &key.as_bytes()]).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        done.map(drop).map_err(txn_error)
+    }
+
+    pub async fn list(
+        &mut self,
+        pg: &Postgres,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<Page, TxnError> {
+        let client = self.begun(pg, deadline).await?;
+        let lower = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.as_bytes()),
+            _ => Bound::Included(prefix.as_bytes()),
+        };
+        let upper = past_prefix(prefix.as_bytes());
+        let (op, from) = match lower {
+            Bound::Excluded(k) => (">", k),
+            Bound::Included(k) => (">=", k),
+            Bound::Unbounded => unreachable!("a listing starts at its prefix"),
+        };
+        let fetch = limit as i64 + 1;
+        let rows = match &upper {
+            Some(upper) => {
+                let sql = format!(
+                    "SELECT key, value FROM berth_kv WHERE ns = $1 AND key {op} $2 AND key < $3
+                     ORDER BY key LIMIT $4"
+                );
+                match client.prepare_cached(&sql).await {
+                    Ok(s) => client.query(&s, &[&ns, &from, &upper, &fetch]).await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => {
+                let sql = format!(
+                    "SELECT key, value FROM berth_kv WHERE ns = $1 AND key {op} $2
+                     ORDER BY key LIMIT $3"
+                );
+                match client.prepare_cached(&sql).await {
+                    Ok(s) => client.query(&s, &[&ns, &from, &fetch]).await,
+                    Err(e) => Err(e),
+                }
+            }
+        }
+        .map_err(txn_error)?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let key: Vec<u8> = row.get(0);
+            let key = String::from_utf8(key).map_err(|_| {
+                TxnError::Store(StoreError::Storage("a stored key is not UTF-8".into()))
+            })?;
+            entries.push((key, row.get(1)));
+        }
+        let next = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        Ok(Page { entries, next })
+    }
+
+    /// A job id, unique across the fleet.
+    pub async fn next_job_id(&mut self, pg: &Postgres, deadline: Instant) -> Result<u64, TxnError> {
+        let client = self.begun(pg, deadline).await?;
+        let row = client
+            .query_one("SELECT nextval('berth_job_ids')", &[])
+            .await
+            .map_err(txn_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Take namespace `ns`'s turn before the next transaction begins.
+    pub fn take_turn(&mut self, ns: &str) {
+        self.turn = Some(turn_key(ns));
+    }
+
+    /// Give the turn back, once the transaction ended.
+    async fn give_turn(&mut self) {
+        if !self.holding {
+            return;
+        }
+        self.holding = false;
+        if let Some(client) = &self.client
+            && client
+                .batch_execute("SELECT pg_advisory_unlock_all()")
+                .await
+                .is_err()
+        {
+            self.detach();
+        }
+    }
+
+    /// Roll back whatever is open, keeping the connection (and the turn)
+    /// for the next try.
+    pub async fn rollback(&mut self) {
+        if self.open
+            && let Some(client) = &self.client
+            && client.batch_execute("ROLLBACK").await.is_err()
+        {
+            self.detach();
+        }
+        self.open = false;
+    }
+
+    fn detach(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Closing the connection ends its transaction, and frees its
+            // locks, on the server.
+            drop(Object::take(client));
+        }
+        self.open = false;
+        self.holding = false;
+    }
+
+    /// Queue `jobs`, remove the finished job `done`, and commit. A conflict
+    /// found now is [`StoreError::Conflict`]; a connection lost during the
+    /// commit leaves its outcome unknown, and says so.
+    pub async fn commit(
+        &mut self,
+        pg: &Postgres,
+        ns: &str,
+        jobs: &[JobRecord],
+        done: Option<u64>,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        if !self.open && jobs.is_empty() && done.is_none() {
+            self.give_turn().await;
+            return Ok(());
+        }
+        let as_store = |e: TxnError| match e {
+            TxnError::Conflict(why) => StoreError::Conflict(why),
+            TxnError::Invalid(why) => StoreError::Storage(why),
+            TxnError::Store(e) => e,
+        };
+        let client = self.begun(pg, deadline).await.map_err(as_store)?;
+        for job in jobs {
+            let record =
+                serde_json::to_string(job).map_err(|e| StoreError::Storage(e.to_string()))?;
+            client
+                .execute(
+                    "INSERT INTO berth_jobs (plugin, id, record) VALUES ($1, $2, $3)",
+                    &[&ns, &(job.id as i64), &record],
+                )
+                .await
+                .map_err(|e| as_store(txn_error(e)))?;
+        }
+        if let Some(id) = done {
+            client
+                .execute(
+                    "DELETE FROM berth_jobs WHERE plugin = $1 AND id = $2",
+                    &[&ns, &(id as i64)],
+                )
+                .await
+                .map_err(|e| as_store(txn_error(e)))?;
+        }
+        let committed = client.batch_execute("COMMIT").await;
+        self.open = false;
+        self.give_turn().await;
+        committed.map_err(|e| match txn_error(e) {
+            TxnError::Conflict(why) => StoreError::Conflict(why),
+            TxnError::Store(StoreError::Unavailable(why)) => StoreError::Unavailable(format!(
+                "{why}; the store went away while this request's writes were committed: \
+                 they may or may not have been kept"
+            )),
+            TxnError::Store(e) => e,
+            TxnError::Invalid(why) => StoreError::Storage(why),
+        })
+    }
+
+    /// Drop without awaiting: a transaction still open is rolled back on a
+    /// task before its connection goes back to the pool.
+    pub fn abandon(&mut self) {
+        if !self.open && !self.holding {
+            return;
+        }
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let mut end = String::new();
+        if self.open {
+            end.push_str("ROLLBACK;");
+        }
+        if self.holding {
+            end.push_str("SELECT pg_advisory_unlock_all();");
+        }
+        self.open = false;
+        self.holding = false;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if client.batch_execute(&end).await.is_err() {
+                        drop(Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(client)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_prefix() {
+        assert_eq!(past_prefix(b"user/"), Some(b"user0".to_vec()));
+        assert_eq!(past_prefix(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(past_prefix(b"\xff\xff"), None);
+        assert_eq!(past_prefix(b""), None);
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("postgres://berth:s3cret@db.example:5432/berth?sslmode=require"),
+            "postgres://berth:***@db.example:5432/berth?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://postgres@%2Ftmp%2Fx/berth?password=hunter2&sslmode=disable"),
+            "postgres://postgres@%2Ftmp%2Fx/berth?password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact("host=/tmp user=berth password=hunter2"),
+            "host=/tmp user=berth password=***"
+        );
+    }
+}

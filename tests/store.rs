@@ -1,0 +1,436 @@
+//! The store's contract, the same on both backends: the embedded redb file
+//! and a private PostgreSQL cluster. Racing transactions keep their rules
+//! (no lost update, no write skew, no phantom), a conflict rolls back and
+//! refuses until restart, limits give the same errors, and nothing is
+//! visible before commit.
+//!
+//! PostgreSQL comes from Debian (`postgresql`); without it these tests skip
+//! unless `BERTH_REQUIRE_POSTGRES=1` (CI), where that is a failure.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth::store::{PgOptions, Store, Table, TxnError};
+use support::postgres::Cluster;
+
+/// Both stores, fresh: the embedded one in `dir`, PostgreSQL on `cluster`.
+async fn stores(dir: &std::path::Path, cluster: Option<&Cluster>) -> Vec<Arc<Store>> {
+    let mut out = vec![Store::open(&dir.join("t.redb")).unwrap()];
+    if let Some(cluster) = cluster {
+        let name = format!(
+            "s{}",
+            COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        cluster.create_database(&name);
+        out.push(
+            Store::connect(&pg_options(&cluster.url(&name)))
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn pg_options(url: &str) -> PgOptions {
+    PgOptions {
+        url: url.to_string(),
+        password: None,
+        pool_size: 32,
+        connect_timeout: Duration::from_secs(5),
+        tls_ca: Default::default(),
+    }
+}
+
+/// The private cluster, or None (and a note) when PostgreSQL is missing
+/// and not required.
+fn cluster() -> Option<&'static Cluster> {
+    if support::postgres::bin_dir().is_none() {
+        if std::env::var("BERTH_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+            panic!("BERTH_REQUIRE_POSTGRES=1 but PostgreSQL is not installed");
+        }
+        eprintln!("SKIPPED the PostgreSQL half: install Debian's `postgresql`");
+        return None;
+    }
+    Some(support::postgres::shared())
+}
+
+/// Run `$body` in a transaction until it commits, restarting on a conflict
+/// as the SDK does (a conflict at commit runs it again too, as the host
+/// does for a call that did not act outside KV).
+macro_rules! until_committed {
+    ($store:expr, |$t:ident, $attempt:ident| $body:expr) => {{
+        let mut $attempt = 0u32;
+        loop {
+            let mut $t = $store.begin("a");
+            let result: Result<(), TxnError> = loop {
+                let result: Result<(), TxnError> = async { $body }.await;
+                match result {
+                    Err(TxnError::Conflict(_)) => {
+                        $t.restart().await;
+                        $attempt += 1;
+                    }
+                    other => break other,
+                }
+            };
+            result.unwrap();
+            match $t.commit().await {
+                Ok(()) => break,
+                Err(berth::store::StoreError::Conflict(_)) => $attempt += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        $attempt
+    }};
+}
+
+async fn number(t: &mut berth::store::Txn, key: &str) -> Result<i64, TxnError> {
+    Ok(t.get(key)
+        .await?
+        .map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_are_seen_by_their_own_txn_and_by_others_after_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path(), cluster()).await {
+        let kind = store.kind();
+        let mut t = store.begin("a");
+        t.set("k", b"v".to_vec()).await.unwrap();
+        assert_eq!(t.get("k").await.unwrap(), Some(b"v".to_vec()), "{kind}");
+        t.commit().await.unwrap();
+        let mut t = store.begin("a");
+        assert_eq!(t.get("k").await.unwrap(), Some(b"v".to_vec()), "{kind}");
+        assert!(t.delete("k").await.unwrap(), "{kind}");
+        assert!(!t.delete("k").await.unwrap(), "{kind}");
+        drop(t);
+        let mut other = store.begin("b");
+        assert_eq!(
+            other.get("k").await.unwrap(),
+            None,
+            "{kind}: namespaces are separate"
+        );
+        drop(other);
+        let mut t = store.begin("a");
+        assert_eq!(
+            t.get("k").await.unwrap(),
+            Some(b"v".to_vec()),
+            "{kind}: a dropped transaction deleted nothing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_increments_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path(), cluster()).await {
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                until_committed!(store, |t, attempt| {
+                    let _ = attempt;
+                    t.increment("n", 1).await.map(drop)
+                })
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut t = store.begin("a");
+        assert_eq!(number(&mut t, "n").await.unwrap(), 40, "{}", store.kind());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_then_set_by_racing_calls_loses_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path(), cluster()).await {
+        let all_read = Arc::new(tokio::sync::Barrier::new(10));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (store, all_read) = (store.clone(), all_read.clone());
+            tasks.push(tokio::spawn(async move {
+                until_committed!(store, |t, attempt| {
+                    let n = number(&mut t, "n").await?;
+                    if attempt == 0 {
+                        // Every call has read before any writes.
+                        all_read.wait().await;
+                    }
+                    t.set("n", (n + 1).to_string().into_bytes()).await
+                })
+            }));
+        }
+        let mut reruns = 0;
+        for task in tasks {
+            reruns += task.await.unwrap();
+        }
+        let mut t = store.begin("a");
+        assert_eq!(number(&mut t, "n").await.unwrap(), 10, "{}", store.kind());
+        assert!(
+            reruns >= 9,
+            "{}: every loser ran again ({reruns})",
+            store.kind()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_skew_is_prevented() {
+    // Two on call, each may go off call if the other stays: at least one
+    // must remain, whatever the interleaving.
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path(), cluster()).await {
+        let mut t = store.begin("a");
+        t.set("on/ann", b"1".to_vec()).await.unwrap();
+        t.set("on/bob", b"1".to_vec()).await.unwrap();
+        t.commit().await.unwrap();
+        let both_read = Arc::new(tokio::sync::Barrier::new(2));
+        let mut tasks = Vec::new();
+        for me in ["on/ann", "on/bob"] {
+            let (store, both_read) = (store.clone(), both_read.clone());
+            tasks.push(tokio::spawn(async move {
+                until_committed!(store, |t, attempt| {
+                    let on = number(&mut t, "on/ann").await? + number(&mut t, "on/bob").await?;
+                    if attempt == 0 {
+                        both_read.wait().await;
+                    }
+                    if on >= 2 {
+                        t.set(me, b"0".to_vec()).await?;
+                    }
+                    Ok(())
+                })
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut t = store.begin("a");
+        let on = number(&mut t, "on/ann").await.unwrap() + number(&mut t, "on/bob").await.unwrap();
+        assert_eq!(on, 1, "{}: exactly one went off call", store.kind());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listed_prefix_gains_no_phantom() {
+    // Each call adds a user only if there is none yet.
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path(), cluster()).await {
+        let all_read = Arc::new(tokio::sync::Barrier::new(5));
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let (store, all_read) = (store.clone(), all_read.clone());
+            tasks.push(tokio::spawn(async move {
+                until_committed!(store, |t, attempt| {
+                    let none = t.list("user/", None, 0).await?.entries.is_empty();
+                    if attempt == 0 {
+                        all_read.wait().await;
+                    }
+                    if none {
+                        t.set(&format!("user/{i}"), b"admin".to_vec()).await?;
+                    }
+                    Ok(())
+                })
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut t = store.begin("a");
+        let users = t.list("user/", None, 0).await.unwrap().entries.len();
+        assert_eq!(users, 1, "{}", store.kind());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_held_past_the_deadline_rolls_back_and_refuses_until_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path(), cluster()).await {
+        let kind = store.kind();
+        let mut holder = store.begin("a");
+        holder.set("k", b"1".to_vec()).await.unwrap();
+        let started = Instant::now();
+        let mut t = store
+            .begin("a")
+            .until(Instant::now() + Duration::from_millis(300));
+        t.set("mine", b"x".to_vec()).await.unwrap();
+        t.enqueue("job", b"", 0).await.unwrap();
+        let refused = t.set("k", b"2".to_vec()).await;
+        assert!(
+            matches!(refused, Err(TxnError::Conflict(_))),
+            "{kind}: {refused:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{kind}: bounded by the deadline"
+        );
+        assert!(t.aborted().is_some(), "{kind}");
+        assert!(
+            matches!(t.get("mine").await, Err(TxnError::Conflict(_))),
+            "{kind}: every later call answers conflict"
+        );
+        drop(holder);
+        t.restart().await;
+        assert_eq!(
+            t.get("mine").await.unwrap(),
+            None,
+            "{kind}: the write was dropped"
+        );
+        assert!(t.is_empty(), "{kind}: and the job too");
+        t.set("mine", b"y".to_vec()).await.unwrap();
+        t.commit().await.unwrap();
+        let mut t = store.begin("a");
+        assert_eq!(t.get("mine").await.unwrap(), Some(b"y".to_vec()), "{kind}");
+        assert_eq!(
+            t.get("k").await.unwrap(),
+            None,
+            "{kind}: the holder never committed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listings_merge_own_writes_and_page() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path(), cluster()).await {
+        let kind = store.kind();
+        let mut t = store.begin("a");
+        for i in 0..5u8 {
+            t.set(&format!("p/{i}"), vec![i]).await.unwrap();
+        }
+        t.set("q/0", vec![9]).await.unwrap();
+        t.set("p", vec![9]).await.unwrap();
+        t.set("é/0", vec![9]).await.unwrap();
+        t.commit().await.unwrap();
+        let mut t = store.begin("a");
+        t.delete("p/1").await.unwrap();
+        t.set("p/5", vec![5]).await.unwrap();
+        let page = t.list("p/", None, 3).await.unwrap();
+        let keys: Vec<_> = page.entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["p/0", "p/2", "p/3"], "{kind}");
+        let page = t.list("p/", page.next.as_deref(), 3).await.unwrap();
+        let keys: Vec<_> = page.entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["p/4", "p/5"], "{kind}");
+        assert_eq!(page.next, None, "{kind}");
+        let all = t.list("", None, 0).await.unwrap();
+        let keys: Vec<_> = all.entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["p", "p/0", "p/2", "p/3", "p/4", "p/5", "q/0", "é/0"],
+            "{kind}: byte order"
+        );
+        let page = t.list("é", None, 0).await.unwrap();
+        assert_eq!(page.entries.len(), 1, "{kind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_give_the_same_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut answers = Vec::new();
+    for store in stores(dir.path(), cluster()).await {
+        let mut t = store.begin("a");
+        let long_key = "k".repeat(1025);
+        let errors = [
+            t.get("").await.unwrap_err().to_string(),
+            t.set(&long_key, vec![]).await.unwrap_err().to_string(),
+            t.set("v", vec![0; (4 << 20) + 1])
+                .await
+                .unwrap_err()
+                .to_string(),
+            {
+                t.set("text", b"abc".to_vec()).await.unwrap();
+                t.increment("text", 1).await.unwrap_err().to_string()
+            },
+            t.enqueue("", b"", 0).await.unwrap_err().to_string(),
+        ];
+        // Refused inputs leave the transaction usable.
+        t.set("ok", b"1".to_vec()).await.unwrap();
+        t.commit().await.unwrap();
+        answers.push(errors);
+    }
+    assert!(answers[0][0].contains("keys must be 1 to 1024 bytes"));
+    assert!(answers[0][2].contains("values are at most"));
+    for other in &answers[1..] {
+        assert_eq!(other, &answers[0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_sequences_and_metadata_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster();
+    let name = "reopen";
+    if let Some(c) = cluster {
+        c.create_database(name);
+    }
+    let open = |i: usize| {
+        let path = dir.path().join("r.redb");
+        async move {
+            if i == 0 {
+                // The writer thread holds the file until it sees the store
+                // dropped.
+                loop {
+                    match Store::open(&path) {
+                        Ok(s) => break s,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            } else {
+                let url = cluster.unwrap().url(name);
+                Store::connect(&pg_options(&url)).await.unwrap()
+            }
+        }
+    };
+    for i in 0..1 + cluster.is_some() as usize {
+        let store = open(i).await;
+        let kind = store.kind();
+        let (sink, mut queued) = tokio::sync::mpsc::unbounded_channel();
+        store.set_job_sink(sink);
+        let mut t = store.begin("a");
+        let first = t.enqueue("run", b"1", 0).await.unwrap();
+        let second = t.enqueue("run", b"2", 0).await.unwrap();
+        assert_ne!(first, second, "{kind}");
+        t.commit().await.unwrap();
+        assert_eq!(queued.recv().await.unwrap().id, first, "{kind}: announced");
+        for expected in 1..=150 {
+            assert_eq!(
+                store.next_in_sequence("a", "ids").await.unwrap(),
+                expected,
+                "{kind}"
+            );
+        }
+        store.meta_set("m", "key", b"value".to_vec()).await.unwrap();
+        drop(store);
+        let store = open(i).await;
+        assert_eq!(
+            store.meta_get("m", "key").await.unwrap(),
+            Some(b"value".to_vec()),
+            "{kind}"
+        );
+        assert_eq!(store.meta_list("m").await.unwrap().len(), 1, "{kind}");
+        let jobs = store.jobs().await.unwrap();
+        assert_eq!(jobs.len(), 2, "{kind}");
+        assert_eq!(
+            store.job("a", second).await.unwrap().unwrap().payload,
+            "Mg==",
+            "{kind}"
+        );
+        let next = store.next_in_sequence("a", "ids").await.unwrap();
+        assert!(next > 150, "{kind}: never reused after a restart: {next}");
+        let mut t = store.begin("a");
+        let third = t.enqueue("run", b"3", 0).await.unwrap();
+        assert!(third > second, "{kind}: job ids go on: {third}");
+        t.finish_job(first);
+        t.commit().await.unwrap();
+        assert_eq!(
+            store.jobs().await.unwrap().len(),
+            2,
+            "{kind}: finished with the commit"
+        );
+        assert_eq!(store.dump(Table::Jobs).await.unwrap().len(), 2, "{kind}");
+    }
+}
