@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Berth, client, drop_file, get_json, plugin_wasm, poll};
+use support::{Berth, client, drop_file, jobber_done as done, plugin_wasm, poll};
 
 const CONFIG: &str = r#"
 install_bundled = false
@@ -23,14 +23,6 @@ fn start(dir: &std::path::Path) -> Berth {
     std::fs::create_dir_all(&plugins).unwrap();
     drop_file(&plugin_wasm("jobber"), &plugins.join("jobber.wasm"));
     Berth::start(dir, CONFIG)
-}
-
-async fn done(c: &reqwest::Client, berth: &Berth, key: &str) -> i64 {
-    get_json(c, &berth.url(&format!("/jobber/done/{key}")))
-        .await
-        .1["done"]
-        .as_i64()
-        .unwrap()
 }
 
 async fn jobs_view(c: &reqwest::Client, berth: &Berth) -> serde_json::Value {

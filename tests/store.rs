@@ -12,7 +12,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth::store::{PgOptions, Store, Table, TxnError};
+use berth::store::{PgOptions, Store, StoreError, Table, TxnError};
 use support::postgres::Cluster;
 
 /// Both stores, fresh: the embedded one in `dir`, PostgreSQL on `cluster`.
@@ -48,14 +48,7 @@ fn pg_options(url: &str) -> PgOptions {
 /// The private cluster, or None (and a note) when PostgreSQL is missing
 /// and not required.
 fn cluster() -> Option<&'static Cluster> {
-    if support::postgres::bin_dir().is_none() {
-        if std::env::var("BERTH_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-            panic!("BERTH_REQUIRE_POSTGRES=1 but PostgreSQL is not installed");
-        }
-        eprintln!("SKIPPED the PostgreSQL half: install Debian's `postgresql`");
-        return None;
-    }
-    Some(support::postgres::shared())
+    support::postgres::installed_or_skip("the PostgreSQL half").then(support::postgres::shared)
 }
 
 /// Run `$body` in a transaction until it commits, restarting on a conflict
@@ -79,7 +72,7 @@ macro_rules! until_committed {
             result.unwrap();
             match $t.commit().await {
                 Ok(()) => break,
-                Err(berth::store::StoreError::Conflict(_)) => $attempt += 1,
+                Err(StoreError::Conflict(_)) => $attempt += 1,
                 Err(e) => panic!("{e}"),
             }
         }
@@ -421,10 +414,28 @@ async fn jobs_sequences_and_metadata_survive_reopening() {
         );
         let next = store.next_in_sequence("a", "ids").await.unwrap();
         assert!(next > 150, "{kind}: never reused after a restart: {next}");
+        let lease = Duration::from_secs(60);
+        let (_, token) = store.claim_job("a", first, lease).await.unwrap().unwrap();
+        if store.shared() {
+            assert!(
+                store.claim_job("a", first, lease).await.unwrap().is_none(),
+                "{kind}: one claim at a time"
+            );
+            // A run whose claim another replica replaced commits nothing.
+            let mut stale = store.begin("a");
+            stale.set("from-a-stale-run", b"x".to_vec()).await.unwrap();
+            stale.finish_job(first, token ^ 2);
+            assert!(
+                matches!(stale.commit().await, Err(StoreError::Aborted(_))),
+                "{kind}"
+            );
+            let mut t = store.begin("a");
+            assert_eq!(t.get("from-a-stale-run").await.unwrap(), None, "{kind}");
+        }
         let mut t = store.begin("a");
         let third = t.enqueue("run", b"3", 0).await.unwrap();
         assert!(third > second, "{kind}: job ids go on: {third}");
-        t.finish_job(first);
+        t.finish_job(first, token);
         t.commit().await.unwrap();
         assert_eq!(
             store.jobs().await.unwrap().len(),

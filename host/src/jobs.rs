@@ -1,11 +1,17 @@
 //! The job runner. It keeps an in-memory schedule of due times, rebuilt
-//! from the redb queue at start, and runs each due job by calling the
+//! from the stored queue at start, and runs each due job by calling the
 //! plugin's `run-job` export in a fresh instance with its own transaction;
 //! success removes the job in that same transaction. Failures are retried
 //! with exponential backoff, then kept as dead with the last error. A job
-//! is never marked "running" on disk, so one interrupted by a crash simply
-//! runs again after the restart (at-least-once delivery). Plugins queue
-//! jobs through the `jobs` capability (`caps::jobs`).
+//! interrupted by a crash runs again (at-least-once delivery), but its KV
+//! writes apply at most once: they commit only with the job's removal.
+//! Plugins queue jobs through the `jobs` capability (`caps::jobs`).
+//!
+//! On a store other replicas share (PostgreSQL), a job is claimed before it
+//! runs, with a lease longer than its plugin's deadline: one replica runs
+//! it at a time, its end commits only while the lease holds, and the
+//! runner looks in the store every [`LOOK_EVERY`] for jobs no replica
+//! holds (queued on another replica, or left by one that died mid-job).
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,6 +29,12 @@ use crate::store::{JobRecord, Queued, Store, StoreError, now_ms};
 
 /// How long to wait before a plugin that is not mounted is looked for again.
 const UNMOUNTED_RETRY: Duration = Duration::from_secs(5);
+
+/// How often a runner on a shared store looks for jobs no replica holds.
+pub const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// A lease outlasts its job's deadline by this much (the commit after it).
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The runner: schedule, worker slots, counters for the admin view.
 pub struct Jobs {
@@ -78,6 +90,20 @@ impl Jobs {
         mut queued: mpsc::UnboundedReceiver<Queued>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.db.shared() {
+            let this = self.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = look.tick() => this.look_in_store().await,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            });
+        }
         loop {
             let permit = tokio::select! {
                 permit = self.workers.clone().acquire_owned() => match permit {
@@ -117,22 +143,27 @@ impl Jobs {
         }
     }
 
-    async fn run_one(&self, plugins: &Plugins, queued: Queued) {
-        let job = match self.db.job(&queued.plugin, queued.id).await {
-            Ok(Some(job)) if !job.dead => job,
-            Ok(_) => return, // Finished or killed meanwhile.
-            Err(e) => {
-                tracing::error!(job = queued.id, error = %e, "cannot read job; retrying later");
-                self.reschedule(Queued {
-                    run_at_ms: now_ms() + 1000,
-                    ..queued
-                });
-                return;
+    /// Schedule the jobs no replica holds that are due within the next look.
+    async fn look_in_store(&self) {
+        match self.db.unclaimed_jobs(LOOK_EVERY).await {
+            Ok(found) => {
+                if found.is_empty() {
+                    return;
+                }
+                let running = self.running().clone();
+                self.schedule()
+                    .extend(found.into_iter().filter(|q| !running.contains(&q.id)));
+                self.wake.notify_one();
             }
-        };
+            Err(e) => tracing::warn!(error = %e, "cannot look for jobs in the store"),
+        }
+    }
+
+    async fn run_one(&self, plugins: &Plugins, queued: Queued) {
         let routing = plugins.routing();
-        let Some(plugin) = routing.plugins.get(&job.plugin).cloned() else {
+        let Some(plugin) = routing.plugins.get(&queued.plugin).cloned() else {
             // Not mounted (yet, or any more): not the job's fault.
+            drop(routing);
             self.reschedule(Queued {
                 run_at_ms: now_ms() + UNMOUNTED_RETRY.as_millis() as u64,
                 ..queued
@@ -140,12 +171,26 @@ impl Jobs {
             return;
         };
         drop(routing);
+        let lease = plugin.limits.deadline + LEASE_MARGIN;
+        let (job, token) = match self.db.claim_job(&queued.plugin, queued.id, lease).await {
+            Ok(Some(claimed)) => claimed,
+            // Finished, killed, or another replica's meanwhile.
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(job = queued.id, error = %e, "cannot claim job; retrying later");
+                self.reschedule(Queued {
+                    run_at_ms: now_ms() + 1000,
+                    ..queued
+                });
+                return;
+            }
+        };
         let payload = base64::engine::general_purpose::STANDARD
             .decode(&job.payload)
             .unwrap_or_default();
         let request_id = format!("job-{}", job.id);
         let mut txn = plugin.env.db.begin(&plugin.env.name);
-        txn.finish_job(job.id);
+        txn.finish_job(job.id, token);
         let cx = CallCx::new(
             plugin.env.clone(),
             request_id.clone(),
@@ -173,10 +218,11 @@ impl Jobs {
             },
             Err(e) => e.to_string(),
         };
-        self.failed(job, error).await;
+        self.failed(job, token, error).await;
     }
 
-    async fn failed(&self, mut job: JobRecord, error: String) {
+    /// Record a failed run (while this replica's claim `lease` holds).
+    async fn failed(&self, mut job: JobRecord, lease: u64, error: String) {
         job.attempts += 1;
         job.last_error = Some(error.clone());
         if job.attempts >= self.config.max_attempts {
@@ -192,7 +238,7 @@ impl Jobs {
             tracing::info!(plugin = %job.plugin, job = job.id, kind = %job.kind, attempts = job.attempts, retry_in_ms = backoff, "job failed: {error}");
         }
         // put_job announces a queued job back to the runner.
-        if let Err(e) = self.db.put_job(&job).await {
+        if let Err(e) = self.db.put_job(&job, Some(lease)).await {
             tracing::error!(job = job.id, error = %e, "cannot record the job's failure; it will run again");
             self.reschedule(job.queued());
         }
@@ -251,7 +297,10 @@ impl Jobs {
         job.dead = false;
         job.attempts = 0;
         job.run_at_ms = now_ms();
-        self.db.put_job(&job).await.map_err(|e| e.to_string())?;
+        self.db
+            .put_job(&job, None)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(format!(
             "job {id} ({} {}) queued again",
             job.plugin, job.kind

@@ -224,6 +224,15 @@ pub async fn admin_view(c: &reqwest::Client, berth: &Berth, path: &str) -> serde
     r.json().await.unwrap()
 }
 
+/// How many jobs the `jobber` fixture has counted under `key`.
+pub async fn jobber_done(c: &reqwest::Client, berth: &Berth, key: &str) -> i64 {
+    get_json(c, &berth.url(&format!("/jobber/done/{key}")))
+        .await
+        .1["done"]
+        .as_i64()
+        .unwrap()
+}
+
 /// Send `request`; its JSON answer.
 pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
     request.send().await.unwrap().json().await.unwrap()

@@ -25,6 +25,19 @@ pub fn bin_dir() -> Option<PathBuf> {
     found.pop()
 }
 
+/// Whether PostgreSQL is here; if not, a note that `what` is skipped, or a
+/// panic when `BERTH_REQUIRE_POSTGRES=1` (CI).
+pub fn installed_or_skip(what: &str) -> bool {
+    if bin_dir().is_some() {
+        return true;
+    }
+    if std::env::var("BERTH_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+        panic!("BERTH_REQUIRE_POSTGRES=1 but PostgreSQL is not installed");
+    }
+    eprintln!("SKIPPED {what}: install Debian's `postgresql`");
+    false
+}
+
 /// Whether every test's Berth runs on PostgreSQL (CI's PostgreSQL pass).
 pub fn store_pass() -> bool {
     std::env::var("BERTH_TEST_STORE").is_ok_and(|v| v == "postgres")

@@ -15,11 +15,11 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+use super::Ctx;
 use super::locks::{LockTable, Mode, Refused, Span, TxnId};
 use super::{JobRecord, Page, Queued, StoreError, Table, TxnError, job_key};
 
@@ -292,14 +292,6 @@ fn refusal(what: &str, refused: Refused) -> TxnError {
              this call's transaction was rolled back: run the call again"
         ),
     })
-}
-
-/// What a transaction operation needs of the call: its namespace, deadline
-/// and whether it may be run again.
-pub(super) struct Ctx<'a> {
-    pub ns: &'a Arc<str>,
-    pub deadline: Instant,
-    pub pinned: bool,
 }
 
 impl EmbeddedTxn {

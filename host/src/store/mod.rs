@@ -23,7 +23,15 @@ mod locks;
 mod postgres;
 
 use attempts::Attempts;
-use embedded::{Ctx, Embedded, EmbeddedTxn, JobSink};
+use embedded::{Embedded, EmbeddedTxn, JobSink};
+
+/// What a transaction operation needs of the call: its namespace, deadline
+/// and whether it may be run again.
+struct Ctx<'a> {
+    ns: &'a Arc<str>,
+    deadline: Instant,
+    pinned: bool,
+}
 pub use postgres::{PgOptions, redact};
 use postgres::{PgTxn, Postgres};
 
@@ -325,9 +333,10 @@ impl Store {
         .and_then(|v| parse_job(&v)))
     }
 
-    /// Replace a job's record durably (a retry time, a dead mark); a job
-    /// queued again is announced to the runner.
-    pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+    /// Replace a job's record durably (a retry time, a dead mark), ending
+    /// its lease; a job queued again is announced to the runner. With
+    /// `lease`, only while that claim holds the job (PostgreSQL).
+    pub async fn put_job(&self, job: &JobRecord, lease: Option<u64>) -> Result<(), StoreError> {
         let announce = if job.dead {
             Vec::new()
         } else {
@@ -346,10 +355,63 @@ impl Store {
                 e.commit(vec![write], announce).await
             }
             Backend::Postgres(pg) => {
-                pg.put_job(job).await?;
+                pg.put_job(job, lease).await?;
                 embedded::announce(&self.job_sink, announce);
                 Ok(())
             }
+        }
+    }
+
+    /// Whether other Berth replicas may share this store (PostgreSQL): jobs
+    /// are then claimed with leases and looked for in the store.
+    pub fn shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Claim job `id` of `plugin` to run it, for `lease` (longer than the
+    /// job may run): its record and the claim's token, or None when it is
+    /// gone, dead, or held by another replica's unlapsed claim. The
+    /// embedded store has one runner, which claims by scheduling.
+    pub async fn claim_job(
+        &self,
+        plugin: &str,
+        id: u64,
+        lease: Duration,
+    ) -> Result<Option<(JobRecord, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(self
+                .job(plugin, id)
+                .await?
+                .filter(|j| !j.dead)
+                .map(|j| (j, 0))),
+            Backend::Postgres(pg) => {
+                let token = rand::random::<u64>() >> 1 | 1;
+                let until = now_ms().saturating_add(lease.as_millis() as u64);
+                Ok(pg
+                    .claim_job(plugin, id, token, until)
+                    .await?
+                    .and_then(|r| parse_job(r.as_bytes()))
+                    .map(|j| (j, token)))
+            }
+        }
+    }
+
+    /// Jobs due within `ahead` that no replica holds (PostgreSQL: queued by
+    /// another replica, or left by one that died); none on the embedded
+    /// store, whose runner knows its every job.
+    pub async fn unclaimed_jobs(&self, ahead: Duration) -> Result<Vec<Queued>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Postgres(pg) => Ok(pg
+                .due_jobs(now_ms().saturating_add(ahead.as_millis() as u64))
+                .await?
+                .into_iter()
+                .map(|(plugin, id, run_at_ms)| Queued {
+                    run_at_ms,
+                    id,
+                    plugin,
+                })
+                .collect()),
         }
     }
 
@@ -412,7 +474,8 @@ pub struct Txn {
     /// Jobs to queue at commit.
     jobs: Vec<JobRecord>,
     /// A job to remove at commit (the one this call ran).
-    done: Option<u64>,
+    /// The job this call runs, and its lease: removed at commit.
+    done: Option<(u64, u64)>,
     /// What happens once the commit succeeded (events the call published).
     after: Vec<Box<dyn FnOnce() + Send + Sync>>,
 }
@@ -509,18 +572,14 @@ impl Txn {
         check_key(key)?;
         self.live()?;
         let store = self.store.clone();
+        let cx = Ctx {
+            ns: &self.ns,
+            deadline: self.deadline,
+            pinned: self.pinned,
+        };
         let result = match (&store.backend, &mut self.inner) {
-            (Backend::Embedded(e), Inner::Embedded(t)) => {
-                let cx = Ctx {
-                    ns: &self.ns,
-                    deadline: self.deadline,
-                    pinned: self.pinned,
-                };
-                t.read(e, &cx, key, exclusive).await
-            }
-            (Backend::Postgres(pg), Inner::Postgres(t)) => {
-                t.read(pg, &self.ns, key, exclusive, self.deadline).await
-            }
+            (Backend::Embedded(e), Inner::Embedded(t)) => t.read(e, &cx, key, exclusive).await,
+            (Backend::Postgres(pg), Inner::Postgres(t)) => t.read(pg, &cx, key, exclusive).await,
             _ => unreachable!("a transaction is of its store's backend"),
         };
         self.settle(result).await
@@ -543,18 +602,15 @@ impl Txn {
         }
         self.live()?;
         let store = self.store.clone();
+        let cx = Ctx {
+            ns: &self.ns,
+            deadline: self.deadline,
+            pinned: self.pinned,
+        };
         let result = match (&store.backend, &mut self.inner) {
-            (Backend::Embedded(e), Inner::Embedded(t)) => {
-                let cx = Ctx {
-                    ns: &self.ns,
-                    deadline: self.deadline,
-                    pinned: self.pinned,
-                };
-                t.write(e, &cx, key, value).await
-            }
+            (Backend::Embedded(e), Inner::Embedded(t)) => t.write(e, &cx, key, value).await,
             (Backend::Postgres(pg), Inner::Postgres(t)) => {
-                t.write(pg, &self.ns, key, value.as_deref(), self.deadline)
-                    .await
+                t.write(pg, &cx, key, value.as_deref()).await
             }
             _ => unreachable!("a transaction is of its store's backend"),
         };
@@ -630,18 +686,17 @@ impl Txn {
             n => n.min(MAX_PAGE),
         } as usize;
         let store = self.store.clone();
+        let cx = Ctx {
+            ns: &self.ns,
+            deadline: self.deadline,
+            pinned: self.pinned,
+        };
         let result = match (&store.backend, &mut self.inner) {
             (Backend::Embedded(e), Inner::Embedded(t)) => {
-                let cx = Ctx {
-                    ns: &self.ns,
-                    deadline: self.deadline,
-                    pinned: self.pinned,
-                };
                 t.list(e, &cx, prefix, after, limit).await
             }
             (Backend::Postgres(pg), Inner::Postgres(t)) => {
-                t.list(pg, &self.ns, prefix, after, limit, self.deadline)
-                    .await
+                t.list(pg, &cx, prefix, after, limit).await
             }
             _ => unreachable!("a transaction is of its store's backend"),
         };
@@ -703,9 +758,11 @@ impl Txn {
         Ok(id)
     }
 
-    /// Remove job `id` at commit: it ran, and its writes commit with it.
-    pub fn finish_job(&mut self, id: u64) {
-        self.done = Some(id);
+    /// Remove job `id`, claimed with `lease`, at commit: it ran, and its
+    /// writes commit with it, unless the lease lapsed and another replica
+    /// took the job (then nothing commits).
+    pub fn finish_job(&mut self, id: u64, lease: u64) {
+        self.done = Some((id, lease));
     }
 
     /// Commit durably, then release the locks. A rolled-back transaction
@@ -728,7 +785,8 @@ impl Txn {
                 if self.jobs.is_empty() && self.done.is_none() && t.writes.is_empty() {
                     return Ok(());
                 }
-                t.commit(e, &self.ns, &self.jobs, self.done).await
+                t.commit(e, &self.ns, &self.jobs, self.done.map(|(id, _)| id))
+                    .await
                 // `self` (and its locks) drops after, once the commit is
                 // durable.
             }

@@ -1,21 +1,29 @@
 //! The PostgreSQL backend, for several Berth replicas on one database.
 //!
-//! A call's transaction is one SERIALIZABLE PostgreSQL transaction on a
-//! pooled connection, begun at the call's first KV operation and committed
-//! before its response leaves. PostgreSQL's serializable snapshot isolation
-//! gives what the embedded lock table gives, across processes: no lost
-//! update, no write skew, no phantom in a listed prefix (its predicate locks
-//! cover the index range a listing read). A serialization failure or a
-//! deadlock reaches the plugin as `conflict`, and rolls the transaction
-//! back; a lock wait ends at the call's deadline (`lock_timeout`).
+//! A call's transaction is one PostgreSQL transaction on a pooled
+//! connection, begun at the call's first KV operation and committed before
+//! its response leaves. It is made serializable the way the embedded store
+//! makes it: strict two-phase locking, with PostgreSQL's advisory locks as
+//! the lock table every replica shares. A call locks a key it reads
+//! (shared) or writes (exclusive), and a listed span (see [`span_locks`]),
+//! until its transaction ends; each statement runs READ COMMITTED, after its
+//! lock is granted, so it reads the latest committed value. Hence the same
+//! contract as the embedded store, across processes: no lost update, no
+//! write skew, no phantom, and a conflict is found at the KV call that
+//! meets it, never at commit after the call acted outside KV.
 //!
-//! Where it differs from the embedded store: a conflict may be found only at
-//! commit, after the call answered; the host then runs the call again if
-//! it did not act outside KV, or answers 503 (see `dispatch`). Which of two
-//! conflicting calls gives way is PostgreSQL's choice, not the pinned
-//! call's preference.
+//! Why not SERIALIZABLE isolation: its snapshot is taken when the
+//! transaction begins, so a call that waits for another's write, or runs
+//! a long Docker action and then updates a shared counter, fails at its
+//! read with a serialization error where the embedded store would have let
+//! it wait and go on. Calls that act outside KV could not run again.
+//!
+//! A deadlock is found by PostgreSQL after `deadlock_timeout`, and the
+//! call whose check found it gives way (`conflict`). Where the role may
+//! set it, a call that may run again checks after 20 ms and a pinned call
+//! (one that acted outside KV) after a second, so the call that gives way
+//! is one that can run again, as with the embedded lock table.
 
-use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +31,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
-use super::{JobRecord, Page, StoreError, Table, TxnError};
+use super::{Ctx, JobRecord, Page, StoreError, Table, TxnError};
 
 /// Every migration, in order; the schema's version is how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -48,6 +56,66 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (plugin, id)
     );
     CREATE SEQUENCE berth_job_ids;
+    "#,
+    // 2: the key and span locks of calls' transactions (strict two-phase
+    // locking on advisory locks); each statement in a function runs after
+    // the lock before it is granted, on a fresh READ COMMITTED snapshot.
+    r#"
+    CREATE FUNCTION berth_get(p_ns text, p_key bytea, p_lock bigint, p_exclusive boolean)
+    RETURNS bytea LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE found bytea;
+    BEGIN
+        IF p_exclusive THEN
+            PERFORM pg_advisory_xact_lock(p_lock);
+        ELSE
+            PERFORM pg_advisory_xact_lock_shared(p_lock);
+        END IF;
+        SELECT k.value INTO found FROM berth_kv k WHERE k.ns = p_ns AND k.key = p_key;
+        RETURN found;
+    END $$;
+
+    CREATE FUNCTION berth_put(p_ns text, p_key bytea, p_value bytea, p_lock bigint, p_spans bigint[])
+    RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(p_lock);
+        PERFORM pg_advisory_xact_lock(s) FROM unnest(p_spans) AS s;
+        IF p_value IS NULL THEN
+            DELETE FROM berth_kv k WHERE k.ns = p_ns AND k.key = p_key;
+        ELSE
+            INSERT INTO berth_kv AS k (ns, key, value) VALUES (p_ns, p_key, p_value)
+            ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value;
+        END IF;
+    END $$;
+
+    CREATE FUNCTION berth_list(p_ns text, p_spans bigint[], p_from bytea, p_past boolean,
+                               p_upper bytea, p_limit bigint)
+    RETURNS TABLE (entry_key bytea, entry_value bytea) LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock_shared(s) FROM unnest(p_spans) AS s;
+        IF p_upper IS NULL THEN
+            RETURN QUERY SELECT k.key, k.value FROM berth_kv k
+                WHERE k.ns = p_ns AND k.key >= p_from AND (NOT p_past OR k.key > p_from)
+                ORDER BY k.key LIMIT p_limit;
+        ELSE
+            RETURN QUERY SELECT k.key, k.value FROM berth_kv k
+                WHERE k.ns = p_ns AND k.key >= p_from AND (NOT p_past OR k.key > p_from)
+                  AND k.key < p_upper
+                ORDER BY k.key LIMIT p_limit;
+        END IF;
+    END $$;
+    "#,
+    // 3: job leases, so a job runs on one replica at a time: `lease` is the
+    // claim's token (0: none), `leased_until` when it lapses (ms since the
+    // epoch); `run_at` and `dead` mirror the record, for the due query.
+    r#"
+    ALTER TABLE berth_jobs
+        ADD COLUMN run_at bigint NOT NULL DEFAULT 0,
+        ADD COLUMN dead boolean NOT NULL DEFAULT false,
+        ADD COLUMN lease bigint NOT NULL DEFAULT 0,
+        ADD COLUMN leased_until bigint NOT NULL DEFAULT 0;
+    UPDATE berth_jobs SET run_at = (record::json->>'run_at_ms')::bigint,
+                          dead = (record::json->>'dead')::boolean;
+    CREATE INDEX berth_jobs_due ON berth_jobs (run_at) WHERE NOT dead;
     "#,
 ];
 
@@ -78,6 +146,8 @@ pub(super) struct Postgres {
     /// sequences, jobs): never waiting behind calls that hold the first
     /// pool while they ask for a sequence number.
     host: Pool,
+    /// The role may set `deadlock_timeout` per transaction.
+    tunable: bool,
     /// Where it is, for logs (no password).
     pub shown: String,
 }
@@ -86,10 +156,23 @@ fn unavailable(what: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(what.to_string())
 }
 
-/// A database error as a store error: unreachable or failing.
+/// A database error as a store error: unreachable (no answer, or the
+/// server is shutting down, starting, or out of connections: try again
+/// later) or failing.
 fn store_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
-        Some(db) => StoreError::Storage(format!("{}: {}", db.code().code(), db.message())),
+        Some(db) => {
+            let code = db.code().code();
+            let passing = code.starts_with("08") // connection exceptions
+                || code.starts_with("57P") // shutting down, crashed, starting
+                || code == "53300"; // too many connections
+            let what = format!("{code}: {}", db.message());
+            if passing {
+                unavailable(format!("the store is unavailable: {what}"))
+            } else {
+                StoreError::Storage(what)
+            }
+        }
         None => unavailable(format!("the store is unreachable: {e}")),
     }
 }
@@ -220,12 +303,14 @@ impl Postgres {
                 .build()
                 .map_err(|e| StoreError::Storage(e.to_string()))
         };
-        let pg = Postgres {
+        let mut pg = Postgres {
             pool: pool(options.pool_size.max(1))?,
             host: pool(HOST_POOL)?,
             shown,
+            tunable: false,
         };
         pg.migrate().await?;
+        pg.tunable = pg.may_set_deadlock_timeout().await;
         Ok(pg)
     }
 
@@ -243,6 +328,28 @@ impl Postgres {
             .get()
             .await
             .map_err(|e| unavailable(format!("the store is unreachable: {e}")))
+    }
+
+    /// Whether this role may set `deadlock_timeout` (a superuser, or one
+    /// granted it); if not, every call checks after the server's setting and
+    /// the call that gives way in a deadlock may be one that acted outside
+    /// KV (it answers 503).
+    async fn may_set_deadlock_timeout(&self) -> bool {
+        let Ok(client) = self.client().await else {
+            return false;
+        };
+        let tried = client
+            .batch_execute("SET deadlock_timeout = '20ms'; RESET deadlock_timeout")
+            .await;
+        if let Err(e) = &tried {
+            tracing::warn!(
+                error = %e,
+                "this store role may not set deadlock_timeout: deadlocks are found after the \
+                 server's setting, and may roll back calls that cannot run again \
+                 (GRANT SET ON PARAMETER deadlock_timeout to the role)"
+            );
+        }
+        tried.is_ok()
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -395,18 +502,86 @@ impl Postgres {
         Ok(row.map(|r| r.get(0)))
     }
 
-    pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+    /// Replace a job's record, its lease ended. With `lease`, only while
+    /// that claim still holds the job (a replica that lost it to another
+    /// records nothing).
+    pub async fn put_job(&self, job: &JobRecord, lease: Option<u64>) -> Result<(), StoreError> {
         let record = serde_json::to_string(job).map_err(|e| StoreError::Storage(e.to_string()))?;
         let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO berth_jobs (plugin, id, record) VALUES ($1, $2, $3)
-                 ON CONFLICT (plugin, id) DO UPDATE SET record = EXCLUDED.record",
-                &[&job.plugin, &(job.id as i64), &record],
+        let (id, run_at) = (job.id as i64, job.run_at_ms as i64);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&job.plugin, &id, &record, &run_at, &job.dead];
+        match lease {
+            None => client
+                .execute(
+                    "INSERT INTO berth_jobs (plugin, id, record, run_at, dead) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (plugin, id) DO UPDATE SET record = EXCLUDED.record,
+                         run_at = EXCLUDED.run_at, dead = EXCLUDED.dead, lease = 0, leased_until = 0",
+                    &params,
+                )
+                .await,
+            Some(token) => client
+                .execute(
+                    "UPDATE berth_jobs SET record = $3, run_at = $4, dead = $5, lease = 0, leased_until = 0
+                     WHERE plugin = $1 AND id = $2 AND lease = $6",
+                    &[params.as_slice(), &[&(token as i64)]].concat(),
+                )
+                .await,
+        }
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Claim job `id` of `plugin` with lease `token` until `until_ms`,
+    /// unless it is dead, gone, or another claim on it has not lapsed: its
+    /// record if claimed. Racing claims serialise on the row, and the
+    /// second finds the first's lease.
+    pub async fn claim_job(
+        &self,
+        plugin: &str,
+        id: u64,
+        token: u64,
+        until_ms: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE berth_jobs SET lease = $3, leased_until = $4
+                 WHERE plugin = $1 AND id = $2 AND NOT dead AND leased_until < $5
+                 RETURNING record",
+                &[
+                    &plugin,
+                    &(id as i64),
+                    &(token as i64),
+                    &(until_ms as i64),
+                    &(super::now_ms() as i64),
+                ],
             )
             .await
             .map_err(store_error)?;
-        Ok(())
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Jobs due by `by_ms` that no replica holds: queued on another
+    /// replica, or left by one that died mid-job.
+    pub async fn due_jobs(&self, by_ms: u64) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT plugin, id, run_at FROM berth_jobs
+                 WHERE NOT dead AND run_at <= $1 AND leased_until < $2
+                 ORDER BY run_at LIMIT 256",
+                &[&(by_ms as i64), &(super::now_ms() as i64)],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let (id, run_at): (i64, i64) = (r.get(1), r.get(2));
+                (r.get(0), id as u64, run_at as u64)
+            })
+            .collect())
     }
 
     /// Every entry of `table`, for `berth store copy`: (namespace, key,
@@ -499,28 +674,83 @@ fn past_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The advisory lock that conflicted calls of namespace `ns` take turns
-/// on (FNV-1a of the name).
-fn turn_key(ns: &str) -> i64 {
+/// An advisory lock's number: FNV-1a of `parts`, each ended by a 0 byte.
+/// Two names with one number only make calls wait for each other needlessly.
+fn lock_id(parts: &[&[u8]]) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"berth-turn/".iter().chain(ns.as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    for part in parts {
+        for byte in part.iter().chain(&[0]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
     }
     hash as i64
 }
 
+/// The advisory lock that conflicted calls of namespace `ns` take turns on.
+fn turn_key(ns: &str) -> i64 {
+    lock_id(&[b"turn", ns.as_bytes()])
+}
+
+/// The lock on one key: shared to read it, exclusive to write it.
+fn key_lock(ns: &str, key: &str) -> i64 {
+    lock_id(&[b"key", ns.as_bytes(), key.as_bytes()])
+}
+
+/// How many stripes a span lock has.
+const STRIPES: u8 = 16;
+
+fn stripe_lock(ns: &str, directory: &str, stripe: u8) -> i64 {
+    lock_id(&[b"span", ns.as_bytes(), directory.as_bytes(), &[stripe]])
+}
+
+/// The span locks a write of `key` takes, exclusive: for each directory the
+/// key is in (the empty prefix, and each prefix of it ending in `/`), the
+/// stripe of that directory's lock the key falls in. A listing takes every
+/// stripe of its prefix's directory shared (see [`listing_locks`]), and that
+/// directory is one of these for every key the listing may hold. So a write
+/// waits for a listing that covers its key and a listing for the writes in
+/// its span, listings never wait for each other, and two writes wait for
+/// each other on a span only when their keys fall in one stripe (one pair
+/// in [`STRIPES`]): advisory locks have only two modes, shared and
+/// exclusive, where spans want three.
+fn span_locks(ns: &str, key: &str) -> Vec<i64> {
+    let stripe = (key_lock(ns, key) as u64 % u64::from(STRIPES)) as u8;
+    std::iter::once(0)
+        .chain(key.match_indices('/').map(|(at, _)| at + 1))
+        .map(|end| stripe_lock(ns, &key[..end], stripe))
+        .collect()
+}
+
+/// The span locks a listing of `prefix` takes, shared: every stripe of its
+/// directory (the prefix up to its last `/`), which covers every key the
+/// prefix does.
+fn listing_locks(ns: &str, prefix: &str) -> Vec<i64> {
+    let end = prefix.rfind('/').map_or(0, |at| at + 1);
+    (0..STRIPES)
+        .map(|stripe| stripe_lock(ns, &prefix[..end], stripe))
+        .collect()
+}
+
+/// `SET LOCAL deadlock_timeout` for a call that may run again (checks soon,
+/// so it is the one that gives way) or one that may not (checks late).
+fn deadlock_timeout(pinned: bool) -> &'static str {
+    if pinned {
+        "SET LOCAL deadlock_timeout = '1s';"
+    } else {
+        "SET LOCAL deadlock_timeout = '20ms';"
+    }
+}
+
 /// One call's transaction on PostgreSQL.
 ///
-/// Serializable snapshot isolation is optimistic: racing calls all run,
-/// and all but one of those that conflict are rolled back. Run again at
-/// once they would meet each other again, round after round (fifty calls
-/// creating the same name would run about fifty squared times). So a call
-/// that met a conflict takes its namespace's turn before it runs again: a
-/// session-level advisory lock, taken before its new snapshot, held until
-/// its transaction ends. Calls that conflicted then go one at a time, each
-/// seeing the one before it committed; calls that did not conflict are not
-/// slowed.
+/// Racing calls that deadlock (fifty that each read a name, find it free,
+/// and then all write it) are rolled back all but one; run again at once
+/// they would meet each other again, round after round. So a call that met
+/// a conflict takes its namespace's turn before it runs again: a
+/// session-level advisory lock, taken before its transaction begins, held
+/// until it ends. Calls that conflicted then go one at a time; calls that
+/// did not conflict are not slowed.
 #[derive(Default)]
 pub(super) struct PgTxn {
     client: Option<Object>,
@@ -533,12 +763,20 @@ pub(super) struct PgTxn {
     turn: Option<i64>,
     /// The turn is held (on `client`'s session).
     holding: bool,
+    /// This transaction's deadlock check waits long (it acted outside KV).
+    patient: bool,
 }
 
 impl PgTxn {
     /// The connection with a transaction open on it, begun now if it is not
-    /// yet: SERIALIZABLE, lock waits ending at `deadline`.
-    async fn begun(&mut self, pg: &Postgres, deadline: Instant) -> Result<&Object, TxnError> {
+    /// yet: READ COMMITTED (the locks make it serializable), lock waits
+    /// ending at the call's deadline.
+    async fn begun(
+        &mut self,
+        pg: &Postgres,
+        deadline: Instant,
+        pinned: bool,
+    ) -> Result<&Object, TxnError> {
         if self.client.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let client = tokio::time::timeout(left, pg.txn_client())
@@ -548,12 +786,12 @@ impl PgTxn {
                 })??;
             self.client = Some(client);
         }
+        let client = self.client.as_ref().expect("connected above");
         if !self.open {
             let ms = deadline
                 .saturating_duration_since(Instant::now())
                 .as_millis()
                 .clamp(1, i32::MAX as u128);
-            let client = self.client.as_ref().expect("connected above");
             if let Some(key) = self.turn
                 && !self.holding
             {
@@ -564,115 +802,96 @@ impl PgTxn {
                 client.batch_execute(&take).await.map_err(txn_error)?;
                 self.holding = true;
             }
-            let begin =
-                format!("BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL lock_timeout = {ms}");
+            let mut begin =
+                format!("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {ms};");
+            if pg.tunable {
+                begin.push_str(deadlock_timeout(pinned));
+            }
             client.batch_execute(&begin).await.map_err(txn_error)?;
             self.open = true;
+            self.patient = pinned;
+        } else if pinned && !self.patient && pg.tunable {
+            client
+                .batch_execute(deadlock_timeout(true))
+                .await
+                .map_err(txn_error)?;
+            self.patient = true;
         }
-        Ok(self.client.as_ref().expect("connected above"))
+        Ok(client)
     }
 
-    /// Read `key`, locking its row (shared, or for update when the call
-    /// will write it) until the transaction ends: a concurrent call that
-    /// would change what this one read waits for it, as with the embedded
-    /// store's locks, rather than commit first and make this call fail
-    /// later, when it may have acted outside KV and could not run again.
-    /// (A key that does not exist has no row to lock: serializable
-    /// isolation's predicate locks cover it, with a conflict.)
+    /// Read `key`, locking it (shared, or exclusive when the call will
+    /// write it) until the transaction ends.
     pub async fn read(
         &mut self,
         pg: &Postgres,
-        ns: &str,
+        cx: &Ctx<'_>,
         key: &str,
         exclusive: bool,
-        deadline: Instant,
     ) -> Result<Option<Vec<u8>>, TxnError> {
-        let client = self.begun(pg, deadline).await?;
-        let statement = client
-            .prepare_cached(if exclusive {
-                "SELECT value FROM berth_kv WHERE ns = $1 AND key = $2 FOR UPDATE"
-            } else {
-                "SELECT value FROM berth_kv WHERE ns = $1 AND key = $2 FOR SHARE"
-            })
-            .await;
-        let row = match statement {
-            Ok(s) => client.query_opt(&s, &[&ns, &key.as_bytes()]).await,
+        let client = self.begun(pg, cx.deadline, cx.pinned).await?;
+        let sql = "SELECT berth_get($1, $2, $3, $4)";
+        let row = match client.prepare_cached(sql).await {
+            Ok(s) => {
+                let lock = key_lock(cx.ns, key);
+                client
+                    .query_one(&s, &[&&**cx.ns, &key.as_bytes(), &lock, &exclusive])
+                    .await
+            }
             Err(e) => Err(e),
         };
-        row.map(|r| r.map(|r| r.get(0))).map_err(txn_error)
+        row.map(|r| r.get(0)).map_err(txn_error)
     }
 
+    /// Write (`None`: delete) `key`, locking it exclusive and its spans
+    /// shared until the transaction ends.
     pub async fn write(
         &mut self,
         pg: &Postgres,
-        ns: &str,
+        cx: &Ctx<'_>,
         key: &str,
         value: Option<&[u8]>,
-        deadline: Instant,
     ) -> Result<(), TxnError> {
-        let client = self.begun(pg, deadline).await?;
-        let done = match value {
-            Some(value) => {
-                let sql = "INSERT INTO berth_kv (ns, key, value) VALUES ($1, $2, $3)
-                           ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value";
-                match client.prepare_cached(sql).await {
-                    Ok(s) => client.execute(&s, &[&ns, &key.as_bytes(), &value]).await,
-                    Err(e) => Err(e),
-                }
+        let client = self.begun(pg, cx.deadline, cx.pinned).await?;
+        let sql = "SELECT berth_put($1, $2, $3, $4, $5)";
+        let done = match client.prepare_cached(sql).await {
+            Ok(s) => {
+                let (lock, spans) = (key_lock(cx.ns, key), span_locks(cx.ns, key));
+                client
+                    .execute(&s, &[&&**cx.ns, &key.as_bytes(), &value, &lock, &spans])
+                    .await
             }
-            None => {
-                let sql = "DELETE FROM berth_kv WHERE ns = $1 AND key = $2";
-                match client.prepare_cached(sql).await {
-                    Ok(s) => client.execute(&s, &[&ns, &key.as_bytes()]).await,
-                    Err(e) => Err(e),
-                }
-            }
+            Err(e) => Err(e),
         };
         done.map(drop).map_err(txn_error)
     }
 
+    /// List a span, locking it until the transaction ends: no other call
+    /// can add, change or remove a key in it meanwhile.
     pub async fn list(
         &mut self,
         pg: &Postgres,
-        ns: &str,
+        cx: &Ctx<'_>,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-        deadline: Instant,
     ) -> Result<Page, TxnError> {
-        let client = self.begun(pg, deadline).await?;
-        let lower = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a.as_bytes()),
-            _ => Bound::Included(prefix.as_bytes()),
+        let client = self.begun(pg, cx.deadline, cx.pinned).await?;
+        let (from, past) = match after {
+            Some(a) if a >= prefix => (a.as_bytes(), true),
+            _ => (prefix.as_bytes(), false),
         };
         let upper = past_prefix(prefix.as_bytes());
-        let (op, from) = match lower {
-            Bound::Excluded(k) => (">", k),
-            Bound::Included(k) => (">=", k),
-            Bound::Unbounded => unreachable!("a listing starts at its prefix"),
-        };
         let fetch = limit as i64 + 1;
-        let rows = match &upper {
-            Some(upper) => {
-                let sql = format!(
-                    "SELECT key, value FROM berth_kv WHERE ns = $1 AND key {op} $2 AND key < $3
-                     ORDER BY key LIMIT $4"
-                );
-                match client.prepare_cached(&sql).await {
-                    Ok(s) => client.query(&s, &[&ns, &from, &upper, &fetch]).await,
-                    Err(e) => Err(e),
-                }
+        let sql = "SELECT entry_key, entry_value FROM berth_list($1, $2, $3, $4, $5, $6)";
+        let rows = match client.prepare_cached(sql).await {
+            Ok(s) => {
+                let locks = listing_locks(cx.ns, prefix);
+                client
+                    .query(&s, &[&&**cx.ns, &locks, &from, &past, &upper, &fetch])
+                    .await
             }
-            None => {
-                let sql = format!(
-                    "SELECT key, value FROM berth_kv WHERE ns = $1 AND key {op} $2
-                     ORDER BY key LIMIT $3"
-                );
-                match client.prepare_cached(&sql).await {
-                    Ok(s) => client.query(&s, &[&ns, &from, &fetch]).await,
-                    Err(e) => Err(e),
-                }
-            }
+            Err(e) => Err(e),
         }
         .map_err(txn_error)?;
         let mut entries = Vec::with_capacity(rows.len());
@@ -694,7 +913,7 @@ impl PgTxn {
 
     /// A job id, unique across the fleet.
     pub async fn next_job_id(&mut self, pg: &Postgres, deadline: Instant) -> Result<u64, TxnError> {
-        let client = self.begun(pg, deadline).await?;
+        let client = self.begun(pg, deadline, false).await?;
         let row = client
             .query_one("SELECT nextval('berth_job_ids')", &[])
             .await
@@ -753,7 +972,7 @@ impl PgTxn {
         pg: &Postgres,
         ns: &str,
         jobs: &[JobRecord],
-        done: Option<u64>,
+        done: Option<(u64, u64)>,
         deadline: Instant,
     ) -> Result<(), StoreError> {
         if !self.open && jobs.is_empty() && done.is_none() {
@@ -765,26 +984,37 @@ impl PgTxn {
             TxnError::Invalid(why) => StoreError::Storage(why),
             TxnError::Store(e) => e,
         };
-        let client = self.begun(pg, deadline).await.map_err(as_store)?;
+        let client = self.begun(pg, deadline, false).await.map_err(as_store)?;
         for job in jobs {
             let record =
                 serde_json::to_string(job).map_err(|e| StoreError::Storage(e.to_string()))?;
             client
                 .execute(
-                    "INSERT INTO berth_jobs (plugin, id, record) VALUES ($1, $2, $3)",
-                    &[&ns, &(job.id as i64), &record],
+                    "INSERT INTO berth_jobs (plugin, id, record, run_at) VALUES ($1, $2, $3, $4)",
+                    &[&ns, &(job.id as i64), &record, &(job.run_at_ms as i64)],
                 )
                 .await
                 .map_err(|e| as_store(txn_error(e)))?;
         }
-        if let Some(id) = done {
-            client
+        if let Some((id, lease)) = done {
+            // The job's writes commit only with its end, and only while its
+            // claim holds: a job runs its writes at most once.
+            let ended = client
                 .execute(
-                    "DELETE FROM berth_jobs WHERE plugin = $1 AND id = $2",
-                    &[&ns, &(id as i64)],
+                    "DELETE FROM berth_jobs WHERE plugin = $1 AND id = $2 AND lease = $3",
+                    &[&ns, &(id as i64), &(lease as i64)],
                 )
                 .await
                 .map_err(|e| as_store(txn_error(e)))?;
+            if ended == 0 {
+                self.rollback().await;
+                self.give_turn().await;
+                return Err(StoreError::Aborted(
+                    "the job's lease lapsed and another replica took it; this run's writes \
+                     were dropped"
+                        .into(),
+                ));
+            }
         }
         let committed = client.batch_execute("COMMIT").await;
         self.open = false;
@@ -841,6 +1071,35 @@ mod tests {
         assert_eq!(past_prefix(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(past_prefix(b"\xff\xff"), None);
         assert_eq!(past_prefix(b""), None);
+    }
+
+    /// A listing's lock is among the span locks of every key it may hold,
+    /// and of no key outside its directory.
+    #[test]
+    fn a_listing_lock_covers_its_keys() {
+        let covered = |prefix: &str, key: &str| {
+            let listing = listing_locks("ns", prefix);
+            span_locks("ns", key).iter().any(|l| listing.contains(l))
+        };
+        for (prefix, key) in [
+            ("user/", "user/alice"),
+            ("user/al", "user/alice"),
+            ("user/al", "user/al/x"),
+            ("use", "user/alice"),
+            ("", "a"),
+            ("a/b", "a/bc/d"),
+            ("run/t/", "run/t/left"),
+        ] {
+            assert!(covered(prefix, key), "{prefix} covers {key}");
+        }
+        assert!(!covered("user/", "team/a"));
+        assert!(!covered("run/t/", "run/u/left"));
+        assert!(
+            !span_locks("other", "user/a")
+                .iter()
+                .any(|l| listing_locks("ns", "user/").contains(l))
+        );
+        assert_eq!(span_locks("ns", "a/b/c").len(), 3);
     }
 
     #[test]

@@ -1,0 +1,245 @@
+//! Berth replicas on one PostgreSQL database. Jobs run once across the
+//! replicas, and one left by a replica killed mid-job is finished by
+//! another. When the database goes away (a private cluster stopped under
+//! writers and started again) calls that need the store answer 503 with
+//! `Retry-After` (never hang), calls that do not keep answering, and after
+//! it Berth reconnects by itself with nothing acknowledged lost.
+//!
+//! PostgreSQL comes from Debian (`postgresql`); without it these tests skip
+//! unless `BERTH_REQUIRE_POSTGRES=1` (CI), where that is a failure.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use support::postgres::{Cluster, installed_or_skip};
+use support::{Berth, drop_file, get_json, jobber_done as done, plugin_wasm, poll};
+
+/// A replica on database `db` of `cluster`, serving the `jobber` fixture
+/// (its job deadline 4 s, so a lease lapses 9 s after a claim).
+fn replica(cluster: &Cluster, db: &str) -> (tempfile::TempDir, Berth) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("data/plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    drop_file(&plugin_wasm("jobber"), &plugins.join("jobber.wasm"));
+    let config = format!(
+        "install_bundled = false\nwatch_interval_ms = 50\n[store]\nurl = \"{}\"\n\
+         [jobs]\nbackoff_ms = 20\n[plugins.jobber]\ngrants = [\"kv\", \"jobs\"]\n\
+         deadline_ms = 4000\n",
+        cluster.url(db)
+    );
+    let berth = Berth::start(dir.path(), &config);
+    (dir, berth)
+}
+
+async fn enqueue(c: &reqwest::Client, berth: &Berth, kind: &str, key: &str) {
+    let r = c
+        .post(berth.url(&format!("/jobber/enqueue/{kind}/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_runs_once_across_replicas_and_outlives_its_replica() {
+    if !installed_or_skip("the replicas' jobs test") {
+        return;
+    }
+    let cluster = Cluster::start().unwrap();
+    cluster.create_database("jobs");
+    let (_a_dir, mut a) = replica(&cluster, "jobs");
+    let (_b_dir, b) = replica(&cluster, "jobs");
+    let c = support::client();
+
+    // Jobs queued on both replicas, each replica also looking for the
+    // other's in the store: each runs once.
+    for i in 0..20 {
+        enqueue(&c, if i % 2 == 0 { &a } else { &b }, "count", "once").await;
+    }
+    poll(
+        Duration::from_secs(60),
+        "twenty count jobs to run",
+        || async { (done(&c, &b, "once").await >= 20).then_some(()) },
+    )
+    .await;
+    let settled = |view: serde_json::Value| {
+        view["counts"].as_object().is_none_or(|counts| {
+            counts
+                .values()
+                .all(|n| n["queued"] == 0 && n["running"] == 0)
+        })
+    };
+    poll(
+        Duration::from_secs(30),
+        "both replicas to be idle",
+        || async {
+            let idle = settled(support::admin_view(&c, &a, "/_berth/jobs").await)
+                && settled(support::admin_view(&c, &b, "/_berth/jobs").await);
+            idle.then_some(())
+        },
+    )
+    .await;
+    assert_eq!(done(&c, &a, "once").await, 20, "each job ran once");
+
+    // A slow job on A, A killed while it runs: B finishes it once its
+    // lease lapses, and A's cut run wrote nothing.
+    enqueue(&c, &a, "slow", "orphan").await;
+    poll(
+        Duration::from_secs(30),
+        "the slow job to run on A",
+        || async {
+            let view = support::admin_view(&c, &a, "/_berth/jobs").await;
+            (view["counts"]["jobber"]["running"] == 1).then_some(())
+        },
+    )
+    .await;
+    a.kill9();
+    poll(Duration::from_secs(60), "B to finish A's job", || async {
+        (done(&c, &b, "orphan").await == 1).then_some(())
+    })
+    .await;
+    poll(Duration::from_secs(30), "B to be idle", || async {
+        settled(support::admin_view(&c, &b, "/_berth/jobs").await).then_some(())
+    })
+    .await;
+    assert_eq!(
+        done(&c, &b, "orphan").await,
+        1,
+        "the job's writes applied once"
+    );
+}
+
+/// What one writer saw.
+#[derive(Default)]
+struct Tally {
+    /// Increments answered 200: each must be in the store.
+    acknowledged: AtomicU64,
+    /// Answered 503 with `Retry-After`: may or may not have been kept.
+    refused: AtomicU64,
+    /// Anything else (a hang past the client's timeout, another status).
+    wrong: std::sync::Mutex<Vec<String>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarting_under_writers_answers_503_and_loses_nothing() {
+    if !installed_or_skip("the PostgreSQL restart test") {
+        return;
+    }
+    let cluster = Cluster::start().unwrap();
+    cluster.create_database("fleet");
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "watch_interval_ms = 50\n[store]\nurl = \"{}\"\nconnect_timeout_ms = 1000\n",
+        cluster.url("fleet")
+    );
+    let berth = Berth::start(dir.path(), &config);
+    // A client that gives up well after any call's deadline: a hang shows
+    // as an error, not as a stuck test.
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tallies: Vec<Arc<Tally>> = (0..5).map(|_| Arc::default()).collect();
+    let mut writers = Vec::new();
+    for (i, tally) in tallies.iter().enumerate() {
+        let (c, url, stop, tally) = (
+            c.clone(),
+            berth.url(&format!("/hello/w{i}/visits")),
+            stop.clone(),
+            tally.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match c.post(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        tally.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
+                        tally.refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        tally
+                            .wrong
+                            .lock()
+                            .unwrap()
+                            .push(format!("{status}: {body}"));
+                    }
+                    Err(e) => tally.wrong.lock().unwrap().push(e.to_string()),
+                }
+            }
+        }));
+    }
+    let acknowledged = || -> Vec<u64> {
+        tallies
+            .iter()
+            .map(|t| t.acknowledged.load(Ordering::Relaxed))
+            .collect()
+    };
+    let refused = || -> u64 {
+        tallies
+            .iter()
+            .map(|t| t.refused.load(Ordering::Relaxed))
+            .sum()
+    };
+
+    poll(
+        Duration::from_secs(30),
+        "every writer is served",
+        || async { acknowledged().iter().all(|&n| n >= 5).then_some(()) },
+    )
+    .await;
+
+    cluster.stop();
+    poll(
+        Duration::from_secs(30),
+        "writers are refused with Retry-After",
+        || async { (refused() >= 10).then_some(()) },
+    )
+    .await;
+    // A route that does not touch the store still answers.
+    let (status, body) = get_json(&c, &berth.url("/hello/ann")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["greeting"], "Hello, ann!");
+
+    cluster.start_again();
+    let before = acknowledged();
+    poll(
+        Duration::from_secs(60),
+        "every writer is served again",
+        || async {
+            acknowledged()
+                .iter()
+                .zip(&before)
+                .all(|(now, then)| now >= &(then + 5))
+                .then_some(())
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    for (i, tally) in tallies.iter().enumerate() {
+        let wrong = tally.wrong.lock().unwrap().clone();
+        assert!(wrong.is_empty(), "writer {i} got {wrong:?}");
+        let (_, body) = get_json(&c, &berth.url(&format!("/hello/w{i}/visits"))).await;
+        let stored = body["visits"].as_u64().unwrap();
+        let acknowledged = tally.acknowledged.load(Ordering::Relaxed);
+        let refused = tally.refused.load(Ordering::Relaxed);
+        // Every acknowledged increment is kept; a refused one may have been
+        // (its commit was cut off mid-way), no more than that.
+        assert!(
+            stored >= acknowledged && stored <= acknowledged + refused,
+            "writer {i}: stored {stored}, acknowledged {acknowledged}, refused {refused}"
+        );
+    }
+}
