@@ -18,14 +18,15 @@ use support::postgres::{Cluster, installed_or_skip};
 use support::{Berth, drop_file, get_json, jobber_done as done, plugin_wasm, poll};
 
 /// A replica on database `db` of `cluster`, serving the `jobber` fixture
-/// (its job deadline 4 s, so a lease lapses 9 s after a claim).
+/// (its job deadline 4 s, so a lease lapses 9 s after a claim) beside the
+/// bundled plugins.
 fn replica(cluster: &Cluster, db: &str) -> (tempfile::TempDir, Berth) {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("data/plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     drop_file(&plugin_wasm("jobber"), &plugins.join("jobber.wasm"));
     let config = format!(
-        "install_bundled = false\nwatch_interval_ms = 50\n[store]\nurl = \"{}\"\n\
+        "watch_interval_ms = 50\n[store]\nurl = \"{}\"\n\
          [jobs]\nbackoff_ms = 20\n[plugins.jobber]\ngrants = [\"kv\", \"jobs\"]\n\
          deadline_ms = 4000\n",
         cluster.url(db)
@@ -121,6 +122,76 @@ struct Tally {
     refused: AtomicU64,
     /// Anything else (a hang past the client's timeout, another status).
     wrong: std::sync::Mutex<Vec<String>>,
+}
+
+/// Lighthouse's answer to a login from `c`: its status.
+async fn login(c: &reqwest::Client, berth: &Berth, email: &str, password: &str) -> u16 {
+    c.post(berth.url("/api/v0.2/login"))
+        .json(&serde_json::json!({ "Email": email, "Password": password }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_tokens_and_login_throttles_are_the_fleets() {
+    if !installed_or_skip("the replicas' security test") {
+        return;
+    }
+    let cluster = Cluster::start().unwrap();
+    cluster.create_database("security");
+    let (_a_dir, a) = replica(&cluster, "security");
+    let (_b_dir, b) = replica(&cluster, "security");
+    let c = support::client();
+
+    // A Lighthouse cookie made on A is good on B.
+    let cookie = support::lighthouse_admin(&a).await;
+    let r = c
+        .get(b.url("/api/v0.2/users/list"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    // A Portainer JWT made on B is good on A.
+    let creds = serde_json::json!({ "Username": "admin", "Password": "admin-password" });
+    let r = c
+        .post(b.url("/api/users/admin/init"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let auth: serde_json::Value = c
+        .post(b.url("/api/auth"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwt = auth["jwt"].as_str().expect("a JWT");
+    let r = c
+        .get(a.url("/api/users"))
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    // Wrong passwords from one address, taking turns on the replicas: the
+    // address's limit (5 a minute) is met as on one Berth, and then even
+    // the right one is throttled.
+    let mut statuses = Vec::new();
+    for k in 0..8 {
+        let replica = if k % 2 == 0 { &a } else { &b };
+        statuses.push(login(&c, replica, "admin", "wrong").await);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

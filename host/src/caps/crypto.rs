@@ -17,7 +17,7 @@ use crate::capability::Capability;
 use crate::caps::{CallCx, Caller};
 use crate::lanes::Lanes;
 use crate::store::Store;
-use crate::store::attempts::{Attempts, MAX_COUNTERS, MAX_WINDOW_SECS};
+use crate::store::attempts::{MAX_COUNTERS, MAX_WINDOW_SECS};
 
 type Answer<T> = Result<T, HostError>;
 
@@ -52,20 +52,20 @@ impl KeyVault {
         }
         let ns = format!("hmac-key/{plugin}");
         let unavailable = |e: crate::store::StoreError| Error::Unavailable(e.to_string());
-        let key: [u8; 32] = match self.db.meta_get(&ns, name).await.map_err(unavailable)? {
-            Some(bytes) => bytes
-                .try_into()
-                .map_err(|_| Error::Unavailable(format!("stored key `{name}` is corrupt")))?,
+        let stored = match self.db.meta_get(&ns, name).await.map_err(unavailable)? {
+            Some(bytes) => bytes,
             None => {
                 let mut key = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut key);
                 self.db
-                    .meta_set(&ns, name, key.to_vec())
+                    .meta_set_once(&ns, name, key.to_vec())
                     .await
-                    .map_err(unavailable)?;
-                key
+                    .map_err(unavailable)?
             }
         };
+        let key: [u8; 32] = stored
+            .try_into()
+            .map_err(|_| Error::Unavailable(format!("stored key `{name}` is corrupt")))?;
         let key = Arc::new(key);
         cache.insert(id, key.clone());
         Ok(key)
@@ -118,7 +118,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct CryptoView<'a> {
     caller: Caller<'a>,
     keys: &'a KeyVault,
-    attempts: &'a Attempts,
+    store: &'a Store,
     lanes: &'a Arc<Lanes>,
 }
 
@@ -135,7 +135,7 @@ impl CallCx {
         CryptoView {
             caller,
             keys: &env.keys,
-            attempts: env.db.attempts(),
+            store: &env.db,
             lanes: &env.lanes,
         }
     }
@@ -283,7 +283,11 @@ impl Host for CryptoView<'_> {
             .map(|c| attempt_key(c.key).map(|key| (key, c.limit)))
             .collect::<Result<Vec<_>, _>>()?;
         let window = std::time::Duration::from_secs(window_secs.into());
-        Ok(self.attempts.take(self.caller.plugin(), &counters, window))
+        let taken = self
+            .store
+            .take_attempt(self.caller.plugin(), &counters, window)
+            .await;
+        Ok(taken.map_err(|e| Error::Unavailable(e.to_string()))?)
     }
 
     async fn attempt_passed(&mut self, keys: Vec<String>) -> Answer<()> {
@@ -295,8 +299,8 @@ impl Host for CryptoView<'_> {
             .into_iter()
             .map(attempt_key)
             .collect::<Result<Vec<_>, _>>()?;
-        self.attempts.passed(self.caller.plugin(), &keys);
-        Ok(())
+        let passed = self.store.attempt_passed(self.caller.plugin(), &keys).await;
+        Ok(passed.map_err(|e| Error::Unavailable(e.to_string()))?)
     }
 }
 

@@ -218,9 +218,31 @@ impl Store {
         }
     }
 
-    /// The counters of attempts at secrets.
-    pub fn attempts(&self) -> &Attempts {
-        &self.attempts
+    /// Take a slot on each of `counters` (key, limit) of `plugin`, all or
+    /// none: false when one is at its limit in its current window (see
+    /// `attempts`). On PostgreSQL the counters are the fleet's: a guess
+    /// counts the same whichever replica it reaches.
+    pub async fn take_attempt(
+        &self,
+        plugin: &str,
+        counters: &[(String, u32)],
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(self.attempts.take(plugin, counters, window)),
+            Backend::Postgres(pg) => pg.take_attempt(plugin, counters, window).await,
+        }
+    }
+
+    /// Give back one slot on each of `keys` of `plugin` still in its window.
+    pub async fn attempt_passed(&self, plugin: &str, keys: &[String]) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => {
+                self.attempts.passed(plugin, keys);
+                Ok(())
+            }
+            Backend::Postgres(pg) => pg.attempt_passed(plugin, keys).await,
+        }
     }
 
     /// Read host metadata.
@@ -234,6 +256,28 @@ impl Store {
     /// Write host metadata durably.
     pub async fn meta_set(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         self.meta_put(ns, key, Some(value)).await
+    }
+
+    /// Store host metadata `value` unless the key has a value: the value
+    /// stored either way. Replicas that race to make one key (an HMAC key
+    /// at first use) all end with the first one's.
+    pub async fn meta_set_once(
+        &self,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        match &self.backend {
+            // One process: its callers serialise first uses themselves.
+            Backend::Embedded(_) => match self.meta_get(ns, key).await? {
+                Some(stored) => Ok(stored),
+                None => {
+                    self.meta_set(ns, key, value.clone()).await?;
+                    Ok(value)
+                }
+            },
+            Backend::Postgres(pg) => pg.meta_set_once(ns, key, &value).await,
+        }
     }
 
     /// Delete host metadata durably.

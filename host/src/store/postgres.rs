@@ -117,6 +117,46 @@ const MIGRATIONS: &[&str] = &[
                           dead = (record::json->>'dead')::boolean;
     CREATE INDEX berth_jobs_due ON berth_jobs (run_at) WHERE NOT dead;
     "#,
+    // 4: counters of attempts at secrets, the fleet's (see `attempts`):
+    // unlogged, as the embedded store keeps them in memory; times are the
+    // database's clock, one for every replica.
+    r#"
+    CREATE UNLOGGED TABLE berth_attempts (
+        plugin text NOT NULL,
+        key text NOT NULL,
+        ends bigint NOT NULL,
+        taken integer NOT NULL,
+        PRIMARY KEY (plugin, key)
+    );
+    CREATE FUNCTION berth_now_ms() RETURNS bigint LANGUAGE sql VOLATILE AS
+        $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+    CREATE FUNCTION berth_take_attempt(p_plugin text, p_keys text[], p_limits integer[],
+                                       p_window_ms bigint)
+    RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE now_ms bigint;
+    BEGIN
+        INSERT INTO berth_attempts (plugin, key, ends, taken)
+            SELECT p_plugin, k, 0, 0 FROM unnest(p_keys) AS k
+            ON CONFLICT DO NOTHING;
+        -- In key order, so racing attempts on shared counters never deadlock.
+        PERFORM 1 FROM berth_attempts a
+            WHERE a.plugin = p_plugin AND a.key = ANY(p_keys) ORDER BY a.key FOR UPDATE;
+        now_ms := berth_now_ms();
+        IF EXISTS (SELECT 1 FROM berth_attempts a
+                   JOIN unnest(p_keys, p_limits) AS c(k, l) ON a.key = c.k
+                   WHERE a.plugin = p_plugin AND a.ends > now_ms AND a.taken >= c.l) THEN
+            RETURN false;
+        END IF;
+        UPDATE berth_attempts a
+            SET taken = CASE WHEN a.ends > now_ms THEN a.taken + 1 ELSE 1 END,
+                ends = CASE WHEN a.ends > now_ms THEN a.ends ELSE now_ms + p_window_ms END
+            WHERE a.plugin = p_plugin AND a.key = ANY(p_keys);
+        IF random() < 0.01 THEN
+            DELETE FROM berth_attempts a WHERE a.ends < now_ms;
+        END IF;
+        RETURN true;
+    END $$;
+    "#,
 ];
 
 /// Connections kept for the host's own statements, beside the pool size.
@@ -436,6 +476,36 @@ impl Postgres {
         Ok(())
     }
 
+    /// Store `value` unless the key has one: the value stored either way.
+    pub async fn meta_set_once(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let client = self.client().await?;
+        let made = client
+            .query_opt(
+                "INSERT INTO berth_meta (ns, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (ns, key) DO NOTHING RETURNING value",
+                &[&ns, &key, &value],
+            )
+            .await
+            .map_err(store_error)?;
+        if let Some(row) = made {
+            return Ok(row.get(0));
+        }
+        // Another made it first; this statement's snapshot sees it.
+        let row = client
+            .query_one(
+                "SELECT value FROM berth_meta WHERE ns = $1 AND key = $2",
+                &[&ns, &key],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(row.get(0))
+    }
+
     pub async fn meta_delete(&self, ns: &str, key: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
@@ -582,6 +652,44 @@ impl Postgres {
                 (r.get(0), id as u64, run_at as u64)
             })
             .collect())
+    }
+
+    /// See `Store::take_attempt`.
+    pub async fn take_attempt(
+        &self,
+        plugin: &str,
+        counters: &[(String, u32)],
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        let keys: Vec<&str> = counters.iter().map(|(k, _)| k.as_str()).collect();
+        let limits: Vec<i32> = counters
+            .iter()
+            .map(|(_, l)| (*l).min(i32::MAX as u32) as i32)
+            .collect();
+        let window_ms = window.as_millis() as i64;
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT berth_take_attempt($1, $2, $3, $4)",
+                &[&plugin, &keys, &limits, &window_ms],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(row.get(0))
+    }
+
+    /// See `Store::attempt_passed`.
+    pub async fn attempt_passed(&self, plugin: &str, keys: &[String]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE berth_attempts SET taken = greatest(taken - 1, 0)
+                 WHERE plugin = $1 AND key = ANY($2) AND ends > berth_now_ms()",
+                &[&plugin, &keys],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 
     /// Every entry of `table`, for `berth store copy`: (namespace, key,
