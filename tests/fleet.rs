@@ -1,6 +1,7 @@
-//! Berth replicas on one PostgreSQL database. Jobs run once across the
-//! replicas, and one left by a replica killed mid-job is finished by
-//! another. When the database goes away (a private cluster stopped under
+//! Berth replicas on one PostgreSQL database. They know each other
+//! (`/_berth/health`); sessions, tokens and login throttles are shared;
+//! jobs run once across the replicas, and one left by a replica killed
+//! mid-job is finished by another. When the database goes away (a private cluster stopped under
 //! writers and started again) calls that need the store answer 503 with
 //! `Retry-After` (never hang), calls that do not keep answering, and after
 //! it Berth reconnects by itself with nothing acknowledged lost.
@@ -145,6 +146,18 @@ async fn sessions_tokens_and_login_throttles_are_the_fleets() {
     let (_a_dir, a) = replica(&cluster, "security");
     let (_b_dir, b) = replica(&cluster, "security");
     let c = support::client();
+
+    // Each knows the other: two replicas alive, each its own.
+    let health = |berth: &Berth| {
+        let (c, url) = (c.clone(), berth.url("/_berth/health"));
+        async move { get_json(&c, &url).await.1 }
+    };
+    let (ha, hb) = poll(Duration::from_secs(30), "two replicas alive", || async {
+        let (ha, hb) = (health(&a).await, health(&b).await);
+        (ha["replicas"] == 2 && hb["replicas"] == 2).then_some((ha, hb))
+    })
+    .await;
+    assert_ne!(ha["replica"], hb["replica"]);
 
     // A Lighthouse cookie made on A is good on B.
     let cookie = support::lighthouse_admin(&a).await;

@@ -226,6 +226,8 @@ async fn plugins_cli_and_host_routes_show_what_is_mounted() {
 
     let (status, body) = get_json(&c, &berth.url("/_berth/health")).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    assert_eq!(body["replicas"], 1, "alone: {body}");
+    assert_eq!(body["replica"].as_str().map(str::len), Some(12), "{body}");
     let (_, api) = get_json(&c, &berth.url("/_berth/openapi.json")).await;
     assert_eq!(
         api["paths"]["/hello/{name}"]["get"]["operationId"],

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "web",
         "capability",
     ],
-    &["config", "bindings", "budget", "bundled"],
+    &["config", "bindings", "budget", "bundled", "replicas"],
     &["caps"],
     &["runtime"],
     &["plugins"],

@@ -47,7 +47,12 @@ pub async fn handle<B>(app: &App, req: &http::Request<B>, request_id: &str) -> R
     match path {
         "/_berth/health" => json(
             StatusCode::OK,
-            &serde_json::json!({ "status": "ok", "plugins": app.plugins.routing().plugins.len() }),
+            &serde_json::json!({
+                "status": "ok",
+                "plugins": app.plugins.routing().plugins.len(),
+                "replica": app.replica.id,
+                "replicas": app.replica.alive(),
+            }),
         ),
         "/_berth/plugins" | "/_berth/jobs" => {
             let token = req

@@ -32,6 +32,8 @@ pub struct App {
     /// What request bodies read into memory may hold at once.
     pub bodies: Arc<BodyBudget>,
     pub jobs: Arc<Jobs>,
+    /// This Berth among the replicas sharing its store.
+    pub replica: Arc<crate::replicas::Replica>,
     /// Whose `X-Forwarded-For` names the client (`[server] trusted_proxies`).
     pub trusted: net::TrustedProxies,
     /// Flips to true when the host starts shutting down: event streams end.
@@ -128,6 +130,7 @@ impl App {
             plugins,
             metrics,
             jobs,
+            replica: Arc::default(),
             closing: tokio::sync::watch::Sender::new(false),
             queued: std::sync::Mutex::new(Some(queued)),
             admin_token,
@@ -136,13 +139,22 @@ impl App {
         }))
     }
 
-    /// Start the background work (folder watcher, job runner) until
-    /// `shutdown` flips. Call once.
+    /// Start the background work (folder watcher, job runner, the replica's
+    /// beat, registered as serving at `address`) until `shutdown` flips.
+    /// Call once.
     pub fn spawn_background(
         self: &Arc<Self>,
+        address: String,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![tokio::spawn(self.plugins.clone().watch(shutdown.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(self.plugins.clone().watch(shutdown.clone())),
+            tokio::spawn(
+                self.replica
+                    .clone()
+                    .run(self.db.clone(), address, shutdown.clone()),
+            ),
+        ];
         let queued = self.queued.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(queued) = queued {
             let runner = self

@@ -11,7 +11,8 @@
 //! 1. `net`, `store`, `lanes`, `metrics`, `router`, `openapi`, `private`
 //!    (owner-only files), `web` (HTTP types), `capability` (names and sets)
 //! 2. `config`, `bindings` (the WIT contract, generated), `budget` (the
-//!    memory request bodies may hold), `bundled` (the embedded plugins)
+//!    memory request bodies may hold), `bundled` (the embedded plugins),
+//!    `replicas` (this Berth in the store's registry of replicas)
 //! 3. `caps`: the capability interfaces, each on its own view of a call
 //! 4. `runtime`: the engine, the linker, one store per call
 //! 5. `plugins`: the mounted plugins and the folder watcher
@@ -36,6 +37,7 @@ pub mod net;
 pub mod openapi;
 pub mod plugins;
 pub mod private;
+pub mod replicas;
 pub mod router;
 pub mod runtime;
 pub mod server;

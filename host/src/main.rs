@@ -235,7 +235,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = berth::App::start(config).await?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let background = app.spawn_background(stopped.clone());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let background = app.spawn_background(format!("{scheme}://{addr}"), stopped.clone());
     let admin_listener = berth::admin::bind_socket(&socket).await.inspect_err(|e| {
         tracing::error!(error = %e, "admin socket unavailable: `berth run` and `berth plugins` will not work");
     });
@@ -250,7 +251,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
 
     let stopping = berth::server::signal();
-    let scheme = if tls.is_some() { "https" } else { "http" };
     println!("listening on {scheme}://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, plugins = app.plugins.routing().plugins.len(), "berth is serving");

@@ -119,6 +119,14 @@ pub struct Queued {
     pub plugin: String,
 }
 
+/// A replica as the registry keeps it (see `replicas`).
+pub struct ReplicaRecord<'a> {
+    pub id: &'a str,
+    pub address: &'a str,
+    pub version: &'a str,
+    pub started_ms: u64,
+}
+
 /// One job as stored.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
@@ -403,6 +411,27 @@ impl Store {
                 embedded::announce(&self.job_sink, announce);
                 Ok(())
             }
+        }
+    }
+
+    /// Record replica `me`'s beat: how many replicas beat within
+    /// `alive_for` (on the embedded store, one: this).
+    pub async fn replica_beat(
+        &self,
+        me: &ReplicaRecord<'_>,
+        alive_for: Duration,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(1),
+            Backend::Postgres(pg) => pg.replica_beat(me, alive_for).await,
+        }
+    }
+
+    /// Take replica `id` out of the registry (it stops).
+    pub async fn replica_leave(&self, id: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Postgres(pg) => pg.replica_leave(id).await,
         }
     }
 

@@ -157,6 +157,16 @@ const MIGRATIONS: &[&str] = &[
         RETURN true;
     END $$;
     "#,
+    // 5: the replicas sharing this database (see `replicas`).
+    r#"
+    CREATE TABLE berth_replicas (
+        id text PRIMARY KEY,
+        address text NOT NULL,
+        version text NOT NULL,
+        started bigint NOT NULL,
+        heartbeat bigint NOT NULL
+    );
+    "#,
 ];
 
 /// Connections kept for the host's own statements, beside the pool size.
@@ -687,6 +697,44 @@ impl Postgres {
                  WHERE plugin = $1 AND key = ANY($2) AND ends > berth_now_ms()",
                 &[&plugin, &keys],
             )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Record `me`'s beat: how many replicas beat within `alive_for`.
+    /// Replicas gone a day are forgotten.
+    pub async fn replica_beat(
+        &self,
+        me: &super::ReplicaRecord<'_>,
+        alive_for: Duration,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO berth_replicas (id, address, version, started, heartbeat)
+                 VALUES ($1, $2, $3, $4, berth_now_ms())
+                 ON CONFLICT (id) DO UPDATE SET heartbeat = berth_now_ms(),
+                     address = EXCLUDED.address, version = EXCLUDED.version",
+                &[&me.id, &me.address, &me.version, &(me.started_ms as i64)],
+            )
+            .await
+            .map_err(store_error)?;
+        let row = client
+            .query_one(
+                "WITH gone AS (DELETE FROM berth_replicas WHERE heartbeat < berth_now_ms() - 86400000)
+                 SELECT count(*) FROM berth_replicas WHERE heartbeat > berth_now_ms() - $1",
+                &[&(alive_for.as_millis() as i64)],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    pub async fn replica_leave(&self, id: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM berth_replicas WHERE id = $1", &[&id])
             .await
             .map_err(store_error)?;
         Ok(())
