@@ -445,3 +445,85 @@ async fn jobs_sequences_and_metadata_survive_reopening() {
         assert_eq!(store.dump(Table::Jobs).await.unwrap().len(), 2, "{kind}");
     }
 }
+
+/// `berth store copy`: a redb store to PostgreSQL and back, every table and
+/// namespace counted and checksummed equal on both sides; a copy into a
+/// store that holds something is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_copies_to_postgres_and_back_unchanged() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (first, last) = (dir.path().join("first.redb"), dir.path().join("last.redb"));
+    {
+        let store = Store::open(&first).unwrap();
+        for (ns, n) in [("hello", 3), ("beacons", 40)] {
+            let mut t = store.begin(ns);
+            for i in 0..n {
+                t.set(
+                    &format!("key/{i}"),
+                    format!("value {i} of {ns}").into_bytes(),
+                )
+                .await
+                .unwrap();
+            }
+            t.enqueue("run", ns.as_bytes(), 60_000).await.unwrap();
+            t.commit().await.unwrap();
+        }
+        store
+            .meta_set("hmac-key/hello", "session", vec![7; 32])
+            .await
+            .unwrap();
+    }
+    cluster.create_database("copied");
+    let url = cluster.url("copied");
+    let copy = |from: &str, to: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["store", "copy", "--from", from, "--to", to])
+            .output()
+            .unwrap()
+    };
+    let there = copy(first.to_str().unwrap(), &url);
+    let text = String::from_utf8_lossy(&there.stdout).into_owned();
+    assert!(
+        there.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&there.stderr)
+    );
+    assert!(
+        text.contains("copied: both stores hold the same entries"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("kv") && l.contains("beacons") && l.contains(" 40 ")),
+        "{text}"
+    );
+    let back = copy(&url, last.to_str().unwrap());
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+
+    let (first, last) = (Store::open(&first).unwrap(), Store::open(&last).unwrap());
+    for table in Table::ALL {
+        let before = first.census(table).await.unwrap();
+        assert!(!before.is_empty(), "{}", table.name());
+        assert_eq!(
+            before,
+            last.census(table).await.unwrap(),
+            "{}",
+            table.name()
+        );
+    }
+    drop((first, last));
+
+    let again = copy(dir.path().join("last.redb").to_str().unwrap(), &url);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("copy into an empty store"),
+        "{again:?}"
+    );
+}

@@ -66,6 +66,25 @@ enum Command {
     },
     /// Print the effective configuration (defaults merged with --config).
     Config,
+    /// Move durable state between stores.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a whole store (plugin KV, host metadata, jobs) into an empty
+    /// one, then compare both: entries and a SHA-256 per namespace. Each
+    /// side is a redb file (a stopped Berth's DATA_DIR/berth.redb) or a
+    /// PostgreSQL URL ([store] password, pool and TLS settings apply).
+    Copy {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +234,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(report(ask(&config, &AdminRequest::RetryJob { id }).await?))
             }
         },
+        Command::Store {
+            command: StoreCommand::Copy { from, to },
+        } => store_copy(&config, &from, &to).await,
         Command::Config => {
             config.store.url = berth::store::redact(&config.store.url);
             print!("{}", toml::to_string_pretty(&config)?);
@@ -264,6 +286,73 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     drop(Arc::clone(&app));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A store named on the command line: a PostgreSQL URL or a redb file
+/// (which must exist unless `create`).
+async fn open_store(
+    config: &Config,
+    place: &str,
+    create: bool,
+) -> anyhow::Result<Arc<berth::store::Store>> {
+    if place.starts_with("postgres://") || place.starts_with("postgresql://") {
+        let mut store = config.store.clone();
+        store.url = place.to_string();
+        let options = store.postgres()?.expect("a URL was given");
+        let shown = berth::store::redact(place);
+        return berth::store::Store::connect(&options)
+            .await
+            .with_context(|| format!("cannot open the store at {shown}"));
+    }
+    let path = std::path::Path::new(place);
+    if !create && !path.exists() {
+        anyhow::bail!("{place}: no such redb file");
+    }
+    berth::store::Store::open(path)
+        .with_context(|| format!("cannot open {place} (is a Berth serving on it? stop it first)"))
+}
+
+/// `berth store copy`: into an empty store, then both compared.
+async fn store_copy(config: &Config, from: &str, to: &str) -> anyhow::Result<ExitCode> {
+    use berth::store::Table;
+    let source = open_store(config, from, false).await?;
+    let target = open_store(config, to, true).await?;
+    for table in Table::ALL {
+        let there = target.dump(table).await?.len();
+        if there > 0 {
+            anyhow::bail!(
+                "{} already holds {there} {} entries: copy into an empty store",
+                berth::store::redact(to),
+                table.name()
+            );
+        }
+    }
+    let mut same = true;
+    println!(
+        "{:<5} {:<40} {:>8}  SHA-256",
+        "TABLE", "NAMESPACE", "ENTRIES"
+    );
+    for table in Table::ALL {
+        target.load(table, source.dump(table).await?).await?;
+        let (before, after) = (source.census(table).await?, target.census(table).await?);
+        for c in &before {
+            println!(
+                "{:<5} {:<40} {:>8}  {}",
+                c.table, c.namespace, c.count, c.checksum
+            );
+        }
+        if before != after {
+            same = false;
+            eprintln!("{} differs after the copy: {after:?}", table.name());
+        }
+    }
+    if same {
+        println!("copied: both stores hold the same entries");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: the stores differ after the copy");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 /// Print an admin answer's text (stdout if ok, stderr if not) and give

@@ -119,6 +119,15 @@ pub struct Queued {
     pub plugin: String,
 }
 
+/// One namespace of one table, summed up (see [`Store::census`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Census {
+    pub table: &'static str,
+    pub namespace: String,
+    pub count: u64,
+    pub checksum: String,
+}
+
 /// A replica as the registry keeps it (see `replicas`).
 pub struct ReplicaRecord<'a> {
     pub id: &'a str,
@@ -494,6 +503,39 @@ impl Store {
             Backend::Embedded(e) => e.dump(table),
             Backend::Postgres(pg) => pg.dump(table).await,
         }
+    }
+
+    /// What `table` holds per namespace: how many entries, and a SHA-256
+    /// over them in key order (each key and value length-prefixed), so two
+    /// stores can be compared whatever their backends (`berth store copy`).
+    pub async fn census(&self, table: Table) -> Result<Vec<Census>, StoreError> {
+        use sha2::Digest;
+        let mut entries = self.dump(table).await?;
+        entries.sort();
+        let mut out: Vec<Census> = Vec::new();
+        let mut hasher = sha2::Sha256::new();
+        for (ns, key, value) in &entries {
+            if out.last().is_none_or(|c| &c.namespace != ns) {
+                if let Some(last) = out.last_mut() {
+                    last.checksum = hex::encode(std::mem::take(&mut hasher).finalize());
+                }
+                out.push(Census {
+                    table: table.name(),
+                    namespace: ns.clone(),
+                    count: 0,
+                    checksum: String::new(),
+                });
+            }
+            for part in [key.as_bytes(), value.as_slice()] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part);
+            }
+            out.last_mut().expect("pushed above").count += 1;
+        }
+        if let Some(last) = out.last_mut() {
+            last.checksum = hex::encode(hasher.finalize());
+        }
+        Ok(out)
     }
 
     /// Write entries into `table` (moving a store: `berth store copy`).

@@ -793,10 +793,16 @@ impl Postgres {
                         StoreError::Storage(format!("job key `{key}` in {name} is not an id"))
                     })?;
                     let record = String::from_utf8_lossy(value);
+                    let job = super::parse_job(value).ok_or_else(|| {
+                        StoreError::Storage(format!("job {id} of {ns} is not a job record"))
+                    })?;
                     tx.execute(
-                        "INSERT INTO berth_jobs (plugin, id, record) VALUES ($1, $2, $3)
-                         ON CONFLICT (plugin, id) DO UPDATE SET record = EXCLUDED.record",
-                        &[ns, &id, &record.as_ref()],
+                        "INSERT INTO berth_jobs (plugin, id, record, run_at, dead)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (plugin, id) DO UPDATE SET record = EXCLUDED.record,
+                             run_at = EXCLUDED.run_at, dead = EXCLUDED.dead,
+                             lease = 0, leased_until = 0",
+                        &[ns, &id, &record.as_ref(), &(job.run_at_ms as i64), &job.dead],
                     )
                     .await
                     .map(drop)
