@@ -327,3 +327,246 @@ async fn postgres_restarting_under_writers_answers_503_and_loses_nothing() {
         );
     }
 }
+
+/// nginx in front of `upstreams`, as an operator would put it: round robin,
+/// a replica that refuses connections skipped. Its URL and the process.
+struct Nginx {
+    url: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's nginx, or None (and a note) when it is missing and PostgreSQL
+/// is not required (the fleet test needs both; CI has both).
+fn nginx_binary() -> Option<&'static str> {
+    let bin = "/usr/sbin/nginx";
+    if std::path::Path::new(bin).exists() {
+        return Some(bin);
+    }
+    if std::env::var("BERTH_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+        panic!("the fleet test needs nginx (Debian `nginx-light`)");
+    }
+    eprintln!("SKIPPED the fleet behind nginx: install Debian's `nginx-light`");
+    None
+}
+
+async fn nginx(bin: &str, upstreams: &[&Berth]) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let servers: String = upstreams
+        .iter()
+        .map(|b| {
+            let addr = b.url.trim_start_matches("http://");
+            format!("server {addr} max_fails=1 fail_timeout=2s;\n")
+        })
+        .collect();
+    let d = dir.path().display();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1;\n\
+         pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+         upstream berth {{ {servers} keepalive 32; }}\n\
+         server {{ listen 127.0.0.1:{port};\n\
+           location / {{ proxy_pass http://berth; proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\"; proxy_next_upstream error timeout; }} }}\n}}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = std::process::Command::new(bin)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let c = support::client();
+    poll(Duration::from_secs(30), "nginx to answer", || async {
+        let r = c.get(format!("{url}/_berth/health")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    Nginx {
+        url,
+        child,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_behind_nginx_keep_the_rules() {
+    if !installed_or_skip("the fleet behind nginx") {
+        return;
+    }
+    let Some(bin) = nginx_binary() else {
+        return;
+    };
+    let cluster = Cluster::start().unwrap();
+    cluster.create_database("three");
+    let (_a_dir, a) = replica(&cluster, "three");
+    let (_b_dir, b) = replica(&cluster, "three");
+    let (_c_dir, mut c3) = replica(&cluster, "three");
+    let front = nginx(bin, &[&a, &b, &c3]).await;
+    let url = |path: &str| format!("{}{path}", front.url);
+    let http = support::client();
+
+    // Requests reach every replica.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..12 {
+        seen.insert(get_json(&http, &url("/_berth/health")).await.1["replica"].clone());
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // 50 racing first-admin creations over the replicas: one wins, and it
+    // is what is stored.
+    let answers = futures_util::future::join_all((0..50).map(|i| {
+        let body =
+            serde_json::json!({ "Username": format!("admin{i}"), "Password": "secret-pass" });
+        let request = http.post(url("/api/users/admin/init")).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    }))
+    .await;
+    let won: Vec<_> = answers.iter().filter(|a| a.0 == 200).collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.0 == 200 || a.0 == 409),
+        "{answers:?}"
+    );
+    let winner = won[0].1["Username"].as_str().unwrap().to_string();
+    let auth = support::json_of(
+        http.post(url("/api/auth"))
+            .json(&serde_json::json!({ "Username": winner, "Password": "secret-pass" })),
+    )
+    .await;
+    let jwt = auth["jwt"]
+        .as_str()
+        .expect("the winner logs in")
+        .to_string();
+    let users = support::json_of(http.get(url("/api/users")).bearer_auth(&jwt)).await;
+    assert_eq!(users.as_array().unwrap().len(), 1, "{users}");
+    assert_eq!(users[0]["Username"], winner.as_str());
+
+    // 3 x 1000 increments of one counter over the replicas: exact.
+    let writers = (0..3).map(|_| {
+        let (http, target) = (http.clone(), url("/hello/shared/visits"));
+        async move {
+            for _ in 0..1000 {
+                loop {
+                    let r = http.post(&target).send().await.unwrap();
+                    match r.status().as_u16() {
+                        200 => break,
+                        // Not done (a conflict's retry-later): send it again.
+                        503 => tokio::time::sleep(Duration::from_millis(5)).await,
+                        other => panic!("{other}: {:?}", r.text().await),
+                    }
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await;
+    let (_, body) = get_json(&http, &url("/hello/shared/visits")).await;
+    assert_eq!(body["visits"], 3000, "{body}");
+
+    // kill -9 of one replica under five writers: every acknowledged write
+    // is kept, and the other two keep serving through nginx.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tallies: Vec<Arc<Tally>> = (0..5).map(|_| Arc::default()).collect();
+    let mut tasks = Vec::new();
+    for (i, tally) in tallies.iter().enumerate() {
+        let (http, target, stop, tally) = (
+            http.clone(),
+            url(&format!("/hello/k{i}/visits")),
+            stop.clone(),
+            tally.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match http.post(&target).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        tally.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Cut off with its replica (nginx's 502), or not done:
+                    // may or may not have been kept.
+                    Ok(r) if r.status() == 502 || r.status() == 503 => {
+                        tally.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        tally
+                            .wrong
+                            .lock()
+                            .unwrap()
+                            .push(format!("{status}: {body}"));
+                    }
+                    Err(e) => tally.wrong.lock().unwrap().push(e.to_string()),
+                }
+            }
+        }));
+    }
+    let acknowledged = || -> Vec<u64> {
+        tallies
+            .iter()
+            .map(|t| t.acknowledged.load(Ordering::Relaxed))
+            .collect()
+    };
+    poll(
+        Duration::from_secs(30),
+        "every writer is served",
+        || async { acknowledged().iter().all(|&n| n >= 20).then_some(()) },
+    )
+    .await;
+    c3.kill9();
+    let before = acknowledged();
+    poll(
+        Duration::from_secs(60),
+        "the two left serve every writer",
+        || async {
+            acknowledged()
+                .iter()
+                .zip(&before)
+                .all(|(now, then)| *now >= then + 50)
+                .then_some(())
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for (i, tally) in tallies.iter().enumerate() {
+        let wrong = tally.wrong.lock().unwrap().clone();
+        assert!(wrong.is_empty(), "writer {i} got {wrong:?}");
+        let (_, body) = get_json(&http, &url(&format!("/hello/k{i}/visits"))).await;
+        let stored = body["visits"].as_u64().unwrap();
+        let (acked, unsure) = (
+            tally.acknowledged.load(Ordering::Relaxed),
+            tally.refused.load(Ordering::Relaxed),
+        );
+        assert!(
+            stored >= acked && stored <= acked + unsure,
+            "writer {i}: stored {stored}, acknowledged {acked}, unsure {unsure}"
+        );
+    }
+    drop(front);
+}

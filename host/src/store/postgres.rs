@@ -802,7 +802,13 @@ impl Postgres {
                          ON CONFLICT (plugin, id) DO UPDATE SET record = EXCLUDED.record,
                              run_at = EXCLUDED.run_at, dead = EXCLUDED.dead,
                              lease = 0, leased_until = 0",
-                        &[ns, &id, &record.as_ref(), &(job.run_at_ms as i64), &job.dead],
+                        &[
+                            ns,
+                            &id,
+                            &record.as_ref(),
+                            &(job.run_at_ms as i64),
+                            &job.dead,
+                        ],
                     )
                     .await
                     .map(drop)
