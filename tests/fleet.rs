@@ -328,90 +328,12 @@ async fn postgres_restarting_under_writers_answers_503_and_loses_nothing() {
     }
 }
 
-/// nginx in front of `upstreams`, as an operator would put it: round robin,
-/// a replica that refuses connections skipped. Its URL and the process.
-struct Nginx {
-    url: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Debian's nginx, or None (and a note) when it is missing and PostgreSQL
-/// is not required (the fleet test needs both; CI has both).
-fn nginx_binary() -> Option<&'static str> {
-    let bin = "/usr/sbin/nginx";
-    if std::path::Path::new(bin).exists() {
-        return Some(bin);
-    }
-    if std::env::var("BERTH_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-        panic!("the fleet test needs nginx (Debian `nginx-light`)");
-    }
-    eprintln!("SKIPPED the fleet behind nginx: install Debian's `nginx-light`");
-    None
-}
-
-async fn nginx(bin: &str, upstreams: &[&Berth]) -> Nginx {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let servers: String = upstreams
-        .iter()
-        .map(|b| {
-            let addr = b.url.trim_start_matches("http://");
-            format!("server {addr} max_fails=1 fail_timeout=2s;\n")
-        })
-        .collect();
-    let d = dir.path().display();
-    let conf = format!(
-        "daemon off; master_process off; worker_processes 1;\n\
-         pid {d}/nginx.pid; error_log {d}/error.log;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-         upstream berth {{ {servers} keepalive 32; }}\n\
-         server {{ listen 127.0.0.1:{port};\n\
-           location / {{ proxy_pass http://berth; proxy_http_version 1.1;\n\
-             proxy_set_header Connection \"\"; proxy_next_upstream error timeout; }} }}\n}}\n"
-    );
-    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-    let child = std::process::Command::new(bin)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let c = support::client();
-    poll(Duration::from_secs(30), "nginx to answer", || async {
-        let r = c.get(format!("{url}/_berth/health")).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-    Nginx {
-        url,
-        child,
-        _dir: dir,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_behind_nginx_keep_the_rules() {
     if !installed_or_skip("the fleet behind nginx") {
         return;
     }
-    let Some(bin) = nginx_binary() else {
+    let Some(bin) = support::nginx::binary() else {
         return;
     };
     let cluster = Cluster::start().unwrap();
@@ -419,7 +341,7 @@ async fn three_replicas_behind_nginx_keep_the_rules() {
     let (_a_dir, a) = replica(&cluster, "three");
     let (_b_dir, b) = replica(&cluster, "three");
     let (_c_dir, mut c3) = replica(&cluster, "three");
-    let front = nginx(bin, &[&a, &b, &c3]).await;
+    let front = support::nginx::Nginx::start(bin, &[&a.url, &b.url, &c3.url]).await;
     let url = |path: &str| format!("{}{path}", front.url);
     let http = support::client();
 

@@ -418,6 +418,7 @@ pub async fn call_bearer(
 
 pub mod docker;
 pub mod dokkud;
+pub mod nginx;
 pub mod portainer;
 pub mod postgres;
 
