@@ -57,7 +57,11 @@ impl Berth {
             .open(&log)
             .unwrap();
         let mut command = Command::new(bin);
-        if postgres::store_pass() && std::env::var_os("BERTH_STORE_URL").is_none() {
+        // A test that names its own store (the fleet's) keeps it.
+        if postgres::store_pass()
+            && std::env::var_os("BERTH_STORE_URL").is_none()
+            && !config.contains("[store]")
+        {
             command.env("BERTH_STORE_URL", postgres::url_for(&data));
         }
         let mut child = command
