@@ -119,10 +119,118 @@ async fn a_job_runs_once_across_replicas_and_outlives_its_replica() {
 struct Tally {
     /// Increments answered 200: each must be in the store.
     acknowledged: AtomicU64,
-    /// Answered 503 with `Retry-After`: may or may not have been kept.
-    refused: AtomicU64,
+    /// Answered with a status `Writers::start` was told may or may not
+    /// have been kept.
+    unsure: AtomicU64,
     /// Anything else (a hang past the client's timeout, another status).
     wrong: std::sync::Mutex<Vec<String>>,
+}
+
+/// Writers that each increment a counter of their own (`urls[i]`) until
+/// stopped, and count what they were answered.
+struct Writers {
+    urls: Vec<String>,
+    stop: Arc<AtomicBool>,
+    tallies: Vec<Arc<Tally>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// One writer per URL; an answer `unsure` accepts may or may not have
+    /// been kept (the writer pauses 20 ms after one).
+    fn start(
+        c: &reqwest::Client,
+        urls: Vec<String>,
+        unsure: fn(&reqwest::Response) -> bool,
+    ) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tallies: Vec<Arc<Tally>> = urls.iter().map(|_| Arc::default()).collect();
+        let tasks = urls
+            .iter()
+            .zip(&tallies)
+            .map(|(url, tally)| {
+                let (c, url, stop, tally) = (c.clone(), url.clone(), stop.clone(), tally.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match c.post(&url).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                tally.acknowledged.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) if unsure(&r) => {
+                                tally.unsure.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Ok(r) => {
+                                let status = r.status();
+                                let body = r.text().await.unwrap_or_default();
+                                tally
+                                    .wrong
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{status}: {body}"));
+                            }
+                            Err(e) => tally.wrong.lock().unwrap().push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            urls,
+            stop,
+            tallies,
+            tasks,
+        }
+    }
+
+    fn acknowledged(&self) -> Vec<u64> {
+        self.tallies
+            .iter()
+            .map(|t| t.acknowledged.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn unsure(&self) -> u64 {
+        self.tallies
+            .iter()
+            .map(|t| t.unsure.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Wait until every writer has `more` acknowledged increments than it
+    /// had at the call.
+    async fn served(&self, more: u64, timeout: Duration, what: &str) {
+        let before = self.acknowledged();
+        poll(timeout, what, || async {
+            self.acknowledged()
+                .iter()
+                .zip(&before)
+                .all(|(now, then)| *now >= then + more)
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Stop, then check each counter: every acknowledged increment is
+    /// kept, and an unsure one may have been (its commit was cut off mid
+    /// way), no more than that; no other answer came.
+    async fn stop_and_check(self, c: &reqwest::Client) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        for (i, (tally, url)) in self.tallies.iter().zip(&self.urls).enumerate() {
+            let wrong = tally.wrong.lock().unwrap().clone();
+            assert!(wrong.is_empty(), "writer {i} got {wrong:?}");
+            let stored = get_json(c, url).await.1["visits"].as_u64().unwrap();
+            let acked = tally.acknowledged.load(Ordering::Relaxed);
+            let unsure = tally.unsure.load(Ordering::Relaxed);
+            assert!(
+                stored >= acked && stored <= acked + unsure,
+                "writer {i}: stored {stored}, acknowledged {acked}, unsure {unsure}"
+            );
+        }
+    }
 }
 
 /// Lighthouse's answer to a login from `c`: its status.
@@ -227,65 +335,21 @@ async fn postgres_restarting_under_writers_answers_503_and_loses_nothing() {
         .build()
         .unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let tallies: Vec<Arc<Tally>> = (0..5).map(|_| Arc::default()).collect();
-    let mut writers = Vec::new();
-    for (i, tally) in tallies.iter().enumerate() {
-        let (c, url, stop, tally) = (
-            c.clone(),
-            berth.url(&format!("/hello/w{i}/visits")),
-            stop.clone(),
-            tally.clone(),
-        );
-        writers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match c.post(&url).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        tally.acknowledged.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
-                        tally.refused.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Ok(r) => {
-                        let status = r.status();
-                        let body = r.text().await.unwrap_or_default();
-                        tally
-                            .wrong
-                            .lock()
-                            .unwrap()
-                            .push(format!("{status}: {body}"));
-                    }
-                    Err(e) => tally.wrong.lock().unwrap().push(e.to_string()),
-                }
-            }
-        }));
-    }
-    let acknowledged = || -> Vec<u64> {
-        tallies
-            .iter()
-            .map(|t| t.acknowledged.load(Ordering::Relaxed))
-            .collect()
-    };
-    let refused = || -> u64 {
-        tallies
-            .iter()
-            .map(|t| t.refused.load(Ordering::Relaxed))
-            .sum()
-    };
-
-    poll(
-        Duration::from_secs(30),
-        "every writer is served",
-        || async { acknowledged().iter().all(|&n| n >= 5).then_some(()) },
-    )
-    .await;
+    let urls = (0..5)
+        .map(|i| berth.url(&format!("/hello/w{i}/visits")))
+        .collect();
+    let writers = Writers::start(&c, urls, |r| {
+        r.status() == 503 && r.headers().contains_key("retry-after")
+    });
+    writers
+        .served(5, Duration::from_secs(30), "every writer is served")
+        .await;
 
     cluster.stop();
     poll(
         Duration::from_secs(30),
         "writers are refused with Retry-After",
-        || async { (refused() >= 10).then_some(()) },
+        || async { (writers.unsure() >= 10).then_some(()) },
     )
     .await;
     // A route that does not touch the store still answers.
@@ -294,38 +358,10 @@ async fn postgres_restarting_under_writers_answers_503_and_loses_nothing() {
     assert_eq!(body["greeting"], "Hello, ann!");
 
     cluster.start_again();
-    let before = acknowledged();
-    poll(
-        Duration::from_secs(60),
-        "every writer is served again",
-        || async {
-            acknowledged()
-                .iter()
-                .zip(&before)
-                .all(|(now, then)| now >= &(then + 5))
-                .then_some(())
-        },
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await.unwrap();
-    }
-
-    for (i, tally) in tallies.iter().enumerate() {
-        let wrong = tally.wrong.lock().unwrap().clone();
-        assert!(wrong.is_empty(), "writer {i} got {wrong:?}");
-        let (_, body) = get_json(&c, &berth.url(&format!("/hello/w{i}/visits"))).await;
-        let stored = body["visits"].as_u64().unwrap();
-        let acknowledged = tally.acknowledged.load(Ordering::Relaxed);
-        let refused = tally.refused.load(Ordering::Relaxed);
-        // Every acknowledged increment is kept; a refused one may have been
-        // (its commit was cut off mid-way), no more than that.
-        assert!(
-            stored >= acknowledged && stored <= acknowledged + refused,
-            "writer {i}: stored {stored}, acknowledged {acknowledged}, refused {refused}"
-        );
-    }
+    writers
+        .served(5, Duration::from_secs(60), "every writer is served again")
+        .await;
+    writers.stop_and_check(&c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -411,84 +447,23 @@ async fn three_replicas_behind_nginx_keep_the_rules() {
 
     // kill -9 of one replica under five writers: every acknowledged write
     // is kept, and the other two keep serving through nginx.
-    let stop = Arc::new(AtomicBool::new(false));
-    let tallies: Vec<Arc<Tally>> = (0..5).map(|_| Arc::default()).collect();
-    let mut tasks = Vec::new();
-    for (i, tally) in tallies.iter().enumerate() {
-        let (http, target, stop, tally) = (
-            http.clone(),
-            url(&format!("/hello/k{i}/visits")),
-            stop.clone(),
-            tally.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match http.post(&target).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        tally.acknowledged.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Cut off with its replica (nginx's 502), or not done:
-                    // may or may not have been kept.
-                    Ok(r) if r.status() == 502 || r.status() == 503 => {
-                        tally.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => {
-                        let status = r.status();
-                        let body = r.text().await.unwrap_or_default();
-                        tally
-                            .wrong
-                            .lock()
-                            .unwrap()
-                            .push(format!("{status}: {body}"));
-                    }
-                    Err(e) => tally.wrong.lock().unwrap().push(e.to_string()),
-                }
-            }
-        }));
-    }
-    let acknowledged = || -> Vec<u64> {
-        tallies
-            .iter()
-            .map(|t| t.acknowledged.load(Ordering::Relaxed))
-            .collect()
-    };
-    poll(
-        Duration::from_secs(30),
-        "every writer is served",
-        || async { acknowledged().iter().all(|&n| n >= 20).then_some(()) },
-    )
-    .await;
+    // Cut off with its replica (nginx's 502), or not done: may or may not
+    // have been kept.
+    let urls = (0..5)
+        .map(|i| url(&format!("/hello/k{i}/visits")))
+        .collect();
+    let writers = Writers::start(&http, urls, |r| r.status() == 502 || r.status() == 503);
+    writers
+        .served(20, Duration::from_secs(30), "every writer is served")
+        .await;
     c3.kill9();
-    let before = acknowledged();
-    poll(
-        Duration::from_secs(60),
-        "the two left serve every writer",
-        || async {
-            acknowledged()
-                .iter()
-                .zip(&before)
-                .all(|(now, then)| *now >= then + 50)
-                .then_some(())
-        },
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
-    for (i, tally) in tallies.iter().enumerate() {
-        let wrong = tally.wrong.lock().unwrap().clone();
-        assert!(wrong.is_empty(), "writer {i} got {wrong:?}");
-        let (_, body) = get_json(&http, &url(&format!("/hello/k{i}/visits"))).await;
-        let stored = body["visits"].as_u64().unwrap();
-        let (acked, unsure) = (
-            tally.acknowledged.load(Ordering::Relaxed),
-            tally.refused.load(Ordering::Relaxed),
-        );
-        assert!(
-            stored >= acked && stored <= acked + unsure,
-            "writer {i}: stored {stored}, acknowledged {acked}, unsure {unsure}"
-        );
-    }
+    writers
+        .served(
+            50,
+            Duration::from_secs(60),
+            "the two left serve every writer",
+        )
+        .await;
+    writers.stop_and_check(&http).await;
     drop(front);
 }
