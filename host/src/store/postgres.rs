@@ -22,7 +22,10 @@
 //! call whose check found it gives way (`conflict`). Where the role may
 //! set it, a call that may run again checks after 20 ms and a pinned call
 //! (one that acted outside KV) after a second, so the call that gives way
-//! is one that can run again, as with the embedded lock table.
+//! is one that can run again, as with the embedded lock table. PostgreSQL
+//! checks a wait once, so a call that may run again waits for a lock in
+//! slices of 50 ms (`berth_lock`), each a new wait with a new check: when
+//! a pinned call closes a cycle later, the other still gives way.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -166,6 +169,88 @@ const MIGRATIONS: &[&str] = &[
         started bigint NOT NULL,
         heartbeat bigint NOT NULL
     );
+    "#,
+    // 6: lock waits that re-check for deadlock. PostgreSQL checks a wait
+    // once, after `deadlock_timeout`; a call that may run again waits in
+    // slices of 50 ms, each ending in a check, so when a pinned call closes
+    // a cycle later, it is still the call that may run again that gives
+    // way. A pinned call waits once, until its deadline.
+    r#"
+    CREATE FUNCTION berth_lock(p_locks bigint[], p_exclusive boolean, p_patient boolean,
+                               p_wait_ms bigint)
+    RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        l bigint;
+        deadline bigint := berth_now_ms() + greatest(p_wait_ms, 1);
+        got boolean;
+        waited boolean := false;
+    BEGIN
+        FOREACH l IN ARRAY p_locks LOOP
+            IF p_exclusive THEN
+                got := pg_try_advisory_xact_lock(l);
+            ELSE
+                got := pg_try_advisory_xact_lock_shared(l);
+            END IF;
+            WHILE NOT got LOOP
+                IF berth_now_ms() >= deadline THEN
+                    RAISE EXCEPTION 'a lock was held past this call''s deadline'
+                        USING ERRCODE = 'lock_not_available';
+                END IF;
+                PERFORM set_config('lock_timeout', CASE WHEN p_patient
+                    THEN greatest(deadline - berth_now_ms(), 1)
+                    ELSE least(50, greatest(deadline - berth_now_ms(), 1)) END || 'ms', true);
+                BEGIN
+                    IF p_exclusive THEN
+                        PERFORM pg_advisory_xact_lock(l);
+                    ELSE
+                        PERFORM pg_advisory_xact_lock_shared(l);
+                    END IF;
+                    got := true;
+                EXCEPTION WHEN lock_not_available THEN
+                    got := false;
+                END;
+                waited := true;
+            END LOOP;
+        END LOOP;
+        IF waited THEN
+            -- Later statements of the call wait until its deadline again.
+            PERFORM set_config('lock_timeout',
+                greatest(deadline - berth_now_ms(), 1) || 'ms', true);
+        END IF;
+    END $$;
+
+    CREATE FUNCTION berth_read(p_ns text, p_key bytea, p_lock bigint, p_exclusive boolean,
+                               p_patient boolean, p_wait_ms bigint)
+    RETURNS bytea LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE found bytea;
+    BEGIN
+        PERFORM berth_lock(ARRAY[p_lock], p_exclusive, p_patient, p_wait_ms);
+        SELECT k.value INTO found FROM berth_kv k WHERE k.ns = p_ns AND k.key = p_key;
+        RETURN found;
+    END $$;
+
+    CREATE FUNCTION berth_write(p_ns text, p_key bytea, p_value bytea, p_lock bigint,
+                                p_spans bigint[], p_patient boolean, p_wait_ms bigint)
+    RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        PERFORM berth_lock(ARRAY[p_lock] || p_spans, true, p_patient, p_wait_ms);
+        IF p_value IS NULL THEN
+            DELETE FROM berth_kv k WHERE k.ns = p_ns AND k.key = p_key;
+        ELSE
+            INSERT INTO berth_kv AS k (ns, key, value) VALUES (p_ns, p_key, p_value)
+            ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value;
+        END IF;
+    END $$;
+
+    CREATE FUNCTION berth_scan(p_ns text, p_spans bigint[], p_from bytea, p_past boolean,
+                               p_upper bytea, p_limit bigint, p_patient boolean,
+                               p_wait_ms bigint)
+    RETURNS TABLE (entry_key bytea, entry_value bytea) LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        PERFORM berth_lock(p_spans, false, p_patient, p_wait_ms);
+        RETURN QUERY SELECT * FROM berth_list(p_ns, ARRAY[]::bigint[], p_from, p_past,
+                                              p_upper, p_limit);
+    END $$;
     "#,
 ];
 
@@ -900,6 +985,14 @@ fn listing_locks(ns: &str, prefix: &str) -> Vec<i64> {
         .collect()
 }
 
+/// What is left of a call's deadline, for a lock wait (ms).
+fn wait_ms(cx: &Ctx<'_>) -> i64 {
+    cx.deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        .min(i64::MAX as u128) as i64
+}
+
 /// `SET LOCAL deadlock_timeout` for a call that may run again (checks soon,
 /// so it is the one that gives way) or one that may not (checks late).
 fn deadlock_timeout(pinned: bool) -> &'static str {
@@ -998,13 +1091,19 @@ impl PgTxn {
         exclusive: bool,
     ) -> Result<Option<Vec<u8>>, TxnError> {
         let client = self.begun(pg, cx.deadline, cx.pinned).await?;
-        let sql = "SELECT berth_get($1, $2, $3, $4)";
+        let sql = "SELECT berth_read($1, $2, $3, $4, $5, $6)";
         let row = match client.prepare_cached(sql).await {
             Ok(s) => {
-                let lock = key_lock(cx.ns, key);
-                client
-                    .query_one(&s, &[&&**cx.ns, &key.as_bytes(), &lock, &exclusive])
-                    .await
+                let (lock, wait) = (key_lock(cx.ns, key), wait_ms(cx));
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+                    &&**cx.ns,
+                    &key.as_bytes(),
+                    &lock,
+                    &exclusive,
+                    &cx.pinned,
+                    &wait,
+                ];
+                client.query_one(&s, &params).await
             }
             Err(e) => Err(e),
         };
@@ -1021,13 +1120,21 @@ impl PgTxn {
         value: Option<&[u8]>,
     ) -> Result<(), TxnError> {
         let client = self.begun(pg, cx.deadline, cx.pinned).await?;
-        let sql = "SELECT berth_put($1, $2, $3, $4, $5)";
+        let sql = "SELECT berth_write($1, $2, $3, $4, $5, $6, $7)";
         let done = match client.prepare_cached(sql).await {
             Ok(s) => {
                 let (lock, spans) = (key_lock(cx.ns, key), span_locks(cx.ns, key));
-                client
-                    .execute(&s, &[&&**cx.ns, &key.as_bytes(), &value, &lock, &spans])
-                    .await
+                let wait = wait_ms(cx);
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                    &&**cx.ns,
+                    &key.as_bytes(),
+                    &value,
+                    &lock,
+                    &spans,
+                    &cx.pinned,
+                    &wait,
+                ];
+                client.execute(&s, &params).await
             }
             Err(e) => Err(e),
         };
@@ -1051,13 +1158,14 @@ impl PgTxn {
         };
         let upper = past_prefix(prefix.as_bytes());
         let fetch = limit as i64 + 1;
-        let sql = "SELECT entry_key, entry_value FROM berth_list($1, $2, $3, $4, $5, $6)";
+        let sql = "SELECT entry_key, entry_value FROM berth_scan($1, $2, $3, $4, $5, $6, $7, $8)";
         let rows = match client.prepare_cached(sql).await {
             Ok(s) => {
-                let locks = listing_locks(cx.ns, prefix);
-                client
-                    .query(&s, &[&&**cx.ns, &locks, &from, &past, &upper, &fetch])
-                    .await
+                let (locks, wait) = (listing_locks(cx.ns, prefix), wait_ms(cx));
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                    &&**cx.ns, &locks, &from, &past, &upper, &fetch, &cx.pinned, &wait,
+                ];
+                client.query(&s, &params).await
             }
             Err(e) => Err(e),
         }
