@@ -15,21 +15,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use support::docker::{self, Engine, IMAGE};
 use support::postgres::{Cluster, installed_or_skip};
 use support::{Berth, drop_file, get_json, jobber_done as done, plugin_wasm, poll};
 
 /// A replica on database `db` of `cluster`, serving the `jobber` fixture
-/// (its job deadline 4 s, so a lease lapses 9 s after a claim) beside the
-/// bundled plugins.
+/// (its job deadline 4 s, so a lease lapses 9 s after a claim) and the
+/// `streamer` fixture beside the bundled plugins.
 fn replica(cluster: &Cluster, db: &str) -> (tempfile::TempDir, Berth) {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("data/plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    drop_file(&plugin_wasm("jobber"), &plugins.join("jobber.wasm"));
+    for fixture in ["jobber", "streamer"] {
+        drop_file(
+            &plugin_wasm(fixture),
+            &plugins.join(format!("{fixture}.wasm")),
+        );
+    }
     let config = format!(
         "watch_interval_ms = 50\n[store]\nurl = \"{}\"\n\
          [jobs]\nbackoff_ms = 20\n[plugins.jobber]\ngrants = [\"kv\", \"jobs\"]\n\
-         deadline_ms = 4000\n",
+         deadline_ms = 4000\n[plugins.streamer]\ngrants = [\"events\"]\n",
         cluster.url(db)
     );
     let berth = Berth::start(dir.path(), &config);
@@ -313,6 +319,269 @@ async fn sessions_tokens_and_login_throttles_are_the_fleets() {
         statuses.push(login(&c, replica, "admin", "wrong").await);
     }
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+}
+
+/// Publish `body` on `topic` through `berth`'s streamer: the event's number.
+async fn publish(c: &reqwest::Client, berth: &Berth, topic: &str, body: String) -> u64 {
+    let r = c
+        .post(berth.url(&format!("/stream/{topic}")))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<serde_json::Value>().await.unwrap()["seq"]
+        .as_u64()
+        .expect("a number")
+}
+
+/// Publish `n` events on `topic` through `berth`, one after another:
+/// (number, body) of each.
+async fn publish_many(
+    c: &reqwest::Client,
+    berth: &Berth,
+    topic: &str,
+    n: u32,
+) -> Vec<(u64, String)> {
+    let mut numbers = Vec::new();
+    for i in 0..n {
+        let body = format!("{} {i}", berth.url(""));
+        numbers.push((publish(c, berth, topic, body.clone()).await, body));
+    }
+    numbers
+}
+
+/// Subscribe to `topic` on `berth` as Server-Sent Events, `after` a number
+/// with replay: the open stream (subscribed once its headers are here).
+async fn subscribe(
+    c: &reqwest::Client,
+    berth: &Berth,
+    topic: &str,
+    after: Option<u64>,
+) -> reqwest::Response {
+    let replay = after.map_or(String::new(), |n| format!("&replay=1&after={n}"));
+    let r = c
+        .get(berth.url(&format!("/stream/{topic}?framing=sse{replay}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r
+}
+
+/// What a closed topic's stream carried: (id, data) per event.
+async fn received(r: reqwest::Response) -> Vec<(u64, String)> {
+    let text = tokio::time::timeout(Duration::from_secs(60), r.text())
+        .await
+        .expect("the stream to end once its topic closed")
+        .unwrap();
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let id = e
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .expect("an id");
+            let data = e
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .expect("data");
+            (id.parse().unwrap(), data.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_reach_subscribers_on_every_replica_in_order_and_replay() {
+    if !installed_or_skip("the replicas' events test") {
+        return;
+    }
+    let cluster = Cluster::start().unwrap();
+    cluster.create_database("events");
+    let (_a_dir, a) = replica(&cluster, "events");
+    let (_b_dir, b) = replica(&cluster, "events");
+    let c = support::client();
+    support::mount(&a, "streamer", "/stream/t/close").await;
+    support::mount(&b, "streamer", "/stream/t/close").await;
+
+    // A subscriber on each replica; events published on both at once.
+    let on_a = subscribe(&c, &a, "news", None).await;
+    let on_b = subscribe(&c, &b, "news", None).await;
+    let (from_a, from_b) = futures_util::future::join(
+        publish_many(&c, &a, "news", 15),
+        publish_many(&c, &b, "news", 15),
+    )
+    .await;
+    let mut published: Vec<(u64, String)> = from_a.into_iter().chain(from_b).collect();
+    let last = publish(&c, &a, "news/close", "end".into()).await;
+    published.push((last, "end".into()));
+    published.sort();
+    let numbers: std::collections::BTreeSet<u64> = published.iter().map(|p| p.0).collect();
+    assert_eq!(numbers.len(), 31, "one numbering across the fleet");
+
+    // Each subscriber saw every event, in number order, whichever replica
+    // published it.
+    assert_eq!(received(on_a).await, published, "the subscriber on A");
+    assert_eq!(received(on_b).await, published, "the subscriber on B");
+
+    // A client that reconnects, to the other replica, replays what it
+    // missed after the last number it saw.
+    let seen = published[9].0;
+    let replayed = received(subscribe(&c, &b, "news", Some(seen)).await).await;
+    assert_eq!(replayed, published[10..], "replay after {seen} on B");
+}
+
+/// A replica on database `db` of `cluster` serving the `dockerprobe`
+/// fixture on `engine`.
+fn probe_replica(cluster: &Cluster, db: &str, engine: &Engine) -> (tempfile::TempDir, Berth) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("data/plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    drop_file(
+        &plugin_wasm("dockerprobe"),
+        &plugins.join("dockerprobe.wasm"),
+    );
+    let config = format!(
+        "watch_interval_ms = 50\n[store]\nurl = \"{}\"\n[docker]\nlocal = \"{}\"\n\
+         [plugins.dockerprobe]\ngrants = [\"docker\", \"events\"]\n",
+        cluster.url(db),
+        engine.host
+    );
+    let berth = Berth::start(dir.path(), &config);
+    (dir, berth)
+}
+
+/// Run a container named `name` on `engine` (it exits at once).
+fn run_container(engine: &Engine, name: &str) {
+    let run = engine.cli(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        name,
+        IMAGE,
+        "true",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// Read `stream` (NDJSON engine events) until `done` holds for the events
+/// about the containers named in `names`, seen so far.
+async fn engine_events<S>(
+    stream: &mut S,
+    seen: &mut String,
+    names: &[&str],
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value>
+where
+    S: futures_core::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+{
+    let about = |seen: &str| -> Vec<serde_json::Value> {
+        seen.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| names.iter().any(|n| e["Actor"]["Attributes"]["name"] == *n))
+            .collect()
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let events = about(seen);
+            if done(&events) {
+                return events;
+            }
+            match std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+                None => panic!("the event stream ended: {seen}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the events of {names:?} within 60 s: {seen}"))
+}
+
+/// How many of `events` are `action` of container `name`.
+fn count(events: &[serde_json::Value], name: &str, action: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["Actor"]["Attributes"]["name"] == name && e["Action"] == action)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_follows_an_engine_and_another_takes_over() {
+    if !installed_or_skip("the replicas' engine follower test") {
+        return;
+    }
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let cluster = Cluster::start().unwrap();
+    cluster.create_database("follow");
+    let (_a_dir, mut a) = probe_replica(&cluster, "follow", engine);
+    let (_b_dir, b) = probe_replica(&cluster, "follow", engine);
+    let c = support::client();
+    support::mount(&a, "dockerprobe", "/probe/local/info").await;
+    support::mount(&b, "dockerprobe", "/probe/local/info").await;
+
+    // The subscriber is on B. A follows the engine into the topic: the
+    // first container's events arrive; then B is asked to follow too.
+    let r = c.get(b.url("/probe/events/engine")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = Box::pin(r.bytes_stream());
+    let mut seen = String::new();
+    let follow = |berth: &Berth| {
+        let (c, url) = (c.clone(), berth.url("/probe/local/follow/engine"));
+        async move {
+            let r = c.post(url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        }
+    };
+    let pid = std::process::id();
+    let (first, second, third) = (
+        format!("fleet-first-{pid}"),
+        format!("fleet-second-{pid}"),
+        format!("fleet-third-{pid}"),
+    );
+    follow(&a).await;
+    run_container(engine, &first);
+    engine_events(&mut stream, &mut seen, &[&first], |e| {
+        count(e, &first, "die") >= 1
+    })
+    .await;
+    follow(&b).await;
+    // Each event once, not once per replica: the second container's, by
+    // which time a second follower would have delivered the first's again.
+    run_container(engine, &second);
+    let events = engine_events(&mut stream, &mut seen, &[&first, &second], |e| {
+        count(e, &second, "die") >= 1
+    })
+    .await;
+    for name in [&first, &second] {
+        for action in ["create", "start", "die"] {
+            assert_eq!(
+                count(&events, name, action),
+                1,
+                "{action} of {name}: {seen}"
+            );
+        }
+    }
+
+    // The follower's replica is killed: the other takes its lease over once
+    // it lapses, and follows from where the first got to.
+    a.kill9();
+    run_container(engine, &third);
+    let events = engine_events(&mut stream, &mut seen, &[&third], |e| {
+        count(e, &third, "die") >= 1
+    })
+    .await;
+    assert!(count(&events, &third, "start") >= 1, "{seen}");
+    for name in [&first, &second, &third] {
+        engine.cli(&["rm", "-f", name]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -113,10 +113,14 @@ impl App {
                 keys,
                 http: Arc::new(caps::http_out::HttpOut::new(&config.http_out)?),
                 docker: Arc::new(caps::docker::Docker::new(&config.docker, db.clone())?),
-                events: Arc::new(caps::events::Events::default()),
+                events: Arc::new(caps::events::Events::new(&db)),
             },
             metrics.clone(),
         ));
+        // A fleet's recent events, for replay, before the first client.
+        if let Err(e) = plugins.events().catch_up().await {
+            tracing::warn!(error = %e, "cannot read the fleet's events");
+        }
         plugins.scan(false).await;
         let (sink, queued) = tokio::sync::mpsc::unbounded_channel();
         db.set_job_sink(sink);
@@ -149,6 +153,7 @@ impl App {
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![
             tokio::spawn(self.plugins.clone().watch(shutdown.clone())),
+            tokio::spawn(self.plugins.events().clone().pump(shutdown.clone())),
             tokio::spawn(
                 self.replica
                     .clone()

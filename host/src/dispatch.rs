@@ -314,12 +314,11 @@ async fn call(
                     crate::streams::Source::Messages(messages.into())
                 }
                 None => crate::streams::Source::Topic {
-                    sub: plugin.env.events.subscribe(
-                        name,
-                        &sub.topic,
-                        sub.replay,
-                        sub.after.unwrap_or(0),
-                    ),
+                    sub: plugin
+                        .env
+                        .events
+                        .subscribe(name, &sub.topic, sub.replay, sub.after.unwrap_or(0))
+                        .await,
                     topic: sub.topic,
                 },
             };

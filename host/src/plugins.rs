@@ -142,6 +142,11 @@ impl Plugins {
         }
     }
 
+    /// The host's event channels.
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

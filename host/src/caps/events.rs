@@ -5,9 +5,17 @@
 //! message) and a ring of the last [`RETAINED`] events, replayed to
 //! subscribers that ask for it. Memory is bounded by both, whatever the
 //! clients do.
+//!
+//! On a shared store (a fleet), events are the fleet's: each is numbered
+//! and kept in the store (held ones until their call commits), and every
+//! replica's [`Events::pump`] sends them, in number order, to its own
+//! subscribers, woken by the store (LISTEN/NOTIFY) and looking every
+//! [`LOOK_EVERY`] besides. So a client sees the same numbers, and replays
+//! the same events, whichever replica it reached.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
@@ -18,6 +26,7 @@ use crate::bindings::events::Host;
 use crate::bindings::types::Error as WitError;
 use crate::capability::Capability;
 use crate::caps::{CallCx, Caller, OpenStream, Opened};
+use crate::store::{Store, StoreError, StoredEvent, now_ms};
 
 /// Events a subscriber may fall behind before it is dropped.
 pub const LAG_LIMIT: usize = 1024;
@@ -28,6 +37,13 @@ pub const RETAINED: usize = 1024;
 pub const MAX_PAYLOAD: usize = 64 << 10;
 /// Longest topic name.
 const MAX_TOPIC: usize = 256;
+/// How often a replica of a fleet looks for events besides its wake-ups.
+pub const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// A fleet's events kept per plugin in the store.
+const KEPT_IN_STORE: u64 = 4 * RETAINED as u64;
+/// How long past its call's deadline a held event of a fleet may wait
+/// (its replica died before it was settled): then it is skipped.
+const HELD_PAST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// One published event.
 #[derive(Debug, Clone)]
@@ -100,10 +116,21 @@ impl Pending {
 
     pub fn send(mut self) {
         if let Some(event) = self.event.take() {
-            self.events.with_channel(&self.plugin, |c| {
+            self.settle(event, true);
+        }
+    }
+
+    fn settle(&self, event: Event, send: bool) {
+        match &self.events.fleet {
+            Some(db) => settle_in_store(db.clone(), self.plugin.clone(), event.seq, send),
+            None => self.events.with_channel(&self.plugin, |c| {
                 c.held.remove(&event.seq);
-                c.send(event);
-            });
+                if send {
+                    c.send(event);
+                } else {
+                    c.flush();
+                }
+            }),
         }
     }
 }
@@ -111,18 +138,32 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(event) = self.event.take() {
-            self.events.with_channel(&self.plugin, |c| {
-                c.held.remove(&event.seq);
-                c.flush();
-            });
+            self.settle(event, false);
         }
     }
+}
+
+/// Tell the fleet's store that a held event is sent or dropped; if that
+/// fails, the event is skipped once its hold lapses.
+fn settle_in_store(db: Arc<Store>, plugin: String, seq: u64, send: bool) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        if let Err(e) = db.event_settled(&plugin, seq, send).await {
+            tracing::warn!(%plugin, seq, error = %e, "cannot settle a held event in the store");
+        }
+    });
 }
 
 /// Every plugin's channel.
 #[derive(Default)]
 pub struct Events {
     channels: Mutex<HashMap<String, Channel>>,
+    /// A shared store, whose events these are (see the module's docs).
+    fleet: Option<Arc<Store>>,
+    /// In a fleet: per plugin, the last number sent to subscribers here.
+    cursors: tokio::sync::Mutex<HashMap<String, u64>>,
 }
 
 /// A live subscription: replayed events first, then the channel.
@@ -132,6 +173,15 @@ pub struct Subscription {
 }
 
 impl Events {
+    /// Events on `db`: a fleet's when the store is shared, else this
+    /// Berth's own.
+    pub fn new(db: &Arc<Store>) -> Events {
+        Events {
+            fleet: db.shared().then(|| db.clone()),
+            ..Events::default()
+        }
+    }
+
     fn with_channel<R>(&self, plugin: &str, f: impl FnOnce(&mut Channel) -> R) -> R {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = channels
@@ -146,7 +196,20 @@ impl Events {
     }
 
     /// Publish an event of `plugin`; its sequence number.
-    pub fn publish(&self, plugin: &str, topic: &str, payload: Bytes, closing: bool) -> u64 {
+    pub async fn publish(
+        &self,
+        plugin: &str,
+        topic: &str,
+        payload: Bytes,
+        closing: bool,
+    ) -> Result<u64, StoreError> {
+        if let Some(db) = &self.fleet {
+            return db.event(plugin, topic, &payload, closing, None).await;
+        }
+        Ok(self.publish_here(plugin, topic, payload, closing))
+    }
+
+    fn publish_here(&self, plugin: &str, topic: &str, payload: Bytes, closing: bool) -> u64 {
         self.with_channel(plugin, |c| {
             let seq = c.next_seq;
             c.next_seq += 1;
@@ -161,21 +224,31 @@ impl Events {
     }
 
     /// Number an event of `plugin` now and hold it (and every event of
-    /// `plugin` numbered after it) until it is sent or dropped.
-    pub fn hold(
+    /// `plugin` numbered after it) until it is sent or dropped, or (in a
+    /// fleet) a little past `deadline`.
+    pub async fn hold(
         self: &Arc<Self>,
         plugin: &str,
         topic: &str,
         payload: Bytes,
         closing: bool,
-    ) -> Pending {
-        let seq = self.with_channel(plugin, |c| {
-            let seq = c.next_seq;
-            c.next_seq += 1;
-            c.held.insert(seq, None);
-            seq
-        });
-        Pending {
+        deadline: Instant,
+    ) -> Result<Pending, StoreError> {
+        let seq = match &self.fleet {
+            Some(db) => {
+                let left = deadline.saturating_duration_since(Instant::now()) + HELD_PAST_DEADLINE;
+                let until = now_ms().saturating_add(left.as_millis() as u64);
+                db.event(plugin, topic, &payload, closing, Some(until))
+                    .await?
+            }
+            None => self.with_channel(plugin, |c| {
+                let seq = c.next_seq;
+                c.next_seq += 1;
+                c.held.insert(seq, None);
+                seq
+            }),
+        };
+        Ok(Pending {
             events: self.clone(),
             plugin: plugin.to_string(),
             event: Some(Event {
@@ -184,12 +257,22 @@ impl Events {
                 payload,
                 closing,
             }),
-        }
+        })
     }
 
     /// Subscribe to `plugin`'s events on `topic`; with `replay`, the
-    /// retained ones after `after` come first.
-    pub fn subscribe(&self, plugin: &str, topic: &str, replay: bool, after: u64) -> Subscription {
+    /// retained ones after `after` come first. In a fleet, every event
+    /// sent before this is among them, whichever replica published it.
+    pub async fn subscribe(
+        &self,
+        plugin: &str,
+        topic: &str,
+        replay: bool,
+        after: u64,
+    ) -> Subscription {
+        if replay && let Err(e) = self.catch_up().await {
+            tracing::warn!(%plugin, error = %e, "cannot read the fleet's events to replay");
+        }
         self.with_channel(plugin, |c| Subscription {
             // Taken under the same lock as the receiver: nothing is missed
             // or seen twice between the replay and the live events.
@@ -204,6 +287,102 @@ impl Events {
             },
             live: c.sender.subscribe(),
         })
+    }
+}
+
+impl Events {
+    /// Send a fleet's events to this replica's subscribers until
+    /// `shutdown` flips (nothing to do on the embedded store).
+    pub async fn pump(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let Some(db) = self.fleet.clone() else {
+            return;
+        };
+        let mut wakeups = None;
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        let mut trimmed = Instant::now();
+        loop {
+            if wakeups.is_none() {
+                match db.event_wakeups().await {
+                    Ok(w) => wakeups = Some(w),
+                    Err(e) => tracing::debug!(error = %e, "cannot listen for the fleet's events"),
+                }
+            }
+            tokio::select! {
+                _ = look.tick() => {}
+                woken = woken(&mut wakeups) => if !woken {
+                    wakeups = None;
+                },
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.catch_up().await {
+                tracing::debug!(error = %e, "cannot read the fleet's events");
+            }
+            if trimmed.elapsed() > Duration::from_secs(60) {
+                trimmed = Instant::now();
+                if let Err(e) = db.events_trim(KEPT_IN_STORE).await {
+                    tracing::debug!(error = %e, "cannot trim the fleet's events");
+                }
+            }
+        }
+    }
+
+    /// Send the fleet's events this replica has not sent yet, in number
+    /// order per plugin, stopping at one still held for its call. A plugin
+    /// first seen starts with its last [`RETAINED`], for replay.
+    pub async fn catch_up(&self) -> Result<(), StoreError> {
+        const PAGE: usize = 512;
+        let Some(db) = &self.fleet else {
+            return Ok(());
+        };
+        let mut cursors = self.cursors.lock().await;
+        for (plugin, last) in db.event_heads().await? {
+            let cursor = cursors
+                .entry(plugin.clone())
+                .or_insert_with(|| last.saturating_sub(RETAINED as u64));
+            while *cursor < last {
+                let page = db.events_after(&plugin, *cursor, last, PAGE).await?;
+                let full = page.len() == PAGE;
+                let now = now_ms();
+                let mut held = false;
+                for stored in page {
+                    match stored.held_until {
+                        Some(until) if until > now => {
+                            held = true;
+                            break;
+                        }
+                        // Its replica died holding it: skipped.
+                        Some(_) => {}
+                        None => self.with_channel(&plugin, |c| c.deliver(event_of(stored.clone()))),
+                    }
+                    *cursor = stored.seq;
+                }
+                if held {
+                    break;
+                }
+                if !full {
+                    // The numbers after the last kept one were dropped.
+                    *cursor = last;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next wake-up, if listening; false when the listener ended.
+async fn woken(wakeups: &mut Option<crate::store::Wakeups>) -> bool {
+    match wakeups {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn event_of(stored: StoredEvent) -> Event {
+    Event {
+        seq: stored.seq,
+        topic: Arc::from(stored.topic),
+        payload: Bytes::from(stored.payload),
+        closing: stored.closing,
     }
 }
 
@@ -250,7 +429,7 @@ impl CallCx {
 impl EventsView<'_> {
     /// Publish: numbered now, sent at the call's commit while the call may
     /// still run again (not sent if it rolls back), else at once.
-    fn publish_event(
+    async fn publish_event(
         &mut self,
         topic: String,
         payload: Vec<u8>,
@@ -261,7 +440,15 @@ impl EventsView<'_> {
         let plugin = self.caller.plugin();
         let pending = self
             .events
-            .hold(plugin, &topic, Bytes::from(payload), closing);
+            .hold(
+                plugin,
+                &topic,
+                Bytes::from(payload),
+                closing,
+                self.caller.deadline(),
+            )
+            .await
+            .map_err(|e| WitError::Unavailable(format!("cannot publish: {e}")))?;
         let seq = pending.seq();
         self.caller.defer(Box::new(move || pending.send()));
         Ok(seq)
@@ -270,11 +457,11 @@ impl EventsView<'_> {
 
 impl Host for EventsView<'_> {
     async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<u64, HostError> {
-        Ok(self.publish_event(topic, payload, false)?)
+        Ok(self.publish_event(topic, payload, false).await?)
     }
 
     async fn close(&mut self, topic: String, payload: Vec<u8>) -> Result<u64, HostError> {
-        Ok(self.publish_event(topic, payload, true)?)
+        Ok(self.publish_event(topic, payload, true).await?)
     }
 
     async fn open_messages(&mut self, messages: Vec<Vec<u8>>) -> Result<String, HostError> {
@@ -295,48 +482,57 @@ impl Host for EventsView<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn held_events_go_out_in_number_order_and_dropped_ones_are_skipped() {
+    #[tokio::test]
+    async fn held_events_go_out_in_number_order_and_dropped_ones_are_skipped() {
         let events = Arc::new(Events::default());
-        let mut sub = events.subscribe("p", "t", false, 0);
-        let first = events.hold("p", "t", Bytes::from_static(b"1"), false);
-        let rolled_back = events.hold("p", "t", Bytes::from_static(b"2"), false);
-        assert_eq!(events.publish("p", "t", Bytes::from_static(b"3"), false), 3);
+        let mut sub = events.subscribe("p", "t", false, 0).await;
+        let hold = |payload: &'static [u8]| {
+            events.hold("p", "t", Bytes::from_static(payload), false, Instant::now())
+        };
+        let first = hold(b"1").await.unwrap();
+        let rolled_back = hold(b"2").await.unwrap();
+        assert_eq!(
+            events.publish_here("p", "t", Bytes::from_static(b"3"), false),
+            3
+        );
         assert!(sub.live.try_recv().is_err(), "3 waits behind 1 and 2");
         first.send();
         assert_eq!(sub.live.try_recv().unwrap().seq, 1);
         assert!(sub.live.try_recv().is_err(), "3 still waits behind 2");
         drop(rolled_back);
         assert_eq!(sub.live.try_recv().unwrap().seq, 3, "2 was never sent");
-        let replay = events.subscribe("p", "t", true, 0).replay;
+        let replay = events.subscribe("p", "t", true, 0).await.replay;
         let seqs: Vec<u64> = replay.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 3]);
     }
 
-    #[test]
-    fn replay_then_live_without_gaps_or_repeats() {
+    #[tokio::test]
+    async fn replay_then_live_without_gaps_or_repeats() {
         let events = Events::default();
-        events.publish("p", "a", Bytes::from_static(b"1"), false);
-        events.publish("p", "b", Bytes::from_static(b"x"), false);
-        events.publish("p", "a", Bytes::from_static(b"2"), false);
-        let mut sub = events.subscribe("p", "a", true, 1);
+        events.publish_here("p", "a", Bytes::from_static(b"1"), false);
+        events.publish_here("p", "b", Bytes::from_static(b"x"), false);
+        events.publish_here("p", "a", Bytes::from_static(b"2"), false);
+        let mut sub = events.subscribe("p", "a", true, 1).await;
         let replayed: Vec<u64> = sub.replay.iter().map(|e| e.seq).collect();
         assert_eq!(replayed, [3], "only topic a, after sequence 1");
-        events.publish("p", "a", Bytes::from_static(b"3"), true);
+        events.publish_here("p", "a", Bytes::from_static(b"3"), true);
         let live = sub.live.try_recv().unwrap();
         assert_eq!((live.seq, live.closing), (4, true));
         // Another plugin's channel is separate.
-        assert_eq!(events.publish("q", "a", Bytes::new(), false), 1);
+        assert_eq!(events.publish_here("q", "a", Bytes::new(), false), 1);
     }
 
-    #[test]
-    fn retention_and_lag_are_bounded() {
+    #[tokio::test]
+    async fn retention_and_lag_are_bounded() {
         let events = Events::default();
-        let mut slow = events.subscribe("p", "t", false, 0);
+        let mut slow = events.subscribe("p", "t", false, 0).await;
         for _ in 0..RETAINED + LAG_LIMIT + 10 {
-            events.publish("p", "t", Bytes::from_static(b"e"), false);
+            events.publish_here("p", "t", Bytes::from_static(b"e"), false);
         }
-        assert_eq!(events.subscribe("p", "t", true, 0).replay.len(), RETAINED);
+        assert_eq!(
+            events.subscribe("p", "t", true, 0).await.replay.len(),
+            RETAINED
+        );
         assert!(matches!(
             slow.live.try_recv(),
             Err(broadcast::error::TryRecvError::Lagged(_))

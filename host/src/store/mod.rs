@@ -136,6 +136,30 @@ pub struct ReplicaRecord<'a> {
     pub started_ms: u64,
 }
 
+/// One event as the fleet's store keeps it (see `caps::events`).
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub closing: bool,
+    /// Held for its call's commit until then (ms); None once sent.
+    pub held_until: Option<u64>,
+}
+
+/// Wake-ups for new events in the store, on a connection of their own.
+pub struct Wakeups {
+    woken: tokio::sync::mpsc::Receiver<()>,
+    _client: tokio_postgres::Client,
+}
+
+impl Wakeups {
+    /// The next wake-up; false when the connection ended.
+    pub async fn next(&mut self) -> bool {
+        self.woken.recv().await.is_some()
+    }
+}
+
 /// One job as stored.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
@@ -433,6 +457,94 @@ impl Store {
         match &self.backend {
             Backend::Embedded(_) => Ok(1),
             Backend::Postgres(pg) => pg.replica_beat(me, alive_for).await,
+        }
+    }
+
+    /// Events of a fleet (PostgreSQL only; on the embedded store a Berth
+    /// numbers and sends its events itself): number `plugin`'s event and
+    /// keep it, sent now or held for its call's commit until `held_until`.
+    pub async fn event(
+        &self,
+        plugin: &str,
+        topic: &str,
+        payload: &[u8],
+        closing: bool,
+        held_until: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Err(not_shared()),
+            Backend::Postgres(pg) => pg.event(plugin, topic, payload, closing, held_until).await,
+        }
+    }
+
+    /// A held event's call committed (`send`) or rolled back (it is dropped).
+    pub async fn event_settled(
+        &self,
+        plugin: &str,
+        seq: u64,
+        send: bool,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Err(not_shared()),
+            Backend::Postgres(pg) => pg.event_settled(plugin, seq, send).await,
+        }
+    }
+
+    /// Each plugin with events, and the last number it gave.
+    pub async fn event_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Postgres(pg) => pg.event_heads().await,
+        }
+    }
+
+    /// `plugin`'s kept events numbered in `after + 1 ..= upto`, in order,
+    /// at most `limit`.
+    pub async fn events_after(
+        &self,
+        plugin: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Postgres(pg) => pg.events_after(plugin, after, upto, limit).await,
+        }
+    }
+
+    /// Forget each plugin's events but its last `keep`; how many went.
+    pub async fn events_trim(&self, keep: u64) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(0),
+            Backend::Postgres(pg) => pg.events_trim(keep).await,
+        }
+    }
+
+    /// Wake-ups as events are kept or settled.
+    pub async fn event_wakeups(&self) -> Result<Wakeups, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Err(not_shared()),
+            Backend::Postgres(pg) => pg.event_wakeups().await,
+        }
+    }
+
+    /// Take lease `name` for `holder` for `lease` when it is free or has
+    /// lapsed, or keep it when `holder` has it, saving `cursor` (where the
+    /// work got to) if given: the cursor saved with it (0 when new, or
+    /// when it lapsed long ago), or None while another holder has it. For
+    /// work one replica of a fleet does at a time; on the embedded store a
+    /// Berth is alone and always holds it.
+    pub async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        lease: Duration,
+        cursor: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Some(cursor.unwrap_or(0))),
+            Backend::Postgres(pg) => pg.lease(name, holder, lease, cursor).await,
         }
     }
 
@@ -925,6 +1037,10 @@ impl Drop for Txn {
             _ => {}
         }
     }
+}
+
+fn not_shared() -> StoreError {
+    StoreError::Storage("the embedded store keeps no events: its Berth sends its own".into())
 }
 
 #[cfg(test)]

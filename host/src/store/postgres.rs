@@ -252,6 +252,77 @@ const MIGRATIONS: &[&str] = &[
                                               p_upper, p_limit);
     END $$;
     "#,
+    // 7: events, the fleet's: every replica's subscribers see one
+    // numbered sequence per plugin. A number is taken with its row in one
+    // statement, under the plugin's row in berth_event_numbers, so numbers
+    // commit in order and a reader that sees number n has seen every
+    // number before it, or never will (its event was dropped). A held
+    // event waits for its call's commit until `held_until`; past it, it is
+    // skipped (its replica died).
+    r#"
+    CREATE TABLE berth_event_numbers (
+        plugin text PRIMARY KEY,
+        last bigint NOT NULL
+    );
+    CREATE TABLE berth_events (
+        plugin text NOT NULL,
+        seq bigint NOT NULL,
+        topic text NOT NULL,
+        payload bytea NOT NULL,
+        closing boolean NOT NULL,
+        held_until bigint,
+        PRIMARY KEY (plugin, seq)
+    );
+    CREATE FUNCTION berth_event(p_plugin text, p_topic text, p_payload bytea,
+                                p_closing boolean, p_held_until bigint)
+    RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE n bigint;
+    BEGIN
+        INSERT INTO berth_event_numbers AS e (plugin, last) VALUES (p_plugin, 1)
+            ON CONFLICT (plugin) DO UPDATE SET last = e.last + 1
+            RETURNING e.last INTO n;
+        INSERT INTO berth_events (plugin, seq, topic, payload, closing, held_until)
+            VALUES (p_plugin, n, p_topic, p_payload, p_closing, p_held_until);
+        PERFORM pg_notify('berth_events', p_plugin);
+        RETURN n;
+    END $$;
+    "#,
+    // 8: leases, for work one replica of the fleet does at a time (an
+    // engine's event follower), with where it got to.
+    r#"
+    CREATE TABLE berth_leases (
+        name text PRIMARY KEY,
+        holder text NOT NULL,
+        until bigint NOT NULL,
+        cursor bigint NOT NULL
+    );
+    CREATE FUNCTION berth_lease(p_name text, p_holder text, p_for bigint, p_cursor bigint)
+    RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        now bigint := berth_now_ms();
+        old berth_leases%ROWTYPE;
+    BEGIN
+        SELECT * INTO old FROM berth_leases WHERE name = p_name FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO berth_leases VALUES (p_name, p_holder, now + p_for, coalesce(p_cursor, 0))
+                ON CONFLICT DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
+            RETURN coalesce(p_cursor, 0);
+        END IF;
+        IF old.holder <> p_holder AND old.until >= now THEN
+            RETURN NULL;
+        END IF;
+        UPDATE berth_leases SET holder = p_holder, until = now + p_for,
+            cursor = coalesce(p_cursor, old.cursor) WHERE name = p_name;
+        -- Lapsed a minute ago or more: where its holder got to is stale.
+        IF old.holder <> p_holder AND old.until < now - 60000 THEN
+            RETURN 0;
+        END IF;
+        RETURN coalesce(p_cursor, old.cursor);
+    END $$;
+    "#,
 ];
 
 /// Connections kept for the host's own statements, beside the pool size.
@@ -285,6 +356,10 @@ pub(super) struct Postgres {
     tunable: bool,
     /// Where it is, for logs (no password).
     pub shown: String,
+    /// For connections of their own (LISTEN): the settings, and TLS
+    /// unless the database is on a unix socket.
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 fn unavailable(what: impl std::fmt::Display) -> StoreError {
@@ -443,6 +518,12 @@ impl Postgres {
             host: pool(HOST_POOL)?,
             shown,
             tunable: false,
+            tls: if local {
+                None
+            } else {
+                Some(tls(&options.tls_ca)?)
+            },
+            config,
         };
         pg.migrate().await?;
         pg.tunable = pg.may_set_deadlock_timeout().await;
@@ -814,6 +895,158 @@ impl Postgres {
             .await
             .map_err(store_error)?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Number `plugin`'s event and keep it: sent now, or held until
+    /// `held_until` (ms) for its call's commit.
+    pub async fn event(
+        &self,
+        plugin: &str,
+        topic: &str,
+        payload: &[u8],
+        closing: bool,
+        held_until: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let held = held_until.map(|h| h as i64);
+        let row = client
+            .query_one(
+                "SELECT berth_event($1, $2, $3, $4, $5)",
+                &[&plugin, &topic, &payload, &closing, &held],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Take or keep lease `name` for `holder` (see [`super::Store::lease`]).
+    pub async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        lease: Duration,
+        cursor: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT berth_lease($1, $2, $3, $4)",
+                &[&name, &holder, &(lease.as_millis() as i64), &cursor],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(row.get(0))
+    }
+
+    /// A held event's call committed (`send`) or rolled back.
+    pub async fn event_settled(
+        &self,
+        plugin: &str,
+        seq: u64,
+        send: bool,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let sql = if send {
+            "WITH e AS (UPDATE berth_events SET held_until = NULL WHERE plugin = $1 AND seq = $2)
+             SELECT pg_notify('berth_events', $1)"
+        } else {
+            "WITH e AS (DELETE FROM berth_events WHERE plugin = $1 AND seq = $2)
+             SELECT pg_notify('berth_events', $1)"
+        };
+        client
+            .execute(sql, &[&plugin, &(seq as i64)])
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Each plugin with events, and the last number it gave.
+    pub async fn event_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT plugin, last FROM berth_event_numbers", &[])
+            .await
+            .map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    /// `plugin`'s events numbered after `after` and up to `upto`, in order,
+    /// at most `limit`.
+    pub async fn events_after(
+        &self,
+        plugin: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<super::StoredEvent>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, topic, payload, closing, held_until FROM berth_events
+                 WHERE plugin = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+                &[&plugin, &(after as i64), &(upto as i64), &(limit as i64)],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| super::StoredEvent {
+                seq: r.get::<_, i64>(0) as u64,
+                topic: r.get(1),
+                payload: r.get(2),
+                closing: r.get(3),
+                held_until: r.get::<_, Option<i64>>(4).map(|h| h as u64),
+            })
+            .collect())
+    }
+
+    /// Forget each plugin's events but its last `keep`.
+    pub async fn events_trim(&self, keep: u64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM berth_events e USING berth_event_numbers n
+                 WHERE e.plugin = n.plugin AND e.seq <= n.last - $1",
+                &[&(keep as i64)],
+            )
+            .await
+            .map_err(store_error)
+    }
+
+    /// A connection of its own that listens for new events.
+    pub async fn event_wakeups(&self) -> Result<super::Wakeups, StoreError> {
+        let (wake, woken) = tokio::sync::mpsc::channel(1);
+        let client = match &self.tls {
+            None => {
+                let (client, conn) = self
+                    .config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(store_error)?;
+                tokio::spawn(forward_notifications(conn, wake));
+                client
+            }
+            Some(tls) => {
+                let (client, conn) = self
+                    .config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(store_error)?;
+                tokio::spawn(forward_notifications(conn, wake));
+                client
+            }
+        };
+        client
+            .batch_execute("LISTEN berth_events")
+            .await
+            .map_err(store_error)?;
+        Ok(super::Wakeups {
+            woken,
+            _client: client,
+        })
     }
 
     pub async fn replica_leave(&self, id: &str) -> Result<(), StoreError> {
@@ -1333,6 +1566,31 @@ impl PgTxn {
                 });
             }
             Err(_) => drop(Object::take(client)),
+        }
+    }
+}
+
+/// Drive a listening connection, waking `wake` at each notification, until
+/// it ends.
+async fn forward_notifications<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    wake: tokio::sync::mpsc::Sender<()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                // A wake-up already waiting covers this one too.
+                let _ = wake.try_send(());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "the store's event listener ended");
+                return;
+            }
+            None => return,
         }
     }
 }

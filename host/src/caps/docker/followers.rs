@@ -1,6 +1,14 @@
 //! Engine event followers: a plugin asks to follow an endpoint's events
 //! into a topic or as jobs; followers are kept in the host's metadata and
 //! started again when the plugin is mounted.
+//!
+//! In a fleet every replica starts the plugin's followers, and each
+//! follower follows only while it holds its lease in the store (renewed
+//! every [`FOLLOW_RENEW`], lapsing after [`FOLLOW_LEASE`]), so each engine
+//! event is delivered once, not once per replica. The holder saves how far
+//! it got with each renewal; when it dies, the next holder asks the engine
+//! for the events from there (the few delivered since the last renewal
+//! are delivered again: at least once, never lost).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +21,11 @@ use super::ops::{filter_map, json};
 use super::{Docker, error_text};
 use crate::bindings::docker::{DockerError, Filters};
 use crate::capability::Capability;
+
+/// How long a follower's lease lasts without renewal.
+const FOLLOW_LEASE: Duration = Duration::from_secs(10);
+/// How often the follower renews it, and a waiting one asks for it.
+const FOLLOW_RENEW: Duration = Duration::from_secs(2);
 
 /// Host metadata namespace of a plugin's event followers, restored when
 /// the plugin is mounted again (after a restart, say).
@@ -70,7 +83,9 @@ impl EventSink {
     pub(super) async fn deliver(&self, plugin: &str, payload: Bytes) {
         match self {
             EventSink::Publish { events, topic } => {
-                events.publish(plugin, topic, payload, false);
+                if let Err(e) = events.publish(plugin, topic, payload, false).await {
+                    tracing::warn!(%plugin, error = %e, "cannot publish an engine event");
+                }
             }
             EventSink::Jobs { db, kind } => {
                 let mut txn = db.begin(plugin);
@@ -177,6 +192,9 @@ impl Docker {
             return Ok(false);
         }
         let plugin = key.0.clone();
+        let fleet = self.db.shared().then(|| self.db.clone());
+        let lease = format!("docker-follow {plugin} {endpoint} {}", key.2);
+        let holder = self.holder.clone();
         // The follower's events are those from now on, whenever its stream
         // connects: the first connection asks the engine for the events
         // since the follower started, each later one for those after the
@@ -188,7 +206,30 @@ impl Docker {
         let task = tokio::spawn(async move {
             use futures_util::StreamExt;
             let mut backoff = Duration::from_millis(500);
+            let mut held = false;
             loop {
+                if let Some(db) = &fleet {
+                    match db.lease(&lease, &holder, FOLLOW_LEASE, None).await {
+                        Ok(Some(cursor)) => {
+                            // Taken over: from where the last holder got to.
+                            if !held && cursor > 0 {
+                                since = cursor;
+                            }
+                            held = true;
+                        }
+                        Ok(None) => {
+                            held = false;
+                            tokio::time::sleep(FOLLOW_RENEW).await;
+                            continue;
+                        }
+                        Err(e) => {
+                            held = false;
+                            tracing::debug!(%plugin, error = %e, "cannot take an event follower's lease");
+                            tokio::time::sleep(FOLLOW_RENEW).await;
+                            continue;
+                        }
+                    }
+                }
                 match engine.api().await {
                     Ok(api) => {
                         let options = q::EventsOptions {
@@ -201,7 +242,26 @@ impl Docker {
                             ..Default::default()
                         };
                         let mut stream = api.events(Some(options));
-                        while let Some(event) = stream.next().await {
+                        let mut renew = tokio::time::interval_at(
+                            tokio::time::Instant::now() + FOLLOW_RENEW,
+                            FOLLOW_RENEW,
+                        );
+                        loop {
+                            let event = tokio::select! {
+                                event = stream.next() => event,
+                                _ = renew.tick(), if fleet.is_some() => {
+                                    let db = fleet.as_ref().expect("in a fleet");
+                                    match db.lease(&lease, &holder, FOLLOW_LEASE, Some(since)).await {
+                                        Ok(Some(_)) => continue,
+                                        // Lost, or cannot tell: stop until it is ours again.
+                                        _ => {
+                                            held = false;
+                                            break;
+                                        }
+                                    }
+                                }
+                            };
+                            let Some(event) = event else { break };
                             match event {
                                 Ok(event) => {
                                     backoff = Duration::from_millis(500);

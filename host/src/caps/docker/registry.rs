@@ -30,6 +30,8 @@ pub struct Docker {
     pub(super) plugin_streams: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Engine event followers by (plugin, endpoint, sink key).
     pub(super) followers: Mutex<HashMap<(String, String, String), tokio::task::AbortHandle>>,
+    /// This Berth as the holder of followers' leases in a fleet (random).
+    pub(super) holder: String,
 }
 
 impl Docker {
@@ -91,6 +93,7 @@ impl Docker {
             streams: Arc::new(Semaphore::new(config.max_proxy_streams as usize)),
             plugin_streams: Mutex::default(),
             followers: Mutex::default(),
+            holder: format!("{:016x}", rand::random::<u64>()),
         })
     }
 
