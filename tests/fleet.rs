@@ -585,6 +585,126 @@ async fn one_replica_follows_an_engine_and_another_takes_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_plugin_set_is_the_fleets() {
+    if !installed_or_skip("the replicas' plugin set test") {
+        return;
+    }
+    let cluster = Cluster::start().unwrap();
+    cluster.create_database("plugins");
+    let (_a_dir, a) = replica(&cluster, "plugins");
+    let (_b_dir, b) = replica(&cluster, "plugins");
+    let c = support::client();
+    let greets = |berth: &Berth| berth.url("/hello/ops");
+    let version_on = |berth: &Berth| {
+        let (c, url) = (c.clone(), greets(berth));
+        async move {
+            let (status, body) = get_json(&c, &url).await;
+            (status == 200).then(|| body["version"].as_i64().unwrap_or(1))
+        }
+    };
+
+    // Pushed through A's store: both replicas mount it.
+    let pushed = std::time::Instant::now();
+    let out = a.cli(&["plugins", "push", plugin_wasm("hello").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello.wasm: pushed"));
+    poll(
+        Duration::from_secs(30),
+        "hello on both replicas",
+        || async {
+            (version_on(&a).await.is_some() && version_on(&b).await.is_some()).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "pushed hello answered on both replicas after {:?}",
+        pushed.elapsed()
+    );
+    assert!(
+        a.plugins_dir().join("hello.wasm").exists() && b.plugins_dir().join("hello.wasm").exists()
+    );
+
+    // Under load on both, hello 2 dropped into B's folder replaces hello
+    // on both, with no failed request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (c, stop) = (c.clone(), stop.clone());
+        let urls = [greets(&a), greets(&b)];
+        tokio::spawn(async move {
+            let (mut served, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for url in &urls {
+                    let (status, body) = get_json(&c, url).await;
+                    if status == 200 {
+                        served += 1;
+                    } else {
+                        failed.push((status, body));
+                    }
+                }
+            }
+            (served, failed)
+        })
+    };
+    drop_file(&plugin_wasm("hello2"), &b.plugins_dir().join("hello.wasm"));
+    let swapped = std::time::Instant::now();
+    poll(
+        Duration::from_secs(30),
+        "hello 2 on both replicas",
+        || async {
+            (version_on(&a).await == Some(2) && version_on(&b).await == Some(2)).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "hello 2 dropped on B served on both after {:?}",
+        swapped.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (served, failed) = load.await.unwrap();
+    assert!(failed.is_empty(), "failed during the swap: {failed:?}");
+    assert!(served > 0);
+
+    // Each replica says what every replica serves.
+    let view = poll(
+        Duration::from_secs(30),
+        "both replicas to report hello 2",
+        || async {
+            let view = support::admin_view(&c, &a, "/_berth/plugins").await;
+            let replicas = view["replicas"].as_array()?;
+            (replicas.len() == 2
+                && replicas
+                    .iter()
+                    .all(|r| r["plugins"]["hello"]["version"] == "2.0.0"))
+            .then_some(view)
+        },
+    )
+    .await;
+    assert!(
+        view["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == view["replica"])
+    );
+
+    // Removed from A's folder: unmounted on both.
+    std::fs::remove_file(a.plugins_dir().join("hello.wasm")).unwrap();
+    poll(
+        Duration::from_secs(30),
+        "hello gone from both replicas",
+        || async {
+            (version_on(&a).await.is_none() && version_on(&b).await.is_none()).then_some(())
+        },
+    )
+    .await;
+    assert!(!b.plugins_dir().join("hello.wasm").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restarting_under_writers_answers_503_and_loses_nothing() {
     if !installed_or_skip("the PostgreSQL restart test") {
         return;

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["caps"],
     &["runtime"],
     &["plugins"],
-    &["jobs"],
+    &["jobs", "fleet"],
     &["app"],
     &["streams", "admin"],
     &["dispatch"],

@@ -64,7 +64,7 @@ pub async fn handle<B>(app: &App, req: &http::Request<B>, request_id: &str) -> R
                 Some(t) if app.is_admin_token(t) && path == "/_berth/jobs" => {
                     json(StatusCode::OK, &app.jobs.status().await)
                 }
-                Some(t) if app.is_admin_token(t) => json(StatusCode::OK, &app.plugins.status()),
+                Some(t) if app.is_admin_token(t) => json(StatusCode::OK, &app.plugins_view().await),
                 _ => {
                     let mut r = error(
                         StatusCode::UNAUTHORIZED,
@@ -189,7 +189,7 @@ async fn answer(app: &App, request: AdminRequest) -> AdminResponse {
     match request {
         AdminRequest::Plugins => AdminResponse {
             ok: true,
-            output: app.plugins.status(),
+            output: app.plugins_view().await,
         },
         AdminRequest::Jobs => AdminResponse {
             ok: true,

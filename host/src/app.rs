@@ -13,6 +13,7 @@ use crate::bundled::{self, BUNDLED, Synced};
 use crate::caps;
 use crate::caps::crypto::KeyVault;
 use crate::config::Config;
+use crate::fleet::FolderSync;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::net;
@@ -39,6 +40,7 @@ pub struct App {
     /// Flips to true when the host starts shutting down: event streams end.
     pub closing: tokio::sync::watch::Sender<bool>,
     queued: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<store::Queued>>>,
+    folder: std::sync::Mutex<Option<FolderSync>>,
     admin_token: String,
     request_prefix: u32,
     request_seq: AtomicU64,
@@ -78,12 +80,23 @@ impl App {
         };
         let admin_token = admin_token(&config)?;
         let runtime = Arc::new(Runtime::new(Some(data.join("cache")))?);
+        // Bundled plugins this binary updates in the folder: in a fleet,
+        // they go into the fleet's set (a rolling upgrade).
+        let mut upgraded = std::collections::HashSet::new();
         if config.install_bundled {
             let dir = config.plugins_dir();
             // Not fatal: a folder the operator keeps read-only still serves
             // what it has. One that cannot be made at all stops Berth below.
             match bundled::sync(&dir, BUNDLED) {
-                Ok(synced) => log_synced(&dir, &synced),
+                Ok(synced) => {
+                    log_synced(&dir, &synced);
+                    upgraded.extend(
+                        synced
+                            .iter()
+                            .filter(|(_, s)| matches!(s, Synced::Updated))
+                            .map(|(file, _)| file.clone()),
+                    );
+                }
                 Err(e) => tracing::warn!(
                     dir = %dir.display(),
                     error = %e,
@@ -121,6 +134,14 @@ impl App {
         if let Err(e) = plugins.events().catch_up().await {
             tracing::warn!(error = %e, "cannot read the fleet's events");
         }
+        // In a fleet, the folder takes the fleet's plugin set before the
+        // first mount.
+        let mut folder = FolderSync::new(db.clone(), plugins.clone(), upgraded);
+        if db.shared()
+            && let Err(e) = folder.sync_once().await
+        {
+            tracing::warn!(error = %e, "cannot sync the plugins folder with the fleet's");
+        }
         plugins.scan(false).await;
         let (sink, queued) = tokio::sync::mpsc::unbounded_channel();
         db.set_job_sink(sink);
@@ -137,6 +158,7 @@ impl App {
             replica: Arc::default(),
             closing: tokio::sync::watch::Sender::new(false),
             queued: std::sync::Mutex::new(Some(queued)),
+            folder: std::sync::Mutex::new(Some(folder)),
             admin_token,
             request_prefix: rand::rngs::OsRng.next_u32(),
             request_seq: AtomicU64::new(0),
@@ -151,15 +173,22 @@ impl App {
         address: String,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
+        let plugins = self.plugins.clone();
+        let serving = move || plugins.serving();
         let mut tasks = vec![
             tokio::spawn(self.plugins.clone().watch(shutdown.clone())),
             tokio::spawn(self.plugins.events().clone().pump(shutdown.clone())),
-            tokio::spawn(
-                self.replica
-                    .clone()
-                    .run(self.db.clone(), address, shutdown.clone()),
-            ),
+            tokio::spawn(self.replica.clone().run(
+                self.db.clone(),
+                address,
+                serving,
+                shutdown.clone(),
+            )),
         ];
+        let folder = self.folder.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(folder) = folder {
+            tasks.push(tokio::spawn(folder.run(shutdown.clone())));
+        }
         let queued = self.queued.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(queued) = queued {
             let runner = self
@@ -169,6 +198,21 @@ impl App {
             tasks.push(tokio::spawn(runner));
         }
         tasks
+    }
+
+    /// The plugins view (`/_berth/plugins`, `berth plugins`): this Berth's
+    /// plugins and files, which replica it is, and in a fleet every replica
+    /// alive with what it serves.
+    pub async fn plugins_view(&self) -> serde_json::Value {
+        let mut view = self.plugins.status();
+        view["replica"] = self.replica.id.clone().into();
+        if self.db.shared() {
+            view["replicas"] = match self.db.replicas(crate::replicas::ALIVE_FOR).await {
+                Ok(replicas) => serde_json::to_value(replicas).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+        }
+        view
     }
 
     /// A new request id: a per-process random prefix and a sequence number.

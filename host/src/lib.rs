@@ -16,7 +16,8 @@
 //! 3. `caps`: the capability interfaces, each on its own view of a call
 //! 4. `runtime`: the engine, the linker, one store per call
 //! 5. `plugins`: the mounted plugins and the folder watcher
-//! 6. `jobs`: the job runner
+//! 6. `jobs`: the job runner; `fleet`: the plugins folder kept in step
+//!    with the fleet's set in the store
 //! 7. `app`: the host as one value
 //! 8. `streams`, `admin`: event streams and the `/_berth/*` routes
 //! 9. `dispatch`: from a request to a plugin call and back
@@ -30,6 +31,7 @@ pub mod capability;
 pub mod caps;
 pub mod config;
 pub mod dispatch;
+pub mod fleet;
 pub mod jobs;
 pub mod lanes;
 pub mod metrics;

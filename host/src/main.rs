@@ -110,6 +110,17 @@ enum PluginsCommand {
     },
     /// Compile, describe and check a .wasm file without serving it.
     Check { file: PathBuf },
+    /// Check a .wasm file, then put it into the fleet's plugin set in the
+    /// store: every replica writes it into its folder and mounts it (hot
+    /// swap). On the embedded store, into this Berth's plugins folder.
+    Push {
+        /// The component (NAME.wasm); not needed with --bundled.
+        #[arg(required_unless_present = "bundled")]
+        file: Option<PathBuf>,
+        /// Push this binary's bundled plugins instead (a rolling upgrade).
+        #[arg(long)]
+        bundled: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -215,6 +226,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 PluginsCommand::Check { file } => check(&config, &file).await,
+                PluginsCommand::Push { file, bundled } => {
+                    push(&config, &file.unwrap_or_default(), bundled).await
+                }
             }
         }
         Command::Run { plugin, args } => Ok(report(
@@ -426,6 +440,79 @@ fn print_plugins(view: &serde_json::Value) {
             println!("refused {}: {reason}", f["file"].as_str().unwrap_or("?"));
         }
     }
+    let replicas = view["replicas"].as_array().unwrap_or(&empty);
+    for r in replicas {
+        let me = if r["id"] == view["replica"] {
+            " (this one)"
+        } else {
+            ""
+        };
+        let serving: Vec<String> = r["plugins"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, p)| format!("{name} {}", p["version"].as_str().unwrap_or("?")))
+            .collect();
+        println!(
+            "replica {} at {}{me}, Berth {}: {}",
+            r["id"].as_str().unwrap_or("?"),
+            r["address"].as_str().unwrap_or("?"),
+            r["version"].as_str().unwrap_or("?"),
+            serving.join(", ")
+        );
+    }
+}
+
+/// `berth plugins push`: check the file as `plugins check` does, then put
+/// it into the fleet's set in the store (every replica mounts it), or, on
+/// the embedded store, into this Berth's plugins folder.
+async fn push(config: &Config, file: &std::path::Path, bundled: bool) -> anyhow::Result<ExitCode> {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    if bundled {
+        files.extend(
+            berth::BUNDLED
+                .iter()
+                .map(|(name, bytes)| (name.to_string(), bytes.to_vec())),
+        );
+    } else {
+        if check(config, file).await? != ExitCode::SUCCESS {
+            return Ok(ExitCode::FAILURE);
+        }
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".wasm") && !n.starts_with('.'))
+            .ok_or_else(|| anyhow::anyhow!("{}: a plugin file is NAME.wasm", file.display()))?;
+        files.push((name, berth::runtime::read_wasm(file)?));
+    }
+    let Some(options) = config.store.postgres()? else {
+        let dir = config.plugins_dir();
+        for (name, wasm) in &files {
+            berth::private::write(&dir.join(name), wasm)
+                .with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+            println!(
+                "{name}: written into {} (the store is this Berth's own)",
+                dir.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let shown = berth::store::redact(&options.url);
+    let store = berth::store::Store::connect(&options)
+        .await
+        .with_context(|| format!("cannot open the store at {shown}"))?;
+    for (name, wasm) in &files {
+        use sha2::Digest;
+        let sha = hex::encode(sha2::Sha256::digest(wasm));
+        store
+            .put_plugin_file(name, Some((&sha, wasm)))
+            .await
+            .with_context(|| format!("cannot put {name} into the store at {shown}"))?;
+        println!(
+            "{name}: pushed to the fleet at {shown} (sha256 {sha}); every replica mounts it within 2 s"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_jobs(view: &serde_json::Value) {

@@ -414,6 +414,22 @@ impl Plugins {
         *self.routing.write().unwrap_or_else(|p| p.into_inner()) = routing;
     }
 
+    /// What this Berth serves: plugin name to version and sha256.
+    pub fn serving(&self) -> serde_json::Value {
+        let routing = self.routing();
+        routing
+            .plugins
+            .values()
+            .map(|m| {
+                (
+                    m.manifest.name.clone(),
+                    serde_json::json!({ "version": m.manifest.version, "sha256": m.hash }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
     /// The admin view: every mounted plugin and every file's status.
     pub fn status(&self) -> serde_json::Value {
         let routing = self.routing();

@@ -44,11 +44,14 @@ impl Replica {
         self.alive.load(Ordering::Relaxed)
     }
 
-    /// Beat until `shutdown` flips, then leave the registry.
+    /// Beat until `shutdown` flips, then leave the registry; each beat
+    /// says what the replica serves (`serving`: a JSON object of plugin
+    /// name to version and sha256).
     pub async fn run(
         self: Arc<Self>,
         db: Arc<Store>,
         address: String,
+        serving: impl Fn() -> serde_json::Value + Send,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         if !db.shared() {
@@ -65,6 +68,7 @@ impl Replica {
                 address: &address,
                 version: env!("CARGO_PKG_VERSION"),
                 started_ms: self.started_ms,
+                plugins: serving().to_string(),
             };
             match db.replica_beat(&me, ALIVE_FOR).await {
                 Ok(alive) => self.alive.store(alive, Ordering::Relaxed),

@@ -134,6 +134,17 @@ pub struct ReplicaRecord<'a> {
     pub address: &'a str,
     pub version: &'a str,
     pub started_ms: u64,
+    /// What it serves: a JSON object, plugin name to version and sha256.
+    pub plugins: String,
+}
+
+/// A replica alive in the registry, as `/_berth/plugins` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicaView {
+    pub id: String,
+    pub address: String,
+    pub version: String,
+    pub plugins: serde_json::Value,
 }
 
 /// One event as the fleet's store keeps it (see `caps::events`).
@@ -545,6 +556,55 @@ impl Store {
         match &self.backend {
             Backend::Embedded(_) => Ok(Some(cursor.unwrap_or(0))),
             Backend::Postgres(pg) => pg.lease(name, holder, lease, cursor).await,
+        }
+    }
+
+    /// The replicas that beat within `alive_for` (none on the embedded
+    /// store, which has no registry).
+    pub async fn replicas(&self, alive_for: Duration) -> Result<Vec<ReplicaView>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Postgres(pg) => Ok(pg
+                .replicas(alive_for)
+                .await?
+                .into_iter()
+                .map(|(id, address, version, plugins)| ReplicaView {
+                    id,
+                    address,
+                    version,
+                    plugins: serde_json::from_str(&plugins).unwrap_or_default(),
+                })
+                .collect()),
+        }
+    }
+
+    /// The fleet's plugin files: (file name, sha256, or None once removed
+    /// from the fleet). None on the embedded store.
+    pub async fn plugin_files(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Postgres(pg) => pg.plugin_files().await,
+        }
+    }
+
+    /// One of the fleet's plugin files: (sha256, bytes).
+    pub async fn plugin_file(&self, file: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(None),
+            Backend::Postgres(pg) => pg.plugin_file(file).await,
+        }
+    }
+
+    /// Put a plugin file in the fleet's set, (sha256, bytes), or take it
+    /// out (None).
+    pub async fn put_plugin_file(
+        &self,
+        file: &str,
+        content: Option<(&str, &[u8])>,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Err(not_shared()),
+            Backend::Postgres(pg) => pg.put_plugin_file(file, content).await,
         }
     }
 
@@ -1040,7 +1100,7 @@ impl Drop for Txn {
 }
 
 fn not_shared() -> StoreError {
-    StoreError::Storage("the embedded store keeps no events: its Berth sends its own".into())
+    StoreError::Storage("the embedded store is one Berth's: there is no fleet to share with".into())
 }
 
 #[cfg(test)]

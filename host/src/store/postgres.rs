@@ -323,6 +323,16 @@ const MIGRATIONS: &[&str] = &[
         RETURN coalesce(p_cursor, old.cursor);
     END $$;
     "#,
+    // 9: the fleet's plugin files, and what each replica serves.
+    r#"
+    CREATE TABLE berth_plugin_files (
+        file text PRIMARY KEY,
+        sha256 text,
+        wasm bytea,
+        at bigint NOT NULL
+    );
+    ALTER TABLE berth_replicas ADD COLUMN plugins text NOT NULL DEFAULT '{}';
+    "#,
 ];
 
 /// Connections kept for the host's own statements, beside the pool size.
@@ -878,11 +888,18 @@ impl Postgres {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO berth_replicas (id, address, version, started, heartbeat)
-                 VALUES ($1, $2, $3, $4, berth_now_ms())
+                "INSERT INTO berth_replicas (id, address, version, started, heartbeat, plugins)
+                 VALUES ($1, $2, $3, $4, berth_now_ms(), $5)
                  ON CONFLICT (id) DO UPDATE SET heartbeat = berth_now_ms(),
-                     address = EXCLUDED.address, version = EXCLUDED.version",
-                &[&me.id, &me.address, &me.version, &(me.started_ms as i64)],
+                     address = EXCLUDED.address, version = EXCLUDED.version,
+                     plugins = EXCLUDED.plugins",
+                &[
+                    &me.id,
+                    &me.address,
+                    &me.version,
+                    &(me.started_ms as i64),
+                    &me.plugins,
+                ],
             )
             .await
             .map_err(store_error)?;
@@ -1047,6 +1064,72 @@ impl Postgres {
             woken,
             _client: client,
         })
+    }
+
+    /// The replicas alive within `alive_for`: (id, address, version,
+    /// plugins served as JSON text), by id.
+    pub async fn replicas(
+        &self,
+        alive_for: Duration,
+    ) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, address, version, plugins FROM berth_replicas
+                 WHERE heartbeat > berth_now_ms() - $1 ORDER BY id",
+                &[&(alive_for.as_millis() as i64)],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    /// The fleet's plugin files: (file name, sha256; None once removed).
+    pub async fn plugin_files(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT file, sha256 FROM berth_plugin_files", &[])
+            .await
+            .map_err(store_error)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// One of the fleet's plugin files: (sha256, bytes), if it has it.
+    pub async fn plugin_file(&self, file: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT sha256, wasm FROM berth_plugin_files WHERE file = $1 AND sha256 IS NOT NULL",
+                &[&file],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Put `file` in the fleet's set (with its sha256 and bytes), or mark
+    /// it removed (None).
+    pub async fn put_plugin_file(
+        &self,
+        file: &str,
+        content: Option<(&str, &[u8])>,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let (sha, wasm) = content.unzip();
+        client
+            .execute(
+                "INSERT INTO berth_plugin_files (file, sha256, wasm, at)
+                 VALUES ($1, $2, $3, berth_now_ms())
+                 ON CONFLICT (file) DO UPDATE SET sha256 = EXCLUDED.sha256,
+                     wasm = EXCLUDED.wasm, at = EXCLUDED.at",
+                &[&file, &sha, &wasm],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 
     pub async fn replica_leave(&self, id: &str) -> Result<(), StoreError> {
