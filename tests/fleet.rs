@@ -23,6 +23,11 @@ use support::{Berth, drop_file, get_json, jobber_done as done, plugin_wasm, poll
 /// (its job deadline 4 s, so a lease lapses 9 s after a claim) and the
 /// `streamer` fixture beside the bundled plugins.
 fn replica(cluster: &Cluster, db: &str) -> (tempfile::TempDir, Berth) {
+    replica_with(cluster, db, "")
+}
+
+/// Like [`replica`], with `more` at the end of its configuration.
+fn replica_with(cluster: &Cluster, db: &str, more: &str) -> (tempfile::TempDir, Berth) {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("data/plugins");
     std::fs::create_dir_all(&plugins).unwrap();
@@ -35,7 +40,7 @@ fn replica(cluster: &Cluster, db: &str) -> (tempfile::TempDir, Berth) {
     let config = format!(
         "watch_interval_ms = 50\n[store]\nurl = \"{}\"\n\
          [jobs]\nbackoff_ms = 20\n[plugins.jobber]\ngrants = [\"kv\", \"jobs\"]\n\
-         deadline_ms = 4000\n[plugins.streamer]\ngrants = [\"events\"]\n",
+         deadline_ms = 4000\n[plugins.streamer]\ngrants = [\"events\"]\n{more}",
         cluster.url(db)
     );
     let berth = Berth::start(dir.path(), &config);
@@ -753,6 +758,102 @@ async fn postgres_restarting_under_writers_answers_503_and_loses_nothing() {
     writers.stop_and_check(&c).await;
 }
 
+/// Third-party clients, unmodified, run whole sessions against three
+/// replicas behind nginx: the Portainer 1.x client generated from its
+/// Swagger description (`portainer-api`) and the official Docker Cloud
+/// Python SDK (`python-dockercloud`, on which the docker-cloud CLI is
+/// built), its event websocket on whichever replica nginx chose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_clients_run_whole_sessions_against_the_fleet() {
+    if !installed_or_skip("the fleet's client sessions") {
+        return;
+    }
+    let Some(engine) = docker::shared() else {
+        return;
+    };
+    let Some(bin) = support::nginx::binary() else {
+        return;
+    };
+    let (Some(portainer), Some(dockercloud)) = (support::portainer_clients(), support::python())
+    else {
+        return;
+    };
+    let cluster = Cluster::start().unwrap();
+    cluster.create_database("clients");
+    let more = format!(
+        "[docker]\nlocal = \"{}\"\nallow = [\"tcp://127.0.0.1:*\"]\n\
+         [plugins.stacks.settings]\nstop_timeout_secs = 1\n",
+        engine.host
+    );
+    let (_a_dir, a) = replica_with(&cluster, "clients", &more);
+    let (_b_dir, b) = replica_with(&cluster, "clients", &more);
+    let (_c_dir, c3) = replica_with(&cluster, "clients", &more);
+    let front = support::nginx::Nginx::start(bin, &[&a.url, &b.url, &c3.url]).await;
+
+    let mut session = std::process::Command::new(portainer);
+    session.arg(support::script("py/portainer_api_session.py"));
+    session.arg(&front.url);
+    support::client_session(session, "the portainer-api session on the fleet").await;
+
+    let auth = b.cli_line(
+        &["run", "stacks", "apikey:create", "alice"],
+        "Authorization: ",
+    );
+    let rest = format!("{}/", front.url);
+    let out = tokio::task::spawn_blocking(move || {
+        let child = std::process::Command::new(dockercloud)
+            .arg(support::script("py/dockercloud_scenario.py"))
+            .env("DOCKERCLOUD_AUTH", &auth)
+            .env("BERTH_REST_HOST", &rest)
+            .env("BERTH_STREAM_HOST", rest.replacen("http://", "ws://", 1))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        support::wait_bounded(
+            child,
+            Duration::from_secs(180),
+            "the Docker Cloud SDK on the fleet",
+        )
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\"ok\": true"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Send 50 requests at once, built by `request(i)`: their statuses and
+/// bodies.
+async fn race50(
+    request: impl Fn(usize) -> reqwest::RequestBuilder,
+) -> Vec<(u16, serde_json::Value)> {
+    futures_util::future::join_all((0..50).map(|i| {
+        let request = request(i);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or_default())
+        }
+    }))
+    .await
+}
+
+/// Exactly one of `answers` is 200 and the others are among `refused`:
+/// the winner's body.
+fn one_wins(answers: &[(u16, serde_json::Value)], refused: &[u16]) -> serde_json::Value {
+    let won: Vec<_> = answers.iter().filter(|a| a.0 == 200).collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.0 == 200 || refused.contains(&a.0)),
+        "{answers:?}"
+    );
+    won[0].1.clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_behind_nginx_keep_the_rules() {
     if !installed_or_skip("the fleet behind nginx") {
@@ -777,29 +878,16 @@ async fn three_replicas_behind_nginx_keep_the_rules() {
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
 
-    // 50 racing first-admin creations over the replicas: one wins, and it
-    // is what is stored.
-    let answers = futures_util::future::join_all((0..50).map(|i| {
+    // 50 racing creations per uniqueness rule, over the replicas: one
+    // wins, the others are refused, and the winner is what is stored.
+    let answers = race50(|i| {
         let body =
             serde_json::json!({ "Username": format!("admin{i}"), "Password": "secret-pass" });
-        let request = http.post(url("/api/users/admin/init")).json(&body);
-        async move {
-            let r = request.send().await.unwrap();
-            let status = r.status().as_u16();
-            (
-                status,
-                r.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        }
-    }))
+        http.post(url("/api/users/admin/init")).json(&body)
+    })
     .await;
-    let won: Vec<_> = answers.iter().filter(|a| a.0 == 200).collect();
-    assert_eq!(won.len(), 1, "{answers:?}");
-    assert!(
-        answers.iter().all(|a| a.0 == 200 || a.0 == 409),
-        "{answers:?}"
-    );
-    let winner = won[0].1["Username"].as_str().unwrap().to_string();
+    let won = one_wins(&answers, &[409]);
+    let winner = won["Username"].as_str().unwrap().to_string();
     let auth = support::json_of(
         http.post(url("/api/auth"))
             .json(&serde_json::json!({ "Username": winner, "Password": "secret-pass" })),
@@ -812,6 +900,91 @@ async fn three_replicas_behind_nginx_keep_the_rules() {
     let users = support::json_of(http.get(url("/api/users")).bearer_auth(&jwt)).await;
     assert_eq!(users.as_array().unwrap().len(), 1, "{users}");
     assert_eq!(users[0]["Username"], winner.as_str());
+
+    // Portainer: one user per name whatever its case, one team per name.
+    let answers = race50(|i| {
+        let name = if i % 2 == 0 { "dupe" } else { "DuPe" };
+        let body = serde_json::json!({ "Username": name, "Password": "pw-long-enough", "Role": 2 });
+        http.post(url("/api/users")).bearer_auth(&jwt).json(&body)
+    })
+    .await;
+    let won = one_wins(&answers, &[409]);
+    let users = support::json_of(http.get(url("/api/users")).bearer_auth(&jwt)).await;
+    let dupes: Vec<_> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["Username"].as_str().unwrap().eq_ignore_ascii_case("dupe"))
+        .collect();
+    assert_eq!(dupes.len(), 1, "{users}");
+    assert_eq!(
+        (&dupes[0]["Id"], &dupes[0]["Username"]),
+        (&won["Id"], &won["Username"])
+    );
+    let answers = race50(|_| {
+        let body = serde_json::json!({ "Name": "ops" });
+        http.post(url("/api/teams")).bearer_auth(&jwt).json(&body)
+    })
+    .await;
+    let won = one_wins(&answers, &[409]);
+    let teams = support::json_of(http.get(url("/api/teams")).bearer_auth(&jwt)).await;
+    assert_eq!(teams.as_array().map(Vec::len), Some(1), "{teams}");
+    assert_eq!(teams[0]["Id"], won["Id"]);
+
+    // Lighthouse: one user per email.
+    let cookie = support::lighthouse_admin(&a).await;
+    let answers = race50(|_| {
+        let body = serde_json::json!({ "Email": "same@example.com", "Password": "pw-long-enough" });
+        http.post(url("/api/v0.2/users/create"))
+            .header("cookie", &cookie)
+            .json(&body)
+    })
+    .await;
+    one_wins(&answers, &(400..500).collect::<Vec<u16>>());
+    let users = support::json_of(
+        http.get(url("/api/v0.2/users/list"))
+            .header("cookie", &cookie),
+    )
+    .await;
+    let same = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| **e == "same@example.com")
+        .count();
+    assert_eq!(same, 1, "{users}");
+
+    // CIKit: one user per name.
+    let secret = b.cikit_user("boss", "owner");
+    let login = serde_json::json!({ "username": "boss", "code": support::totp(&secret, 0) });
+    let auth = support::json_of(http.post(url("/api/v1/user/auth")).json(&login)).await;
+    let token = auth["access_token"]
+        .as_str()
+        .expect("a CIKit token")
+        .to_string();
+    let answers = race50(|_| {
+        let body = serde_json::json!({ "username": "twin", "group": "viewer" });
+        http.post(url("/api/v1/user/add"))
+            .bearer_auth(&token)
+            .json(&body)
+    })
+    .await;
+    one_wins(&answers, &[400]);
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.0 != 200)
+            .all(|a| a.1["errorId"] == 914),
+        "{answers:?}"
+    );
+    let users = support::json_of(http.get(url("/api/v1/user/list")).bearer_auth(&token)).await;
+    let twins = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["username"] == "twin")
+        .count();
+    assert_eq!(twins, 1, "{users}");
 
     // 3 x 1000 increments of one counter over the replicas: exact.
     let writers = (0..3).map(|_| {

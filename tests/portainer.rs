@@ -292,32 +292,6 @@ impl Api {
 }
 
 /// A client session script under `tests/`.
-fn script(path: &str) -> String {
-    format!("{}/../tests/{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Run a third-party client's session (`command`), at most two minutes;
-/// it must succeed and print `session ok`. Its standard output.
-async fn client_session(mut command: std::process::Command, what: &'static str) -> String {
-    let out = tokio::task::spawn_blocking(move || {
-        let child = command
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        support::wait_bounded(child, Duration::from_secs(120), what)
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && stdout.contains("session ok"),
-        "{what}: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// Names of the engine's Swarm services in a stack.
 fn swarm_services(engine: &Engine, stack: &str) -> Vec<String> {
     let (_, body) = engine.get("/services").unwrap();
@@ -2343,9 +2317,9 @@ async fn the_generated_1x_python_client_runs_a_whole_session() {
     let dir = tempfile::tempdir().unwrap();
     let api = Api::start(dir.path(), engine);
     let mut session = std::process::Command::new(python);
-    session.arg(script("py/portainer_api_session.py"));
+    session.arg(support::script("py/portainer_api_session.py"));
     session.arg(api.berth.url(""));
-    client_session(session, "the portainer-api session").await;
+    support::client_session(session, "the portainer-api session").await;
 }
 
 /// `portainer-cli` 0.3.0 from PyPI, unmodified: it signs in with
@@ -3234,10 +3208,10 @@ async fn pulls_through_the_proxy_carry_a_registrys_credentials() {
         return;
     };
     let mut session = std::process::Command::new("node");
-    session.arg(script("js/portainer_api_client_session.js"));
+    session.arg(support::script("js/portainer_api_client_session.js"));
     session.args([api.berth.url("").as_str(), "rotated", "n3w-secret"]);
     session.env("NODE_PATH", modules);
-    client_session(session, "the portainer-api-client session").await;
+    support::client_session(session, "the portainer-api-client session").await;
     seen.lock().unwrap().clear();
     let (_, text) = pull(token.clone(), Some(names(json!(registry_id)))).await;
     assert!(text.contains("manifest unknown"), "{text}");
@@ -3303,10 +3277,10 @@ async fn a_1_15_client_makes_a_tls_endpoint_and_uploads_its_files() {
     );
 
     let mut session = std::process::Command::new(python);
-    session.arg(script("py/portainer_015_session.py"));
+    session.arg(support::script("py/portainer_015_session.py"));
     session.args([api.berth.url(""), tls.address.clone()]);
     session.args([&tls.ca, &tls.cert, &tls.key]);
-    let stdout = client_session(session, "the portainer 0.1b0 session").await;
+    let stdout = support::client_session(session, "the portainer 0.1b0 session").await;
     let id = stdout.trim().rsplit(' ').next().unwrap();
     let (status, info) = api
         .call(t, "GET", &format!("/api/endpoints/{id}/docker/info"), None)

@@ -649,3 +649,30 @@ pub fn wait_bounded(child: Child, limit: Duration, what: &str) -> Output {
         }
     }
 }
+
+/// A file under `tests/`, by its path there.
+pub fn script(path: &str) -> String {
+    format!("{}/../tests/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run a third-party client's session (`command`), at most two minutes;
+/// it must succeed and print `session ok`. Its standard output.
+pub async fn client_session(mut command: std::process::Command, what: &'static str) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        let child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_bounded(child, Duration::from_secs(120), what)
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("session ok"),
+        "{what}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

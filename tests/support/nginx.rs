@@ -55,10 +55,14 @@ impl Nginx {
              events {{ worker_connections 1024; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n\
              upstream berth {{ {servers} keepalive 32; }}\n\
-             server {{ listen 127.0.0.1:{port};\n\
+             server {{ listen 127.0.0.1:{port}; client_max_body_size 64m;\n\
                location / {{ proxy_pass http://berth; proxy_http_version 1.1;\n\
-                 proxy_set_header Connection \"\"; proxy_next_upstream error timeout; }} }}\n}}\n"
+                 proxy_set_header Host $http_host; proxy_buffering off;\n\
+                 proxy_set_header Upgrade $http_upgrade;\n\
+                 proxy_set_header Connection $connection_upgrade;\n\
+                 proxy_next_upstream error timeout; }} }}\n}}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let child = std::process::Command::new(bin)
