@@ -353,6 +353,48 @@ async fn limits_give_the_same_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn increments_read_and_refuse_the_same_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut answers = Vec::new();
+    for store in stores(dir.path(), cluster()).await {
+        let mut t = store.begin("inc");
+        let mut got = Vec::new();
+        for (value, delta) in [
+            (&b" +41 \n"[..], 1),
+            (b"-7", -3),
+            (b"0009", 1),
+            (b"9223372036854775807", 1),
+            (b"-9223372036854775808", -1),
+            (b"99999999999999999999", 0),
+            (b"4 2", 1),
+            (b"", 1),
+            (b"\xff1", 1),
+        ] {
+            t.set("k", value.to_vec()).await.unwrap();
+            got.push(match t.increment("k", delta).await {
+                Ok(n) => n.to_string(),
+                Err(e) => e.to_string(),
+            });
+        }
+        t.delete("k").await.unwrap();
+        got.push(t.increment("k", 5).await.unwrap().to_string());
+        assert_eq!(t.get("k").await.unwrap(), Some(b"5".to_vec()));
+        t.commit().await.unwrap();
+        answers.push(got);
+    }
+    assert_eq!(answers[0][..3], ["42", "-10", "10"]);
+    assert!(answers[0][3].contains("overflows"), "{:?}", answers[0]);
+    assert!(
+        answers[0][5].contains("not a decimal integer"),
+        "{:?}",
+        answers[0]
+    );
+    for other in &answers[1..] {
+        assert_eq!(other, &answers[0], "PostgreSQL as redb");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_sequences_and_metadata_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster();

@@ -125,8 +125,8 @@ impl Feed {
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             };
-            if let Source::Topic { topic, .. } = &self.source
-                && *event.topic != **topic
+            if let Source::Topic { topic, sub } = &self.source
+                && (*event.topic != **topic || event.seq <= sub.after)
             {
                 continue;
             }
@@ -352,5 +352,37 @@ mod tests {
             &sse(&Next::End(End::TooSlow))[..],
             b"event: close\ndata: subscriber too slow: events were dropped\n\n"
         );
+    }
+
+    /// A subscriber that replays after N never gets N or before, even live
+    /// (a fleet's event held when the replay was taken arrives live).
+    #[tokio::test]
+    async fn nothing_at_or_before_after_arrives_live() {
+        let (sender, live) = broadcast::channel(8);
+        let event = |seq: u64| Event {
+            seq,
+            topic: "t".into(),
+            payload: Bytes::new(),
+            closing: seq == 4,
+        };
+        let sub = Subscription {
+            replay: VecDeque::from([event(3)]),
+            live,
+            after: 2,
+        };
+        for seq in [1, 2, 4] {
+            sender.send(event(seq)).unwrap();
+        }
+        let source = Source::Topic {
+            topic: "t".into(),
+            sub,
+        };
+        let (_open, closing) = watch::channel(false);
+        let mut feed = Feed::new(source, closing);
+        let mut seen = Vec::new();
+        while let Some(Next::Event(e)) = feed.next().await {
+            seen.push(e.seq);
+        }
+        assert_eq!(seen, [3, 4]);
     }
 }

@@ -166,10 +166,14 @@ pub struct Events {
     cursors: tokio::sync::Mutex<HashMap<String, u64>>,
 }
 
-/// A live subscription: replayed events first, then the channel.
+/// A live subscription: replayed events first, then the channel's.
 pub struct Subscription {
     pub replay: VecDeque<Event>,
     pub live: broadcast::Receiver<Event>,
+    /// Events numbered up to this are not for this subscriber, live ones
+    /// included (in a fleet, an event held for its call when the replay was
+    /// taken arrives live, maybe after the client already saw its number).
+    pub after: u64,
 }
 
 impl Events {
@@ -286,6 +290,7 @@ impl Events {
                 VecDeque::new()
             },
             live: c.sender.subscribe(),
+            after: if replay { after } else { 0 },
         })
     }
 }

@@ -928,6 +928,9 @@ impl Txn {
 
     /// Add `delta` to the decimal integer at `key`.
     pub async fn increment(&mut self, key: &str, delta: i64) -> Result<i64, TxnError> {
+        if matches!(self.inner, Inner::Postgres(_)) {
+            return self.increment_in_one(key, delta).await;
+        }
         let current = match self.read(key, true).await? {
             None => 0,
             Some(bytes) => std::str::from_utf8(&bytes)
@@ -942,6 +945,34 @@ impl Txn {
         })?;
         self.write(key, Some(next.to_string().into_bytes())).await?;
         Ok(next)
+    }
+
+    /// [`Txn::increment`] as one statement (PostgreSQL: one round trip,
+    /// not a read and a write), with the same checks.
+    async fn increment_in_one(&mut self, key: &str, delta: i64) -> Result<i64, TxnError> {
+        check_key(key)?;
+        // The longest decimal i64 is 20 bytes.
+        if self.written + key.len() + 20 > MAX_TXN_BYTES {
+            return Err(TxnError::Invalid(format!(
+                "one call may write at most {MAX_TXN_BYTES} bytes"
+            )));
+        }
+        self.live()?;
+        let store = self.store.clone();
+        let cx = Ctx {
+            ns: &self.ns,
+            deadline: self.deadline,
+            pinned: self.pinned,
+        };
+        let result = match (&store.backend, &mut self.inner) {
+            (Backend::Postgres(pg), Inner::Postgres(t)) => t.increment(pg, &cx, key, delta).await,
+            _ => unreachable!("only PostgreSQL increments in one statement"),
+        };
+        let result = self.settle(result).await;
+        if let Ok(next) = &result {
+            self.written += key.len() + next.to_string().len();
+        }
+        result
     }
 
     /// Swap `key` to `new` if it is `expected`.

@@ -333,6 +333,43 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE berth_replicas ADD COLUMN plugins text NOT NULL DEFAULT '{}';
     "#,
+    // 10: an increment in one statement: the key locked as a write locks
+    // it, read, added to, written; the new value as text, or why not (a
+    // refusal leaves the transaction usable, so nothing is raised).
+    r#"
+    CREATE FUNCTION berth_increment(p_ns text, p_key bytea, p_delta bigint, p_lock bigint,
+                                    p_spans bigint[], p_patient boolean, p_wait_ms bigint)
+    RETURNS text LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        found bytea;
+        shown text;
+        total numeric;
+    BEGIN
+        PERFORM berth_lock(ARRAY[p_lock] || p_spans, true, p_patient, p_wait_ms);
+        SELECT k.value INTO found FROM berth_kv k WHERE k.ns = p_ns AND k.key = p_key;
+        IF found IS NULL THEN
+            total := p_delta;
+        ELSE
+            -- Bytes past ASCII come out as backslash escapes: refused.
+            shown := encode(found, 'escape');
+            IF shown !~ '^\s*[+-]?[0-9]+\s*$' THEN
+                RETURN 'not a decimal integer';
+            END IF;
+            total := btrim(shown, E' \t\n\r\f' || chr(11))::numeric;
+            IF total NOT BETWEEN -9223372036854775808 AND 9223372036854775807 THEN
+                RETURN 'not a decimal integer';
+            END IF;
+            total := total + p_delta;
+        END IF;
+        IF total NOT BETWEEN -9223372036854775808 AND 9223372036854775807 THEN
+            RETURN 'overflows';
+        END IF;
+        INSERT INTO berth_kv AS k (ns, key, value)
+            VALUES (p_ns, p_key, convert_to(total::text, 'UTF8'))
+            ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value;
+        RETURN total::text;
+    END $$;
+    "#,
 ];
 
 /// Connections kept for the host's own statements, beside the pool size.
@@ -847,6 +884,10 @@ impl Postgres {
         counters: &[(String, u32)],
         window: Duration,
     ) -> Result<bool, StoreError> {
+        // Rows are locked in key order, so two attempts naming the same
+        // counters in another order cannot deadlock.
+        let mut counters: Vec<&(String, u32)> = counters.iter().collect();
+        counters.sort();
         let keys: Vec<&str> = counters.iter().map(|(k, _)| k.as_str()).collect();
         let limits: Vec<i32> = counters
             .iter()
@@ -1286,16 +1327,30 @@ fn stripe_lock(ns: &str, directory: &str, stripe: u8) -> i64 {
 fn span_locks(ns: &str, key: &str) -> Vec<i64> {
     let stripe = (key_lock(ns, key) as u64 % u64::from(STRIPES)) as u8;
     std::iter::once(0)
-        .chain(key.match_indices('/').map(|(at, _)| at + 1))
+        .chain(directory_ends(key))
         .map(|end| stripe_lock(ns, &key[..end], stripe))
         .collect()
 }
 
+/// Directories deeper than this share their ancestor's span lock at this
+/// depth, so a key with many `/` takes a bounded number of locks (a
+/// listing below it then waits for writes in the whole ancestor: correct,
+/// if coarser).
+const SPAN_DEPTH: usize = 16;
+
+/// Where each directory of `key` ends (after each `/`), at most
+/// [`SPAN_DEPTH`] of them.
+fn directory_ends(key: &str) -> impl Iterator<Item = usize> + '_ {
+    key.match_indices('/')
+        .map(|(at, _)| at + 1)
+        .take(SPAN_DEPTH)
+}
+
 /// The span locks a listing of `prefix` takes, shared: every stripe of its
-/// directory (the prefix up to its last `/`), which covers every key the
-/// prefix does.
+/// directory (the prefix up to its last `/`, or its ancestor at
+/// [`SPAN_DEPTH`]), which covers every key the prefix does.
 fn listing_locks(ns: &str, prefix: &str) -> Vec<i64> {
-    let end = prefix.rfind('/').map_or(0, |at| at + 1);
+    let end = directory_ends(prefix).last().unwrap_or(0);
     (0..STRIPES)
         .map(|stripe| stripe_lock(ns, &prefix[..end], stripe))
         .collect()
@@ -1354,6 +1409,25 @@ impl PgTxn {
         deadline: Instant,
         pinned: bool,
     ) -> Result<&Object, TxnError> {
+        let begin = self.begin_statement(pg, deadline, pinned).await?;
+        let client = self.client.as_ref().expect("connected by begin_statement");
+        if let Some(begin) = begin {
+            client.batch_execute(&begin).await.map_err(txn_error)?;
+        }
+        Ok(client)
+    }
+
+    /// Connect (and take the turn, if the call has one), and say what must
+    /// run before the call's next statement: the transaction's `BEGIN`, or
+    /// a longer deadlock check for a call just pinned. Counted as run: the
+    /// caller sends it, in the same round trip as its statement
+    /// ([`pipelined`]) or alone.
+    async fn begin_statement(
+        &mut self,
+        pg: &Postgres,
+        deadline: Instant,
+        pinned: bool,
+    ) -> Result<Option<String>, TxnError> {
         if self.client.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let client = tokio::time::timeout(left, pg.txn_client())
@@ -1384,17 +1458,16 @@ impl PgTxn {
             if pg.tunable {
                 begin.push_str(deadlock_timeout(pinned));
             }
-            client.batch_execute(&begin).await.map_err(txn_error)?;
+            // Open from here on: a call dropped now rolls it back.
             self.open = true;
             self.patient = pinned;
-        } else if pinned && !self.patient && pg.tunable {
-            client
-                .batch_execute(deadlock_timeout(true))
-                .await
-                .map_err(txn_error)?;
-            self.patient = true;
+            return Ok(Some(begin));
         }
-        Ok(client)
+        if pinned && !self.patient && pg.tunable {
+            self.patient = true;
+            return Ok(Some(deadlock_timeout(true).to_string()));
+        }
+        Ok(None)
     }
 
     /// Read `key`, locking it (shared, or exclusive when the call will
@@ -1406,24 +1479,21 @@ impl PgTxn {
         key: &str,
         exclusive: bool,
     ) -> Result<Option<Vec<u8>>, TxnError> {
-        let client = self.begun(pg, cx.deadline, cx.pinned).await?;
+        let begin = self.begin_statement(pg, cx.deadline, cx.pinned).await?;
+        let client = self.client.as_ref().expect("connected by begin_statement");
         let sql = "SELECT berth_read($1, $2, $3, $4, $5, $6)";
-        let row = match client.prepare_cached(sql).await {
-            Ok(s) => {
-                let (lock, wait) = (key_lock(cx.ns, key), wait_ms(cx));
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-                    &&**cx.ns,
-                    &key.as_bytes(),
-                    &lock,
-                    &exclusive,
-                    &cx.pinned,
-                    &wait,
-                ];
-                client.query_one(&s, &params).await
-            }
-            Err(e) => Err(e),
-        };
-        row.map(|r| r.get(0)).map_err(txn_error)
+        let s = client.prepare_cached(sql).await.map_err(txn_error)?;
+        let (lock, wait) = (key_lock(cx.ns, key), wait_ms(cx));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &&**cx.ns,
+            &key.as_bytes(),
+            &lock,
+            &exclusive,
+            &cx.pinned,
+            &wait,
+        ];
+        let row = pipelined(client, begin, client.query_one(&s, &params)).await?;
+        Ok(row.get(0))
     }
 
     /// Write (`None`: delete) `key`, locking it exclusive and its spans
@@ -1435,26 +1505,59 @@ impl PgTxn {
         key: &str,
         value: Option<&[u8]>,
     ) -> Result<(), TxnError> {
-        let client = self.begun(pg, cx.deadline, cx.pinned).await?;
+        let begin = self.begin_statement(pg, cx.deadline, cx.pinned).await?;
+        let client = self.client.as_ref().expect("connected by begin_statement");
         let sql = "SELECT berth_write($1, $2, $3, $4, $5, $6, $7)";
-        let done = match client.prepare_cached(sql).await {
-            Ok(s) => {
-                let (lock, spans) = (key_lock(cx.ns, key), span_locks(cx.ns, key));
-                let wait = wait_ms(cx);
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-                    &&**cx.ns,
-                    &key.as_bytes(),
-                    &value,
-                    &lock,
-                    &spans,
-                    &cx.pinned,
-                    &wait,
-                ];
-                client.execute(&s, &params).await
-            }
-            Err(e) => Err(e),
-        };
-        done.map(drop).map_err(txn_error)
+        let s = client.prepare_cached(sql).await.map_err(txn_error)?;
+        let (lock, spans, wait) = (key_lock(cx.ns, key), span_locks(cx.ns, key), wait_ms(cx));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &&**cx.ns,
+            &key.as_bytes(),
+            &value,
+            &lock,
+            &spans,
+            &cx.pinned,
+            &wait,
+        ];
+        pipelined(client, begin, client.execute(&s, &params))
+            .await
+            .map(drop)
+    }
+
+    /// Add `delta` to the decimal integer at `key` (absent: 0) in one
+    /// statement, locking it as a write does: the new value.
+    pub async fn increment(
+        &mut self,
+        pg: &Postgres,
+        cx: &Ctx<'_>,
+        key: &str,
+        delta: i64,
+    ) -> Result<i64, TxnError> {
+        let begin = self.begin_statement(pg, cx.deadline, cx.pinned).await?;
+        let client = self.client.as_ref().expect("connected by begin_statement");
+        let sql = "SELECT berth_increment($1, $2, $3, $4, $5, $6, $7)";
+        let s = client.prepare_cached(sql).await.map_err(txn_error)?;
+        let (lock, spans, wait) = (key_lock(cx.ns, key), span_locks(cx.ns, key), wait_ms(cx));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &&**cx.ns,
+            &key.as_bytes(),
+            &delta,
+            &lock,
+            &spans,
+            &cx.pinned,
+            &wait,
+        ];
+        let row = pipelined(client, begin, client.query_one(&s, &params)).await?;
+        let answer: String = row.get(0);
+        match answer.parse() {
+            Ok(value) => Ok(value),
+            Err(_) if answer == "overflows" => Err(TxnError::Invalid(format!(
+                "incrementing `{key}` by {delta} overflows"
+            ))),
+            Err(_) => Err(TxnError::Invalid(format!(
+                "value at `{key}` is not a decimal integer"
+            ))),
+        }
     }
 
     /// List a span, locking it until the transaction ends: no other call
@@ -1653,6 +1756,25 @@ impl PgTxn {
     }
 }
 
+/// Run `statement` on `client`, after `begin` if there is one, in the
+/// same round trip: both are sent before either answer is read (the
+/// client pipelines requests it is given together).
+async fn pipelined<T>(
+    client: &Object,
+    begin: Option<String>,
+    statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, TxnError> {
+    match begin {
+        None => statement.await.map_err(txn_error),
+        Some(begin) => {
+            let (begun, done) =
+                futures_util::future::join(client.batch_execute(&begin), statement).await;
+            begun.map_err(txn_error)?;
+            done.map_err(txn_error)
+        }
+    }
+}
+
 /// Drive a listening connection, waking `wake` at each notification, until
 /// it ends.
 async fn forward_notifications<S, T>(
@@ -1717,6 +1839,13 @@ mod tests {
                 .any(|l| listing_locks("ns", "user/").contains(l))
         );
         assert_eq!(span_locks("ns", "a/b/c").len(), 3);
+        // A key with many `/` takes a bounded number of span locks, and a
+        // listing deep below the bound still covers its keys.
+        let deep = "d/".repeat(200) + "leaf";
+        assert_eq!(span_locks("ns", &deep).len(), SPAN_DEPTH + 1);
+        assert!(covered(&"d/".repeat(100), &deep));
+        assert!(covered(&"d/".repeat(SPAN_DEPTH), &deep));
+        assert!(!covered(&"d/".repeat(SPAN_DEPTH - 1), "d/e/x"));
     }
 
     #[test]
