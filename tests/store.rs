@@ -488,6 +488,18 @@ async fn jobs_sequences_and_metadata_survive_reopening() {
     }
 }
 
+/// Wait until no store in this process holds the redb file at `path` (a
+/// dropped store's writer thread lets it go once it sees its channel
+/// close), so another process can open it.
+async fn released(path: &std::path::Path) {
+    support::poll(
+        Duration::from_secs(60),
+        "the redb file to be let go",
+        || async { redb::Database::open(path).ok().map(drop) },
+    )
+    .await;
+}
+
 /// `berth store copy`: a redb store to PostgreSQL and back, every table and
 /// namespace counted and checksummed equal on both sides; a copy into a
 /// store that holds something is refused.
@@ -518,6 +530,7 @@ async fn a_store_copies_to_postgres_and_back_unchanged() {
             .await
             .unwrap();
     }
+    released(&first).await;
     cluster.create_database("copied");
     let url = cluster.url("copied");
     let copy = |from: &str, to: &str| {
@@ -562,7 +575,9 @@ async fn a_store_copies_to_postgres_and_back_unchanged() {
     }
     drop((first, last));
 
-    let again = copy(dir.path().join("last.redb").to_str().unwrap(), &url);
+    let last = dir.path().join("last.redb");
+    released(&last).await;
+    let again = copy(last.to_str().unwrap(), &url);
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("copy into an empty store"),
