@@ -6,7 +6,8 @@
 //! every other. The folder's watcher then mounts it as any dropped file:
 //! the same checks, the same hot swap.
 //!
-//! Which side moved decides: each replica remembers the sha256 both sides
+//! Which side moved decides: each replica remembers (in
+//! `PLUGINS_DIR/.fleet-agreed`, across restarts) the sha256 both sides
 //! last agreed on per file. When the store's changed since, the store's
 //! wins (also when both changed: the fleet's push is the later intent);
 //! when only the folder's did, it goes into the store. A file first seen
@@ -26,6 +27,8 @@ use crate::store::{Store, StoreError};
 
 /// How often a replica compares its folder with the store's set.
 pub const SYNC_EVERY: Duration = Duration::from_millis(500);
+/// Where a replica keeps what its folder and the store last agreed on.
+const AGREED: &str = ".fleet-agreed";
 /// A file modified more recently than this may still be being written.
 const SETTLE: Duration = Duration::from_millis(200);
 
@@ -45,12 +48,28 @@ pub struct FolderSync {
 
 impl FolderSync {
     pub fn new(db: Arc<Store>, plugins: Arc<Plugins>, ours_first: HashSet<String>) -> FolderSync {
+        // What was agreed before a restart, so a file removed or replaced
+        // while this replica was stopped counts as the folder's move.
+        let agreed = std::fs::read(plugins.dir().join(AGREED))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
         FolderSync {
             db,
             plugins,
-            agreed: HashMap::new(),
+            agreed,
             ours_first,
             digests: HashMap::new(),
+        }
+    }
+
+    /// Keep what was agreed beside the folder (a dot-file the watcher
+    /// ignores).
+    fn save_agreed(&self) {
+        let path = self.plugins.dir().join(AGREED);
+        let text = serde_json::to_vec(&self.agreed).unwrap_or_default();
+        if let Err(e) = crate::private::write(&path, &text) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot keep the fleet sync's record");
         }
     }
 
@@ -88,6 +107,7 @@ impl FolderSync {
             ))
         })?;
         let names: BTreeSet<String> = store.keys().chain(here.keys()).cloned().collect();
+        let before = self.agreed.clone();
         let mut changed = false;
         for name in names {
             let ours = match here.get(&name) {
@@ -111,6 +131,9 @@ impl FolderSync {
             } else if folder_moved {
                 self.give(&dir, &name, ours).await?;
             }
+        }
+        if self.agreed != before {
+            self.save_agreed();
         }
         Ok(changed)
     }
