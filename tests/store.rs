@@ -138,6 +138,46 @@ async fn concurrent_increments_lose_nothing() {
     }
 }
 
+/// Two calls that each wrote a key of their own and cannot run again
+/// (they acted outside KV) count down one counter (the deploy jobs of one
+/// application on two instances): the later one waits for the earlier
+/// one's commit, and neither is refused, whichever keys they wrote. A
+/// write never waits for another call's write of another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pinned_calls_that_wrote_their_own_keys_share_a_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in stores(dir.path(), cluster()).await {
+        let kind = store.kind();
+        for i in 0..64 {
+            // Past the deadline a wait is refused: a failure, not a hang.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let counter = format!("run/{i}/left");
+            let mut first = store.begin("a").until(deadline);
+            let mut second = store.begin("a").until(deadline);
+            first.pin();
+            second.pin();
+            first
+                .set(&format!("lock/app/{i}/local"), vec![])
+                .await
+                .unwrap();
+            let own = second.set(&format!("lock/app/{i}/second"), vec![]).await;
+            assert!(own.is_ok(), "{kind}: {i}: {own:?}");
+            let counted = second.increment(&counter, -1).await;
+            assert!(matches!(counted, Ok(-1)), "{kind}: {i}: {counted:?}");
+            let waiting = tokio::spawn(async move {
+                let left = first.increment(&counter, -1).await;
+                first.commit().await.map(|()| left)
+            });
+            second.commit().await.unwrap();
+            let left = waiting.await.unwrap();
+            assert!(
+                matches!(left, Ok(Ok(-2))),
+                "{kind}: {i}: the first counted after the second: {left:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn get_then_set_by_racing_calls_loses_no_update() {
     let dir = tempfile::tempdir().unwrap();

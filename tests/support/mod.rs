@@ -213,8 +213,20 @@ impl Drop for Berth {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failing test shows what each Berth it started logged last.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL).collect();
+            eprintln!("---- the last lines of {} ----", self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
+
+/// Lines of a Berth's log a failing test prints.
+const LOG_TAIL: usize = 60;
 
 /// `GET path` (one of the host's `/_berth/` views) as the admin; its JSON.
 pub async fn admin_view(c: &reqwest::Client, berth: &Berth, path: &str) -> serde_json::Value {

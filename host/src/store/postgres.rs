@@ -3,10 +3,11 @@
 //! A call's transaction is one PostgreSQL transaction on a pooled
 //! connection, begun at the call's first KV operation and committed before
 //! its response leaves. It is made serializable the way the embedded store
-//! makes it: strict two-phase locking, with PostgreSQL's advisory locks as
-//! the lock table every replica shares. A call locks a key it reads
-//! (shared) or writes (exclusive), and a listed span (see [`span_locks`]),
-//! until its transaction ends; each statement runs READ COMMITTED, after its
+//! makes it: strict two-phase locking, with PostgreSQL's advisory locks
+//! (keys) and table locks (spans) as the lock table every replica shares.
+//! A call locks a key it reads (shared) or writes (exclusive), and the
+//! spans it lists or writes in (see [`span_tables`]), until its
+//! transaction ends; each statement runs READ COMMITTED, after its
 //! lock is granted, so it reads the latest committed value. Hence the same
 //! contract as the embedded store, across processes: no lost update, no
 //! write skew, no phantom, and a conflict is found at the KV call that
@@ -368,6 +369,130 @@ const MIGRATIONS: &[&str] = &[
             VALUES (p_ns, p_key, convert_to(total::text, 'UTF8'))
             ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value;
         RETURN total::text;
+    END $$;
+    "#,
+    // 11: span locks two writes never share. A write takes ROW EXCLUSIVE
+    // on the table of each directory its key is in, a listing SHARE on
+    // its prefix's: PostgreSQL's table lock modes give the three-way rule
+    // spans want (writes share with writes, listings with listings, and
+    // one waits for the other), where advisory locks have two modes and
+    // two writes met on one stripe in 16 (a wait, or a deadlock between
+    // calls that could not run again). Directories hash onto
+    // [`SPAN_TABLES`] empty tables, so a listing may wait needlessly for a
+    // write in another directory, never a write for a write. Replicas
+    // older than this migration keep their stripes: run one version at a
+    // time across it.
+    r#"
+    CREATE SCHEMA berth_spans;
+    DO $$
+    BEGIN
+        FOR i IN 0..255 LOOP
+            EXECUTE format('CREATE TABLE berth_spans.s%s () WITH (autovacuum_enabled = false)', i);
+        END LOOP;
+    END $$;
+
+    -- Lock each of `p_tables` (SHARE for a listing, else ROW EXCLUSIVE),
+    -- waiting as berth_lock does.
+    CREATE FUNCTION berth_lock_spans(p_tables integer[], p_listing boolean,
+                                     p_patient boolean, p_wait_ms bigint)
+    RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        t integer;
+        mode text := CASE WHEN p_listing THEN 'SHARE' ELSE 'ROW EXCLUSIVE' END;
+        deadline bigint := berth_now_ms() + greatest(p_wait_ms, 1);
+        got boolean;
+        waited boolean := false;
+    BEGIN
+        -- Usually free: all at once, in one subtransaction.
+        BEGIN
+            FOREACH t IN ARRAY p_tables LOOP
+                EXECUTE format('LOCK TABLE berth_spans.s%s IN %s MODE NOWAIT', t, mode);
+            END LOOP;
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+        FOREACH t IN ARRAY p_tables LOOP
+            got := false;
+            WHILE NOT got LOOP
+                IF berth_now_ms() >= deadline THEN
+                    RAISE EXCEPTION 'a lock was held past this call''s deadline'
+                        USING ERRCODE = 'lock_not_available';
+                END IF;
+                PERFORM set_config('lock_timeout', CASE WHEN p_patient
+                    THEN greatest(deadline - berth_now_ms(), 1)
+                    ELSE least(50, greatest(deadline - berth_now_ms(), 1)) END || 'ms', true);
+                BEGIN
+                    EXECUTE format('LOCK TABLE berth_spans.s%s IN %s MODE', t, mode);
+                    got := true;
+                EXCEPTION WHEN lock_not_available THEN
+                    got := false;
+                END;
+                waited := true;
+            END LOOP;
+        END LOOP;
+        IF waited THEN
+            PERFORM set_config('lock_timeout',
+                greatest(deadline - berth_now_ms(), 1) || 'ms', true);
+        END IF;
+    END $$;
+
+    CREATE FUNCTION berth_write(p_ns text, p_key bytea, p_value bytea, p_lock bigint,
+                                p_tables integer[], p_patient boolean, p_wait_ms bigint)
+    RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        PERFORM berth_lock(ARRAY[p_lock], true, p_patient, p_wait_ms);
+        PERFORM berth_lock_spans(p_tables, false, p_patient, p_wait_ms);
+        IF p_value IS NULL THEN
+            DELETE FROM berth_kv k WHERE k.ns = p_ns AND k.key = p_key;
+        ELSE
+            INSERT INTO berth_kv AS k (ns, key, value) VALUES (p_ns, p_key, p_value)
+            ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value;
+        END IF;
+    END $$;
+
+    CREATE FUNCTION berth_increment(p_ns text, p_key bytea, p_delta bigint, p_lock bigint,
+                                    p_tables integer[], p_patient boolean, p_wait_ms bigint)
+    RETURNS text LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        found bytea;
+        shown text;
+        total numeric;
+    BEGIN
+        PERFORM berth_lock(ARRAY[p_lock], true, p_patient, p_wait_ms);
+        PERFORM berth_lock_spans(p_tables, false, p_patient, p_wait_ms);
+        SELECT k.value INTO found FROM berth_kv k WHERE k.ns = p_ns AND k.key = p_key;
+        IF found IS NULL THEN
+            total := p_delta;
+        ELSE
+            -- Bytes past ASCII come out as backslash escapes: refused.
+            shown := encode(found, 'escape');
+            IF shown !~ '^\s*[+-]?[0-9]+\s*$' THEN
+                RETURN 'not a decimal integer';
+            END IF;
+            total := btrim(shown, E' \t\n\r\f' || chr(11))::numeric;
+            IF total NOT BETWEEN -9223372036854775808 AND 9223372036854775807 THEN
+                RETURN 'not a decimal integer';
+            END IF;
+            total := total + p_delta;
+        END IF;
+        IF total NOT BETWEEN -9223372036854775808 AND 9223372036854775807 THEN
+            RETURN 'overflows';
+        END IF;
+        INSERT INTO berth_kv AS k (ns, key, value)
+            VALUES (p_ns, p_key, convert_to(total::text, 'UTF8'))
+            ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value;
+        RETURN total::text;
+    END $$;
+
+    CREATE FUNCTION berth_scan(p_ns text, p_tables integer[], p_from bytea, p_past boolean,
+                               p_upper bytea, p_limit bigint, p_patient boolean,
+                               p_wait_ms bigint)
+    RETURNS TABLE (entry_key bytea, entry_value bytea) LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        PERFORM berth_lock_spans(p_tables, true, p_patient, p_wait_ms);
+        RETURN QUERY SELECT * FROM berth_list(p_ns, ARRAY[]::bigint[], p_from, p_past,
+                                              p_upper, p_limit);
     END $$;
     "#,
 ];
@@ -1307,29 +1432,30 @@ fn key_lock(ns: &str, key: &str) -> i64 {
     lock_id(&[b"key", ns.as_bytes(), key.as_bytes()])
 }
 
-/// How many stripes a span lock has.
-const STRIPES: u8 = 16;
+/// How many tables the span locks of every namespace hash onto
+/// (migration 11 makes them).
+const SPAN_TABLES: u64 = 256;
 
-fn stripe_lock(ns: &str, directory: &str, stripe: u8) -> i64 {
-    lock_id(&[b"span", ns.as_bytes(), directory.as_bytes(), &[stripe]])
+/// The table holding directory `directory`'s span lock.
+fn span_table(ns: &str, directory: &str) -> i32 {
+    (lock_id(&[b"span", ns.as_bytes(), directory.as_bytes()]) as u64 % SPAN_TABLES) as i32
 }
 
-/// The span locks a write of `key` takes, exclusive: for each directory the
-/// key is in (the empty prefix, and each prefix of it ending in `/`), the
-/// stripe of that directory's lock the key falls in. A listing takes every
-/// stripe of its prefix's directory shared (see [`listing_locks`]), and that
-/// directory is one of these for every key the listing may hold. So a write
-/// waits for a listing that covers its key and a listing for the writes in
-/// its span, listings never wait for each other, and two writes wait for
-/// each other on a span only when their keys fall in one stripe (one pair
-/// in [`STRIPES`]): advisory locks have only two modes, shared and
-/// exclusive, where spans want three.
-fn span_locks(ns: &str, key: &str) -> Vec<i64> {
-    let stripe = (key_lock(ns, key) as u64 % u64::from(STRIPES)) as u8;
-    std::iter::once(0)
+/// The span locks a write of `key` takes (ROW EXCLUSIVE, which writes
+/// share): the table of each directory the key is in (the empty prefix,
+/// and each prefix of it ending in `/`), each once. A listing takes its
+/// prefix's directory's table SHARE (see [`listing_tables`]), and that
+/// directory is one of these for every key the listing may hold. So a
+/// write waits for a listing that covers its key, a listing for the writes
+/// in its span, and two writes never for each other.
+fn span_tables(ns: &str, key: &str) -> Vec<i32> {
+    let mut tables: Vec<i32> = std::iter::once(0)
         .chain(directory_ends(key))
-        .map(|end| stripe_lock(ns, &key[..end], stripe))
-        .collect()
+        .map(|end| span_table(ns, &key[..end]))
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    tables
 }
 
 /// Directories deeper than this share their ancestor's span lock at this
@@ -1346,14 +1472,12 @@ fn directory_ends(key: &str) -> impl Iterator<Item = usize> + '_ {
         .take(SPAN_DEPTH)
 }
 
-/// The span locks a listing of `prefix` takes, shared: every stripe of its
+/// The span lock a listing of `prefix` takes, SHARE: the table of its
 /// directory (the prefix up to its last `/`, or its ancestor at
 /// [`SPAN_DEPTH`]), which covers every key the prefix does.
-fn listing_locks(ns: &str, prefix: &str) -> Vec<i64> {
+fn listing_tables(ns: &str, prefix: &str) -> Vec<i32> {
     let end = directory_ends(prefix).last().unwrap_or(0);
-    (0..STRIPES)
-        .map(|stripe| stripe_lock(ns, &prefix[..end], stripe))
-        .collect()
+    vec![span_table(ns, &prefix[..end])]
 }
 
 /// What is left of a call's deadline, for a lock wait (ms).
@@ -1507,9 +1631,9 @@ impl PgTxn {
     ) -> Result<(), TxnError> {
         let begin = self.begin_statement(pg, cx.deadline, cx.pinned).await?;
         let client = self.client.as_ref().expect("connected by begin_statement");
-        let sql = "SELECT berth_write($1, $2, $3, $4, $5, $6, $7)";
+        let sql = "SELECT berth_write($1, $2, $3, $4, $5::integer[], $6, $7)";
         let s = client.prepare_cached(sql).await.map_err(txn_error)?;
-        let (lock, spans, wait) = (key_lock(cx.ns, key), span_locks(cx.ns, key), wait_ms(cx));
+        let (lock, spans, wait) = (key_lock(cx.ns, key), span_tables(cx.ns, key), wait_ms(cx));
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
             &&**cx.ns,
             &key.as_bytes(),
@@ -1535,9 +1659,9 @@ impl PgTxn {
     ) -> Result<i64, TxnError> {
         let begin = self.begin_statement(pg, cx.deadline, cx.pinned).await?;
         let client = self.client.as_ref().expect("connected by begin_statement");
-        let sql = "SELECT berth_increment($1, $2, $3, $4, $5, $6, $7)";
+        let sql = "SELECT berth_increment($1, $2, $3, $4, $5::integer[], $6, $7)";
         let s = client.prepare_cached(sql).await.map_err(txn_error)?;
-        let (lock, spans, wait) = (key_lock(cx.ns, key), span_locks(cx.ns, key), wait_ms(cx));
+        let (lock, spans, wait) = (key_lock(cx.ns, key), span_tables(cx.ns, key), wait_ms(cx));
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
             &&**cx.ns,
             &key.as_bytes(),
@@ -1577,10 +1701,10 @@ impl PgTxn {
         };
         let upper = past_prefix(prefix.as_bytes());
         let fetch = limit as i64 + 1;
-        let sql = "SELECT entry_key, entry_value FROM berth_scan($1, $2, $3, $4, $5, $6, $7, $8)";
+        let sql = "SELECT entry_key, entry_value FROM berth_scan($1, $2::integer[], $3, $4, $5, $6, $7, $8)";
         let rows = match client.prepare_cached(sql).await {
             Ok(s) => {
-                let (locks, wait) = (listing_locks(cx.ns, prefix), wait_ms(cx));
+                let (locks, wait) = (listing_tables(cx.ns, prefix), wait_ms(cx));
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
                     &&**cx.ns, &locks, &from, &past, &upper, &fetch, &cx.pinned, &wait,
                 ];
@@ -1817,8 +1941,8 @@ mod tests {
     #[test]
     fn a_listing_lock_covers_its_keys() {
         let covered = |prefix: &str, key: &str| {
-            let listing = listing_locks("ns", prefix);
-            span_locks("ns", key).iter().any(|l| listing.contains(l))
+            let listing = listing_tables("ns", prefix);
+            span_tables("ns", key).iter().any(|l| listing.contains(l))
         };
         for (prefix, key) in [
             ("user/", "user/alice"),
@@ -1831,21 +1955,27 @@ mod tests {
         ] {
             assert!(covered(prefix, key), "{prefix} covers {key}");
         }
-        assert!(!covered("user/", "team/a"));
-        assert!(!covered("run/t/", "run/u/left"));
-        assert!(
-            !span_locks("other", "user/a")
-                .iter()
-                .any(|l| listing_locks("ns", "user/").contains(l))
-        );
-        assert_eq!(span_locks("ns", "a/b/c").len(), 3);
         // A key with many `/` takes a bounded number of span locks, and a
         // listing deep below the bound still covers its keys.
         let deep = "d/".repeat(200) + "leaf";
-        assert_eq!(span_locks("ns", &deep).len(), SPAN_DEPTH + 1);
+        assert!(span_tables("ns", &deep).len() <= SPAN_DEPTH + 1);
         assert!(covered(&"d/".repeat(100), &deep));
         assert!(covered(&"d/".repeat(SPAN_DEPTH), &deep));
-        assert!(!covered(&"d/".repeat(SPAN_DEPTH - 1), "d/e/x"));
+    }
+
+    /// Directories (of one namespace, and of several) spread over the
+    /// tables, so a listing seldom waits for a write elsewhere.
+    #[test]
+    fn directories_spread_over_the_span_tables() {
+        let mut used = std::collections::HashSet::new();
+        for ns in ["commands", "stacks"] {
+            for i in 0..500 {
+                used.insert(span_table(ns, &format!("run/{i}/")));
+            }
+        }
+        assert!(used.len() > SPAN_TABLES as usize * 9 / 10, "{}", used.len());
+        assert!(used.iter().all(|t| (0..SPAN_TABLES as i32).contains(t)));
+        assert_ne!(span_table("a", "user/"), span_table("b", "user/"));
     }
 
     #[test]
