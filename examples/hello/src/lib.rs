@@ -115,4 +115,82 @@ mod tests {
     fn every_route_is_described() {
         assert_eq!(Hello::router().check_description(), Ok(()));
     }
+
+    /// The routes, run by the SDK's test host: no Berth needed.
+    #[cfg(not(target_arch = "wasm32"))]
+    mod test_host {
+        use super::*;
+        use berth_sdk::testing::TestHost;
+
+        #[test]
+        fn greets_with_the_configured_word() {
+            let router = Hello::router();
+            let host = TestHost::new();
+            let answer = host.call(&router, "GET", "/hello/ann", b"");
+            assert_eq!(answer.status, 200);
+            assert_eq!(answer.json()["greeting"], "Hello, ann!");
+            let host = TestHost::new().setting("greeting", "Ahoy");
+            let answer = host.call(&router, "GET", "/hello/bob", b"");
+            assert_eq!(answer.json()["greeting"], "Ahoy, bob!");
+        }
+
+        #[test]
+        fn visits_are_counted_per_name_and_reset_by_the_admin_command() {
+            let router = Hello::router();
+            let host = TestHost::new();
+            for expected in 1..=3 {
+                let answer = host.call(&router, "POST", "/hello/ann/visits", b"");
+                assert_eq!(answer.json()["visits"], expected);
+            }
+            host.call(&router, "POST", "/hello/bob/visits", b"");
+            let ann = host.call(&router, "GET", "/hello/ann/visits", b"");
+            assert_eq!(
+                ann.json(),
+                serde_json::json!({ "name": "ann", "visits": 3 })
+            );
+            assert_eq!(
+                host.admin(Hello::admin, &["visits", "ann"]).as_deref(),
+                Ok("ann: 3")
+            );
+            assert!(host.admin(Hello::admin, &["reset", "ann"]).is_ok());
+            assert_eq!(host.get("visits/ann"), None);
+            assert_eq!(host.get("visits/bob").as_deref(), Some(&b"1"[..]));
+            assert!(
+                host.admin(Hello::admin, &["bogus"])
+                    .unwrap_err()
+                    .starts_with("usage")
+            );
+        }
+
+        #[test]
+        fn a_racing_visit_is_counted_once() {
+            let router = Hello::router();
+            let host = TestHost::new();
+            // The increment meets a racing call twice: the SDK runs the
+            // handler again, and one visit is stored.
+            host.conflicts(2);
+            let answer = host.call(&router, "POST", "/hello/ann/visits", b"");
+            assert_eq!(answer.status, 200);
+            assert_eq!(answer.json()["visits"], 1);
+            assert_eq!(host.get("visits/ann").as_deref(), Some(&b"1"[..]));
+        }
+
+        #[test]
+        fn echo_answers_json_and_refuses_what_is_not() {
+            let router = Hello::router();
+            let host = TestHost::new();
+            let answer = host.call(
+                &router,
+                "POST",
+                "/echo",
+                r#"{"message":"héllo"}"#.as_bytes(),
+            );
+            assert_eq!(
+                answer.json(),
+                serde_json::json!({ "echo": "héllo", "length": 5 })
+            );
+            let bad = host.call(&router, "POST", "/echo", b"{");
+            assert_eq!(bad.status, 400, "{}", bad.text());
+        }
+    }
 }

@@ -386,4 +386,179 @@ mod tests {
     fn every_route_is_described() {
         assert_eq!(Commands::router().check_description(), Ok(()));
     }
+
+    /// The routes and jobs, run by the SDK's test host: Dokku and the
+    /// callback receiver scripted.
+    #[cfg(not(target_arch = "wasm32"))]
+    mod test_host {
+        use super::*;
+        use berth_sdk::testing::{Answer, TestHost};
+        use std::cell::RefCell;
+        use std::rc::Rc;
+
+        /// A host whose Dokku answers every command with its own text, and a
+        /// key pair made with `keys:generate`.
+        fn host() -> (TestHost, String, String) {
+            let host = TestHost::new().dokku(|command| {
+                Ok(dokku::Reply {
+                    ok: !command.starts_with("fail"),
+                    output: format!("\u{1b}[1Gran {command}"),
+                })
+            });
+            let said = host.admin(Commands::admin, &["keys:generate"]).unwrap();
+            let pair = said.lines().nth(1).unwrap();
+            let key = pair.split(' ').nth(2).unwrap().to_string();
+            let secret = pair.rsplit(' ').next().unwrap().to_string();
+            (host, key, secret)
+        }
+
+        fn call(
+            host: &TestHost,
+            key: &str,
+            secret: &str,
+            method: &str,
+            path: &str,
+            body: &str,
+        ) -> Answer {
+            let headers = [
+                ("Api-Key", key),
+                ("Api-Secret", secret),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ];
+            host.request(&Commands::router(), method, path, &headers, body.as_bytes())
+        }
+
+        #[test]
+        fn only_a_stored_key_pair_gets_in() {
+            let (host, key, secret) = host();
+            assert_eq!(
+                call(&host, &key, &secret, "GET", "/commands", "").status,
+                200
+            );
+            for (k, s) in [
+                (key.as_str(), "wrong"),
+                ("nokey", secret.as_str()),
+                ("", ""),
+            ] {
+                let denied = call(&host, k, s, "GET", "/commands", "");
+                assert_eq!(denied.status, 401);
+                assert_eq!(
+                    denied.json(),
+                    serde_json::json!({ "status": "error", "message": "not_authenticated" })
+                );
+            }
+            assert!(host.admin(Commands::admin, &["keys:delete", &key]).is_ok());
+            assert_eq!(
+                call(&host, &key, &secret, "GET", "/commands", "").status,
+                401
+            );
+        }
+
+        #[test]
+        fn a_command_is_queued_run_on_dokku_and_shown_with_its_result() {
+            let (host, key, secret) = host();
+            let created = call(&host, &key, &secret, "POST", "/commands", "cmd=apps:list");
+            assert_eq!(created.status, 200, "{}", created.text());
+            let token = created.json()["token"].as_str().unwrap().to_string();
+            assert_eq!(created.json()["ran_at"], serde_json::Value::Null);
+            assert_eq!(host.jobs().len(), 1);
+            assert!(host.outside().is_empty(), "nothing ran before the job");
+
+            assert!(host.run_queued_jobs(Commands::run_job).is_empty());
+            assert_eq!(host.outside(), ["dokku run apps:list"]);
+            let shown = call(
+                &host,
+                &key,
+                &secret,
+                "GET",
+                &format!("/commands/{token}"),
+                "",
+            );
+            let shown = shown.json();
+            assert_eq!(shown["command"], "apps:list");
+            assert_eq!(
+                shown["result_data"],
+                serde_json::json!({ "ok": true, "output": "ran apps:list" })
+            );
+            assert!(shown["ran_at"].is_string());
+
+            // A job delivered twice runs the command once.
+            let id = shown["id"].to_string();
+            assert!(
+                host.run_job(Commands::run_job, "run", id.as_bytes())
+                    .is_ok()
+            );
+            assert_eq!(host.outside().len(), 1);
+
+            // Retry queues it again; the list shows it.
+            let retried = call(
+                &host,
+                &key,
+                &secret,
+                "GET",
+                &format!("/commands/{token}/retry"),
+                "",
+            );
+            assert_eq!(retried.json()["result_data"], serde_json::Value::Null);
+            host.run_queued_jobs(Commands::run_job);
+            assert_eq!(host.outside().len(), 2);
+            let listed = call(&host, &key, &secret, "GET", "/commands", "").json();
+            assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+            let unknown = call(&host, &key, &secret, "GET", "/commands/nope", "");
+            assert_eq!(unknown.status, 404);
+        }
+
+        #[test]
+        fn sync_runs_inline_and_the_callback_gets_every_run() {
+            let (host, key, secret) = host();
+            let received = Rc::new(RefCell::new(Vec::new()));
+            let seen = received.clone();
+            let host = host.http(move |out| {
+                seen.borrow_mut().push((out.url.clone(), out.body.clone()));
+                Ok(berth_sdk::http_out::Incoming {
+                    status: if out.url.contains("down") { 500 } else { 200 },
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                })
+            });
+            let body = "cmd=fail-this&sync=true&callback_url=http://receiver.test/hook";
+            let ran = call(&host, &key, &secret, "POST", "/commands", body);
+            assert_eq!(ran.status, 200, "{}", ran.text());
+            assert_eq!(ran.json()["result_data"]["ok"], false);
+            assert!(host.run_queued_jobs(Commands::run_job).is_empty());
+            let received = received.borrow();
+            assert_eq!(received.len(), 1);
+            assert_eq!(received[0].0, "http://receiver.test/hook");
+            let posted: serde_json::Value = serde_json::from_slice(&received[0].1).unwrap();
+            assert_eq!(posted["command"], "fail-this");
+            drop(received);
+
+            let body = "cmd=apps:list&sync=true&callback_url=http://down.test/";
+            call(&host, &key, &secret, "POST", "/commands", body);
+            let failed = host.run_queued_jobs(Commands::run_job);
+            assert_eq!(failed.len(), 1);
+            assert!(failed[0].1.contains("answered 500"), "{}", failed[0].1);
+        }
+
+        #[test]
+        fn bad_commands_are_422_with_every_reason() {
+            let (host, key, secret) = host();
+            let long = format!("cmd={}", "a".repeat(MAX_CMD + 1));
+            for (body, reason) in [
+                ("cmd=", "cmd can't be blank"),
+                (long.as_str(), "cmd is too long (maximum is 255 characters)"),
+                ("cmd=a%0Ab", "cmd must be a single line"),
+                (
+                    "cmd=x&callback_url=ftp://x",
+                    "callback_url must be an http or https URL",
+                ),
+            ] {
+                let refused = call(&host, &key, &secret, "POST", "/commands", body);
+                assert_eq!(refused.status, 422, "{body}");
+                assert_eq!(refused.json()["messages"][0], reason, "{body}");
+            }
+            assert!(host.jobs().is_empty());
+            assert!(host.keys("cmd/").is_empty(), "nothing stored");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! (`[plugins.NAME.settings]`).
 
 use crate::Error;
-use crate::bindings::berth::plugin::config as raw;
+use crate::host::config as raw;
 
 /// One setting as text (non-string TOML values come as JSON text).
 pub fn get(key: &str) -> Result<Option<String>, Error> {

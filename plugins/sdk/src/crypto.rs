@@ -2,7 +2,7 @@
 //! keys, TOTP, random tokens.
 
 use crate::Error;
-use crate::bindings::berth::plugin::crypto as raw;
+use crate::host::crypto as raw;
 
 pub use raw::TotpParams;
 

@@ -39,7 +39,7 @@
 //! ```
 
 use crate::Response;
-use crate::bindings::berth::plugin::docker as raw;
+use crate::host::docker as raw;
 
 pub use raw::{
     Container, DockerError, EngineAnswer, EngineError, Filters, LogSource, Port, TlsFiles,

@@ -1,6 +1,6 @@
 //! Commands through the Dokku daemon socket (dokku-daemon protocol).
 
-use crate::bindings::berth::plugin::dokku as raw;
+use crate::host::dokku as raw;
 
 pub use raw::{DokkuError, Reply};
 

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::Error;
-use crate::bindings::berth::plugin::events as raw;
+use crate::host::events as raw;
 
 /// Publish `payload` on `topic`; its sequence number.
 pub fn publish(topic: &str, payload: &[u8]) -> Result<u64, Error> {

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::bindings::berth::plugin::http_out as raw;
+use crate::host::http_out as raw;
 
 pub use raw::{HttpError, Incoming, Outgoing};
 

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::Error;
-use crate::bindings::berth::plugin::jobs as raw;
+use crate::host::jobs as raw;
 
 /// Queue a job of `kind` with `payload` to run after `delay_ms`. It is
 /// committed with the current call's KV writes (not at all if the call

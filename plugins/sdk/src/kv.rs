@@ -14,13 +14,13 @@
 //! outbound request, an event): then the handler's own answer stands, which
 //! should be a 503 with `Retry-After` (see [`crate::host_failure`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
-use crate::bindings::berth::plugin::kv as raw;
+use crate::host::kv as raw;
 
 pub use raw::Page;
 
@@ -163,9 +163,11 @@ impl Iterator for Scan {
     }
 }
 
-/// Set when a host call of this call answered [`Error::Conflict`]: its
-/// transaction was rolled back.
-static CONFLICTED: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Set when a host call of this call answered [`Error::Conflict`]: its
+    /// transaction was rolled back. (Per thread: natively, each test's.)
+    static CONFLICTED: Cell<bool> = const { Cell::new(false) };
+}
 
 /// Most times one call is run again after conflicts. N calls that all
 /// read and then write one key need up to N - 1 runs again for the last of
@@ -175,7 +177,7 @@ const RERUNS: u32 = 64;
 /// Pass a host answer through, noting a conflict.
 pub(crate) fn noted<T>(answer: Result<T, Error>) -> Result<T, Error> {
     if matches!(answer, Err(Error::Conflict(_))) {
-        CONFLICTED.store(true, Ordering::Relaxed);
+        CONFLICTED.set(true);
     }
     answer
 }
@@ -194,9 +196,9 @@ pub fn restart() -> Result<(), Error> {
 pub fn rerun_on_conflict<T>(mut call: impl FnMut() -> T) -> T {
     let mut reruns = 0;
     loop {
-        CONFLICTED.store(false, Ordering::Relaxed);
+        CONFLICTED.set(false);
         let answer = call();
-        if !CONFLICTED.load(Ordering::Relaxed) || reruns == RERUNS || restart().is_err() {
+        if !CONFLICTED.get() || reruns == RERUNS || restart().is_err() {
             return answer;
         }
         reruns += 1;

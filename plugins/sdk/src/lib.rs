@@ -10,6 +10,8 @@
 //! - [`kv`], [`crypto`], [`config`], [`log`], [`jobs`], [`dokku`],
 //!   [`http_out`], [`docker`], [`events`]: the host capabilities, typed.
 //! - [`attempts`]: failed-login throttling on top of [`kv`]; [`time`]: clock helpers;
+//! - `testing` (native builds): a test host, to run a plugin's routes,
+//!   jobs and admin commands under plain `cargo test`;
 //!   [`gojson`]: JSON bodies read by Go's `encoding/json` rules.
 //!
 //! ```no_run
@@ -53,7 +55,21 @@ pub mod kv;
 pub mod log;
 pub mod time;
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
 pub use http::{Framing, HttpResult, Request, Response, percent_encode};
+
+/// The capability functions the modules above call: the host's imports in
+/// a component, the test host's ([`testing`]) in a native build.
+mod host {
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings::berth::plugin::{
+        config, crypto, docker, dokku, events, http_out, jobs, kv, log,
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    pub use crate::testing::raw::{config, crypto, docker, dokku, events, http_out, jobs, kv, log};
+}
 pub use router::{Handler, Render, Router, Scope};
 
 /// The generated bindings for the `berth:plugin` world. Most plugins never

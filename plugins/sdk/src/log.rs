@@ -1,6 +1,6 @@
 //! Structured logging through the host, tagged with plugin and request id.
 
-use crate::bindings::berth::plugin::log as raw;
+use crate::host::log as raw;
 
 pub use raw::Level;
 
