@@ -5,9 +5,9 @@
 //! rules where a plugin can see them:
 //!
 //! - **kv**: one transaction per call. Writes are seen by the call's later
-//!   reads and by other calls only once it commits: a request always
-//!   commits (whatever its status), a job or admin command when it
-//!   answers `Ok`. [`TestHost::conflicts`] makes the next kv operations
+//!   reads and by other calls only once it commits: a request or admin
+//!   command whatever it answers, a job when it answers `Ok`; a call a
+//!   conflict rolled back commits nothing. [`TestHost::conflicts`] makes the next kv operations
 //!   answer `Conflict`, as a racing call would, so the SDK's run-again
 //!   path and the plugin's 503s can be tested; `restart` is refused once
 //!   the call acted outside KV, as on the host.
@@ -142,6 +142,9 @@ struct Call {
     jobs: Vec<Job>,
     events: Vec<Event>,
     acted_outside: bool,
+    /// Rolled back by a conflict: every kv operation answers `Conflict`
+    /// until `restart`.
+    aborted: bool,
 }
 
 #[derive(Default)]
@@ -329,7 +332,8 @@ impl TestHost {
         }
     }
 
-    /// Run an admin command: its writes commit when it answers `Ok`.
+    /// Run an admin command: its writes commit whatever it answers, as a
+    /// request's do.
     pub fn admin(
         &self,
         admin: impl Fn(Vec<String>) -> Result<String, String>,
@@ -338,7 +342,7 @@ impl TestHost {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         self.within(
             || crate::kv::rerun_on_conflict(|| admin(args.clone())),
-            Result::is_ok,
+            |_| true,
         )
     }
 
@@ -513,14 +517,18 @@ pub(crate) mod raw {
         /// A kv operation: a scripted conflict, or `f` on the call.
         fn op<T>(f: impl FnOnce(&BTreeMap<String, Vec<u8>>, &mut Call) -> T) -> Result<T, Error> {
             with(|s| {
-                if s.conflicts > 0 && s.conflict_skip > 0 {
+                let aborted = s.call.as_ref().is_some_and(|c| c.aborted);
+                if s.conflicts > 0 && s.conflict_skip > 0 && !aborted {
                     s.conflict_skip -= 1;
-                } else if s.conflicts > 0 {
-                    s.conflicts -= 1;
+                } else if s.conflicts > 0 || aborted {
+                    if !aborted {
+                        s.conflicts -= 1;
+                    }
                     if let Some(call) = &mut s.call {
                         call.writes.clear();
                         call.jobs.clear();
                         call.events.clear();
+                        call.aborted = true;
                     }
                     return Err(Error::Conflict(
                         "a racing call holds this key (scripted by the test host)".into(),
