@@ -203,22 +203,12 @@ async fn instantiate_and_dispatch(n: usize) -> anyhow::Result<(f64, f64, f64, f6
     let dir = tempfile::tempdir()?;
     let db = berth::store::Store::open(&dir.path().join("b.redb"))?;
     let config = berth::config::Config::embedded();
-    let env = Arc::new(PluginEnv {
-        name: "hello".into(),
-        asked: berth::capability::Capability::ALL.into_iter().collect(),
-        granted: config.grants("hello").into_iter().collect(),
-        settings: config.settings("hello"),
-        keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
-        dokku: config.dokku.clone(),
-        http: Arc::new(berth::caps::http_out::HttpOut::new(&config.http_out)?),
-        docker: Arc::new(berth::caps::docker::Docker::new(
-            &config.docker,
-            db.clone(),
-        )?),
-        events: Default::default(),
-        lanes: runtime.lanes(),
-        db: db.clone(),
-    });
+    let services = berth::caps::Services::new(&config, db.clone(), runtime.lanes())?;
+    let describing = Arc::new(PluginEnv::describing(&services, "hello"));
+    let manifest = runtime
+        .describe(&prepared.pre, describing, &config.limits(""))
+        .await?;
+    let env = Arc::new(PluginEnv::new(&services, &manifest, &config));
     let limits = config.limits("hello");
     let mut total = Vec::with_capacity(n);
     let mut inst = Vec::with_capacity(n);

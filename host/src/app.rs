@@ -11,13 +11,11 @@ use rand::RngCore;
 use crate::budget::BodyBudget;
 use crate::bundled::{self, BUNDLED, Synced};
 use crate::caps;
-use crate::caps::crypto::KeyVault;
 use crate::config::Config;
 use crate::fleet::FolderSync;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::net;
-use crate::plugins;
 use crate::plugins::Plugins;
 use crate::private;
 use crate::runtime::Runtime;
@@ -117,17 +115,11 @@ impl App {
             );
         }
         let metrics = Arc::new(Metrics::default());
-        let keys = Arc::new(KeyVault::new(db.clone()));
+        let services = caps::Services::new(&config, db.clone(), runtime.lanes())?;
         let plugins = Arc::new(Plugins::new(
             runtime,
             config.clone(),
-            db.clone(),
-            plugins::Services {
-                keys,
-                http: Arc::new(caps::http_out::HttpOut::new(&config.http_out)?),
-                docker: Arc::new(caps::docker::Docker::new(&config.docker, db.clone())?),
-                events: Arc::new(caps::events::Events::new(&db)),
-            },
+            services,
             metrics.clone(),
         ));
         // A fleet's recent events, for replay, before the first client.

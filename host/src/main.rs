@@ -555,22 +555,8 @@ async fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCo
     };
     let dir = tempdir_for_check()?;
     let db = berth::store::Store::open(&dir.join("check.redb"))?;
-    let env = Arc::new(berth::caps::PluginEnv {
-        name: "check".into(),
-        asked: Default::default(),
-        granted: Default::default(),
-        settings: Default::default(),
-        keys: Arc::new(berth::caps::crypto::KeyVault::new(db.clone())),
-        dokku: config.dokku.clone(),
-        http: Arc::new(berth::caps::http_out::HttpOut::new(&config.http_out)?),
-        docker: Arc::new(berth::caps::docker::Docker::new(
-            &config.docker,
-            db.clone(),
-        )?),
-        events: Default::default(),
-        lanes: runtime.lanes(),
-        db,
-    });
+    let services = berth::caps::Services::new(config, db, runtime.lanes())?;
+    let env = Arc::new(berth::caps::PluginEnv::describing(&services, "check"));
     let manifest = match runtime
         .describe(&prepared.pre, env, &config.limits(""))
         .await

@@ -18,18 +18,14 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::bindings::Manifest;
-use crate::capability::{CapSet, Capability};
-use crate::caps::PluginEnv;
-use crate::caps::crypto::KeyVault;
-use crate::caps::docker::Docker;
+use crate::capability::Capability;
 use crate::caps::events::Events;
-use crate::caps::http_out::HttpOut;
+use crate::caps::{PluginEnv, Services};
 use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, PluginMetrics};
 use crate::openapi;
 use crate::router::{self, Pattern};
 use crate::runtime::{Linked, Runtime};
-use crate::store::Store;
 
 /// A file is loaded once it has not been modified for this long, so a
 /// plugin being copied in is not read half-written.
@@ -90,11 +86,7 @@ struct FileState {
 pub struct Plugins {
     runtime: Arc<Runtime>,
     config: Arc<Config>,
-    db: Arc<Store>,
-    keys: Arc<KeyVault>,
-    http: Arc<HttpOut>,
-    docker: Arc<Docker>,
-    events: Arc<Events>,
+    services: Services,
     metrics: Arc<Metrics>,
     dir: PathBuf,
     routing: RwLock<Arc<Routing>>,
@@ -103,37 +95,18 @@ pub struct Plugins {
     swap: tokio::sync::Mutex<()>,
 }
 
-/// The host services behind the capabilities, shared by every plugin.
-pub struct Services {
-    pub keys: Arc<KeyVault>,
-    pub http: Arc<HttpOut>,
-    pub docker: Arc<Docker>,
-    pub events: Arc<Events>,
-}
-
 impl Plugins {
     pub fn new(
         runtime: Arc<Runtime>,
         config: Arc<Config>,
-        db: Arc<Store>,
         services: Services,
         metrics: Arc<Metrics>,
     ) -> Plugins {
         let dir = config.plugins_dir();
-        let Services {
-            keys,
-            http,
-            docker,
-            events,
-        } = services;
         Plugins {
             runtime,
             config,
-            db,
-            keys,
-            http,
-            docker,
-            events,
+            services,
             metrics,
             dir,
             routing: RwLock::new(Arc::default()),
@@ -144,7 +117,7 @@ impl Plugins {
 
     /// The host's event channels.
     pub fn events(&self) -> &Arc<Events> {
-        &self.events
+        &self.services.events
     }
 
     pub fn dir(&self) -> &Path {
@@ -242,7 +215,7 @@ impl Plugins {
         let mut plugins = current.plugins.clone();
         plugins.remove(&name);
         self.install(plugins);
-        self.docker.stop_following(&name, None);
+        self.services.docker.stop_following(&name, None);
         tracing::info!(plugin = %name, file = %path.display(), "plugin file removed: routes unmounted (data kept)");
     }
 
@@ -267,22 +240,11 @@ impl Plugins {
             }
         }
 
-        let describe_env = Arc::new(PluginEnv {
-            name: path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            asked: CapSet::default(),
-            granted: CapSet::default(),
-            settings: BTreeMap::new(),
-            db: self.db.clone(),
-            keys: self.keys.clone(),
-            dokku: self.config.dokku.clone(),
-            http: self.http.clone(),
-            docker: self.docker.clone(),
-            events: self.events.clone(),
-            lanes: self.runtime.lanes(),
-        });
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let describe_env = Arc::new(PluginEnv::describing(
+            &self.services,
+            &stem.unwrap_or_default(),
+        ));
         let manifest = self
             .runtime
             .describe(&prepared.pre, describe_env, &self.config.limits(""))
@@ -291,32 +253,9 @@ impl Plugins {
         let routes = check_manifest(&manifest)?;
 
         let name = manifest.name.clone();
-        let asked: CapSet = manifest
-            .capabilities
-            .iter()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        let granted: CapSet = self
-            .config
-            .grants(&name)
-            .into_iter()
-            .filter(|c| asked.contains(*c))
-            .collect();
         let limits = self.config.limits(&name);
         let mounted = Arc::new(Mounted {
-            env: Arc::new(PluginEnv {
-                name: name.clone(),
-                asked,
-                granted,
-                settings: self.config.settings(&name),
-                db: self.db.clone(),
-                keys: self.keys.clone(),
-                dokku: self.config.dokku.clone(),
-                http: self.http.clone(),
-                docker: self.docker.clone(),
-                events: self.events.clone(),
-                lanes: self.runtime.lanes(),
-            }),
+            env: Arc::new(PluginEnv::new(&self.services, &manifest, &self.config)),
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             metrics: self.metrics.plugin(&name),
             limits,
@@ -367,7 +306,7 @@ impl Plugins {
             .iter()
             .filter(|c| {
                 c.parse::<Capability>()
-                    .map(|c| !granted.contains(c))
+                    .map(|c| !mounted.env.granted.contains(c))
                     .unwrap_or(true)
             })
             .map(String::as_str)
@@ -377,7 +316,7 @@ impl Plugins {
             version = %mounted.manifest.version,
             file = %path.display(),
             routes = mounted.manifest.routes.len(),
-            granted = ?granted.names(),
+            granted = ?mounted.env.granted.names(),
             compile_cache = if prepared.cached { "hit" } else { "miss" },
             not_granted = ?missing,
             "plugin mounted"
@@ -385,7 +324,7 @@ impl Plugins {
         let env = mounted.env.clone();
         plugins.insert(name, mounted);
         self.install(plugins);
-        self.docker.restore_followers(&env).await;
+        self.services.docker.restore_followers(&env).await;
         if let Some(state) = self.files().get_mut(path) {
             state.last_refusal = None;
         }

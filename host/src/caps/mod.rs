@@ -19,9 +19,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::bindings::types::Error as WitError;
+use crate::bindings::types::{Error as WitError, Manifest};
 use crate::capability::{CapSet, Capability};
-use crate::config::DokkuConfig;
+use crate::config::{Config, DokkuConfig};
+use crate::lanes::Lanes;
 use crate::store::{Store, Txn};
 
 /// The text of a `denied` error, for interfaces with their own error type.
@@ -49,6 +50,90 @@ pub struct PluginEnv {
     /// The CPU lanes long-running work takes turns on (see `lanes`): a
     /// call's wasm, and CPU-heavy work the host does for it (hashing).
     pub lanes: Arc<crate::lanes::Lanes>,
+}
+
+/// The host services behind the capabilities, made once and shared by
+/// every plugin's environment.
+#[derive(Clone)]
+pub struct Services {
+    pub db: Arc<Store>,
+    pub keys: Arc<crypto::KeyVault>,
+    pub dokku: DokkuConfig,
+    pub http: Arc<http_out::HttpOut>,
+    pub docker: Arc<docker::Docker>,
+    pub events: Arc<events::Events>,
+    pub lanes: Arc<Lanes>,
+}
+
+impl Services {
+    /// The services `config` describes, over `db`, taking turns on `lanes`.
+    pub fn new(config: &Config, db: Arc<Store>, lanes: Arc<Lanes>) -> anyhow::Result<Services> {
+        Ok(Services {
+            keys: Arc::new(crypto::KeyVault::new(db.clone())),
+            dokku: config.dokku.clone(),
+            http: Arc::new(http_out::HttpOut::new(&config.http_out)?),
+            docker: Arc::new(docker::Docker::new(&config.docker, db.clone())?),
+            events: Arc::new(events::Events::new(&db)),
+            lanes,
+            db,
+        })
+    }
+}
+
+impl PluginEnv {
+    /// The environment of the plugin `manifest` describes: the
+    /// capabilities it asks for that `config` grants, and its settings.
+    pub fn new(services: &Services, manifest: &Manifest, config: &Config) -> PluginEnv {
+        let name = manifest.name.clone();
+        let asked: CapSet = manifest
+            .capabilities
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let granted: CapSet = config
+            .grants(&name)
+            .into_iter()
+            .filter(|c| asked.contains(*c))
+            .collect();
+        PluginEnv {
+            settings: config.settings(&name),
+            ..PluginEnv::describing(services, &name)
+        }
+        .with_capabilities(asked, granted)
+    }
+
+    /// The environment a plugin is described in, before its manifest is
+    /// known: no capability (`describe` must not call any).
+    pub fn describing(services: &Services, name: &str) -> PluginEnv {
+        let Services {
+            db,
+            keys,
+            dokku,
+            http,
+            docker,
+            events,
+            lanes,
+        } = services.clone();
+        PluginEnv {
+            name: name.to_string(),
+            asked: CapSet::default(),
+            granted: CapSet::default(),
+            settings: BTreeMap::new(),
+            db,
+            keys,
+            dokku,
+            http,
+            docker,
+            events,
+            lanes,
+        }
+    }
+
+    fn with_capabilities(mut self, asked: CapSet, granted: CapSet) -> PluginEnv {
+        self.asked = asked;
+        self.granted = granted;
+        self
+    }
 }
 
 /// Per-call context the capabilities use.
