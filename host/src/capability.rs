@@ -4,51 +4,31 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A capability a plugin can ask for and an operator can grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Capability {
-    Kv,
-    Config,
-    Crypto,
-    Log,
-    Jobs,
-    Dokku,
-    HttpOut,
-    Docker,
-    DockerEndpoints,
-    Events,
+/// Makes [`Capability`] from the list in `wit/capabilities.in`.
+macro_rules! capabilities {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
+        /// A capability a plugin can ask for and an operator can grant.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Capability {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Capability {
+            pub const ALL: [Capability; [$($name),*].len()] = [$(Capability::$variant),*];
+
+            /// The name used in manifests and config.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Capability::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
+include!("../../wit/capabilities.in");
+
 impl Capability {
-    pub const ALL: [Capability; 10] = [
-        Capability::Kv,
-        Capability::Config,
-        Capability::Crypto,
-        Capability::Log,
-        Capability::Jobs,
-        Capability::Dokku,
-        Capability::HttpOut,
-        Capability::Docker,
-        Capability::DockerEndpoints,
-        Capability::Events,
-    ];
-
-    /// The name used in manifests and config.
-    pub fn name(self) -> &'static str {
-        match self {
-            Capability::Kv => "kv",
-            Capability::Config => "config",
-            Capability::Crypto => "crypto",
-            Capability::Log => "log",
-            Capability::Jobs => "jobs",
-            Capability::Dokku => "dokku",
-            Capability::HttpOut => "http-out",
-            Capability::Docker => "docker",
-            Capability::DockerEndpoints => "docker-endpoints",
-            Capability::Events => "events",
-        }
-    }
-
     fn bit(self) -> u32 {
         1 << self as u32
     }

@@ -147,49 +147,29 @@ pub struct Info {
     pub capabilities: Vec<Capability>,
 }
 
-/// A capability a plugin asks for in its manifest; the operator must also
-/// grant it. The WIT `manifest` record lists what each gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Capability {
-    /// The plugin's KV namespace, one serializable transaction per call.
-    Kv,
-    /// The plugin's settings.
-    Config,
-    /// Random tokens, host-held HMAC keys, password hashing, TOTP.
-    Crypto,
-    /// Log lines through the host.
-    Log,
-    /// Durable background jobs.
-    Jobs,
-    /// Commands on the Dokku daemon.
-    Dokku,
-    /// Outbound HTTP(S) to the operator's allow-list.
-    HttpOut,
-    /// Docker engines, the event stream, the `proxy-docker` answer.
-    Docker,
-    /// Registering Docker endpoints of the plugin's own.
-    DockerEndpoints,
-    /// Topics to publish on, and event streams to clients.
-    Events,
+/// Makes [`Capability`] from the list in `wit/capabilities.in`, the one
+/// the host reads too.
+macro_rules! capabilities {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
+        /// A capability a plugin asks for in its manifest; the operator must
+        /// also grant it. The WIT `manifest` record lists what each gives.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Capability {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Capability {
+            /// The name in manifests and in the operator's config.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Capability::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl Capability {
-    /// The name in manifests and in the operator's config.
-    pub fn name(self) -> &'static str {
-        match self {
-            Capability::Kv => "kv",
-            Capability::Config => "config",
-            Capability::Crypto => "crypto",
-            Capability::Log => "log",
-            Capability::Jobs => "jobs",
-            Capability::Dokku => "dokku",
-            Capability::HttpOut => "http-out",
-            Capability::Docker => "docker",
-            Capability::DockerEndpoints => "docker-endpoints",
-            Capability::Events => "events",
-        }
-    }
-}
+include!("../../../wit/capabilities.in");
 
 impl Info {
     /// A plugin that asks for no capability yet.
