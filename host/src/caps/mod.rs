@@ -25,6 +25,26 @@ use crate::config::{Config, DokkuConfig};
 use crate::lanes::Lanes;
 use crate::store::{Store, Txn};
 
+/// A store's data that holds the call its capabilities serve.
+pub trait HasCall: Send + 'static {
+    fn call(&mut self) -> &mut CallCx;
+}
+
+/// Link every capability interface, each to its own view of the call.
+pub fn link<T: HasCall>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
+    use crate::bindings as b;
+    b::config::add_to_linker::<T, config::ConfigCap>(linker, |s| s.call().config())?;
+    b::crypto::add_to_linker::<T, crypto::CryptoCap>(linker, |s| s.call().crypto())?;
+    b::docker::add_to_linker::<T, docker::DockerCap>(linker, |s| s.call().docker())?;
+    b::dokku::add_to_linker::<T, dokku::DokkuCap>(linker, |s| s.call().dokku())?;
+    b::events::add_to_linker::<T, events::EventsCap>(linker, |s| s.call().events())?;
+    b::http_out::add_to_linker::<T, http_out::HttpOutCap>(linker, |s| s.call().http_out())?;
+    b::jobs::add_to_linker::<T, jobs::JobsCap>(linker, |s| s.call().jobs())?;
+    b::kv::add_to_linker::<T, kv::KvCap>(linker, |s| s.call().kv())?;
+    b::log::add_to_linker::<T, log::LogCap>(linker, |s| s.call().log())?;
+    Ok(())
+}
+
 /// The text of a `denied` error, for interfaces with their own error type.
 pub(crate) fn denied_text(e: &WitError) -> String {
     match e {

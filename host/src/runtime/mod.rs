@@ -31,7 +31,7 @@ use self::stderr::Tail;
 pub use self::warm::IDLE_TIMEOUT;
 use self::warm::{Pool, Pools, Warm};
 
-use crate::bindings::{self, Manifest, Outcome, Request, WIT_PACKAGE, WIT_VERSION};
+use crate::bindings::{Manifest, Outcome, Request, WIT_PACKAGE, WIT_VERSION};
 use crate::caps::{self, CallCx, PluginEnv};
 use crate::config::{Limits, MAX_MEMORY_MIB};
 use crate::lanes::{LaneSlot, Lanes};
@@ -64,6 +64,12 @@ pub struct HostState {
     /// Set when the call is to move to the lanes' runtime (see `lanes`).
     moving: Arc<AtomicBool>,
     pub call: CallCx,
+}
+
+impl caps::HasCall for HostState {
+    fn call(&mut self) -> &mut CallCx {
+        &mut self.call
+    }
 }
 
 impl WasiView for HostState {
@@ -272,7 +278,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        link_capabilities(&mut linker)?;
+        caps::link(&mut linker)?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
@@ -661,21 +667,6 @@ impl Runtime {
         let plugin: Arc<str> = Arc::from(store.data().call.plugin.name.as_str());
         tokio::spawn(async move { lanes.run(&plugin, move || drop(store)).await });
     }
-}
-
-/// Link every capability interface, each to its own view of the call.
-fn link_capabilities(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    use bindings::{config, crypto, docker, dokku, events, http_out, jobs, kv, log};
-    config::add_to_linker::<_, caps::config::ConfigCap>(linker, |s| s.call.config())?;
-    crypto::add_to_linker::<_, caps::crypto::CryptoCap>(linker, |s| s.call.crypto())?;
-    docker::add_to_linker::<_, caps::docker::DockerCap>(linker, |s| s.call.docker())?;
-    dokku::add_to_linker::<_, caps::dokku::DokkuCap>(linker, |s| s.call.dokku())?;
-    events::add_to_linker::<_, caps::events::EventsCap>(linker, |s| s.call.events())?;
-    http_out::add_to_linker::<_, caps::http_out::HttpOutCap>(linker, |s| s.call.http_out())?;
-    jobs::add_to_linker::<_, caps::jobs::JobsCap>(linker, |s| s.call.jobs())?;
-    kv::add_to_linker::<_, caps::kv::KvCap>(linker, |s| s.call.kv())?;
-    log::add_to_linker::<_, caps::log::LogCap>(linker, |s| s.call.log())?;
-    Ok(())
 }
 
 /// A linked plugin version: what each call instantiates, and the exports
