@@ -116,10 +116,11 @@ impl PluginEnv {
             .filter(|c| asked.contains(*c))
             .collect();
         PluginEnv {
+            asked,
+            granted,
             settings: config.settings(&name),
             ..PluginEnv::describing(services, &name)
         }
-        .with_capabilities(asked, granted)
     }
 
     /// The environment a plugin is described in, before its manifest is
@@ -147,12 +148,6 @@ impl PluginEnv {
             events,
             lanes,
         }
-    }
-
-    fn with_capabilities(mut self, asked: CapSet, granted: CapSet) -> PluginEnv {
-        self.asked = asked;
-        self.granted = granted;
-        self
     }
 }
 

@@ -955,7 +955,7 @@ pub(crate) mod raw {
             }
         }
 
-        fn filters(f: &[(String, Vec<String>)]) -> Value {
+        fn filters_json(f: &[(String, Vec<String>)]) -> Value {
             f.iter()
                 .map(|(k, v)| (k.clone(), json!(v)))
                 .collect::<serde_json::Map<_, _>>()
@@ -1016,7 +1016,7 @@ pub(crate) mod raw {
         }
         impl ArgJson for &[(String, Vec<String>)] {
             fn json(&self) -> Value {
-                filters(self)
+                filters_json(self)
             }
         }
         impl ArgJson for &[String] {
@@ -1129,7 +1129,7 @@ pub(crate) mod raw {
         ) -> Result<Vec<Container>, DockerError> {
             let v = call(
                 "container-list",
-                json!({ "endpoint": endpoint, "all": all, "filters": super::super::raw::docker::filters(filters) }),
+                json!({ "endpoint": endpoint, "all": all, "filters": filters_json(filters) }),
             )?;
             let s = |c: &Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
             Ok(v.as_array()
