@@ -10,10 +10,9 @@ use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tracing::Instrument;
 
 use crate::app::App;
-use crate::caps::CallCx;
+use crate::invoke::{Admin, Invocation, Kept, invoke};
 use crate::store::StoreError;
 use crate::web::{Response, error, full, json};
 
@@ -212,31 +211,21 @@ pub async fn run(app: &App, name: &str, args: Vec<String>) -> Result<String, Str
     };
     drop(routing);
     let request_id = app.next_request_id();
-    let cx = CallCx::new(
-        plugin.env.clone(),
-        request_id.clone(),
-        Some(plugin.env.db.begin(&plugin.env.name)),
-        std::time::Instant::now() + plugin.limits.deadline,
-    );
     tracing::info!(plugin = %name, request_id, "admin command");
-    let span = tracing::info_span!("admin", request_id, plugin = %name);
-    let called = app
-        .plugins
-        .runtime()
-        .admin(&plugin.pre, cx, &plugin.limits, args)
-        .instrument(span)
+    let invocation = Invocation {
+        call: Admin(args),
+        request_id,
+        deadline: std::time::Instant::now() + plugin.limits.deadline,
+        rerun: false,
+    };
+    let finished = invoke(app.plugins.runtime(), &plugin, invocation)
         .await
         .map_err(|e| format!("plugin `{name}` failed: {e}"))?;
-    if let Some(txn) = called.txn {
-        if called.value.is_err() && txn.aborted().is_some() {
-            return called.value;
-        }
-        txn.commit().await.map_err(|e| match e {
-            StoreError::Aborted(why) => why,
-            e => format!("storage failed: {e}"),
-        })?;
+    match finished.writes.commit().await {
+        Kept::Committed | Kept::Dropped => finished.value,
+        Kept::Failed(StoreError::Aborted(why)) => Err(why),
+        Kept::Failed(e) => Err(format!("storage failed: {e}")),
     }
-    called.value
 }
 
 /// Client side: send one request to the admin socket of `data_dir`.

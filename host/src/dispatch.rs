@@ -17,12 +17,13 @@ use crate::app::App;
 use crate::bindings::{Outcome, Request};
 use crate::budget::Reserved;
 use crate::capability::Capability;
+use crate::caps::OpenStream;
 use crate::caps::docker::Streamed;
-use crate::caps::{CallCx, OpenStream};
+use crate::invoke::{Finished, Handle, Invocation, Kept, Writes, invoke};
 use crate::plugins::Mounted;
 use crate::router::{Found, percent_decode};
-use crate::runtime::{CallError, Called};
-use crate::store::{StoreError, Txn};
+use crate::runtime::CallError;
+use crate::store::StoreError;
 use crate::web::{Body, BoxError, Response, error, full, reserved};
 
 /// Handle one request end to end. `peer` is the connection's address; the
@@ -192,43 +193,30 @@ async fn call(
     // did nothing outside KV, as the SDK runs a handler again on a conflict
     // met during the call.
     let mut reruns = 0;
-    let called = loop {
-        let mut txn = plugin.env.db.begin(&plugin.env.name);
-        if reruns > 0 {
-            txn.take_turn();
-        }
-        let cx = CallCx::new(
-            plugin.env.clone(),
-            request_id.to_string(),
-            Some(txn),
-            deadline.into_std(),
-        );
-        let called = match runtime
-            .handle(&plugin.pre, cx, &plugin.limits, request.clone())
-            .await
-        {
-            Ok(called) => called,
+    let (value, opened, writes) = loop {
+        let invocation = Invocation {
+            call: Handle(request.clone()),
+            request_id: request_id.to_string(),
+            deadline: deadline.into_std(),
+            rerun: reruns > 0,
+        };
+        let Finished {
+            value,
+            opened,
+            writes,
+        } = match invoke(runtime, &plugin, invocation).await {
+            Ok(finished) => finished,
             Err(e) => return failed(&plugin, e, request_id),
         };
-        let Called {
-            value,
-            txn,
-            opened,
-            instantiate,
-            spent,
-        } = called;
-        spent.retire();
-        plugin.metrics.instantiated(instantiate);
         let Outcome::Respond(response) = value else {
-            break (value, txn, opened);
+            break (value, opened, writes);
         };
         if withheld.is_some() {
-            break (Outcome::Respond(response), txn, opened);
+            break (Outcome::Respond(response), opened, writes);
         }
-        let rerun = reruns < MAX_RERUNS
-            && tokio::time::Instant::now() < deadline
-            && txn.as_ref().is_some_and(|t| !t.pinned());
-        match respond(&plugin, response, txn, request_id, rerun).await {
+        let rerun =
+            reruns < MAX_RERUNS && tokio::time::Instant::now() < deadline && writes.may_rerun();
+        match respond(&plugin, response, writes, request_id, rerun).await {
             Responded::Sent(response) => return response,
             Responded::Conflict => {
                 reruns += 1;
@@ -239,7 +227,6 @@ async fn call(
             }
         }
     };
-    let (value, txn, opened) = called;
     let proxying = matches!(value, Outcome::ProxyDocker(_));
     if !proxying && let Some(withheld) = withheld.take() {
         // Only the engine takes a body the plugin did not read: the call's
@@ -250,7 +237,7 @@ async fn call(
     }
     match value {
         Outcome::Respond(response) => {
-            match respond(&plugin, response, txn, request_id, false).await {
+            match respond(&plugin, response, writes, request_id, false).await {
                 Responded::Sent(response) => response,
                 Responded::Conflict => unreachable!("only a call that may run again is run again"),
             }
@@ -260,7 +247,7 @@ async fn call(
             if let Some(r) = refused(&plugin, Capability::Docker, "proxy to Docker", request_id) {
                 return r;
             }
-            if let Err(r) = commit(name, txn, request_id).await {
+            if let Err(r) = commit(name, writes, request_id).await {
                 return r;
             }
             let (first, rest, length) = match withheld {
@@ -293,7 +280,7 @@ async fn call(
             if let Some(r) = refused(&plugin, needs, what, request_id) {
                 return r;
             }
-            if let Err(r) = commit(name, txn, request_id).await {
+            if let Err(r) = commit(name, writes, request_id).await {
                 return r;
             }
             let source = match opened {
@@ -542,7 +529,7 @@ enum Responded {
 async fn respond(
     plugin: &Mounted,
     response: crate::bindings::Response,
-    txn: Option<Txn>,
+    writes: Writes,
     request_id: &str,
     rerun: bool,
 ) -> Responded {
@@ -559,18 +546,13 @@ async fn respond(
             request_id,
         ));
     }
-    // A plugin that answered a rolled-back call with its own failure (503
-    // in its format) is believed; a success is not.
-    if response.status >= 500 && txn.as_ref().is_some_and(|t| t.aborted().is_some()) {
-        return Responded::Sent(to_http(name, response, request_id));
-    }
-    // Durable before the response leaves.
-    if let Some(txn) = txn {
-        match txn.commit().await {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) if rerun => return Responded::Conflict,
-            Err(e) => return Responded::Sent(commit_failed(name, e, request_id)),
-        }
+    // Durable before the response leaves. A plugin that answered a
+    // rolled-back call with its own failure (503 in its format) is
+    // believed; a success is not (see `Writes::commit`).
+    match writes.commit().await {
+        Kept::Committed | Kept::Dropped => {}
+        Kept::Failed(StoreError::Conflict(_)) if rerun => return Responded::Conflict,
+        Kept::Failed(e) => return Responded::Sent(commit_failed(name, e, request_id)),
     }
     Responded::Sent(to_http(name, response, request_id))
 }
@@ -603,11 +585,11 @@ fn failed(plugin: &Mounted, e: CallError, request_id: &str) -> Response {
 }
 
 /// Make a call's writes durable; the error response if that fails.
-async fn commit(plugin: &str, txn: Option<Txn>, request_id: &str) -> Result<(), Response> {
-    let Some(txn) = txn else { return Ok(()) };
-    txn.commit()
-        .await
-        .map_err(|e| commit_failed(plugin, e, request_id))
+async fn commit(plugin: &str, writes: Writes, request_id: &str) -> Result<(), Response> {
+    match writes.commit().await {
+        Kept::Committed | Kept::Dropped => Ok(()),
+        Kept::Failed(e) => Err(commit_failed(plugin, e, request_id)),
+    }
 }
 
 /// 503 with `Retry-After: 1`.

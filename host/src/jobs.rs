@@ -20,10 +20,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
-use tracing::Instrument;
 
-use crate::caps::CallCx;
 use crate::config::JobsConfig;
+use crate::invoke::{Invocation, Job, Kept, invoke};
 use crate::plugins::Plugins;
 use crate::store::{JobRecord, Queued, Store, StoreError, now_ms};
 
@@ -188,33 +187,27 @@ impl Jobs {
         let payload = base64::engine::general_purpose::STANDARD
             .decode(&job.payload)
             .unwrap_or_default();
-        let request_id = format!("job-{}", job.id);
-        let mut txn = plugin.env.db.begin(&plugin.env.name);
-        txn.finish_job(job.id, token);
-        let cx = CallCx::new(
-            plugin.env.clone(),
-            request_id.clone(),
-            Some(txn),
-            Instant::now() + plugin.limits.deadline,
-        );
-        let span = tracing::info_span!("job", plugin = %job.plugin, job = job.id, kind = %job.kind);
-        let outcome = plugins
-            .runtime()
-            .run_job(&plugin.pre, cx, &plugin.limits, job.kind.clone(), payload)
-            .instrument(span)
-            .await;
-        let error = match outcome {
-            Ok(called) => match (called.value, called.txn) {
-                (Ok(()), Some(txn)) => match txn.commit().await {
-                    Ok(()) => {
-                        tracing::debug!(plugin = %job.plugin, job = job.id, kind = %job.kind, "job done");
-                        return;
-                    }
-                    Err(StoreError::Aborted(why)) => format!("conflict: {why}"),
-                    Err(e) => format!("storage failed: {e}"),
-                },
-                (Ok(()), None) => "the job's transaction was lost".to_string(),
+        let invocation = Invocation {
+            call: Job {
+                id: job.id,
+                lease: token,
+                kind: job.kind.clone(),
+                payload,
+            },
+            request_id: format!("job-{}", job.id),
+            deadline: Instant::now() + plugin.limits.deadline,
+            rerun: false,
+        };
+        let error = match invoke(plugins.runtime(), &plugin, invocation).await {
+            Ok(finished) => match (finished.value, finished.writes.commit().await) {
+                (Ok(()), Kept::Committed) => {
+                    tracing::debug!(plugin = %job.plugin, job = job.id, kind = %job.kind, "job done");
+                    return;
+                }
                 (Err(message), _) => message,
+                (Ok(()), Kept::Failed(StoreError::Aborted(why))) => format!("conflict: {why}"),
+                (Ok(()), Kept::Failed(e)) => format!("storage failed: {e}"),
+                (Ok(()), Kept::Dropped) => unreachable!("a job that succeeded keeps its writes"),
             },
             Err(e) => e.to_string(),
         };

@@ -16,12 +16,14 @@
 //! 3. `caps`: the capability interfaces, each on its own view of a call
 //! 4. `runtime`: the engine, the linker, one store per call
 //! 5. `plugins`: the mounted plugins and the folder watcher
-//! 6. `jobs`: the job runner; `fleet`: the plugins folder kept in step
+//! 6. `invoke`: the one way a plugin's export is called (requests, jobs,
+//!    admin commands), and which of its writes are kept
+//! 7. `jobs`: the job runner; `fleet`: the plugins folder kept in step
 //!    with the fleet's set in the store
-//! 7. `app`: the host as one value
-//! 8. `streams`, `admin`: event streams and the `/_berth/*` routes
-//! 9. `dispatch`: from a request to a plugin call and back
-//! 10. `server`: connections
+//! 8. `app`: the host as one value
+//! 9. `streams`, `admin`: event streams and the `/_berth/*` routes
+//! 10. `dispatch`: from a request to a plugin call and back
+//! 11. `server`: connections
 pub mod admin;
 pub mod app;
 pub mod bindings;
@@ -32,6 +34,7 @@ pub mod caps;
 pub mod config;
 pub mod dispatch;
 pub mod fleet;
+pub mod invoke;
 pub mod jobs;
 pub mod lanes;
 pub mod metrics;
