@@ -18,13 +18,16 @@
 //! 5. `plugins`: the mounted plugins and the folder watcher
 //! 6. `invoke`: the one way a plugin's export is called (requests, jobs,
 //!    admin commands), and which of its writes are kept
-//! 7. `jobs`: the job runner; `fleet`: the plugins folder kept in step
+//! 7. `answer`: what a plugin's answer becomes (its response, a request
+//!    proxied to an engine, an event stream) and a request body's policy;
+//!    `jobs`: the job runner; `fleet`: the plugins folder kept in step
 //!    with the fleet's set in the store
 //! 8. `app`: the host as one value
-//! 9. `streams`, `admin`: event streams and the `/_berth/*` routes
+//! 9. `admin`: the `/_berth/*` routes and the admin socket
 //! 10. `dispatch`: from a request to a plugin call and back
 //! 11. `server`: connections
 pub mod admin;
+pub mod answer;
 pub mod app;
 pub mod bindings;
 pub mod budget;
@@ -47,7 +50,6 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod store;
-pub mod streams;
 pub mod web;
 
 pub use app::App;

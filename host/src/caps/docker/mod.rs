@@ -24,9 +24,10 @@ mod wire;
 pub use followers::EventSink;
 pub use logs::{LogLines, LogSpec};
 pub use ops::{DockerCap, DockerView};
+pub use proxy::{ProxyError, Slot, strip_hop_by_hop};
 pub use registry::Docker;
-pub use transport::{Address, Engine};
-pub use wire::{Streamed, WireBody};
+pub use transport::{Address, Engine, Stream as EngineStream};
+pub use wire::{Answer, Streamed, WireBody};
 
 /// An error and its sources, one line.
 pub(super) fn chain(e: &dyn std::error::Error) -> String {
@@ -74,7 +75,7 @@ pub fn error_text(e: &DockerError) -> String {
 }
 
 /// What a plugin (and so its client) is told of an unreachable engine.
-pub(super) fn unreachable_text(endpoint: &str, request_id: &str) -> String {
+pub fn unreachable_text(endpoint: &str, request_id: &str) -> String {
     format!(
         "the Docker endpoint `{endpoint}` cannot be reached now (the host log has the \
          details under request {request_id})"

@@ -97,7 +97,7 @@ impl Docker {
         })
     }
 
-    pub(super) fn timeout(&self) -> Duration {
+    pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.config.timeout_ms)
     }
 

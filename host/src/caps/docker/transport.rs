@@ -397,7 +397,7 @@ impl Dialer {
     }
 }
 
-pub(super) enum Stream {
+pub enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),

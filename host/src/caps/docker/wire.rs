@@ -49,7 +49,7 @@ pub(super) struct Wire {
 }
 
 /// An engine's answer: its head, and its body still on the connection.
-pub(super) struct Answer {
+pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: WireBody,
@@ -727,7 +727,7 @@ impl WireBody {
 
     /// The connection and what was read of it past the answer's head, for
     /// a `101` answer: the bytes that follow are another protocol's.
-    pub(super) fn into_raw(mut self) -> Option<(Stream, BytesMut)> {
+    pub fn into_raw(mut self) -> Option<(Stream, BytesMut)> {
         let stream = self.stream.take()?;
         Some((stream, std::mem::take(&mut self.buf)))
     }
