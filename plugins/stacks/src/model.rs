@@ -687,3 +687,74 @@ pub fn apply_roles(s: &mut Service) -> Result<(), berth_sdk::Error> {
     }
     Ok(())
 }
+
+/// Start following the engine's container events (idempotent): each
+/// becomes a job that publishes Docker Cloud events and updates states.
+pub fn follow(endpoint: &str) {
+    let filters = vec![
+        ("type".to_string(), vec!["container".to_string()]),
+        ("label".to_string(), vec![engine::SERVICE_LABEL.to_string()]),
+    ];
+    if let Err(e) = berth_sdk::docker::follow_events_as_jobs(endpoint, "engine-event", &filters) {
+        berth_sdk::log::warn(&format!(
+            "cannot follow the engine's events: {}",
+            berth_sdk::docker::error_text(&e)
+        ));
+    }
+}
+
+/// Bring a stack's services to `defs`: update by name, add, and with
+/// `prune` terminate the ones no longer declared (without, they stay as
+/// they are). Running stacks apply the change at once.
+pub fn update_stack_services(
+    stack: &mut Stack,
+    defs: Vec<Def>,
+    extras: Vec<serde_json::Map<String, Value>>,
+    prune: bool,
+) -> Result<(), Failure> {
+    let running = matches!(stack.state.as_str(), "Running" | "Partly running");
+    let mut kept = Vec::new();
+    for (i, def) in defs.iter().enumerate() {
+        let existing = stack
+            .services
+            .iter()
+            .filter_map(|u| load_service(u).ok().flatten())
+            .find(|s| s.name == def.name && s.state != "Terminated");
+        let extra = extras.get(i).cloned().unwrap_or_default();
+        let mut s = match existing {
+            Some(mut s) => {
+                s.def = def.clone();
+                s.aliases = aliases_of(&def.name, &defs);
+                s.extra = extra;
+                s
+            }
+            None => {
+                let s = Service::in_stack(stack, def, &defs, extra)?;
+                stack.services.push(s.uuid.clone());
+                s
+            }
+        };
+        apply_roles(&mut s)?;
+        save_service(&s)?;
+        if running {
+            let op = if s.state == "Not running" {
+                Op::Start
+            } else {
+                Op::Redeploy
+            };
+            run_service(&mut s, op)?;
+        }
+        kept.push(s.uuid.clone());
+    }
+    for uuid in stack.services.clone() {
+        if kept.contains(&uuid) || !prune {
+            continue;
+        }
+        if let Some(mut s) = load_service(&uuid)?
+            && Op::Terminate.allowed(&s.state)
+        {
+            run_service(&mut s, Op::Terminate)?;
+        }
+    }
+    Ok(())
+}

@@ -1,7 +1,15 @@
 //! Actions (each change a client asks for, recorded), and the event
 //! stream.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, kv};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::cloud::keys::Caller;
+use crate::cloud::paging::{page, passes};
+use crate::cloud::render::{date, date_of, render_stack, service_json};
+use crate::cloud::{fail, failure, framing};
+use crate::model::{self, ACTION_URI, Failure, Op, SERVICE_URI, STACK_URI};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Action {
@@ -224,7 +232,7 @@ pub fn action_retry(req: &Request) -> HttpResult {
 /// The events websocket. One filter at most (`type`, `object` or
 /// `parent`), since each maps to one topic the plugin publishes on.
 pub fn events(req: &Request) -> HttpResult {
-    follow(&model::cloud_endpoint());
+    model::follow(&model::cloud_endpoint());
     let mut filters = req
         .query_pairs()
         .iter()

@@ -1,6 +1,18 @@
 //! Containers of the services.
 
-use super::*;
+use berth_sdk::docker::{self, Container};
+use berth_sdk::{Framing, HttpResult, Request, Response};
+use serde_json::json;
+
+use crate::cloud::actions::act;
+use crate::cloud::infra::local_node_uri;
+use crate::cloud::keys::Caller;
+use crate::cloud::paging::{page, passes};
+use crate::cloud::render::{add_inspected, container_state, render_container};
+use crate::cloud::services::capitalise;
+use crate::cloud::{engine_error, fail, framing, logs};
+use crate::engine;
+use crate::model::{self, CONTAINER_URI, Service};
 
 pub(super) fn all_services() -> Result<Vec<Service>, Response> {
     model::scan("svc/").map_err(Response::from)
@@ -76,7 +88,7 @@ pub fn container_get(req: &Request) -> HttpResult {
 pub(super) fn container_op(req: &Request, verb: &str) -> HttpResult {
     let user = req.identity::<Caller>()?.0.clone();
     let (s, c) = find_container(req)?;
-    follow(&s.endpoint);
+    model::follow(&s.endpoint);
     let uri = format!("{CONTAINER_URI}{}/", model::container_uuid(&c.id));
     let state = container_state(&c.state);
     let allowed = match verb {

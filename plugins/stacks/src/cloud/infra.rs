@@ -5,7 +5,12 @@
 //! Nodes join or leave with `docker swarm join` and `leave`, not through
 //! this API: its writes answer 405 in the surface's format.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, docker};
+use serde_json::{Value, json};
+
+use crate::cloud::paging::{page, passes};
+use crate::cloud::{engine_error, fail};
+use crate::model;
 
 pub const NODE_URI: &str = "/api/infra/v1/node/";
 pub const NODECLUSTER_URI: &str = "/api/infra/v1/nodecluster/";

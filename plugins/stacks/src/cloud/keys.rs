@@ -1,8 +1,12 @@
 //! API keys: `berth run stacks apikey:*`, the Basic `user:apikey` guard,
 //! and the keys of services with `roles: ["global"]`.
 
-use super::*;
+use base64::Engine as _;
+use berth_sdk::{Request, Response, kv};
+
 use crate::apikeys::{ApiKey, digest, make_key};
+use crate::cloud::fail;
+use crate::stackfile;
 
 /// `berth run stacks apikey:create USER` and friends.
 pub fn admin(args: &[String]) -> Result<String, String> {

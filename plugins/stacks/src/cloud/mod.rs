@@ -1,35 +1,40 @@
 //! The Docker Cloud REST and stream API: `/api/app/v1/` and
 //! `/api/audit/v1/`, Basic auth with `username:apikey`.
 
-use base64::Engine as _;
-use berth_sdk::docker::{self, Container};
-use berth_sdk::{Framing, HttpResult, Request, Response, docker::DockerError, kv};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use berth_sdk::docker;
+use berth_sdk::{Framing, HttpResult, Request, Response, Router, Scope, docker::DockerError};
+use serde_json::json;
 
-use crate::engine;
-use crate::model::{
-    self, ACTION_URI, CONTAINER_URI, Failure, Op, SERVICE_URI, STACK_URI, Service, Stack,
+use crate::cloud::actions::{
+    action_cancel, action_get, action_list, action_logs, action_retry, events,
 };
-use crate::stackfile::{self, Def};
+use crate::cloud::containers::{
+    container_exec, container_get, container_list, container_logs, container_redeploy,
+    container_start, container_stop, container_terminate,
+};
+use crate::cloud::infra::{
+    az_list, infra_write, node_get, node_list, nodecluster_get, nodecluster_list, nodetype_get,
+    nodetype_list, provider_get, provider_list, region_get, region_list,
+};
+use crate::cloud::keys::authenticate;
+use crate::cloud::services::{
+    service_create, service_get, service_list, service_logs, service_redeploy, service_scale,
+    service_start, service_stop, service_terminate, service_update,
+};
+use crate::cloud::stacks::{
+    stack_create, stack_export, stack_get, stack_list, stack_redeploy, stack_start, stack_stop,
+    stack_terminate, stack_update,
+};
+use crate::model::Failure;
 
 mod actions;
 mod containers;
 mod infra;
-mod keys;
+pub mod keys;
 mod paging;
 mod render;
 mod services;
 mod stacks;
-
-pub use self::actions::*;
-pub use self::containers::*;
-pub use self::infra::*;
-pub use self::keys::*;
-use self::paging::*;
-use self::render::*;
-pub use self::services::*;
-pub use self::stacks::*;
 
 /// The surface's error body.
 pub fn fail(status: u16, text: &str) -> Response {
@@ -86,4 +91,226 @@ fn failure(f: Failure) -> Response {
         Failure::Engine(e) => engine_error(e),
         Failure::Host(e) => Response::from(e),
     }
+}
+
+/// The surface's routes: `/api/app/v1/`, `/api/audit/v1/`, and the
+/// fallbacks that answer in its format under `/api/infra/v1/` and
+/// `/api/repo/v1/`.
+pub fn routes(router: Router) -> Router {
+    const APP: &str = "/api/app/v1";
+    const AUDIT: &str = "/api/audit/v1";
+    const INFRA: &str = "/api/infra/v1";
+    let app = |path: &str| format!("{APP}{path}");
+    let audit = |path: &str| format!("{AUDIT}{path}");
+    let infra = |path: &str| format!("{INFRA}{path}");
+    let docker_cloud = Scope::new().errors(fail);
+    let api_key = Scope::new().guard(authenticate);
+    router
+        .scope(docker_cloud, |r| {
+            r.route("cloud.not-found", "*", &app("/{rest...}"), not_found)
+                .route(
+                    "cloud.audit.not-found",
+                    "*",
+                    &audit("/{rest...}"),
+                    not_found,
+                )
+                .route(
+                    "cloud.infra.not-found",
+                    "*",
+                    &infra("/{rest...}"),
+                    not_found,
+                )
+                .route(
+                    "cloud.repo.not-found",
+                    "*",
+                    "/api/repo/v1/{rest...}",
+                    not_found,
+                )
+                .scope(api_key, |r| {
+                    r.get("cloud.service.list", &app("/service"), service_list)
+                        .post("cloud.service.create", &app("/service"), service_create)
+                        .get("cloud.service.get", &app("/service/{uuid}"), service_get)
+                        .patch(
+                            "cloud.service.update",
+                            &app("/service/{uuid}"),
+                            service_update,
+                        )
+                        .delete(
+                            "cloud.service.terminate",
+                            &app("/service/{uuid}"),
+                            service_terminate,
+                        )
+                        .post(
+                            "cloud.service.start",
+                            &app("/service/{uuid}/start"),
+                            service_start,
+                        )
+                        .post(
+                            "cloud.service.stop",
+                            &app("/service/{uuid}/stop"),
+                            service_stop,
+                        )
+                        .post(
+                            "cloud.service.scale",
+                            &app("/service/{uuid}/scale"),
+                            service_scale,
+                        )
+                        .post(
+                            "cloud.service.redeploy",
+                            &app("/service/{uuid}/redeploy"),
+                            service_redeploy,
+                        )
+                        .get(
+                            "cloud.service.logs",
+                            &app("/service/{uuid}/logs"),
+                            service_logs,
+                        )
+                        .get("cloud.stack.list", &app("/stack"), stack_list)
+                        .post("cloud.stack.create", &app("/stack"), stack_create)
+                        .get("cloud.stack.get", &app("/stack/{uuid}"), stack_get)
+                        .patch("cloud.stack.update", &app("/stack/{uuid}"), stack_update)
+                        .delete(
+                            "cloud.stack.terminate",
+                            &app("/stack/{uuid}"),
+                            stack_terminate,
+                        )
+                        .get(
+                            "cloud.stack.export",
+                            &app("/stack/{uuid}/export"),
+                            stack_export,
+                        )
+                        .post(
+                            "cloud.stack.start",
+                            &app("/stack/{uuid}/start"),
+                            stack_start,
+                        )
+                        .post("cloud.stack.stop", &app("/stack/{uuid}/stop"), stack_stop)
+                        .post(
+                            "cloud.stack.redeploy",
+                            &app("/stack/{uuid}/redeploy"),
+                            stack_redeploy,
+                        )
+                        .get("cloud.container.list", &app("/container"), container_list)
+                        .get(
+                            "cloud.container.get",
+                            &app("/container/{uuid}"),
+                            container_get,
+                        )
+                        .delete(
+                            "cloud.container.terminate",
+                            &app("/container/{uuid}"),
+                            container_terminate,
+                        )
+                        .post(
+                            "cloud.container.start",
+                            &app("/container/{uuid}/start"),
+                            container_start,
+                        )
+                        .post(
+                            "cloud.container.stop",
+                            &app("/container/{uuid}/stop"),
+                            container_stop,
+                        )
+                        .post(
+                            "cloud.container.redeploy",
+                            &app("/container/{uuid}/redeploy"),
+                            container_redeploy,
+                        )
+                        .get(
+                            "cloud.container.logs",
+                            &app("/container/{uuid}/logs"),
+                            container_logs,
+                        )
+                        .get(
+                            "cloud.container.exec",
+                            &app("/container/{uuid}/exec"),
+                            container_exec,
+                        )
+                        .get("cloud.node.list", &infra("/node"), node_list)
+                        .get("cloud.node.get", &infra("/node/{uuid}"), node_get)
+                        .delete("cloud.node.terminate", &infra("/node/{uuid}"), infra_write)
+                        .post(
+                            "cloud.node.upgrade",
+                            &infra("/node/{uuid}/docker-upgrade"),
+                            infra_write,
+                        )
+                        .post(
+                            "cloud.node.health-check",
+                            &infra("/node/{uuid}/health-check"),
+                            infra_write,
+                        )
+                        .get(
+                            "cloud.nodecluster.list",
+                            &infra("/nodecluster"),
+                            nodecluster_list,
+                        )
+                        .post(
+                            "cloud.nodecluster.create",
+                            &infra("/nodecluster"),
+                            infra_write,
+                        )
+                        .get(
+                            "cloud.nodecluster.get",
+                            &infra("/nodecluster/{uuid}"),
+                            nodecluster_get,
+                        )
+                        .patch(
+                            "cloud.nodecluster.update",
+                            &infra("/nodecluster/{uuid}"),
+                            infra_write,
+                        )
+                        .delete(
+                            "cloud.nodecluster.terminate",
+                            &infra("/nodecluster/{uuid}"),
+                            infra_write,
+                        )
+                        .post(
+                            "cloud.nodecluster.deploy",
+                            &infra("/nodecluster/{uuid}/deploy"),
+                            infra_write,
+                        )
+                        .get("cloud.provider.list", &infra("/provider"), provider_list)
+                        .get(
+                            "cloud.provider.get",
+                            &infra("/provider/{name}"),
+                            provider_get,
+                        )
+                        .get("cloud.region.list", &infra("/region"), region_list)
+                        .get(
+                            "cloud.region.get",
+                            &infra("/region/{provider}/{name}"),
+                            region_get,
+                        )
+                        .get("cloud.nodetype.list", &infra("/nodetype"), nodetype_list)
+                        .get(
+                            "cloud.nodetype.get",
+                            &infra("/nodetype/{provider}/{name}"),
+                            nodetype_get,
+                        )
+                        .get("cloud.az.list", &infra("/az"), az_list)
+                        .get("cloud.action.list", &audit("/action"), action_list)
+                        .get("cloud.action.get", &audit("/action/{uuid}"), action_get)
+                        .get(
+                            "cloud.action.logs",
+                            &audit("/action/{uuid}/logs"),
+                            action_logs,
+                        )
+                        .post(
+                            "cloud.action.cancel",
+                            &audit("/action/{uuid}/cancel"),
+                            action_cancel,
+                        )
+                        .post(
+                            "cloud.action.retry",
+                            &audit("/action/{uuid}/retry"),
+                            action_retry,
+                        )
+                        .get("cloud.events", &audit("/events"), events)
+                })
+        })
+        .describe(include_str!("../../cloud.json"))
+}
+
+fn not_found(_: &Request) -> HttpResult {
+    Err(fail(404, "Not found"))
 }

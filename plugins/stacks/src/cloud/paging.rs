@@ -1,6 +1,9 @@
 //! Lists as Docker Cloud pages them (`meta` and `objects`), and filters.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response};
+use serde_json::{Value, json};
+
+use crate::cloud::fail;
 
 pub(super) fn page(req: &Request, base: &str, objects: Vec<Value>) -> HttpResult {
     let limit = req.query_as::<usize>("limit")?.unwrap_or(25).clamp(1, 1000);

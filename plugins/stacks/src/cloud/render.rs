@@ -1,6 +1,10 @@
 //! Services, containers and stacks as Docker Cloud objects.
 
-use super::*;
+use berth_sdk::docker::Container;
+use serde_json::{Value, json};
+
+use crate::engine;
+use crate::model::{self, CONTAINER_URI, SERVICE_URI, STACK_URI, Service, Stack};
 
 /// A stored date (RFC 3339) as Docker Cloud wrote dates, RFC 2822:
 /// `Sun, 6 Apr 2014 18:11:17 +0000` (what its CLI parses).

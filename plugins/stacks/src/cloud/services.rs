@@ -1,6 +1,17 @@
 //! Services.
 
-use super::*;
+use berth_sdk::docker::{self, Container};
+use berth_sdk::{HttpResult, Request, Response};
+use serde_json::{Value, json};
+
+use crate::cloud::actions::act;
+use crate::cloud::keys::Caller;
+use crate::cloud::paging::{page, passes};
+use crate::cloud::render::{container_name, render_service, service_json};
+use crate::cloud::{engine_error, fail, logs};
+use crate::engine;
+use crate::model::{self, Op, SERVICE_URI, Service, Stack};
+use crate::stackfile::{self, Def};
 
 /// A service body (Docker Cloud's keys, or a stackfile's) as a [`Def`]
 /// plus the fields kept as given.
@@ -153,21 +164,6 @@ pub(super) fn find_service(req: &Request) -> Result<Service, Response> {
     model::load_service(uuid)?.ok_or_else(|| fail(404, "Not found"))
 }
 
-/// Start following the engine's container events (idempotent): each
-/// becomes a job that publishes Docker Cloud events and updates states.
-pub fn follow(endpoint: &str) {
-    let filters = vec![
-        ("type".to_string(), vec!["container".to_string()]),
-        ("label".to_string(), vec![engine::SERVICE_LABEL.to_string()]),
-    ];
-    if let Err(e) = docker::follow_events_as_jobs(endpoint, "engine-event", &filters) {
-        berth_sdk::log::warn(&format!(
-            "cannot follow the engine's events: {}",
-            docker::error_text(&e)
-        ));
-    }
-}
-
 pub fn service_list(req: &Request) -> HttpResult {
     let services: Vec<Service> = model::scan("svc/")?;
     let mut all: Vec<Container> = Vec::new();
@@ -290,7 +286,7 @@ pub fn service_update(req: &Request) -> HttpResult {
 pub(super) fn service_op(req: &Request, op: Op) -> HttpResult {
     let user = req.identity::<Caller>()?.0.clone();
     let mut s = find_service(req)?;
-    follow(&s.endpoint);
+    model::follow(&s.endpoint);
     let uri = s.uri();
     let label = format!("Service {}", capitalise(op.name()));
     act(req, &user, "Service", &label, &uri, Some(op), || {

@@ -1,6 +1,16 @@
 //! Stacks.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response};
+use serde_json::Value;
+
+use crate::cloud::actions::act;
+use crate::cloud::keys::Caller;
+use crate::cloud::paging::{page, passes};
+use crate::cloud::render::render_stack;
+use crate::cloud::services::{body, body_to_def, capitalise};
+use crate::cloud::{fail, failure};
+use crate::model::{self, Op, STACK_URI, Stack};
+use crate::stackfile::{self, Def};
 
 pub(super) fn find_stack(req: &Request) -> Result<Stack, Response> {
     let uuid = req.param("uuid").unwrap_or_default();
@@ -89,7 +99,7 @@ pub fn stack_update(req: &Request) -> HttpResult {
     }
     if v.get("services").is_some() {
         let (defs, extras) = defs_from_stack_body(&v).map_err(|e| fail(400, &e))?;
-        update_stack_services(&mut stack, defs, extras, true).map_err(failure)?;
+        model::update_stack_services(&mut stack, defs, extras, true).map_err(failure)?;
     }
     model::save_stack(&stack)?;
     model::emit(
@@ -103,66 +113,10 @@ pub fn stack_update(req: &Request) -> HttpResult {
     Ok(Response::json(200, &render_stack(&stack)))
 }
 
-/// Bring a stack's services to `defs`: update by name, add, and with
-/// `prune` terminate the ones no longer declared (without, they stay as
-/// they are). Running stacks apply the change at once.
-pub fn update_stack_services(
-    stack: &mut Stack,
-    defs: Vec<Def>,
-    extras: Vec<serde_json::Map<String, Value>>,
-    prune: bool,
-) -> Result<(), Failure> {
-    let running = matches!(stack.state.as_str(), "Running" | "Partly running");
-    let mut kept = Vec::new();
-    for (i, def) in defs.iter().enumerate() {
-        let existing = stack
-            .services
-            .iter()
-            .filter_map(|u| model::load_service(u).ok().flatten())
-            .find(|s| s.name == def.name && s.state != "Terminated");
-        let extra = extras.get(i).cloned().unwrap_or_default();
-        let mut s = match existing {
-            Some(mut s) => {
-                s.def = def.clone();
-                s.aliases = model::aliases_of(&def.name, &defs);
-                s.extra = extra;
-                s
-            }
-            None => {
-                let s = Service::in_stack(stack, def, &defs, extra)?;
-                stack.services.push(s.uuid.clone());
-                s
-            }
-        };
-        model::apply_roles(&mut s)?;
-        model::save_service(&s)?;
-        if running {
-            let op = if s.state == "Not running" {
-                Op::Start
-            } else {
-                Op::Redeploy
-            };
-            model::run_service(&mut s, op)?;
-        }
-        kept.push(s.uuid.clone());
-    }
-    for uuid in stack.services.clone() {
-        if kept.contains(&uuid) || !prune {
-            continue;
-        }
-        if let Some(mut s) = model::load_service(&uuid)?
-            && Op::Terminate.allowed(&s.state)
-        {
-            model::run_service(&mut s, Op::Terminate)?;
-        }
-    }
-    Ok(())
-}
-
 pub(super) fn stack_op(req: &Request, op: Op) -> HttpResult {
     let user = req.identity::<Caller>()?.0.clone();
     let mut stack = find_stack(req)?;
-    follow(&stack.endpoint);
+    model::follow(&stack.endpoint);
     let uri = stack.uri();
     let label = format!("Stack {}", capitalise(op.name()));
     act(req, &user, "Stack", &label, &uri, Some(op), || {

@@ -1,7 +1,13 @@
 //! Who may use what besides administrators: users and teams given a
 //! resource (an endpoint, an endpoint group, a registry).
 
-use super::*;
+use berth_sdk::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::portainer::teams::teams_of;
+use crate::portainer::users::User;
+use crate::portainer::{ADMIN, Payload, fail};
 
 /// Ids as 1.21+'s access policies: `{"ID": {"RoleId": 0}}`.
 pub(super) fn policies(ids: &[u64]) -> Value {

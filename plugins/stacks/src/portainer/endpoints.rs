@@ -1,6 +1,16 @@
 //! Endpoints (Docker engines) and the Docker proxy under them.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, docker, kv, percent_encode, time};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model;
+use crate::portainer::access::{Access, granted, policies};
+use crate::portainer::groups::load_group;
+use crate::portainer::registries::{registry_auth, sends_registry_auth};
+use crate::portainer::resources::{console_allowed, restricted, unversioned};
+use crate::portainer::users::{User, id_param};
+use crate::portainer::{ADMIN, Payload, Stack, fail, next_id, not_found, payload};
 
 #[derive(Serialize, Deserialize, Clone)]
 pub(super) struct Endpoint {

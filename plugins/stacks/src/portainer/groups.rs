@@ -2,7 +2,15 @@
 //! holds every endpoint no other group does; a user given a group may use
 //! its endpoints.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, kv};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model;
+use crate::portainer::access::{Access, granted, policies};
+use crate::portainer::endpoints::{Endpoint, endpoint_key, load_endpoint};
+use crate::portainer::users::{User, id_param};
+use crate::portainer::{Payload, fail, next_id, not_found, payload};
 
 const UNASSIGNED: u64 = 1;
 

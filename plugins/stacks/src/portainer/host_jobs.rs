@@ -3,7 +3,13 @@
 //! given image, with the host's root at `/host`, started and left for
 //! its logs to be read through the proxy.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, docker, percent_encode, time};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::portainer::endpoints::{Endpoint, field, field_text, find_endpoint, form_fields};
+use crate::portainer::users::User;
+use crate::portainer::{Payload, fail, payload};
 
 /// `?method=string`: the script's text.
 #[derive(Deserialize, Default)]

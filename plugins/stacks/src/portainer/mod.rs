@@ -4,15 +4,44 @@
 //! either key work.
 
 use base64::Engine as _;
-use berth_sdk::attempts::{self, Limits};
-use berth_sdk::{
-    HttpResult, Request, Response, config, crypto, docker, gojson, kv, percent_encode, time,
-};
-use serde::{Deserialize, Serialize};
+use berth_sdk::{Request, Response, Router, Scope, gojson, kv};
 use serde_json::{Value, json};
 
-use crate::model::{self, Failure, Op, PortainerStack, Stack};
-use crate::stackfile;
+use crate::model::{Failure, Op, PortainerStack, Stack};
+use crate::portainer::endpoints::{
+    docker_proxy, endpoint_access, endpoint_create, endpoint_delete, endpoint_get, endpoint_list,
+    endpoint_snapshot, endpoint_snapshot_all, endpoint_update, upload_tls, websocket_attach,
+    websocket_exec,
+};
+use crate::portainer::groups::{
+    group_access, group_create, group_delete, group_endpoint, group_get, group_list, group_update,
+    tag_create, tag_delete, tag_list,
+};
+use crate::portainer::host_jobs::endpoint_job;
+use crate::portainer::registries::{
+    registry_access, registry_create, registry_delete, registry_get, registry_list, registry_update,
+};
+use crate::portainer::resources::{control_create, control_delete, control_update};
+use crate::portainer::settings::{
+    check_ldap, dockerhub_get, dockerhub_update, extension_change, extension_list, motd, role_list,
+    route_not_found, settings_get, settings_public, settings_update, status,
+};
+use crate::portainer::stacks::{
+    stack_create, stack_delete, stack_file, stack_get, stack_list, stack_migrate, stack_update,
+};
+use crate::portainer::teams::{
+    membership_create, membership_delete, membership_list, membership_update, team_create,
+    team_delete, team_get, team_list, team_memberships, team_update,
+};
+use crate::portainer::templates::{
+    template_create, template_delete, template_get, template_list, template_update,
+};
+use crate::portainer::tokens::{token_create, token_delete, token_list};
+use crate::portainer::users::{
+    admin, admin_check, admin_init, auth, authenticate, user_create, user_delete, user_get,
+    user_list, user_memberships, user_password_check, user_update,
+};
+use crate::portainer::webhooks::{webhook_create, webhook_delete, webhook_list, webhook_trigger};
 
 mod access;
 mod endpoints;
@@ -27,20 +56,6 @@ mod templates;
 mod tokens;
 mod users;
 mod webhooks;
-
-use self::access::*;
-pub use self::endpoints::*;
-pub use self::groups::*;
-pub use self::host_jobs::*;
-pub use self::registries::*;
-pub use self::resources::*;
-pub use self::settings::*;
-pub use self::stacks::*;
-pub use self::teams::*;
-pub use self::templates::*;
-pub use self::tokens::*;
-pub use self::users::*;
-pub use self::webhooks::*;
 
 const JWT_KEY: &str = "portainer-jwt";
 const ADMIN: u8 = 1;
@@ -124,4 +139,323 @@ fn take_turn(kind: &str) -> Result<(), Response> {
 
 fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The surface's routes, under `/api/`.
+pub fn routes(router: Router) -> Router {
+    let portainer = Scope::new().errors(failure);
+    let signed_in = Scope::new().guard(authenticate);
+    let admin = Scope::new().guard(self::admin);
+    router
+        .scope(portainer, |r| {
+            r.route(
+                "portainer.not-found",
+                "*",
+                "/api/{rest...}",
+                route_not_found,
+            )
+            .get("portainer.status", "/api/status", status)
+            .post(
+                "portainer.webhooks.trigger",
+                "/api/webhooks/{token}",
+                webhook_trigger,
+            )
+            .get(
+                "portainer.settings.public",
+                "/api/settings/public",
+                settings_public,
+            )
+            .get(
+                "portainer.admin.check",
+                "/api/users/admin/check",
+                admin_check,
+            )
+            .post("portainer.admin.init", "/api/users/admin/init", admin_init)
+            .post("portainer.auth", "/api/auth", auth)
+            .scope(signed_in, |r| {
+                r.get("portainer.users.get", "/api/users/{id}", user_get)
+                    .put("portainer.users.update", "/api/users/{id}", user_update)
+                    .post(
+                        "portainer.users.passwd",
+                        "/api/users/{id}/passwd",
+                        user_password_check,
+                    )
+                    .get(
+                        "portainer.users.memberships",
+                        "/api/users/{id}/memberships",
+                        user_memberships,
+                    )
+                    .get(
+                        "portainer.teams.memberships",
+                        "/api/teams/{id}/memberships",
+                        team_memberships,
+                    )
+                    .get("portainer.motd", "/api/motd", motd)
+                    .get("portainer.users.list", "/api/users", user_list)
+                    .post("portainer.users.create", "/api/users", user_create)
+                    .post(
+                        "portainer.memberships.create",
+                        "/api/team_memberships",
+                        membership_create,
+                    )
+                    .put(
+                        "portainer.memberships.update",
+                        "/api/team_memberships/{id}",
+                        membership_update,
+                    )
+                    .delete(
+                        "portainer.memberships.delete",
+                        "/api/team_memberships/{id}",
+                        membership_delete,
+                    )
+                    .post(
+                        "portainer.tokens.create",
+                        "/api/users/{id}/tokens",
+                        token_create,
+                    )
+                    .get(
+                        "portainer.tokens.list",
+                        "/api/users/{id}/tokens",
+                        token_list,
+                    )
+                    .delete(
+                        "portainer.tokens.delete",
+                        "/api/users/{id}/tokens/{keyId}",
+                        token_delete,
+                    )
+                    .post("portainer.webhooks.create", "/api/webhooks", webhook_create)
+                    .get("portainer.webhooks.list", "/api/webhooks", webhook_list)
+                    .delete(
+                        "portainer.webhooks.delete",
+                        "/api/webhooks/{id}",
+                        webhook_delete,
+                    )
+                    .get("portainer.extensions", "/api/extensions", extension_list)
+                    .get("portainer.dockerhub.get", "/api/dockerhub", dockerhub_get)
+                    .get("portainer.tags.list", "/api/tags", tag_list)
+                    .get("portainer.groups.list", "/api/endpoint_groups", group_list)
+                    .get(
+                        "portainer.registries.list",
+                        "/api/registries",
+                        registry_list,
+                    )
+                    .get("portainer.teams.list", "/api/teams", team_list)
+                    .get("portainer.teams.get", "/api/teams/{id}", team_get)
+                    .get("portainer.endpoints.list", "/api/endpoints", endpoint_list)
+                    .get(
+                        "portainer.endpoints.get",
+                        "/api/endpoints/{id}",
+                        endpoint_get,
+                    )
+                    .route(
+                        "portainer.docker",
+                        "*",
+                        "/api/endpoints/{id}/docker/{path...}",
+                        docker_proxy,
+                    )
+                    .get(
+                        "portainer.websocket.exec",
+                        "/api/websocket/exec",
+                        websocket_exec,
+                    )
+                    .get(
+                        "portainer.websocket.attach",
+                        "/api/websocket/attach",
+                        websocket_attach,
+                    )
+                    .get("portainer.templates.list", "/api/templates", template_list)
+                    .get("portainer.stacks.list", "/api/stacks", stack_list)
+                    .post("portainer.stacks.create", "/api/stacks", stack_create)
+                    .get("portainer.stacks.get", "/api/stacks/{id}", stack_get)
+                    .put("portainer.stacks.update", "/api/stacks/{id}", stack_update)
+                    .delete("portainer.stacks.delete", "/api/stacks/{id}", stack_delete)
+                    .post(
+                        "portainer.stacks.migrate",
+                        "/api/stacks/{id}/migrate",
+                        stack_migrate,
+                    )
+                    .get("portainer.stacks.file", "/api/stacks/{id}/file", stack_file)
+            })
+            .scope(admin, |r| {
+                r.get("portainer.settings.get", "/api/settings", settings_get)
+                    .put(
+                        "portainer.settings.update",
+                        "/api/settings",
+                        settings_update,
+                    )
+                    .put(
+                        "portainer.dockerhub.update",
+                        "/api/dockerhub",
+                        dockerhub_update,
+                    )
+                    .post("portainer.tags.create", "/api/tags", tag_create)
+                    .delete("portainer.tags.delete", "/api/tags/{id}", tag_delete)
+                    .post(
+                        "portainer.groups.create",
+                        "/api/endpoint_groups",
+                        group_create,
+                    )
+                    .get(
+                        "portainer.groups.get",
+                        "/api/endpoint_groups/{id}",
+                        group_get,
+                    )
+                    .put(
+                        "portainer.groups.update",
+                        "/api/endpoint_groups/{id}",
+                        group_update,
+                    )
+                    .delete(
+                        "portainer.groups.delete",
+                        "/api/endpoint_groups/{id}",
+                        group_delete,
+                    )
+                    .put(
+                        "portainer.groups.access",
+                        "/api/endpoint_groups/{id}/access",
+                        group_access,
+                    )
+                    .put(
+                        "portainer.groups.endpoint.add",
+                        "/api/endpoint_groups/{id}/endpoints/{endpointId}",
+                        group_endpoint,
+                    )
+                    .delete(
+                        "portainer.groups.endpoint.remove",
+                        "/api/endpoint_groups/{id}/endpoints/{endpointId}",
+                        group_endpoint,
+                    )
+                    .post(
+                        "portainer.registries.create",
+                        "/api/registries",
+                        registry_create,
+                    )
+                    .get(
+                        "portainer.registries.get",
+                        "/api/registries/{id}",
+                        registry_get,
+                    )
+                    .put(
+                        "portainer.registries.update",
+                        "/api/registries/{id}",
+                        registry_update,
+                    )
+                    .delete(
+                        "portainer.registries.delete",
+                        "/api/registries/{id}",
+                        registry_delete,
+                    )
+                    .put(
+                        "portainer.registries.access",
+                        "/api/registries/{id}/access",
+                        registry_access,
+                    )
+                    .post(
+                        "portainer.controls.create",
+                        "/api/resource_controls",
+                        control_create,
+                    )
+                    .put(
+                        "portainer.controls.update",
+                        "/api/resource_controls/{id}",
+                        control_update,
+                    )
+                    .delete(
+                        "portainer.controls.delete",
+                        "/api/resource_controls/{id}",
+                        control_delete,
+                    )
+                    .get("portainer.roles", "/api/roles", role_list)
+                    .post(
+                        "portainer.extensions.create",
+                        "/api/extensions",
+                        extension_change,
+                    )
+                    .put(
+                        "portainer.extensions.update",
+                        "/api/extensions/{id}",
+                        extension_change,
+                    )
+                    .delete(
+                        "portainer.extensions.delete",
+                        "/api/extensions/{id}",
+                        extension_change,
+                    )
+                    .put(
+                        "portainer.settings.ldap",
+                        "/api/settings/authentication/checkLDAP",
+                        check_ldap,
+                    )
+                    .post(
+                        "portainer.endpoints.job",
+                        "/api/endpoints/{id}/job",
+                        endpoint_job,
+                    )
+                    .post(
+                        "portainer.upload.tls",
+                        "/api/upload/tls/{certificate}",
+                        upload_tls,
+                    )
+                    .post(
+                        "portainer.templates.create",
+                        "/api/templates",
+                        template_create,
+                    )
+                    .get(
+                        "portainer.templates.get",
+                        "/api/templates/{id}",
+                        template_get,
+                    )
+                    .put(
+                        "portainer.templates.update",
+                        "/api/templates/{id}",
+                        template_update,
+                    )
+                    .delete(
+                        "portainer.templates.delete",
+                        "/api/templates/{id}",
+                        template_delete,
+                    )
+                    .delete("portainer.users.delete", "/api/users/{id}", user_delete)
+                    .post("portainer.teams.create", "/api/teams", team_create)
+                    .put("portainer.teams.update", "/api/teams/{id}", team_update)
+                    .delete("portainer.teams.delete", "/api/teams/{id}", team_delete)
+                    .get(
+                        "portainer.memberships.list",
+                        "/api/team_memberships",
+                        membership_list,
+                    )
+                    .post(
+                        "portainer.endpoints.create",
+                        "/api/endpoints",
+                        endpoint_create,
+                    )
+                    .put(
+                        "portainer.endpoints.update",
+                        "/api/endpoints/{id}",
+                        endpoint_update,
+                    )
+                    .post(
+                        "portainer.endpoints.snapshot",
+                        "/api/endpoints/{id}/snapshot",
+                        endpoint_snapshot,
+                    )
+                    .post(
+                        "portainer.endpoints.snapshot-all",
+                        "/api/endpoints/snapshot",
+                        endpoint_snapshot_all,
+                    )
+                    .put(
+                        "portainer.endpoints.access",
+                        "/api/endpoints/{id}/access",
+                        endpoint_access,
+                    )
+                    .delete(
+                        "portainer.endpoints.delete",
+                        "/api/endpoints/{id}",
+                        endpoint_delete,
+                    )
+            })
+        })
+        .describe(include_str!("../../portainer.json"))
 }

@@ -1,7 +1,16 @@
 //! Registries: where images are pulled from, with credentials, given to
 //! users and teams like endpoints. Passwords never leave the plugin.
 
-use super::*;
+use base64::Engine as _;
+use berth_sdk::{HttpResult, Request, Response, kv};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model;
+use crate::portainer::access::{Access, granted, policies};
+use crate::portainer::settings::dockerhub;
+use crate::portainer::users::{User, id_param};
+use crate::portainer::{Payload, fail, next_id, not_found, payload};
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct Registry {

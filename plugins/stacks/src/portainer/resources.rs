@@ -6,7 +6,16 @@
 //! refused (403) the rest; what they create through the proxy is theirs.
 //! Administrators' requests pass through untouched.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, docker, kv, percent_encode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model;
+use crate::portainer::endpoints::Endpoint;
+use crate::portainer::registries::registry_auth;
+use crate::portainer::teams::teams_of;
+use crate::portainer::users::{User, id_param};
+use crate::portainer::{ADMIN, Payload, fail, next_id, not_found, payload};
 
 /// Resource kinds by 1.x's number (1 container ... 7 config).
 const KINDS: [&str; 7] = [

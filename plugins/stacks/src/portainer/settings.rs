@@ -2,7 +2,12 @@
 //! the day, extensions (none, as Community Edition without any) and the
 //! Docker Hub credentials.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, config, kv};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::model;
+use crate::portainer::{Payload, fail, payload};
 
 /// The Portainer 1.x release whose API this is, as `/api/status` gives it.
 const VERSION: &str = "1.24.2";

@@ -1,6 +1,18 @@
 //! Stacks (Compose files) on an endpoint.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, docker, gojson, kv, percent_encode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::portainer::endpoints::{
+    can_use, field, field_text, form_fields, load_endpoint, may_use_endpoint, stack_endpoint,
+};
+use crate::portainer::resources::{STACK, disown, may_see_stack, own, rename_controls};
+use crate::portainer::users::{User, id_param};
+use crate::portainer::{
+    ADMIN, Failure, Op, Payload, PortainerStack, Stack, fail, not_found, payload,
+};
+use crate::{model, stackfile};
 
 pub(super) fn stack_failure(f: Failure) -> Response {
     match f {
@@ -185,7 +197,7 @@ pub fn stack_create(req: &Request) -> HttpResult {
         Vec::new(),
     )
     .map_err(stack_failure)?;
-    crate::cloud::follow(&endpoint.docker);
+    model::follow(&endpoint.docker);
     if let Err(f) = model::run_stack(&mut stack, Op::Start) {
         // Nothing half-deployed stays: the stack is removed again.
         let _ = model::run_stack(&mut stack, Op::Terminate);
@@ -275,8 +287,7 @@ pub fn stack_update(req: &Request) -> HttpResult {
     let env = env_of(body.env)?;
     let defs = stackfile::parse_compose(&content, &env)
         .map_err(|e| fail(400, "Invalid stack file", &e))?;
-    crate::cloud::update_stack_services(&mut st, defs, Vec::new(), body.prune)
-        .map_err(stack_failure)?;
+    model::update_stack_services(&mut st, defs, Vec::new(), body.prune).map_err(stack_failure)?;
     if let Some(p) = st.portainer.as_mut() {
         p.file = content;
         p.env = env;
@@ -379,7 +390,7 @@ pub fn stack_migrate(req: &Request) -> HttpResult {
     crate::stackfile::check_name("stack", &name).map_err(|e| fail(400, "Invalid stack", &e))?;
     let mut next = model::build_stack(&name, &name, defs, &target.docker, Some(moved), Vec::new())
         .map_err(stack_failure)?;
-    crate::cloud::follow(&target.docker);
+    model::follow(&target.docker);
     if let Err(f) = model::run_stack(&mut next, Op::Start) {
         let _ = model::run_stack(&mut next, Op::Terminate);
         remove_stack_record(&next)?;

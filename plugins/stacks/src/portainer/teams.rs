@@ -1,6 +1,11 @@
 //! Teams and team memberships.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, kv};
+use serde::{Deserialize, Serialize};
+
+use crate::model;
+use crate::portainer::users::{User, id_param, load_user};
+use crate::portainer::{ADMIN, Payload, fail, next_id, not_found, payload};
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

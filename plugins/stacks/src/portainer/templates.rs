@@ -5,9 +5,14 @@
 //! manage them. When the settings' `TemplatesURL` is set, the list is
 //! fetched from there instead (through `http-out`), as in 1.x.
 
-use berth_sdk::http_out;
+use berth_sdk::{HttpResult, Request, Response, config, gojson, http_out, kv};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::*;
+use crate::model;
+use crate::portainer::settings::templates_url;
+use crate::portainer::users::{User, id_param};
+use crate::portainer::{ADMIN, Payload, fail, next_id, not_found, payload};
 
 const SEEDED_KEY: &str = "p/templates-imported";
 

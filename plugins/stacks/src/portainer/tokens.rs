@@ -3,7 +3,12 @@
 //! `X-API-Key` with their own rights, and revokes it. Only an HMAC of the
 //! token is stored; the token itself is shown once.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, crypto, kv, time};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::portainer::users::{User, find_user, load_user, password_matches};
+use crate::portainer::{ADMIN, Payload, fail, failure, not_found, payload};
 
 /// Host-held HMAC key the tokens are stored under.
 const KEY_NAME: &str = "portainer-apikey";

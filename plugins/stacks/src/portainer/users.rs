@@ -1,6 +1,17 @@
 //! Users, the first administrator, `POST /api/auth` and its JWTs.
 
-use super::*;
+use base64::Engine as _;
+use berth_sdk::attempts::{self, Limits};
+use berth_sdk::{HttpResult, Request, Response, config, crypto, kv, time};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model;
+use crate::portainer::teams::{Membership, leads_a_team, membership_key, memberships};
+use crate::portainer::tokens::{revoke_all, user_of_token};
+use crate::portainer::{
+    ADMIN, JWT_KEY, Payload, b64url, fail, next_id, not_found, payload, take_turn,
+};
 
 #[derive(Serialize, Deserialize, Clone)]
 pub struct User {

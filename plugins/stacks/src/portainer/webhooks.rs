@@ -3,7 +3,15 @@
 //! (its tasks replaced, as `docker service update --force`); type 2,
 //! beyond 1.x, a stack, redeployed from its stored file.
 
-use super::*;
+use berth_sdk::{HttpResult, Request, Response, crypto, docker, gojson, kv};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model;
+use crate::portainer::endpoints::{can_use, load_endpoint, may_use_endpoint};
+use crate::portainer::stacks::{may_see, stack_failure};
+use crate::portainer::users::{User, id_param};
+use crate::portainer::{Failure, Op, Payload, Stack, fail, next_id, not_found, payload};
 
 const SERVICE_HOOK: u8 = 1;
 const STACK_HOOK: u8 = 2;
