@@ -14,6 +14,52 @@ pub const STACK_URI: &str = "/api/app/v1/stack/";
 pub const CONTAINER_URI: &str = "/api/app/v1/container/";
 pub const ACTION_URI: &str = "/api/audit/v1/action/";
 
+/// A service's or a stack's state, as Docker Cloud named them (and as
+/// they are stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    #[serde(rename = "Not running", alias = "Not Running")]
+    NotRunning,
+    Starting,
+    Running,
+    #[serde(rename = "Partly running")]
+    PartlyRunning,
+    Scaling,
+    Redeploying,
+    Stopping,
+    Stopped,
+    Terminating,
+    Terminated,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::NotRunning => "Not running",
+            State::Starting => "Starting",
+            State::Running => "Running",
+            State::PartlyRunning => "Partly running",
+            State::Scaling => "Scaling",
+            State::Redeploying => "Redeploying",
+            State::Stopping => "Stopping",
+            State::Stopped => "Stopped",
+            State::Terminating => "Terminating",
+            State::Terminated => "Terminated",
+        }
+    }
+
+    /// Running, wholly or in part.
+    pub fn running(self) -> bool {
+        matches!(self, State::Running | State::PartlyRunning)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A service, standalone or in a stack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Service {
@@ -29,7 +75,7 @@ pub struct Service {
     /// Body fields Berth keeps and echoes but does not act on.
     #[serde(default)]
     pub extra: serde_json::Map<String, Value>,
-    pub state: String,
+    pub state: State,
     pub created: String,
     #[serde(default)]
     pub started: Option<String>,
@@ -60,7 +106,7 @@ pub struct Stack {
     pub services: Vec<String>,
     pub endpoint: String,
     pub swarm: bool,
-    pub state: String,
+    pub state: State,
     pub created: String,
     #[serde(default)]
     pub deployed: Option<String>,
@@ -211,7 +257,7 @@ impl Service {
             swarm: stack.swarm,
             def: def.clone(),
             extra,
-            state: "Not running".into(),
+            state: State::NotRunning,
             created: now(),
             started: None,
             stopped: None,
@@ -302,16 +348,23 @@ pub fn emit(kind: &str, action: &str, uri: &str, uuid: &str, state: &str, parent
 }
 
 /// Set a service's state, store it and publish the change.
-pub fn set_service_state(s: &mut Service, state: &str) -> Result<(), berth_sdk::Error> {
-    s.state = state.to_string();
+pub fn set_service_state(s: &mut Service, state: State) -> Result<(), berth_sdk::Error> {
+    s.state = state;
     match state {
-        "Running" => s.started = Some(now()),
-        "Stopped" => s.stopped = Some(now()),
-        "Terminated" => s.destroyed = Some(now()),
+        State::Running => s.started = Some(now()),
+        State::Stopped => s.stopped = Some(now()),
+        State::Terminated => s.destroyed = Some(now()),
         _ => {}
     }
     save_service(s)?;
-    emit("service", "update", &s.uri(), &s.uuid, state, &s.parents());
+    emit(
+        "service",
+        "update",
+        &s.uri(),
+        &s.uuid,
+        state.as_str(),
+        &s.parents(),
+    );
     Ok(())
 }
 
@@ -327,21 +380,18 @@ pub enum Op {
 }
 
 impl Op {
-    pub fn allowed(self, state: &str) -> bool {
+    pub fn allowed(self, state: State) -> bool {
+        use State::*;
         match self {
-            Op::Start => matches!(
-                state,
-                "Not running" | "Not Running" | "Stopped" | "Partly running"
-            ),
+            Op::Start => matches!(state, NotRunning | Stopped | PartlyRunning),
             Op::Stop => matches!(
                 state,
-                "Running" | "Partly running" | "Starting" | "Scaling" | "Redeploying"
+                Running | PartlyRunning | Starting | Scaling | Redeploying
             ),
-            Op::Scale | Op::Redeploy => matches!(
-                state,
-                "Running" | "Partly running" | "Stopped" | "Not running" | "Not Running"
-            ),
-            Op::Terminate => !matches!(state, "Terminating" | "Terminated"),
+            Op::Scale | Op::Redeploy => {
+                matches!(state, Running | PartlyRunning | Stopped | NotRunning)
+            }
+            Op::Terminate => !matches!(state, Terminating | Terminated),
         }
     }
 
@@ -355,13 +405,13 @@ impl Op {
         }
     }
 
-    fn busy_state(self) -> &'static str {
+    fn busy_state(self) -> State {
         match self {
-            Op::Start => "Starting",
-            Op::Stop => "Stopping",
-            Op::Scale => "Scaling",
-            Op::Redeploy => "Redeploying",
-            Op::Terminate => "Terminating",
+            Op::Start => State::Starting,
+            Op::Stop => State::Stopping,
+            Op::Scale => State::Scaling,
+            Op::Redeploy => State::Redeploying,
+            Op::Terminate => State::Terminating,
         }
     }
 }
@@ -377,16 +427,15 @@ fn hold(uuid: &str) -> Result<(), berth_sdk::Error> {
 
 pub fn run_service(s: &mut Service, op: Op) -> Result<(), Failure> {
     hold(&s.uuid)?;
-    if !op.allowed(&s.state) {
+    if !op.allowed(s.state) {
         return Err(Failure::State(format!(
             "Cannot {} a service in state {}",
             op.name(),
             s.state
         )));
     }
-    let before = s.state.clone();
-    let running = matches!(before.as_str(), "Running" | "Partly running");
-    if op == Op::Scale && !running {
+    let before = s.state;
+    if op == Op::Scale && !before.running() {
         // A service that is not running only records its new target.
         save_service(s)?;
         return Ok(());
@@ -396,7 +445,7 @@ pub fn run_service(s: &mut Service, op: Op) -> Result<(), Failure> {
         "update",
         &s.uri(),
         &s.uuid,
-        op.busy_state(),
+        op.busy_state().as_str(),
         &s.parents(),
     );
     let p = s.placement();
@@ -410,22 +459,22 @@ pub fn run_service(s: &mut Service, op: Op) -> Result<(), Failure> {
         Op::Terminate => engine::terminate(&p),
     };
     if let Err(e) = result {
-        s.state = before.clone();
+        s.state = before;
         save_service(s)?;
         emit(
             "service",
             "update",
             &s.uri(),
             &s.uuid,
-            &before,
+            before.as_str(),
             &s.parents(),
         );
         return Err(Failure::Engine(e));
     }
     let after = match op {
-        Op::Start | Op::Scale | Op::Redeploy => "Running",
-        Op::Stop => "Stopped",
-        Op::Terminate => "Terminated",
+        Op::Start | Op::Scale | Op::Redeploy => State::Running,
+        Op::Stop => State::Stopped,
+        Op::Terminate => State::Terminated,
     };
     if op == Op::Terminate
         && let Some(digest) = s.role_key.take()
@@ -438,8 +487,7 @@ pub fn run_service(s: &mut Service, op: Op) -> Result<(), Failure> {
 
 /// Run `op` on every service of a stack, then set the stack's state.
 pub fn run_stack(stack: &mut Stack, op: Op) -> Result<(), Failure> {
-    let stack_state = stack.state.replace("Not Running", "Not running");
-    if !op.allowed(&stack_state) {
+    if !op.allowed(stack.state) {
         return Err(Failure::State(format!(
             "Cannot {} a stack in state {}",
             op.name(),
@@ -451,16 +499,16 @@ pub fn run_stack(stack: &mut Stack, op: Op) -> Result<(), Failure> {
         let Some(mut s) = load_service(&uuid)? else {
             continue;
         };
-        if op != Op::Terminate && s.state == "Terminated" {
+        if op != Op::Terminate && s.state == State::Terminated {
             continue;
         }
-        if op == Op::Stop && !Op::Stop.allowed(&s.state) {
+        if op == Op::Stop && !Op::Stop.allowed(s.state) {
             continue;
         }
-        if op == Op::Start && !Op::Start.allowed(&s.state) {
+        if op == Op::Start && !Op::Start.allowed(s.state) {
             continue;
         }
-        if op == Op::Terminate && !Op::Terminate.allowed(&s.state) {
+        if op == Op::Terminate && !Op::Terminate.allowed(s.state) {
             continue;
         }
         if let Err(e) = run_service(&mut s, op) {
@@ -474,18 +522,25 @@ pub fn run_stack(stack: &mut Stack, op: Op) -> Result<(), Failure> {
         engine::remove_network(&stack.endpoint, &stack.name);
     }
     let state = match op {
-        Op::Start | Op::Redeploy | Op::Scale => "Running",
-        Op::Stop => "Stopped",
-        Op::Terminate => "Terminated",
+        Op::Start | Op::Redeploy | Op::Scale => State::Running,
+        Op::Stop => State::Stopped,
+        Op::Terminate => State::Terminated,
     };
-    stack.state = state.into();
+    stack.state = state;
     match op {
         Op::Start | Op::Redeploy => stack.deployed = Some(now()),
         Op::Terminate => stack.destroyed = Some(now()),
         _ => {}
     }
     save_stack(stack)?;
-    emit("stack", "update", &stack.uri(), &stack.uuid, state, &[]);
+    emit(
+        "stack",
+        "update",
+        &stack.uri(),
+        &stack.uuid,
+        state.as_str(),
+        &[],
+    );
     Ok(())
 }
 
@@ -512,7 +567,7 @@ pub fn create_stack(
 pub fn stack_name_taken(name: &str) -> Result<bool, berth_sdk::Error> {
     Ok(scan::<Stack>("stack/")?
         .into_iter()
-        .any(|s| s.state != "Terminated" && s.name.eq_ignore_ascii_case(name)))
+        .any(|s| s.state != State::Terminated && s.name.eq_ignore_ascii_case(name)))
 }
 
 /// [`create_stack`] without the check that the name is free (a stack
@@ -544,7 +599,7 @@ pub fn build_stack(
         services: Vec::new(),
         endpoint: endpoint.to_string(),
         swarm,
-        state: "Not running".into(),
+        state: State::NotRunning,
         created: now(),
         deployed: None,
         destroyed: None,
@@ -566,7 +621,7 @@ pub fn build_stack(
         "create",
         &stack.uri(),
         &stack.uuid,
-        &stack.state,
+        stack.state.as_str(),
         &[],
     );
     for s in &services {
@@ -575,7 +630,7 @@ pub fn build_stack(
             "create",
             &s.uri(),
             &s.uuid,
-            &s.state,
+            s.state.as_str(),
             &s.parents(),
         );
     }
@@ -605,10 +660,10 @@ pub fn engine_event(event: &Value) -> Result<(), String> {
     };
     let action = event["Action"].as_str().unwrap_or_default();
     let (cloud_action, state) = match action {
-        "create" => ("create", "Starting"),
-        "start" | "restart" | "unpause" => ("update", "Running"),
-        "die" | "stop" | "kill" | "pause" => ("update", "Stopped"),
-        "destroy" => ("delete", "Terminated"),
+        "create" => ("create", State::Starting),
+        "start" | "restart" | "unpause" => ("update", State::Running),
+        "die" | "stop" | "kill" | "pause" => ("update", State::Stopped),
+        "destroy" => ("delete", State::Terminated),
         _ => return Ok(()),
     };
     hold(uuid)?;
@@ -625,11 +680,11 @@ pub fn engine_event(event: &Value) -> Result<(), String> {
             cloud_action,
             &format!("{CONTAINER_URI}{cuuid}/"),
             &cuuid,
-            state,
+            state.as_str(),
             &parents,
         );
     }
-    if !matches!(service.state.as_str(), "Running" | "Partly running") {
+    if !service.state.running() {
         return Ok(());
     }
     let running = engine::containers(&service.placement())
@@ -638,9 +693,9 @@ pub fn engine_event(event: &Value) -> Result<(), String> {
         .filter(|c| c.state == "running")
         .count() as u32;
     let wanted = if running >= service.def.target_num_containers {
-        "Running"
+        State::Running
     } else {
-        "Partly running"
+        State::PartlyRunning
     };
     if wanted != service.state {
         set_service_state(&mut service, wanted)?;
@@ -712,14 +767,14 @@ pub fn update_stack_services(
     extras: Vec<serde_json::Map<String, Value>>,
     prune: bool,
 ) -> Result<(), Failure> {
-    let running = matches!(stack.state.as_str(), "Running" | "Partly running");
+    let running = stack.state.running();
     let mut kept = Vec::new();
     for (i, def) in defs.iter().enumerate() {
         let existing = stack
             .services
             .iter()
             .filter_map(|u| load_service(u).ok().flatten())
-            .find(|s| s.name == def.name && s.state != "Terminated");
+            .find(|s| s.name == def.name && s.state != State::Terminated);
         let extra = extras.get(i).cloned().unwrap_or_default();
         let mut s = match existing {
             Some(mut s) => {
@@ -737,7 +792,7 @@ pub fn update_stack_services(
         apply_roles(&mut s)?;
         save_service(&s)?;
         if running {
-            let op = if s.state == "Not running" {
+            let op = if s.state == State::NotRunning {
                 Op::Start
             } else {
                 Op::Redeploy
@@ -751,7 +806,7 @@ pub fn update_stack_services(
             continue;
         }
         if let Some(mut s) = load_service(&uuid)?
-            && Op::Terminate.allowed(&s.state)
+            && Op::Terminate.allowed(s.state)
         {
             run_service(&mut s, Op::Terminate)?;
         }

@@ -11,6 +11,34 @@ use crate::cloud::render::{date, date_of, render_stack, service_json};
 use crate::cloud::{fail, failure, framing};
 use crate::model::{self, ACTION_URI, Failure, Op, SERVICE_URI, STACK_URI};
 
+/// An action's state, as Docker Cloud named them (Berth's actions run
+/// to their end within their request: none is ever canceled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionState {
+    Pending,
+    #[serde(rename = "In progress")]
+    InProgress,
+    Success,
+    Failed,
+}
+
+impl ActionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "Pending",
+            ActionState::InProgress => "In progress",
+            ActionState::Success => "Success",
+            ActionState::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ActionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Action {
     uuid: String,
@@ -22,7 +50,7 @@ pub(super) struct Action {
     user: String,
     user_agent: String,
     ip: String,
-    state: String,
+    state: ActionState,
     start_date: String,
     end_date: Option<String>,
     object: String,
@@ -59,8 +87,8 @@ impl Action {
             // method (`docker-cloud action logs` then fails). The log is
             // at `logs/`, as a stream.
             "is_user_action": true,
-            "can_be_canceled": matches!(self.state.as_str(), "Pending" | "In progress"),
-            "can_be_retried": self.state == "Failed",
+            "can_be_canceled": matches!(self.state, ActionState::Pending | ActionState::InProgress),
+            "can_be_retried": self.state == ActionState::Failed,
         })
     }
 }
@@ -100,7 +128,7 @@ pub(super) fn act(
             .map(|(ip, _)| ip)
             .unwrap_or_default()
             .to_string(),
-        state: "In progress".into(),
+        state: ActionState::InProgress,
         start_date: model::now(),
         end_date: None,
         object: object.to_string(),
@@ -113,18 +141,18 @@ pub(super) fn act(
         "create",
         &action.uri(),
         &action.uuid,
-        &action.state,
+        action.state.as_str(),
         &[],
     );
     let result = run();
     action.end_date = Some(model::now());
     let response = match result {
         Ok(body) => {
-            action.state = "Success".into();
+            action.state = ActionState::Success;
             Response::json(202, &body)
         }
         Err(f) => {
-            action.state = "Failed".into();
+            action.state = ActionState::Failed;
             let r = failure(f);
             action.logs = String::from_utf8_lossy(&r.body).into_owned();
             r
@@ -136,7 +164,7 @@ pub(super) fn act(
         "update",
         &action.uri(),
         &action.uuid,
-        &action.state,
+        action.state.as_str(),
         &[],
     );
     Ok(response.header("X-DockerCloud-Action-URI", &action.uri()))
@@ -200,7 +228,7 @@ pub fn action_cancel(req: &Request) -> HttpResult {
 pub fn action_retry(req: &Request) -> HttpResult {
     let user = req.identity::<Caller>()?.0.clone();
     let a = find_action(req)?;
-    if a.state != "Failed" {
+    if a.state != ActionState::Failed {
         return Err(fail(
             409,
             &format!("Cannot retry an action in state {}", a.state),

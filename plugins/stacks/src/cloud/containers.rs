@@ -12,7 +12,7 @@ use crate::cloud::render::{add_inspected, container_state, render_container};
 use crate::cloud::services::capitalise;
 use crate::cloud::{engine_error, fail, framing, logs};
 use crate::engine;
-use crate::model::{self, CONTAINER_URI, Service};
+use crate::model::{self, CONTAINER_URI, Service, State};
 
 pub(super) fn all_services() -> Result<Vec<Service>, Response> {
     model::scan("svc/").map_err(Response::from)
@@ -63,7 +63,7 @@ pub(super) fn find_container(req: &Request) -> Result<(Service, Container), Resp
         return Err(fail(404, "Not found"));
     }
     for s in all_services()? {
-        if s.state == "Terminated" {
+        if s.state == State::Terminated {
             continue;
         }
         let found = engine::containers(&s.placement())
@@ -92,9 +92,9 @@ pub(super) fn container_op(req: &Request, verb: &str) -> HttpResult {
     let uri = format!("{CONTAINER_URI}{}/", model::container_uuid(&c.id));
     let state = container_state(&c.state);
     let allowed = match verb {
-        "start" => state == "Stopped",
-        "stop" => matches!(state, "Running" | "Starting"),
-        _ => !matches!(state, "Terminating" | "Terminated"),
+        "start" => state == State::Stopped,
+        "stop" => matches!(state, State::Running | State::Starting),
+        _ => !matches!(state, State::Terminating | State::Terminated),
     };
     if !allowed {
         return Err(fail(

@@ -1,8 +1,9 @@
 //! The Docker Cloud REST and stream API: `/api/app/v1/` and
 //! `/api/audit/v1/`, Basic auth with `username:apikey`.
 
-use berth_sdk::docker;
-use berth_sdk::{Framing, HttpResult, Request, Response, Router, Scope, docker::DockerError};
+use berth_sdk::{
+    Framing, HttpResult, Request, Response, Router, Scope, docker, docker::DockerError,
+};
 use serde_json::json;
 
 use crate::cloud::actions::{

@@ -4,7 +4,7 @@ use berth_sdk::docker::Container;
 use serde_json::{Value, json};
 
 use crate::engine;
-use crate::model::{self, CONTAINER_URI, SERVICE_URI, STACK_URI, Service, Stack};
+use crate::model::{self, CONTAINER_URI, SERVICE_URI, STACK_URI, Service, Stack, State};
 
 /// A stored date (RFC 3339) as Docker Cloud wrote dates, RFC 2822:
 /// `Sun, 6 Apr 2014 18:11:17 +0000` (what its CLI parses).
@@ -18,13 +18,14 @@ pub(super) fn date_of(stored: &Option<String>) -> Option<String> {
     stored.as_deref().map(date)
 }
 
-pub(super) fn container_state(engine_state: &str) -> &'static str {
+/// A container's Docker Cloud state, from the engine's.
+pub(super) fn container_state(engine_state: &str) -> State {
     match engine_state {
-        "running" => "Running",
-        "created" | "restarting" => "Starting",
-        "removing" => "Terminating",
-        "dead" => "Terminated",
-        _ => "Stopped",
+        "running" => State::Running,
+        "created" | "restarting" => State::Starting,
+        "removing" => State::Terminating,
+        "dead" => State::Terminated,
+        _ => State::Stopped,
     }
 }
 
@@ -278,7 +279,7 @@ pub(super) fn render_stack(st: &Stack) -> Value {
 }
 
 pub(super) fn service_json(s: &Service) -> Value {
-    let all = if s.state == "Terminated" {
+    let all = if s.state == State::Terminated {
         Vec::new()
     } else {
         engine::containers(&s.placement()).unwrap_or_default()

@@ -10,7 +10,7 @@ use crate::cloud::paging::{page, passes};
 use crate::cloud::render::{container_name, render_service, service_json};
 use crate::cloud::{engine_error, fail, logs};
 use crate::engine;
-use crate::model::{self, Op, SERVICE_URI, Service, Stack};
+use crate::model::{self, Op, SERVICE_URI, Service, Stack, State};
 use crate::stackfile::{self, Def};
 
 /// A service body (Docker Cloud's keys, or a stackfile's) as a [`Def`]
@@ -203,7 +203,7 @@ pub fn service_create(req: &Request) -> HttpResult {
     let (def, extra) = body_to_def(&v, None).map_err(|e| fail(400, &e))?;
     let taken = model::scan::<Service>("svc/")?
         .into_iter()
-        .any(|s| s.stack.is_none() && s.state != "Terminated" && s.name == def.name);
+        .any(|s| s.stack.is_none() && s.state != State::Terminated && s.name == def.name);
     if taken {
         return Err(fail(
             409,
@@ -222,7 +222,7 @@ pub fn service_create(req: &Request) -> HttpResult {
         swarm,
         def,
         extra,
-        state: "Not running".into(),
+        state: State::NotRunning,
         created: model::now(),
         started: None,
         stopped: None,
@@ -233,7 +233,14 @@ pub fn service_create(req: &Request) -> HttpResult {
     };
     model::apply_roles(&mut s)?;
     model::save_service(&s)?;
-    model::emit("service", "create", &s.uri(), &s.uuid, &s.state, &[]);
+    model::emit(
+        "service",
+        "create",
+        &s.uri(),
+        &s.uuid,
+        s.state.as_str(),
+        &[],
+    );
     Ok(Response::json(201, &service_json(&s)))
 }
 
@@ -243,7 +250,7 @@ pub fn service_get(req: &Request) -> HttpResult {
 
 pub fn service_update(req: &Request) -> HttpResult {
     let mut s = find_service(req)?;
-    if s.state == "Terminated" {
+    if s.state == State::Terminated {
         return Err(fail(409, "Cannot update a terminated service"));
     }
     let patch = body(req)?;
@@ -279,7 +286,14 @@ pub fn service_update(req: &Request) -> HttpResult {
     }
     model::apply_roles(&mut s)?;
     model::save_service(&s)?;
-    model::emit("service", "update", &s.uri(), &s.uuid, &s.state, &[]);
+    model::emit(
+        "service",
+        "update",
+        &s.uri(),
+        &s.uuid,
+        s.state.as_str(),
+        &[],
+    );
     Ok(Response::json(200, &service_json(&s)))
 }
 

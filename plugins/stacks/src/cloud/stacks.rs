@@ -9,7 +9,7 @@ use crate::cloud::paging::{page, passes};
 use crate::cloud::render::render_stack;
 use crate::cloud::services::{body, body_to_def, capitalise};
 use crate::cloud::{fail, failure};
-use crate::model::{self, Op, STACK_URI, Stack};
+use crate::model::{self, Op, STACK_URI, Stack, State};
 use crate::stackfile::{self, Def};
 
 pub(super) fn find_stack(req: &Request) -> Result<Stack, Response> {
@@ -90,7 +90,7 @@ pub fn stack_get(req: &Request) -> HttpResult {
 /// updated, new ones added, missing ones terminated) and the nickname.
 pub fn stack_update(req: &Request) -> HttpResult {
     let mut stack = find_stack(req)?;
-    if stack.state == "Terminated" {
+    if stack.state == State::Terminated {
         return Err(fail(409, "Cannot update a terminated stack"));
     }
     let v = body(req)?;
@@ -107,7 +107,7 @@ pub fn stack_update(req: &Request) -> HttpResult {
         "update",
         &stack.uri(),
         &stack.uuid,
-        &stack.state,
+        stack.state.as_str(),
         &[],
     );
     Ok(Response::json(200, &render_stack(&stack)))

@@ -4,7 +4,7 @@ use berth_sdk::{HttpResult, Request, Response, docker, kv, percent_encode, time}
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::model;
+use crate::model::{self, State};
 use crate::portainer::access::{Access, granted, policies};
 use crate::portainer::groups::load_group;
 use crate::portainer::registries::{registry_auth, sends_registry_auth};
@@ -686,7 +686,7 @@ fn snapshot_of(e: &Endpoint) -> Result<Value, docker::DockerError> {
     let stacks = model::scan::<Stack>("stack/")
         .map_err(|e| docker::DockerError::Invalid(e.to_string()))?
         .iter()
-        .filter(|s| s.endpoint == e.docker && s.state != "Terminated")
+        .filter(|s| s.endpoint == e.docker && s.state != State::Terminated)
         .count();
     Ok(json!({
         "Time": time::now_secs(),

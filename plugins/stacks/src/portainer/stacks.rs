@@ -4,6 +4,7 @@ use berth_sdk::{HttpResult, Request, Response, docker, gojson, kv, percent_encod
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::model::{self, State};
 use crate::portainer::endpoints::{
     can_use, field, field_text, form_fields, load_endpoint, may_use_endpoint, stack_endpoint,
 };
@@ -12,7 +13,7 @@ use crate::portainer::users::{User, id_param};
 use crate::portainer::{
     ADMIN, Failure, Op, Payload, PortainerStack, Stack, fail, not_found, payload,
 };
-use crate::{model, stackfile};
+use crate::stackfile;
 
 pub(super) fn stack_failure(f: Failure) -> Response {
     match f {
@@ -42,7 +43,7 @@ pub(super) fn render_stack(st: &Stack) -> Value {
         "EntryPoint": "docker-compose.yml",
         "Env": if env.is_empty() { Value::Null } else { json!(env) },
         "ProjectPath": format!("/data/compose/{}", st.id),
-        "Status": if st.state == "Running" { 1 } else { 2 },
+        "Status": if st.state == State::Running { 1 } else { 2 },
     })
 }
 
@@ -302,7 +303,7 @@ pub fn stack_delete(req: &Request) -> HttpResult {
         return external_stack_delete(req, &user);
     }
     let mut st = find_stack(req, &user)?;
-    if st.state != "Terminated" {
+    if st.state != State::Terminated {
         model::run_stack(&mut st, Op::Terminate).map_err(stack_failure)?;
     }
     remove_stack_record(&st)?;
@@ -404,7 +405,7 @@ pub fn stack_migrate(req: &Request) -> HttpResult {
     if renamed {
         rename_controls(STACK, &old.name, &name)?;
     }
-    let removed = if old.state == "Terminated" {
+    let removed = if old.state == State::Terminated {
         Ok(())
     } else {
         model::run_stack(&mut old, Op::Terminate)
