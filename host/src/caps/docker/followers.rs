@@ -13,11 +13,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::query_parameters as q;
 use bytes::Bytes;
+use http::Method;
 use serde::{Deserialize, Serialize};
 
-use super::ops::{filter_map, json};
+use super::framing::JsonLines;
+use super::ops::{filters_json, target};
 use super::{Docker, error_text};
 use crate::bindings::docker::{DockerError, Filters};
 use crate::capability::Capability;
@@ -204,7 +205,6 @@ impl Docker {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
         let task = tokio::spawn(async move {
-            use futures_util::StreamExt;
             let mut backoff = Duration::from_millis(500);
             let mut held = false;
             loop {
@@ -230,25 +230,28 @@ impl Docker {
                         }
                     }
                 }
-                match engine.api().await {
-                    Ok(api) => {
-                        let options = q::EventsOptions {
-                            filters: filter_map(filters.clone()),
-                            since: Some(format!(
-                                "{}.{:09}",
-                                since.div_euclid(1_000_000_000),
-                                since.rem_euclid(1_000_000_000)
-                            )),
-                            ..Default::default()
-                        };
-                        let mut stream = api.events(Some(options));
+                let since_text = format!(
+                    "{}.{:09}",
+                    since.div_euclid(1_000_000_000),
+                    since.rem_euclid(1_000_000_000)
+                );
+                let options = [
+                    ("filters", filters_json(filters.clone())),
+                    ("since", Some(since_text)),
+                ];
+                match engine
+                    .call(&Method::GET, &target("/events", &options), None)
+                    .await
+                {
+                    Ok(answer) => {
+                        let mut stream = JsonLines::new(answer.body);
                         let mut renew = tokio::time::interval_at(
                             tokio::time::Instant::now() + FOLLOW_RENEW,
                             FOLLOW_RENEW,
                         );
                         loop {
                             let event = tokio::select! {
-                                event = stream.next() => event,
+                                event = stream.next_raw() => event,
                                 _ = renew.tick(), if fleet.is_some() => {
                                     let db = fleet.as_ref().expect("in a fleet");
                                     match db.lease(&lease, &holder, FOLLOW_LEASE, Some(since)).await {
@@ -263,12 +266,12 @@ impl Docker {
                             };
                             let Some(event) = event else { break };
                             match event {
-                                Ok(event) => {
+                                Ok((event, text)) => {
                                     backoff = Duration::from_millis(500);
-                                    if let Some(at) = event.time_nano {
+                                    if let Some(at) = event["timeNano"].as_i64() {
                                         since = at + 1;
                                     }
-                                    sink.deliver(&plugin, Bytes::from(json(&event))).await;
+                                    sink.deliver(&plugin, text).await;
                                 }
                                 Err(e) => {
                                     tracing::debug!(%plugin, error = %e, "engine event stream ended");

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use bollard::container::LogOutput;
-use bollard::query_parameters as q;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use http::Method;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use super::framing::LogFrames;
+use super::ops::{segment, target};
 use super::proxy::{ProxyError, Slot};
 use super::{Docker, error_text};
 use crate::bindings::docker::DockerError;
@@ -89,19 +89,24 @@ impl Docker {
             .map_err(|e| proxy_text(e, &spec.endpoint))?;
         let (sender, lines) = mpsc::channel(AHEAD);
         for (id, fields) in spec.sources {
-            let options = q::LogsOptions {
-                follow: spec.follow,
-                stdout: true,
-                stderr: true,
-                timestamps: true,
-                tail: spec.tail.map_or("all".into(), |t| t.to_string()),
-                ..Default::default()
-            };
+            let options = [
+                ("follow", Some(spec.follow.to_string())),
+                ("stdout", Some("true".into())),
+                ("stderr", Some("true".into())),
+                ("timestamps", Some("true".into())),
+                (
+                    "tail",
+                    Some(spec.tail.map_or("all".into(), |t| t.to_string())),
+                ),
+            ];
+            let path = target(&format!("/containers/{}/logs", segment(&id)), &options);
             let engine = engine.clone();
             let sender = sender.clone();
             tokio::spawn(async move {
-                let Ok(api) = engine.api().await else { return };
-                let mut output = api.logs(&id, Some(options));
+                let Ok(answer) = engine.call(&Method::GET, &path, None).await else {
+                    return;
+                };
+                let mut output = LogFrames::new(answer.body);
                 loop {
                     // A client that left ends the reading at once, not at
                     // the idle container's next line.
@@ -109,13 +114,8 @@ impl Docker {
                         frame = output.next() => frame,
                         () = sender.closed() => return,
                     };
-                    let Some(Ok(frame)) = frame else { return };
-                    let (stream, bytes) = match frame {
-                        LogOutput::StdErr { message } => ("stderr", message),
-                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                            ("stdout", message)
-                        }
-                        LogOutput::StdIn { .. } => continue,
+                    let Some(Ok((stream, bytes))) = frame else {
+                        return;
                     };
                     for message in messages(&fields, stream, &bytes) {
                         if sender.send(message).await.is_err() {

@@ -1,19 +1,19 @@
-//! The `docker` interface's operations, on bollard (and `wire` for the
-//! container list).
+//! The `docker` interface's operations: each an Engine API request through
+//! the engine's client (`transport::Engine`, on `wire`), its JSON passed
+//! to the plugin as the engine wrote it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use bollard::query_parameters as q;
+use http::Method;
 use serde::{Deserialize, Serialize};
-
-use bollard::errors::Error as BollardError;
 use wasmtime::component::HasData;
 
-use super::{Docker, Engine, EventSink, LogSpec, engine_error, unreachable_text};
+use super::framing::{JsonLines, LogFrames};
+use super::{Docker, Engine, EventSink, LogSpec, unreachable_text};
 use crate::bindings::DockerFailure;
 use crate::bindings::docker::{
-    Container, DockerError, EngineAnswer, Filters, Host, LogSource, Port, TlsFiles,
+    Container, DockerError, EngineAnswer, EngineError, Filters, Host, LogSource, Port, TlsFiles,
 };
 use crate::capability::Capability;
 use crate::caps::events::Events;
@@ -30,8 +30,40 @@ pub(super) fn split_image(image: &str) -> (&str, &str) {
     }
 }
 
-pub(super) fn filter_map(filters: Filters) -> Option<HashMap<String, Vec<String>>> {
-    (!filters.is_empty()).then(|| filters.into_iter().collect())
+/// Filters as the Engine API takes them: a JSON object of lists.
+pub(super) fn filters_json(filters: Filters) -> Option<String> {
+    let map: HashMap<String, Vec<String>> = filters.into_iter().collect();
+    (!map.is_empty()).then(|| json(&map))
+}
+
+/// `path?name=value&...`, the values percent-encoded; a pair without a
+/// value is left out.
+pub(super) fn target(path: &str, pairs: &[(&str, Option<String>)]) -> String {
+    let mut target = path.to_string();
+    for (name, value) in pairs {
+        let Some(value) = value else { continue };
+        target.push(if target.contains('?') { '&' } else { '?' });
+        target.push_str(name);
+        target.push('=');
+        target.push_str(&percent_encode(value));
+    }
+    target
+}
+
+/// A name or id in a path: percent-encoded but for `/`, `:` and `@`,
+/// which image references hold.
+pub(super) fn segment(id: &str) -> String {
+    id.split('/')
+        .map(|part| percent_encode(part).replace("%3A", ":").replace("%40", "@"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The id a create answers with.
+#[derive(Deserialize)]
+struct Created {
+    #[serde(rename = "Id")]
+    id: String,
 }
 
 /// `text` with every byte but the URL-unreserved ones percent-encoded.
@@ -57,11 +89,14 @@ pub(super) fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("engine models serialise")
 }
 
-pub(super) fn parse<T: serde::de::DeserializeOwned>(
-    what: &str,
-    text: &str,
-) -> Result<T, DockerError> {
-    serde_json::from_str(text).map_err(|e| DockerError::Invalid(format!("{what}: {e}")))
+/// A plugin's JSON document for the engine (`what`): it must be an
+/// object; the engine checks the rest.
+pub(super) fn object(what: &str, text: &str) -> Result<Vec<u8>, DockerError> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => Ok(text.as_bytes().to_vec()),
+        Ok(_) => Err(DockerError::Invalid(format!("{what}: not a JSON object"))),
+        Err(e) => Err(DockerError::Invalid(format!("{what}: {e}"))),
+    }
 }
 
 /// What `docker` sees of a call: the caller, the engines, and where
@@ -117,23 +152,37 @@ impl DockerView<'_> {
         self.docker.engine(self.caller.plugin(), endpoint).await
     }
 
-    /// Run bollard's `op` on `endpoint`'s engine within this call's
-    /// deadline. The future borrows nothing of the store's state.
-    pub(super) fn on_engine<T, F, Fut>(
+    /// `method path` (with an optional JSON `body`) on `endpoint`'s
+    /// engine within this call's deadline: the answer's body as text.
+    fn fetch(
         &self,
         endpoint: &str,
-        op: F,
-    ) -> impl Future<Output = Result<T, DockerFailure>> + Send + 'static
-    where
-        T: Send + 'static,
-        F: FnOnce(bollard::Docker) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, BollardError>> + Send,
-    {
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<String, DockerFailure>> + Send + 'static {
         self.on_wire(endpoint, |engine| async move {
-            let api = engine.api().await?.clone();
-            op(api)
-                .await
-                .map_err(|e| engine_error(&engine.spec.address, e))
+            let body = engine.fetch(&method, &path, body.as_deref()).await?;
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        })
+    }
+
+    /// [`DockerView::fetch`] of a change whose answer has nothing to tell.
+    async fn act(&self, endpoint: &str, method: Method, path: String) -> Result<(), DockerFailure> {
+        self.fetch(endpoint, method, path, None).await.map(drop)
+    }
+
+    /// [`DockerView::fetch`], the answer read as `T`.
+    fn send_json<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        endpoint: &str,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<T, DockerFailure>> + Send + 'static {
+        self.on_wire(endpoint, |engine| async move {
+            let answer = engine.call(&method, &path, body.as_deref()).await?;
+            engine.read_json(answer).await
         })
     }
 
@@ -293,13 +342,13 @@ impl Host for DockerView<'_> {
         all: bool,
         filters: Filters,
     ) -> Result<Vec<Container>, DockerFailure> {
-        let mut target = format!("/containers/json?all={all}");
-        if let Some(filters) = filter_map(filters) {
-            target.push_str("&filters=");
-            target.push_str(&percent_encode(&json(&filters)));
-        }
+        let options = [
+            ("all", Some(all.to_string())),
+            ("filters", filters_json(filters)),
+        ];
+        let path = target("/containers/json", &options);
         self.on_wire(&endpoint, |engine| async move {
-            let list: Vec<Summary> = engine.get(&target).await?;
+            let list: Vec<Summary> = engine.get(&path).await?;
             Ok(list.into_iter().map(container).collect())
         })
         .await
@@ -310,9 +359,12 @@ impl Host for DockerView<'_> {
         endpoint: String,
         id: String,
     ) -> Result<String, DockerFailure> {
-        self.on_engine(&endpoint, |api| async move {
-            Ok(json(&api.inspect_container(&id, None).await?))
-        })
+        self.fetch(
+            &endpoint,
+            Method::GET,
+            format!("/containers/{}/json", segment(&id)),
+            None,
+        )
         .await
     }
 
@@ -323,26 +375,18 @@ impl Host for DockerView<'_> {
         body: String,
     ) -> Result<String, DockerFailure> {
         self.changes();
-        let body: bollard::models::ContainerCreateBody = match parse("create body", &body) {
-            Ok(body) => body,
-            Err(e) => return Err(e.into()),
-        };
-        let options = q::CreateContainerOptions {
-            name,
-            ..Default::default()
-        };
-        self.on_engine(&endpoint, |api| async move {
-            Ok(api.create_container(Some(options), body).await?.id)
-        })
-        .await
+        let body = object("create body", &body)?;
+        let path = target("/containers/create", &[("name", name)]);
+        let created: Created = self
+            .send_json(&endpoint, Method::POST, path, Some(body))
+            .await?;
+        Ok(created.id)
     }
 
     async fn container_start(&mut self, endpoint: String, id: String) -> Result<(), DockerFailure> {
         self.changes();
-        self.on_engine(&endpoint, |api| async move {
-            api.start_container(&id, None).await
-        })
-        .await
+        let path = format!("/containers/{}/start", segment(&id));
+        self.act(&endpoint, Method::POST, path).await
     }
 
     async fn container_stop(
@@ -352,14 +396,9 @@ impl Host for DockerView<'_> {
         timeout_secs: Option<u32>,
     ) -> Result<(), DockerFailure> {
         self.changes();
-        let options = q::StopContainerOptions {
-            t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
-            signal: None,
-        };
-        self.on_engine(&endpoint, |api| async move {
-            api.stop_container(&id, Some(options)).await
-        })
-        .await
+        let t = timeout_secs.map(|t| t.min(i32::MAX as u32).to_string());
+        let path = target(&format!("/containers/{}/stop", segment(&id)), &[("t", t)]);
+        self.act(&endpoint, Method::POST, path).await
     }
 
     async fn container_restart(
@@ -369,14 +408,12 @@ impl Host for DockerView<'_> {
         timeout_secs: Option<u32>,
     ) -> Result<(), DockerFailure> {
         self.changes();
-        let options = q::RestartContainerOptions {
-            t: timeout_secs.map(|t| t.min(i32::MAX as u32) as i32),
-            signal: None,
-        };
-        self.on_engine(&endpoint, |api| async move {
-            api.restart_container(&id, Some(options)).await
-        })
-        .await
+        let t = timeout_secs.map(|t| t.min(i32::MAX as u32).to_string());
+        let path = target(
+            &format!("/containers/{}/restart", segment(&id)),
+            &[("t", t)],
+        );
+        self.act(&endpoint, Method::POST, path).await
     }
 
     async fn container_kill(
@@ -386,13 +423,12 @@ impl Host for DockerView<'_> {
         signal: Option<String>,
     ) -> Result<(), DockerFailure> {
         self.changes();
-        let options = q::KillContainerOptions {
-            signal: signal.unwrap_or_else(|| "SIGKILL".into()),
-        };
-        self.on_engine(&endpoint, |api| async move {
-            api.kill_container(&id, Some(options)).await
-        })
-        .await
+        let signal = Some(signal.unwrap_or_else(|| "SIGKILL".into()));
+        let path = target(
+            &format!("/containers/{}/kill", segment(&id)),
+            &[("signal", signal)],
+        );
+        self.act(&endpoint, Method::POST, path).await
     }
 
     async fn container_remove(
@@ -403,15 +439,12 @@ impl Host for DockerView<'_> {
         volumes: bool,
     ) -> Result<(), DockerFailure> {
         self.changes();
-        let options = q::RemoveContainerOptions {
-            force,
-            v: volumes,
-            link: false,
-        };
-        self.on_engine(&endpoint, |api| async move {
-            api.remove_container(&id, Some(options)).await
-        })
-        .await
+        let flags = [
+            ("force", Some(force.to_string())),
+            ("v", Some(volumes.to_string())),
+        ];
+        let path = target(&format!("/containers/{}", segment(&id)), &flags);
+        self.act(&endpoint, Method::DELETE, path).await
     }
 
     async fn container_rename(
@@ -421,11 +454,11 @@ impl Host for DockerView<'_> {
         name: String,
     ) -> Result<(), DockerFailure> {
         self.changes();
-        self.on_engine(&endpoint, |api| async move {
-            api.rename_container(&id, q::RenameContainerOptions { name })
-                .await
-        })
-        .await
+        let path = target(
+            &format!("/containers/{}/rename", segment(&id)),
+            &[("name", Some(name))],
+        );
+        self.act(&endpoint, Method::POST, path).await
     }
 
     async fn container_logs(
@@ -434,22 +467,23 @@ impl Host for DockerView<'_> {
         id: String,
         tail: u32,
     ) -> Result<String, DockerFailure> {
-        use futures_util::StreamExt;
-        let options = q::LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: if tail == 0 {
-                "all".into()
-            } else {
-                tail.to_string()
-            },
-            ..Default::default()
+        let tail = match tail {
+            0 => "all".to_string(),
+            n => n.to_string(),
         };
-        self.on_engine(&endpoint, |api| async move {
-            let mut stream = api.logs(&id, Some(options));
+        let options = [
+            ("stdout", Some("true".into())),
+            ("stderr", Some("true".into())),
+            ("tail", Some(tail)),
+        ];
+        let path = target(&format!("/containers/{}/logs", segment(&id)), &options);
+        self.on_wire(&endpoint, |engine| async move {
+            let answer = engine.call(&Method::GET, &path, None).await?;
+            let mut frames = LogFrames::new(answer.body);
             let mut text = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                text.extend_from_slice(&chunk?.into_bytes());
+            while let Some(frame) = frames.next().await {
+                let (_, bytes) = frame.map_err(|e| engine.broken(e))?;
+                text.extend_from_slice(&bytes);
             }
             Ok(String::from_utf8_lossy(&text).into_owned())
         })
@@ -477,18 +511,17 @@ impl Host for DockerView<'_> {
         tty: bool,
     ) -> Result<String, DockerFailure> {
         self.changes();
-        let options = bollard::models::ExecConfig {
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(tty),
-            cmd: Some(cmd),
-            ..Default::default()
-        };
-        self.on_engine(&endpoint, |api| async move {
-            Ok(api.create_exec(&id, options).await?.id)
-        })
-        .await
+        let body = serde_json::json!({
+            "AttachStdin": true,
+            "AttachStdout": true,
+            "AttachStderr": true,
+            "Tty": tty,
+            "Cmd": cmd,
+        });
+        let path = format!("/containers/{}/exec", segment(&id));
+        let body = Some(body.to_string().into_bytes());
+        let created: Created = self.send_json(&endpoint, Method::POST, path, body).await?;
+        Ok(created.id)
     }
 
     async fn image_list(
@@ -496,14 +529,8 @@ impl Host for DockerView<'_> {
         endpoint: String,
         filters: Filters,
     ) -> Result<String, DockerFailure> {
-        let options = q::ListImagesOptions {
-            filters: filter_map(filters),
-            ..Default::default()
-        };
-        self.on_engine(&endpoint, |api| async move {
-            Ok(json(&api.list_images(Some(options)).await?))
-        })
-        .await
+        let path = target("/images/json", &[("filters", filters_json(filters))]);
+        self.fetch(&endpoint, Method::GET, path, None).await
     }
 
     async fn image_inspect(
@@ -511,25 +538,31 @@ impl Host for DockerView<'_> {
         endpoint: String,
         name: String,
     ) -> Result<String, DockerFailure> {
-        self.on_engine(&endpoint, |api| async move {
-            Ok(json(&api.inspect_image(&name).await?))
-        })
-        .await
+        let path = format!("/images/{}/json", segment(&name));
+        self.fetch(&endpoint, Method::GET, path, None).await
     }
 
     async fn image_pull(&mut self, endpoint: String, image: String) -> Result<(), DockerFailure> {
         self.changes();
         let (name, tag) = split_image(&image);
-        let options = q::CreateImageOptions {
-            from_image: Some(name.to_string()),
-            tag: Some(tag.to_string()),
-            ..Default::default()
-        };
-        self.on_engine(&endpoint, |api| async move {
-            use futures_util::StreamExt;
-            let mut progress = api.create_image(Some(options), None, None);
-            while let Some(step) = progress.next().await {
-                step?;
+        let options = [
+            ("fromImage", Some(name.to_string())),
+            ("tag", Some(tag.to_string())),
+        ];
+        let path = target("/images/create", &options);
+        self.on_wire(&endpoint, |engine| async move {
+            let answer = engine.call(&Method::POST, &path, None).await?;
+            // The pull's progress, a JSON object a line; a failure part
+            // way is one with `error` in it.
+            let mut lines = JsonLines::new(answer.body);
+            while let Some(line) = lines.next().await {
+                let step = line.map_err(|e| engine.broken(e))?;
+                if let Some(message) = step.get("error").and_then(|e| e.as_str()) {
+                    return Err(DockerError::Engine(EngineError {
+                        status: 500,
+                        message: message.to_string(),
+                    }));
+                }
             }
             Ok(())
         })
@@ -542,23 +575,22 @@ impl Host for DockerView<'_> {
         body: String,
     ) -> Result<String, DockerFailure> {
         self.changes();
-        let body: bollard::models::NetworkCreateRequest = match parse("network body", &body) {
-            Ok(body) => body,
-            Err(e) => return Err(e.into()),
-        };
-        self.on_engine(&endpoint, |api| async move {
-            Ok(api.create_network(body).await?.id)
-        })
-        .await
+        let body = object("network body", &body)?;
+        let created: Created = self
+            .send_json(
+                &endpoint,
+                Method::POST,
+                "/networks/create".into(),
+                Some(body),
+            )
+            .await?;
+        Ok(created.id)
     }
 
     async fn network_remove(&mut self, endpoint: String, id: String) -> Result<(), DockerFailure> {
         self.changes();
-        self.on_engine(
-            &endpoint,
-            |api| async move { api.remove_network(&id).await },
-        )
-        .await
+        let path = format!("/networks/{}", segment(&id));
+        self.act(&endpoint, Method::DELETE, path).await
     }
 
     async fn network_list(
@@ -566,13 +598,8 @@ impl Host for DockerView<'_> {
         endpoint: String,
         filters: Filters,
     ) -> Result<String, DockerFailure> {
-        let options = q::ListNetworksOptions {
-            filters: filter_map(filters),
-        };
-        self.on_engine(&endpoint, |api| async move {
-            Ok(json(&api.list_networks(Some(options)).await?))
-        })
-        .await
+        let path = target("/networks", &[("filters", filters_json(filters))]);
+        self.fetch(&endpoint, Method::GET, path, None).await
     }
 
     async fn service_list(
@@ -580,14 +607,8 @@ impl Host for DockerView<'_> {
         endpoint: String,
         filters: Filters,
     ) -> Result<String, DockerFailure> {
-        let options = q::ListServicesOptions {
-            filters: filter_map(filters),
-            status: None,
-        };
-        self.on_engine(&endpoint, |api| async move {
-            Ok(json(&api.list_services(Some(options)).await?))
-        })
-        .await
+        let path = target("/services", &[("filters", filters_json(filters))]);
+        self.fetch(&endpoint, Method::GET, path, None).await
     }
 
     async fn service_inspect(
@@ -595,10 +616,8 @@ impl Host for DockerView<'_> {
         endpoint: String,
         id: String,
     ) -> Result<String, DockerFailure> {
-        self.on_engine(&endpoint, |api| async move {
-            Ok(json(&api.inspect_service(&id, None).await?))
-        })
-        .await
+        let path = format!("/services/{}", segment(&id));
+        self.fetch(&endpoint, Method::GET, path, None).await
     }
 
     async fn service_create(
@@ -607,14 +626,21 @@ impl Host for DockerView<'_> {
         spec: String,
     ) -> Result<String, DockerFailure> {
         self.changes();
-        let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
-            Ok(spec) => spec,
-            Err(e) => return Err(e.into()),
-        };
-        self.on_engine(&endpoint, |api| async move {
-            Ok(api.create_service(spec, None).await?.id.unwrap_or_default())
-        })
-        .await
+        let spec = object("service spec", &spec)?;
+        #[derive(Deserialize)]
+        struct ServiceCreated {
+            #[serde(rename = "ID", default)]
+            id: String,
+        }
+        let created: ServiceCreated = self
+            .send_json(
+                &endpoint,
+                Method::POST,
+                "/services/create".into(),
+                Some(spec),
+            )
+            .await?;
+        Ok(created.id)
     }
 
     async fn service_update(
@@ -625,34 +651,23 @@ impl Host for DockerView<'_> {
         spec: String,
     ) -> Result<(), DockerFailure> {
         self.changes();
-        let spec: bollard::models::ServiceSpec = match parse("service spec", &spec) {
-            Ok(spec) => spec,
-            Err(e) => return Err(e.into()),
-        };
+        let spec = object("service spec", &spec)?;
         let Ok(version) = i32::try_from(version) else {
             return Err(
                 DockerError::Invalid(format!("service version {version} is out of range")).into(),
             );
         };
-        let options = q::UpdateServiceOptions {
-            version,
-            ..Default::default()
-        };
-        self.on_engine(&endpoint, |api| async move {
-            api.update_service(&id, spec, options, None)
-                .await
-                .map(|_| ())
-        })
-        .await
+        let path = format!("/services/{}/update", segment(&id));
+        let path = target(&path, &[("version", Some(version.to_string()))]);
+        self.fetch(&endpoint, Method::POST, path, Some(spec))
+            .await
+            .map(drop)
     }
 
     async fn service_remove(&mut self, endpoint: String, id: String) -> Result<(), DockerFailure> {
         self.changes();
-        self.on_engine(
-            &endpoint,
-            |api| async move { api.delete_service(&id).await },
-        )
-        .await
+        let path = format!("/services/{}", segment(&id));
+        self.act(&endpoint, Method::DELETE, path).await
     }
 
     async fn task_list(
@@ -660,13 +675,8 @@ impl Host for DockerView<'_> {
         endpoint: String,
         filters: Filters,
     ) -> Result<String, DockerFailure> {
-        let options = q::ListTasksOptions {
-            filters: filter_map(filters),
-        };
-        self.on_engine(&endpoint, |api| async move {
-            Ok(json(&api.list_tasks(Some(options)).await?))
-        })
-        .await
+        let path = target("/tasks", &[("filters", filters_json(filters))]);
+        self.fetch(&endpoint, Method::GET, path, None).await
     }
 
     async fn node_list(
@@ -674,24 +684,17 @@ impl Host for DockerView<'_> {
         endpoint: String,
         filters: Filters,
     ) -> Result<String, DockerFailure> {
-        let options = q::ListNodesOptions {
-            filters: filter_map(filters),
-        };
-        self.on_engine(&endpoint, |api| async move {
-            Ok(json(&api.list_nodes(Some(options)).await?))
-        })
-        .await
+        let path = target("/nodes", &[("filters", filters_json(filters))]);
+        self.fetch(&endpoint, Method::GET, path, None).await
     }
 
     async fn swarm_inspect(&mut self, endpoint: String) -> Result<String, DockerFailure> {
-        self.on_engine(&endpoint, |api| async move {
-            Ok(json(&api.inspect_swarm().await?))
-        })
-        .await
+        self.fetch(&endpoint, Method::GET, "/swarm".into(), None)
+            .await
     }
 
     async fn info(&mut self, endpoint: String) -> Result<String, DockerFailure> {
-        self.on_engine(&endpoint, |api| async move { Ok(json(&api.info().await?)) })
+        self.fetch(&endpoint, Method::GET, "/info".into(), None)
             .await
     }
 
@@ -765,7 +768,7 @@ impl Host for DockerView<'_> {
     }
 
     async fn ping(&mut self, endpoint: String) -> Result<String, DockerFailure> {
-        self.on_engine(&endpoint, |api| async move { api.ping().await })
+        self.fetch(&endpoint, Method::GET, "/_ping".into(), None)
             .await
     }
 

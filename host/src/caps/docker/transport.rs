@@ -1,5 +1,6 @@
 //! The connection to one engine: its address (Unix socket, TCP, TCP+TLS),
-//! the dialer hyper and bollard use, and the `Engine` with both clients.
+//! its dialer, and the `Engine`: Berth's HTTP/1.1 client (`wire`) on it,
+//! speaking the newest Engine API version both sides know.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -8,30 +9,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
-use bollard::errors::Error as BollardError;
-use http_body_util::BodyExt;
-
-use super::engine_error;
-use super::wire::Wire;
+use super::wire::{Answer, Wire};
 use crate::bindings::docker::{DockerError, EngineError};
 
-pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(super) type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// The oldest Engine API version asked for before negotiating (Docker 20.10).
-pub(super) const FLOOR_VERSION: bollard::ClientVersion = bollard::ClientVersion {
-    major_version: 1,
-    minor_version: 41,
-};
+/// The newest Engine API version Berth speaks; an older engine is spoken
+/// to in its own (Docker 20.10's 1.41 and newer are tested).
+const NEWEST_VERSION: (u32, u32) = (1, 53);
 
 /// Where an engine listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,15 +133,16 @@ pub(super) struct Tls {
     pub(super) key: String,
 }
 
-/// One engine: bollard on a pooled hyper client, and the small client of
-/// the calls on a request's hot path (see `wire`).
+/// One engine: Berth's HTTP/1.1 client (`wire`) on its dialer.
 pub struct Engine {
     pub(super) spec: Spec,
     /// `spec.address`, parsed.
     address: Address,
-    pub(super) api: bollard::Docker,
     pub(super) wire: Arc<Wire>,
-    pub(super) negotiated: tokio::sync::OnceCell<()>,
+    /// The API version negotiated with the engine, once asked.
+    version: tokio::sync::OnceCell<String>,
+    /// The longest an answer's head may take.
+    timeout: Duration,
 }
 
 impl Engine {
@@ -169,33 +160,12 @@ impl Engine {
             }
         };
         let dialer = Dialer(Arc::new((address.clone(), tls)));
-        let wire = Arc::new(Wire::new(dialer.clone()));
-        let http: Client<Dialer, ReqBody> = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(dialer);
-        let transport = {
-            let http = http.clone();
-            move |req: bollard::BollardRequest| {
-                let http = http.clone();
-                async move {
-                    let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
-                    http.request(req).await.map_err(BollardError::from)
-                }
-            }
-        };
-        let api = bollard::Docker::connect_with_custom_transport(
-            transport,
-            Some("http://docker"),
-            timeout.as_secs().max(1),
-            &FLOOR_VERSION,
-        )
-        .map_err(|e| e.to_string())?;
         Ok(Engine {
             spec,
             address,
-            api,
-            wire,
-            negotiated: tokio::sync::OnceCell::new(),
+            wire: Arc::new(Wire::new(dialer)),
+            version: tokio::sync::OnceCell::new(),
+            timeout,
         })
     }
 
@@ -207,60 +177,138 @@ impl Engine {
         }
     }
 
-    /// bollard, speaking the newest API version both sides know.
-    pub(super) async fn api(&self) -> Result<&bollard::Docker, DockerError> {
+    /// The newest API version both sides know (`1.41`, ...), asked of the
+    /// engine once.
+    async fn version(&self) -> Result<&str, DockerError> {
         if let Address::Url { .. } = self.address {
             return Err(DockerError::Invalid(format!(
                 "`{}` is a URL endpoint: only proxy-docker reaches it",
                 self.spec.address
             )));
         }
-        self.negotiated
-            .get_or_try_init(|| async {
-                self.api
-                    .clone()
-                    .negotiate_version()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| engine_error(&self.spec.address, e))
-            })
-            .await?;
-        Ok(&self.api)
+        let version = self.version.get_or_try_init(|| async {
+            #[derive(Deserialize)]
+            struct Version {
+                #[serde(rename = "ApiVersion")]
+                api_version: String,
+            }
+            let answer = self.send(&Method::GET, "/version", None).await?;
+            let Version { api_version } = self.read_json(answer).await?;
+            let parsed = api_version
+                .split_once('.')
+                .and_then(|(major, minor)| Some((major.parse().ok()?, minor.parse().ok()?)));
+            let Some(theirs) = parsed else {
+                return Err(DockerError::Unreachable(format!(
+                    "{} gave an API version Berth cannot read: `{api_version}`",
+                    self.spec.address
+                )));
+            };
+            let (major, minor) = std::cmp::min(theirs, NEWEST_VERSION);
+            Ok(format!("{major}.{minor}"))
+        });
+        Ok(version.await?)
     }
 
-    /// `GET target` (path and query, below the negotiated API version),
-    /// its JSON answer read as `T`.
+    /// Send `method target` (path and query, without the API version) with
+    /// an optional JSON `body`, at the negotiated API version: the answer
+    /// if its status is a success (2xx, or 304), else the engine's error.
+    /// Its body is still on the connection.
+    pub(super) async fn call(
+        &self,
+        method: &Method,
+        target: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Answer, DockerError> {
+        let version = self.version().await?;
+        let answer = self
+            .send(method, &format!("/v{version}{target}"), body)
+            .await?;
+        if answer.status.is_success() || answer.status == StatusCode::NOT_MODIFIED {
+            return Ok(answer);
+        }
+        let status = answer.status.as_u16();
+        let body = self.read(answer).await?;
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        Err(DockerError::Engine(EngineError { status, message }))
+    }
+
+    /// [`Engine::call`], its whole answer's body.
+    pub(super) async fn fetch(
+        &self,
+        method: &Method,
+        target: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Bytes, DockerError> {
+        let answer = self.call(method, target, body).await?;
+        self.read(answer).await
+    }
+
+    /// `GET target`, its JSON answer read as `T`.
     pub(super) async fn get<T: serde::de::DeserializeOwned>(
         &self,
         target: &str,
     ) -> Result<T, DockerError> {
-        let version = self.api().await?.client_version();
-        let address = &self.spec.address;
-        let unreachable = |e: std::io::Error| DockerError::Unreachable(format!("{address}: {e}"));
-        let answer = self
-            .wire
-            .send(
-                &http::Method::GET,
-                &format!("/v{version}{target}"),
-                &http::HeaderMap::new(),
-                &[],
-            )
-            .await
-            .map_err(unreachable)?;
-        let body = answer.body.collect().await.map_err(unreachable)?.to_bytes();
-        if !answer.status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-            return Err(DockerError::Engine(EngineError {
-                status: answer.status.as_u16(),
-                message,
-            }));
+        let answer = self.call(&Method::GET, target, None).await?;
+        self.read_json(answer).await
+    }
+
+    /// One request as it is, unversioned.
+    async fn send(
+        &self,
+        method: &Method,
+        target: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Answer, DockerError> {
+        let mut headers = HeaderMap::new();
+        if body.is_some() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
+        let send = self
+            .wire
+            .send(method, target, &headers, body.unwrap_or_default());
+        match tokio::time::timeout(self.timeout, send).await {
+            Ok(answer) => answer.map_err(|e| self.unreachable(e)),
+            Err(_) => Err(DockerError::Unreachable(format!(
+                "{} did not answer within {} ms",
+                self.spec.address,
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// An answer's whole body.
+    async fn read(&self, answer: Answer) -> Result<Bytes, DockerError> {
+        let body = answer.body.collect().await;
+        Ok(body.map_err(|e| self.unreachable(e))?.to_bytes())
+    }
+
+    /// An answer's whole body as JSON.
+    pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        answer: Answer,
+    ) -> Result<T, DockerError> {
+        let body = self.read(answer).await?;
         serde_json::from_slice(&body).map_err(|e| {
-            DockerError::Unreachable(format!("{address} sent an answer Berth cannot read: {e}"))
+            DockerError::Unreachable(format!(
+                "{} sent an answer Berth cannot read: {e}",
+                self.spec.address
+            ))
         })
+    }
+
+    /// An answer that broke off part way.
+    pub(super) fn broken(&self, e: std::io::Error) -> DockerError {
+        DockerError::Unreachable(format!("{}: the answer broke off: {e}", self.spec.address))
+    }
+
+    fn unreachable(&self, e: std::io::Error) -> DockerError {
+        DockerError::Unreachable(format!("{}: {e}", self.spec.address))
     }
 }
 
@@ -358,21 +406,6 @@ pub(super) type ClientTls = (Arc<rustls::ClientConfig>, String);
 #[derive(Clone)]
 pub(super) struct Dialer(pub(super) Arc<(Address, Option<ClientTls>)>);
 
-impl tower_service::Service<http::Uri> for Dialer {
-    type Response = Conn;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Conn>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let dialer = self.clone();
-        Box::pin(async move { Ok(Conn(TokioIo::new(dialer.dial().await?))) })
-    }
-}
-
 impl Dialer {
     /// A new connection to the engine.
     pub(super) async fn dial(&self) -> std::io::Result<Stream> {
@@ -463,43 +496,6 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         each_stream!(self, s => s.poll_shutdown(cx))
-    }
-}
-
-/// A connection to an engine, as hyper's client wants it.
-pub(super) struct Conn(TokioIo<Stream>);
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
