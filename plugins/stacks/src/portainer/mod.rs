@@ -141,321 +141,335 @@ fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The surface's routes, under `/api/`.
+/// The surface's routes, under `/api/`: those anyone may call, those for
+/// a signed-in user, and those for an administrator.
 pub fn routes(router: Router) -> Router {
     let portainer = Scope::new().errors(failure);
     let signed_in = Scope::new().guard(authenticate);
     let admin = Scope::new().guard(self::admin);
     router
         .scope(portainer, |r| {
-            r.route(
-                "portainer.not-found",
-                "*",
-                "/api/{rest...}",
-                route_not_found,
-            )
-            .get("portainer.status", "/api/status", status)
-            .post(
-                "portainer.webhooks.trigger",
-                "/api/webhooks/{token}",
-                webhook_trigger,
-            )
-            .get(
-                "portainer.settings.public",
-                "/api/settings/public",
-                settings_public,
-            )
-            .get(
-                "portainer.admin.check",
-                "/api/users/admin/check",
-                admin_check,
-            )
-            .post("portainer.admin.init", "/api/users/admin/init", admin_init)
-            .post("portainer.auth", "/api/auth", auth)
-            .scope(signed_in, |r| {
-                r.get("portainer.users.get", "/api/users/{id}", user_get)
-                    .put("portainer.users.update", "/api/users/{id}", user_update)
-                    .post(
-                        "portainer.users.passwd",
-                        "/api/users/{id}/passwd",
-                        user_password_check,
-                    )
-                    .get(
-                        "portainer.users.memberships",
-                        "/api/users/{id}/memberships",
-                        user_memberships,
-                    )
-                    .get(
-                        "portainer.teams.memberships",
-                        "/api/teams/{id}/memberships",
-                        team_memberships,
-                    )
-                    .get("portainer.motd", "/api/motd", motd)
-                    .get("portainer.users.list", "/api/users", user_list)
-                    .post("portainer.users.create", "/api/users", user_create)
-                    .post(
-                        "portainer.memberships.create",
-                        "/api/team_memberships",
-                        membership_create,
-                    )
-                    .put(
-                        "portainer.memberships.update",
-                        "/api/team_memberships/{id}",
-                        membership_update,
-                    )
-                    .delete(
-                        "portainer.memberships.delete",
-                        "/api/team_memberships/{id}",
-                        membership_delete,
-                    )
-                    .post(
-                        "portainer.tokens.create",
-                        "/api/users/{id}/tokens",
-                        token_create,
-                    )
-                    .get(
-                        "portainer.tokens.list",
-                        "/api/users/{id}/tokens",
-                        token_list,
-                    )
-                    .delete(
-                        "portainer.tokens.delete",
-                        "/api/users/{id}/tokens/{keyId}",
-                        token_delete,
-                    )
-                    .post("portainer.webhooks.create", "/api/webhooks", webhook_create)
-                    .get("portainer.webhooks.list", "/api/webhooks", webhook_list)
-                    .delete(
-                        "portainer.webhooks.delete",
-                        "/api/webhooks/{id}",
-                        webhook_delete,
-                    )
-                    .get("portainer.extensions", "/api/extensions", extension_list)
-                    .get("portainer.dockerhub.get", "/api/dockerhub", dockerhub_get)
-                    .get("portainer.tags.list", "/api/tags", tag_list)
-                    .get("portainer.groups.list", "/api/endpoint_groups", group_list)
-                    .get(
-                        "portainer.registries.list",
-                        "/api/registries",
-                        registry_list,
-                    )
-                    .get("portainer.teams.list", "/api/teams", team_list)
-                    .get("portainer.teams.get", "/api/teams/{id}", team_get)
-                    .get("portainer.endpoints.list", "/api/endpoints", endpoint_list)
-                    .get(
-                        "portainer.endpoints.get",
-                        "/api/endpoints/{id}",
-                        endpoint_get,
-                    )
-                    .route(
-                        "portainer.docker",
-                        "*",
-                        "/api/endpoints/{id}/docker/{path...}",
-                        docker_proxy,
-                    )
-                    .get(
-                        "portainer.websocket.exec",
-                        "/api/websocket/exec",
-                        websocket_exec,
-                    )
-                    .get(
-                        "portainer.websocket.attach",
-                        "/api/websocket/attach",
-                        websocket_attach,
-                    )
-                    .get("portainer.templates.list", "/api/templates", template_list)
-                    .get("portainer.stacks.list", "/api/stacks", stack_list)
-                    .post("portainer.stacks.create", "/api/stacks", stack_create)
-                    .get("portainer.stacks.get", "/api/stacks/{id}", stack_get)
-                    .put("portainer.stacks.update", "/api/stacks/{id}", stack_update)
-                    .delete("portainer.stacks.delete", "/api/stacks/{id}", stack_delete)
-                    .post(
-                        "portainer.stacks.migrate",
-                        "/api/stacks/{id}/migrate",
-                        stack_migrate,
-                    )
-                    .get("portainer.stacks.file", "/api/stacks/{id}/file", stack_file)
-            })
-            .scope(admin, |r| {
-                r.get("portainer.settings.get", "/api/settings", settings_get)
-                    .put(
-                        "portainer.settings.update",
-                        "/api/settings",
-                        settings_update,
-                    )
-                    .put(
-                        "portainer.dockerhub.update",
-                        "/api/dockerhub",
-                        dockerhub_update,
-                    )
-                    .post("portainer.tags.create", "/api/tags", tag_create)
-                    .delete("portainer.tags.delete", "/api/tags/{id}", tag_delete)
-                    .post(
-                        "portainer.groups.create",
-                        "/api/endpoint_groups",
-                        group_create,
-                    )
-                    .get(
-                        "portainer.groups.get",
-                        "/api/endpoint_groups/{id}",
-                        group_get,
-                    )
-                    .put(
-                        "portainer.groups.update",
-                        "/api/endpoint_groups/{id}",
-                        group_update,
-                    )
-                    .delete(
-                        "portainer.groups.delete",
-                        "/api/endpoint_groups/{id}",
-                        group_delete,
-                    )
-                    .put(
-                        "portainer.groups.access",
-                        "/api/endpoint_groups/{id}/access",
-                        group_access,
-                    )
-                    .put(
-                        "portainer.groups.endpoint.add",
-                        "/api/endpoint_groups/{id}/endpoints/{endpointId}",
-                        group_endpoint,
-                    )
-                    .delete(
-                        "portainer.groups.endpoint.remove",
-                        "/api/endpoint_groups/{id}/endpoints/{endpointId}",
-                        group_endpoint,
-                    )
-                    .post(
-                        "portainer.registries.create",
-                        "/api/registries",
-                        registry_create,
-                    )
-                    .get(
-                        "portainer.registries.get",
-                        "/api/registries/{id}",
-                        registry_get,
-                    )
-                    .put(
-                        "portainer.registries.update",
-                        "/api/registries/{id}",
-                        registry_update,
-                    )
-                    .delete(
-                        "portainer.registries.delete",
-                        "/api/registries/{id}",
-                        registry_delete,
-                    )
-                    .put(
-                        "portainer.registries.access",
-                        "/api/registries/{id}/access",
-                        registry_access,
-                    )
-                    .post(
-                        "portainer.controls.create",
-                        "/api/resource_controls",
-                        control_create,
-                    )
-                    .put(
-                        "portainer.controls.update",
-                        "/api/resource_controls/{id}",
-                        control_update,
-                    )
-                    .delete(
-                        "portainer.controls.delete",
-                        "/api/resource_controls/{id}",
-                        control_delete,
-                    )
-                    .get("portainer.roles", "/api/roles", role_list)
-                    .post(
-                        "portainer.extensions.create",
-                        "/api/extensions",
-                        extension_change,
-                    )
-                    .put(
-                        "portainer.extensions.update",
-                        "/api/extensions/{id}",
-                        extension_change,
-                    )
-                    .delete(
-                        "portainer.extensions.delete",
-                        "/api/extensions/{id}",
-                        extension_change,
-                    )
-                    .put(
-                        "portainer.settings.ldap",
-                        "/api/settings/authentication/checkLDAP",
-                        check_ldap,
-                    )
-                    .post(
-                        "portainer.endpoints.job",
-                        "/api/endpoints/{id}/job",
-                        endpoint_job,
-                    )
-                    .post(
-                        "portainer.upload.tls",
-                        "/api/upload/tls/{certificate}",
-                        upload_tls,
-                    )
-                    .post(
-                        "portainer.templates.create",
-                        "/api/templates",
-                        template_create,
-                    )
-                    .get(
-                        "portainer.templates.get",
-                        "/api/templates/{id}",
-                        template_get,
-                    )
-                    .put(
-                        "portainer.templates.update",
-                        "/api/templates/{id}",
-                        template_update,
-                    )
-                    .delete(
-                        "portainer.templates.delete",
-                        "/api/templates/{id}",
-                        template_delete,
-                    )
-                    .delete("portainer.users.delete", "/api/users/{id}", user_delete)
-                    .post("portainer.teams.create", "/api/teams", team_create)
-                    .put("portainer.teams.update", "/api/teams/{id}", team_update)
-                    .delete("portainer.teams.delete", "/api/teams/{id}", team_delete)
-                    .get(
-                        "portainer.memberships.list",
-                        "/api/team_memberships",
-                        membership_list,
-                    )
-                    .post(
-                        "portainer.endpoints.create",
-                        "/api/endpoints",
-                        endpoint_create,
-                    )
-                    .put(
-                        "portainer.endpoints.update",
-                        "/api/endpoints/{id}",
-                        endpoint_update,
-                    )
-                    .post(
-                        "portainer.endpoints.snapshot",
-                        "/api/endpoints/{id}/snapshot",
-                        endpoint_snapshot,
-                    )
-                    .post(
-                        "portainer.endpoints.snapshot-all",
-                        "/api/endpoints/snapshot",
-                        endpoint_snapshot_all,
-                    )
-                    .put(
-                        "portainer.endpoints.access",
-                        "/api/endpoints/{id}/access",
-                        endpoint_access,
-                    )
-                    .delete(
-                        "portainer.endpoints.delete",
-                        "/api/endpoints/{id}",
-                        endpoint_delete,
-                    )
-            })
+            public_routes(r)
+                .scope(signed_in, signed_in_routes)
+                .scope(admin, admin_routes)
         })
         .describe(include_str!("../../portainer.json"))
+}
+
+/// Status, the public settings, the first administrator, sign-in and
+/// webhooks; and the fallback that answers unknown paths in Portainer's
+/// format.
+fn public_routes(r: Router) -> Router {
+    r.route(
+        "portainer.not-found",
+        "*",
+        "/api/{rest...}",
+        route_not_found,
+    )
+    .get("portainer.status", "/api/status", status)
+    .post(
+        "portainer.webhooks.trigger",
+        "/api/webhooks/{token}",
+        webhook_trigger,
+    )
+    .get(
+        "portainer.settings.public",
+        "/api/settings/public",
+        settings_public,
+    )
+    .get(
+        "portainer.admin.check",
+        "/api/users/admin/check",
+        admin_check,
+    )
+    .post("portainer.admin.init", "/api/users/admin/init", admin_init)
+    .post("portainer.auth", "/api/auth", auth)
+}
+
+/// What a signed-in user may call (each handler checks its own access).
+fn signed_in_routes(r: Router) -> Router {
+    r.get("portainer.users.get", "/api/users/{id}", user_get)
+        .put("portainer.users.update", "/api/users/{id}", user_update)
+        .post(
+            "portainer.users.passwd",
+            "/api/users/{id}/passwd",
+            user_password_check,
+        )
+        .get(
+            "portainer.users.memberships",
+            "/api/users/{id}/memberships",
+            user_memberships,
+        )
+        .get(
+            "portainer.teams.memberships",
+            "/api/teams/{id}/memberships",
+            team_memberships,
+        )
+        .get("portainer.motd", "/api/motd", motd)
+        .get("portainer.users.list", "/api/users", user_list)
+        .post("portainer.users.create", "/api/users", user_create)
+        .post(
+            "portainer.memberships.create",
+            "/api/team_memberships",
+            membership_create,
+        )
+        .put(
+            "portainer.memberships.update",
+            "/api/team_memberships/{id}",
+            membership_update,
+        )
+        .delete(
+            "portainer.memberships.delete",
+            "/api/team_memberships/{id}",
+            membership_delete,
+        )
+        .post(
+            "portainer.tokens.create",
+            "/api/users/{id}/tokens",
+            token_create,
+        )
+        .get(
+            "portainer.tokens.list",
+            "/api/users/{id}/tokens",
+            token_list,
+        )
+        .delete(
+            "portainer.tokens.delete",
+            "/api/users/{id}/tokens/{keyId}",
+            token_delete,
+        )
+        .post("portainer.webhooks.create", "/api/webhooks", webhook_create)
+        .get("portainer.webhooks.list", "/api/webhooks", webhook_list)
+        .delete(
+            "portainer.webhooks.delete",
+            "/api/webhooks/{id}",
+            webhook_delete,
+        )
+        .get("portainer.extensions", "/api/extensions", extension_list)
+        .get("portainer.dockerhub.get", "/api/dockerhub", dockerhub_get)
+        .get("portainer.tags.list", "/api/tags", tag_list)
+        .get("portainer.groups.list", "/api/endpoint_groups", group_list)
+        .get(
+            "portainer.registries.list",
+            "/api/registries",
+            registry_list,
+        )
+        .get("portainer.teams.list", "/api/teams", team_list)
+        .get("portainer.teams.get", "/api/teams/{id}", team_get)
+        .get("portainer.endpoints.list", "/api/endpoints", endpoint_list)
+        .get(
+            "portainer.endpoints.get",
+            "/api/endpoints/{id}",
+            endpoint_get,
+        )
+        .route(
+            "portainer.docker",
+            "*",
+            "/api/endpoints/{id}/docker/{path...}",
+            docker_proxy,
+        )
+        .get(
+            "portainer.websocket.exec",
+            "/api/websocket/exec",
+            websocket_exec,
+        )
+        .get(
+            "portainer.websocket.attach",
+            "/api/websocket/attach",
+            websocket_attach,
+        )
+        .get("portainer.templates.list", "/api/templates", template_list)
+        .get("portainer.stacks.list", "/api/stacks", stack_list)
+        .post("portainer.stacks.create", "/api/stacks", stack_create)
+        .get("portainer.stacks.get", "/api/stacks/{id}", stack_get)
+        .put("portainer.stacks.update", "/api/stacks/{id}", stack_update)
+        .delete("portainer.stacks.delete", "/api/stacks/{id}", stack_delete)
+        .post(
+            "portainer.stacks.migrate",
+            "/api/stacks/{id}/migrate",
+            stack_migrate,
+        )
+        .get("portainer.stacks.file", "/api/stacks/{id}/file", stack_file)
+}
+
+/// What only an administrator may call.
+fn admin_routes(r: Router) -> Router {
+    r.get("portainer.settings.get", "/api/settings", settings_get)
+        .put(
+            "portainer.settings.update",
+            "/api/settings",
+            settings_update,
+        )
+        .put(
+            "portainer.dockerhub.update",
+            "/api/dockerhub",
+            dockerhub_update,
+        )
+        .post("portainer.tags.create", "/api/tags", tag_create)
+        .delete("portainer.tags.delete", "/api/tags/{id}", tag_delete)
+        .post(
+            "portainer.groups.create",
+            "/api/endpoint_groups",
+            group_create,
+        )
+        .get(
+            "portainer.groups.get",
+            "/api/endpoint_groups/{id}",
+            group_get,
+        )
+        .put(
+            "portainer.groups.update",
+            "/api/endpoint_groups/{id}",
+            group_update,
+        )
+        .delete(
+            "portainer.groups.delete",
+            "/api/endpoint_groups/{id}",
+            group_delete,
+        )
+        .put(
+            "portainer.groups.access",
+            "/api/endpoint_groups/{id}/access",
+            group_access,
+        )
+        .put(
+            "portainer.groups.endpoint.add",
+            "/api/endpoint_groups/{id}/endpoints/{endpointId}",
+            group_endpoint,
+        )
+        .delete(
+            "portainer.groups.endpoint.remove",
+            "/api/endpoint_groups/{id}/endpoints/{endpointId}",
+            group_endpoint,
+        )
+        .post(
+            "portainer.registries.create",
+            "/api/registries",
+            registry_create,
+        )
+        .get(
+            "portainer.registries.get",
+            "/api/registries/{id}",
+            registry_get,
+        )
+        .put(
+            "portainer.registries.update",
+            "/api/registries/{id}",
+            registry_update,
+        )
+        .delete(
+            "portainer.registries.delete",
+            "/api/registries/{id}",
+            registry_delete,
+        )
+        .put(
+            "portainer.registries.access",
+            "/api/registries/{id}/access",
+            registry_access,
+        )
+        .post(
+            "portainer.controls.create",
+            "/api/resource_controls",
+            control_create,
+        )
+        .put(
+            "portainer.controls.update",
+            "/api/resource_controls/{id}",
+            control_update,
+        )
+        .delete(
+            "portainer.controls.delete",
+            "/api/resource_controls/{id}",
+            control_delete,
+        )
+        .get("portainer.roles", "/api/roles", role_list)
+        .post(
+            "portainer.extensions.create",
+            "/api/extensions",
+            extension_change,
+        )
+        .put(
+            "portainer.extensions.update",
+            "/api/extensions/{id}",
+            extension_change,
+        )
+        .delete(
+            "portainer.extensions.delete",
+            "/api/extensions/{id}",
+            extension_change,
+        )
+        .put(
+            "portainer.settings.ldap",
+            "/api/settings/authentication/checkLDAP",
+            check_ldap,
+        )
+        .post(
+            "portainer.endpoints.job",
+            "/api/endpoints/{id}/job",
+            endpoint_job,
+        )
+        .post(
+            "portainer.upload.tls",
+            "/api/upload/tls/{certificate}",
+            upload_tls,
+        )
+        .post(
+            "portainer.templates.create",
+            "/api/templates",
+            template_create,
+        )
+        .get(
+            "portainer.templates.get",
+            "/api/templates/{id}",
+            template_get,
+        )
+        .put(
+            "portainer.templates.update",
+            "/api/templates/{id}",
+            template_update,
+        )
+        .delete(
+            "portainer.templates.delete",
+            "/api/templates/{id}",
+            template_delete,
+        )
+        .delete("portainer.users.delete", "/api/users/{id}", user_delete)
+        .post("portainer.teams.create", "/api/teams", team_create)
+        .put("portainer.teams.update", "/api/teams/{id}", team_update)
+        .delete("portainer.teams.delete", "/api/teams/{id}", team_delete)
+        .get(
+            "portainer.memberships.list",
+            "/api/team_memberships",
+            membership_list,
+        )
+        .post(
+            "portainer.endpoints.create",
+            "/api/endpoints",
+            endpoint_create,
+        )
+        .put(
+            "portainer.endpoints.update",
+            "/api/endpoints/{id}",
+            endpoint_update,
+        )
+        .post(
+            "portainer.endpoints.snapshot",
+            "/api/endpoints/{id}/snapshot",
+            endpoint_snapshot,
+        )
+        .post(
+            "portainer.endpoints.snapshot-all",
+            "/api/endpoints/snapshot",
+            endpoint_snapshot_all,
+        )
+        .put(
+            "portainer.endpoints.access",
+            "/api/endpoints/{id}/access",
+            endpoint_access,
+        )
+        .delete(
+            "portainer.endpoints.delete",
+            "/api/endpoints/{id}",
+            endpoint_delete,
+        )
 }
