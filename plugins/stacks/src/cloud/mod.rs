@@ -98,12 +98,6 @@ fn failure(f: Failure) -> Response {
 /// fallbacks that answer in its format under `/api/infra/v1/` and
 /// `/api/repo/v1/`.
 pub fn routes(router: Router) -> Router {
-    const APP: &str = "/api/app/v1";
-    const AUDIT: &str = "/api/audit/v1";
-    const INFRA: &str = "/api/infra/v1";
-    let app = |path: &str| format!("{APP}{path}");
-    let audit = |path: &str| format!("{AUDIT}{path}");
-    let infra = |path: &str| format!("{INFRA}{path}");
     let docker_cloud = Scope::new().errors(fail);
     let api_key = Scope::new().guard(authenticate);
     router
@@ -127,191 +121,218 @@ pub fn routes(router: Router) -> Router {
                     "/api/repo/v1/{rest...}",
                     not_found,
                 )
-                .scope(api_key, |r| {
-                    r.get("cloud.service.list", &app("/service"), service_list)
-                        .post("cloud.service.create", &app("/service"), service_create)
-                        .get("cloud.service.get", &app("/service/{uuid}"), service_get)
-                        .patch(
-                            "cloud.service.update",
-                            &app("/service/{uuid}"),
-                            service_update,
-                        )
-                        .delete(
-                            "cloud.service.terminate",
-                            &app("/service/{uuid}"),
-                            service_terminate,
-                        )
-                        .post(
-                            "cloud.service.start",
-                            &app("/service/{uuid}/start"),
-                            service_start,
-                        )
-                        .post(
-                            "cloud.service.stop",
-                            &app("/service/{uuid}/stop"),
-                            service_stop,
-                        )
-                        .post(
-                            "cloud.service.scale",
-                            &app("/service/{uuid}/scale"),
-                            service_scale,
-                        )
-                        .post(
-                            "cloud.service.redeploy",
-                            &app("/service/{uuid}/redeploy"),
-                            service_redeploy,
-                        )
-                        .get(
-                            "cloud.service.logs",
-                            &app("/service/{uuid}/logs"),
-                            service_logs,
-                        )
-                        .get("cloud.stack.list", &app("/stack"), stack_list)
-                        .post("cloud.stack.create", &app("/stack"), stack_create)
-                        .get("cloud.stack.get", &app("/stack/{uuid}"), stack_get)
-                        .patch("cloud.stack.update", &app("/stack/{uuid}"), stack_update)
-                        .delete(
-                            "cloud.stack.terminate",
-                            &app("/stack/{uuid}"),
-                            stack_terminate,
-                        )
-                        .get(
-                            "cloud.stack.export",
-                            &app("/stack/{uuid}/export"),
-                            stack_export,
-                        )
-                        .post(
-                            "cloud.stack.start",
-                            &app("/stack/{uuid}/start"),
-                            stack_start,
-                        )
-                        .post("cloud.stack.stop", &app("/stack/{uuid}/stop"), stack_stop)
-                        .post(
-                            "cloud.stack.redeploy",
-                            &app("/stack/{uuid}/redeploy"),
-                            stack_redeploy,
-                        )
-                        .get("cloud.container.list", &app("/container"), container_list)
-                        .get(
-                            "cloud.container.get",
-                            &app("/container/{uuid}"),
-                            container_get,
-                        )
-                        .delete(
-                            "cloud.container.terminate",
-                            &app("/container/{uuid}"),
-                            container_terminate,
-                        )
-                        .post(
-                            "cloud.container.start",
-                            &app("/container/{uuid}/start"),
-                            container_start,
-                        )
-                        .post(
-                            "cloud.container.stop",
-                            &app("/container/{uuid}/stop"),
-                            container_stop,
-                        )
-                        .post(
-                            "cloud.container.redeploy",
-                            &app("/container/{uuid}/redeploy"),
-                            container_redeploy,
-                        )
-                        .get(
-                            "cloud.container.logs",
-                            &app("/container/{uuid}/logs"),
-                            container_logs,
-                        )
-                        .get(
-                            "cloud.container.exec",
-                            &app("/container/{uuid}/exec"),
-                            container_exec,
-                        )
-                        .get("cloud.node.list", &infra("/node"), node_list)
-                        .get("cloud.node.get", &infra("/node/{uuid}"), node_get)
-                        .delete("cloud.node.terminate", &infra("/node/{uuid}"), infra_write)
-                        .post(
-                            "cloud.node.upgrade",
-                            &infra("/node/{uuid}/docker-upgrade"),
-                            infra_write,
-                        )
-                        .post(
-                            "cloud.node.health-check",
-                            &infra("/node/{uuid}/health-check"),
-                            infra_write,
-                        )
-                        .get(
-                            "cloud.nodecluster.list",
-                            &infra("/nodecluster"),
-                            nodecluster_list,
-                        )
-                        .post(
-                            "cloud.nodecluster.create",
-                            &infra("/nodecluster"),
-                            infra_write,
-                        )
-                        .get(
-                            "cloud.nodecluster.get",
-                            &infra("/nodecluster/{uuid}"),
-                            nodecluster_get,
-                        )
-                        .patch(
-                            "cloud.nodecluster.update",
-                            &infra("/nodecluster/{uuid}"),
-                            infra_write,
-                        )
-                        .delete(
-                            "cloud.nodecluster.terminate",
-                            &infra("/nodecluster/{uuid}"),
-                            infra_write,
-                        )
-                        .post(
-                            "cloud.nodecluster.deploy",
-                            &infra("/nodecluster/{uuid}/deploy"),
-                            infra_write,
-                        )
-                        .get("cloud.provider.list", &infra("/provider"), provider_list)
-                        .get(
-                            "cloud.provider.get",
-                            &infra("/provider/{name}"),
-                            provider_get,
-                        )
-                        .get("cloud.region.list", &infra("/region"), region_list)
-                        .get(
-                            "cloud.region.get",
-                            &infra("/region/{provider}/{name}"),
-                            region_get,
-                        )
-                        .get("cloud.nodetype.list", &infra("/nodetype"), nodetype_list)
-                        .get(
-                            "cloud.nodetype.get",
-                            &infra("/nodetype/{provider}/{name}"),
-                            nodetype_get,
-                        )
-                        .get("cloud.az.list", &infra("/az"), az_list)
-                        .get("cloud.action.list", &audit("/action"), action_list)
-                        .get("cloud.action.get", &audit("/action/{uuid}"), action_get)
-                        .get(
-                            "cloud.action.logs",
-                            &audit("/action/{uuid}/logs"),
-                            action_logs,
-                        )
-                        .post(
-                            "cloud.action.cancel",
-                            &audit("/action/{uuid}/cancel"),
-                            action_cancel,
-                        )
-                        .post(
-                            "cloud.action.retry",
-                            &audit("/action/{uuid}/retry"),
-                            action_retry,
-                        )
-                        .get("cloud.events", &audit("/events"), events)
-                })
+                .scope(api_key, |r| audit_routes(infra_routes(app_routes(r))))
         })
         .describe(include_str!("../../cloud.json"))
 }
 
 fn not_found(_: &Request) -> HttpResult {
     Err(fail(404, "Not found"))
+}
+
+/// A path under `/api/app/v1`.
+fn app(path: &str) -> String {
+    format!("/api/app/v1{path}")
+}
+
+/// A path under `/api/audit/v1`.
+fn audit(path: &str) -> String {
+    format!("/api/audit/v1{path}")
+}
+
+/// A path under `/api/infra/v1`.
+fn infra(path: &str) -> String {
+    format!("/api/infra/v1{path}")
+}
+
+/// Services, stacks and containers (`/api/app/v1/`).
+fn app_routes(r: Router) -> Router {
+    r.get("cloud.service.list", &app("/service"), service_list)
+        .post("cloud.service.create", &app("/service"), service_create)
+        .get("cloud.service.get", &app("/service/{uuid}"), service_get)
+        .patch(
+            "cloud.service.update",
+            &app("/service/{uuid}"),
+            service_update,
+        )
+        .delete(
+            "cloud.service.terminate",
+            &app("/service/{uuid}"),
+            service_terminate,
+        )
+        .post(
+            "cloud.service.start",
+            &app("/service/{uuid}/start"),
+            service_start,
+        )
+        .post(
+            "cloud.service.stop",
+            &app("/service/{uuid}/stop"),
+            service_stop,
+        )
+        .post(
+            "cloud.service.scale",
+            &app("/service/{uuid}/scale"),
+            service_scale,
+        )
+        .post(
+            "cloud.service.redeploy",
+            &app("/service/{uuid}/redeploy"),
+            service_redeploy,
+        )
+        .get(
+            "cloud.service.logs",
+            &app("/service/{uuid}/logs"),
+            service_logs,
+        )
+        .get("cloud.stack.list", &app("/stack"), stack_list)
+        .post("cloud.stack.create", &app("/stack"), stack_create)
+        .get("cloud.stack.get", &app("/stack/{uuid}"), stack_get)
+        .patch("cloud.stack.update", &app("/stack/{uuid}"), stack_update)
+        .delete(
+            "cloud.stack.terminate",
+            &app("/stack/{uuid}"),
+            stack_terminate,
+        )
+        .get(
+            "cloud.stack.export",
+            &app("/stack/{uuid}/export"),
+            stack_export,
+        )
+        .post(
+            "cloud.stack.start",
+            &app("/stack/{uuid}/start"),
+            stack_start,
+        )
+        .post("cloud.stack.stop", &app("/stack/{uuid}/stop"), stack_stop)
+        .post(
+            "cloud.stack.redeploy",
+            &app("/stack/{uuid}/redeploy"),
+            stack_redeploy,
+        )
+        .get("cloud.container.list", &app("/container"), container_list)
+        .get(
+            "cloud.container.get",
+            &app("/container/{uuid}"),
+            container_get,
+        )
+        .delete(
+            "cloud.container.terminate",
+            &app("/container/{uuid}"),
+            container_terminate,
+        )
+        .post(
+            "cloud.container.start",
+            &app("/container/{uuid}/start"),
+            container_start,
+        )
+        .post(
+            "cloud.container.stop",
+            &app("/container/{uuid}/stop"),
+            container_stop,
+        )
+        .post(
+            "cloud.container.redeploy",
+            &app("/container/{uuid}/redeploy"),
+            container_redeploy,
+        )
+        .get(
+            "cloud.container.logs",
+            &app("/container/{uuid}/logs"),
+            container_logs,
+        )
+        .get(
+            "cloud.container.exec",
+            &app("/container/{uuid}/exec"),
+            container_exec,
+        )
+}
+
+/// Nodes, node clusters and what the infra API listed of providers
+/// (`/api/infra/v1/`).
+fn infra_routes(r: Router) -> Router {
+    r.get("cloud.node.list", &infra("/node"), node_list)
+        .get("cloud.node.get", &infra("/node/{uuid}"), node_get)
+        .delete("cloud.node.terminate", &infra("/node/{uuid}"), infra_write)
+        .post(
+            "cloud.node.upgrade",
+            &infra("/node/{uuid}/docker-upgrade"),
+            infra_write,
+        )
+        .post(
+            "cloud.node.health-check",
+            &infra("/node/{uuid}/health-check"),
+            infra_write,
+        )
+        .get(
+            "cloud.nodecluster.list",
+            &infra("/nodecluster"),
+            nodecluster_list,
+        )
+        .post(
+            "cloud.nodecluster.create",
+            &infra("/nodecluster"),
+            infra_write,
+        )
+        .get(
+            "cloud.nodecluster.get",
+            &infra("/nodecluster/{uuid}"),
+            nodecluster_get,
+        )
+        .patch(
+            "cloud.nodecluster.update",
+            &infra("/nodecluster/{uuid}"),
+            infra_write,
+        )
+        .delete(
+            "cloud.nodecluster.terminate",
+            &infra("/nodecluster/{uuid}"),
+            infra_write,
+        )
+        .post(
+            "cloud.nodecluster.deploy",
+            &infra("/nodecluster/{uuid}/deploy"),
+            infra_write,
+        )
+        .get("cloud.provider.list", &infra("/provider"), provider_list)
+        .get(
+            "cloud.provider.get",
+            &infra("/provider/{name}"),
+            provider_get,
+        )
+        .get("cloud.region.list", &infra("/region"), region_list)
+        .get(
+            "cloud.region.get",
+            &infra("/region/{provider}/{name}"),
+            region_get,
+        )
+        .get("cloud.nodetype.list", &infra("/nodetype"), nodetype_list)
+        .get(
+            "cloud.nodetype.get",
+            &infra("/nodetype/{provider}/{name}"),
+            nodetype_get,
+        )
+        .get("cloud.az.list", &infra("/az"), az_list)
+}
+
+/// Actions and the event stream (`/api/audit/v1/`).
+fn audit_routes(r: Router) -> Router {
+    r.get("cloud.action.list", &audit("/action"), action_list)
+        .get("cloud.action.get", &audit("/action/{uuid}"), action_get)
+        .get(
+            "cloud.action.logs",
+            &audit("/action/{uuid}/logs"),
+            action_logs,
+        )
+        .post(
+            "cloud.action.cancel",
+            &audit("/action/{uuid}/cancel"),
+            action_cancel,
+        )
+        .post(
+            "cloud.action.retry",
+            &audit("/action/{uuid}/retry"),
+            action_retry,
+        )
+        .get("cloud.events", &audit("/events"), events)
 }
