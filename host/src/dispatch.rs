@@ -183,7 +183,7 @@ async fn call(
     };
     let runtime = app.plugins.runtime();
     let _running = plugin.metrics.running();
-    let Admitted { body, .. } = admitted;
+    let Admitted { mut body, .. } = admitted;
     // A call whose writes met a concurrent call's only at commit (the
     // PostgreSQL store finds some conflicts only then) runs again, if it
     // did nothing outside KV, as the SDK runs a handler again on a conflict
@@ -223,7 +223,6 @@ async fn call(
             }
         }
     };
-    let mut body = body;
     if !matches!(value, Outcome::ProxyDocker(_))
         && let Some(refused) = body.refuse_unsent(&plugin, request_id).await
     {
