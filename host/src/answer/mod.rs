@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use tokio::sync::watch;
 
 use crate::bindings::DockerTarget;
-use crate::bindings::types::Subscription as Subscribe;
+use crate::bindings::types::Subscription;
 use crate::capability::Capability;
 use crate::caps::{OpenStream, Opened};
 use crate::invoke::{Kept, Writes};
@@ -99,7 +99,7 @@ pub async fn proxy_docker(
 /// it ends when `closing` says the server is.
 pub async fn subscribe(
     plugin: &Mounted,
-    sub: Subscribe,
+    sub: Subscription,
     mut opened: Opened,
     writes: Writes,
     parts: &mut http::request::Parts,
