@@ -329,17 +329,13 @@ async fn admit(
     };
     let Some(permit) = permit else {
         plugin.metrics.refused.fetch_add(1, Relaxed);
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(answer::retry_later(
             &format!(
                 "plugin `{}` is at its limit of {} concurrent calls",
                 plugin.manifest.name, limits.max_concurrent
             ),
             request_id,
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(r);
+        ));
     };
     Ok(Admitted {
         body,

@@ -161,16 +161,10 @@ pub async fn admit(
         Err(BodyError::TimedOut(within)) => Err(timed_out(within, request_id)),
         Err(BodyError::NoMemory) => {
             plugin.metrics.refused.fetch_add(1, Relaxed);
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Err(closing(super::retry_later(
                 "the server holds as many request bodies as it may keep in memory ([server] max_body_memory_mib); retry later",
                 request_id,
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Err(r)
+            )))
         }
         Err(BodyError::Read(e)) => Err(error(
             StatusCode::BAD_REQUEST,
@@ -183,15 +177,11 @@ pub async fn admit(
 /// The host's 413 for a body over `limit`.
 fn too_large(plugin: &Mounted, limit: u64, request_id: &str) -> Response {
     plugin.metrics.refused.fetch_add(1, Relaxed);
-    let mut r = error(
+    closing(error(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("request body is larger than this route's limit of {limit} bytes"),
         request_id,
-    );
-    // The rest of the body was not read: do not reuse the connection.
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
+    ))
 }
 
 /// The 413 for a body found over `limit` while it streamed to an engine,
@@ -200,25 +190,27 @@ pub fn too_large_for_engine(plugin: &str, limit: u64, request_id: &str) -> Respo
     let message = format!(
         "request body is larger than plugin `{plugin}`'s limit for Docker of {limit} bytes"
     );
-    let mut r = json(
+    closing(json(
         StatusCode::PAYLOAD_TOO_LARGE,
         &serde_json::json!({ "message": message, "request_id": request_id }),
-    );
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
+    ))
 }
 
 /// The host's 408 for a body that did not arrive `within` the timeout.
 fn timed_out(within: Duration, request_id: &str) -> Response {
-    let mut r = error(
+    closing(error(
         StatusCode::REQUEST_TIMEOUT,
         &format!(
             "the request body did not arrive within {} ms",
             within.as_millis()
         ),
         request_id,
-    );
+    ))
+}
+
+/// `r` with `Connection: close`: the rest of the body was not read, so
+/// the connection is not reused.
+fn closing(mut r: Response) -> Response {
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r

@@ -169,7 +169,7 @@ async fn commit(plugin: &str, writes: Writes, request_id: &str) -> Result<(), Re
 }
 
 /// 503 with `Retry-After: 1`.
-fn retry_later(message: &str, request_id: &str) -> Response {
+pub fn retry_later(message: &str, request_id: &str) -> Response {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message, request_id);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
