@@ -216,7 +216,7 @@ pub async fn invoke<C: Call>(
         rerun,
     } = invocation;
     let env = &plugin.env;
-    let mut txn = env.db.begin(&env.name);
+    let mut txn = env.services.db.begin(&env.name);
     if rerun {
         txn.take_turn();
     }

@@ -81,7 +81,7 @@ pub async fn proxy_docker(
         return r;
     }
     opened.apply_proxy_headers(&mut parts.headers);
-    let docker = &plugin.env.docker;
+    let docker = &plugin.env.services.docker;
     proxy::forward(
         docker,
         name,
@@ -122,6 +122,7 @@ pub async fn subscribe(
         Some(OpenStream::Logs(spec)) => {
             match plugin
                 .env
+                .services
                 .docker
                 .log_lines(name, spec, &plugin.metrics)
                 .await
@@ -136,6 +137,7 @@ pub async fn subscribe(
         None => stream::Source::Topic {
             sub: plugin
                 .env
+                .services
                 .events
                 .subscribe(name, &sub.topic, sub.replay, sub.after.unwrap_or(0))
                 .await,

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::HostError;
 use crate::bindings::config::Host;
 use crate::capability::Capability;
-use crate::caps::{CallCx, Caller};
+use crate::caps::{CallCx, Caller, HasCall, Unit};
 
 /// What `config` sees of a call: the caller and its plugin's settings.
 pub struct ConfigView<'a> {
@@ -22,13 +22,19 @@ impl HasData for ConfigCap {
     type Data<'a> = ConfigView<'a>;
 }
 
-impl CallCx {
-    pub fn config(&mut self) -> ConfigView<'_> {
-        let (caller, env, _) = self.split();
-        ConfigView {
-            caller,
-            settings: &env.settings,
-        }
+plugin_sees_errors!(ConfigView<'_>);
+
+impl Unit for ConfigCap {
+    fn view(call: &mut CallCx) -> ConfigView<'_> {
+            let (caller, env, _) = call.split();
+            ConfigView {
+                caller,
+                settings: &env.settings,
+            }
+    }
+
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::config::add_to_linker::<T, Self>(linker, |s| Self::view(s.call()))
     }
 }
 

@@ -8,13 +8,13 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::HostError;
 use crate::bindings::crypto::{AttemptCounter, Host, TotpParams};
 use crate::bindings::types::Error;
 use crate::capability::Capability;
-use crate::caps::{CallCx, Caller};
+use crate::caps::{CallCx, Caller, HasCall, Unit};
 use crate::lanes::Lanes;
 use crate::store::Store;
 use crate::store::attempts::{MAX_COUNTERS, MAX_WINDOW_SECS};
@@ -129,15 +129,21 @@ impl HasData for CryptoCap {
     type Data<'a> = CryptoView<'a>;
 }
 
-impl CallCx {
-    pub fn crypto(&mut self) -> CryptoView<'_> {
-        let (caller, env, _) = self.split();
-        CryptoView {
-            caller,
-            keys: &env.keys,
-            store: &env.db,
-            lanes: &env.lanes,
-        }
+plugin_sees_errors!(CryptoView<'_>);
+
+impl Unit for CryptoCap {
+    fn view(call: &mut CallCx) -> CryptoView<'_> {
+            let (caller, env, _) = call.split();
+            CryptoView {
+                caller,
+                keys: &env.services.keys,
+                store: &env.services.db,
+                lanes: &env.services.lanes,
+            }
+    }
+
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::crypto::add_to_linker::<T, Self>(linker, |s| Self::view(s.call()))
     }
 }
 

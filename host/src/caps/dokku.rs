@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::DokkuFailure;
 use crate::bindings::dokku::{DokkuError, Host, Reply};
 use crate::capability::Capability;
-use crate::caps::{CallCx, Caller};
+use crate::caps::{CallCx, Caller, HasCall, Unit};
 use crate::config::DokkuConfig;
 
 /// Longest answer line read; the rest is cut.
@@ -34,13 +34,17 @@ impl HasData for DokkuCap {
     type Data<'a> = DokkuView<'a>;
 }
 
-impl CallCx {
-    pub fn dokku(&mut self) -> DokkuView<'_> {
-        let (caller, env, _) = self.split();
-        DokkuView {
-            caller,
-            dokku: &env.dokku,
-        }
+impl Unit for DokkuCap {
+    fn view(call: &mut CallCx) -> DokkuView<'_> {
+            let (caller, env, _) = call.split();
+            DokkuView {
+                caller,
+                dokku: &env.services.dokku,
+            }
+    }
+
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::dokku::add_to_linker::<T, Self>(linker, |s| Self::view(s.call()))
     }
 }
 

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::HostError;
 use crate::bindings::events::Host;
 use crate::bindings::types::Error as WitError;
 use crate::capability::Capability;
-use crate::caps::{CallCx, Caller, OpenStream, Opened};
+use crate::caps::{CallCx, Caller, HasCall, OpenStream, Opened, Unit};
 use crate::store::{Store, StoreError, StoredEvent, now_ms};
 
 /// Events a subscriber may fall behind before it is dropped.
@@ -420,14 +420,20 @@ impl HasData for EventsCap {
     type Data<'a> = EventsView<'a>;
 }
 
-impl CallCx {
-    pub fn events(&mut self) -> EventsView<'_> {
-        let (caller, env, _, opened) = self.split_streams();
-        EventsView {
-            caller,
-            events: &env.events,
-            opened,
-        }
+plugin_sees_errors!(EventsView<'_>);
+
+impl Unit for EventsCap {
+    fn view(call: &mut CallCx) -> EventsView<'_> {
+            let (caller, env, _, opened) = call.split_streams();
+            EventsView {
+                caller,
+                events: &env.services.events,
+                opened,
+            }
+    }
+
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::events::add_to_linker::<T, Self>(linker, |s| Self::view(s.call()))
     }
 }
 

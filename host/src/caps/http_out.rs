@@ -6,12 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::HttpFailure;
 use crate::bindings::http_out::{Host, HttpError, Incoming, Outgoing};
 use crate::capability::Capability;
-use crate::caps::{CallCx, Caller};
+use crate::caps::{CallCx, Caller, HasCall, Unit};
 use crate::config::HttpOutConfig;
 
 /// The shared client and its policy.
@@ -269,13 +269,17 @@ impl HasData for HttpOutCap {
     type Data<'a> = HttpOutView<'a>;
 }
 
-impl CallCx {
-    pub fn http_out(&mut self) -> HttpOutView<'_> {
-        let (caller, env, _) = self.split();
-        HttpOutView {
-            caller,
-            http: &env.http,
-        }
+impl Unit for HttpOutCap {
+    fn view(call: &mut CallCx) -> HttpOutView<'_> {
+            let (caller, env, _) = call.split();
+            HttpOutView {
+                caller,
+                http: &env.services.http,
+            }
+    }
+
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::http_out::add_to_linker::<T, Self>(linker, |s| Self::view(s.call()))
     }
 }
 

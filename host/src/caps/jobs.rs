@@ -2,13 +2,13 @@
 //! through its call's transaction, so it is committed with the call's KV
 //! writes, or not at all; the runner (`crate::jobs`) runs it.
 
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::HostError;
 use crate::bindings::jobs::Host;
 use crate::bindings::types::Error;
 use crate::capability::Capability;
-use crate::caps::{CallCx, Caller};
+use crate::caps::{CallCx, Caller, HasCall, Unit};
 use crate::store::Txn;
 
 /// What `jobs` sees of a call: the caller and its transaction.
@@ -25,10 +25,16 @@ impl HasData for JobsCap {
     type Data<'a> = JobsView<'a>;
 }
 
-impl CallCx {
-    pub fn jobs(&mut self) -> JobsView<'_> {
-        let (caller, _, txn) = self.split();
-        JobsView { caller, txn }
+plugin_sees_errors!(JobsView<'_>);
+
+impl Unit for JobsCap {
+    fn view(call: &mut CallCx) -> JobsView<'_> {
+            let (caller, _, txn) = call.split();
+            JobsView { caller, txn }
+    }
+
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::jobs::add_to_linker::<T, Self>(linker, |s| Self::view(s.call()))
     }
 }
 

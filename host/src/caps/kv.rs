@@ -1,13 +1,13 @@
 //! `kv`: the plugin's namespace in the redb file, through the call's
 //! transaction (see `store`).
 
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::HostError;
 use crate::bindings::kv::{Host, Page};
 use crate::bindings::types::Error;
 use crate::capability::Capability;
-use crate::caps::{CallCx, Caller};
+use crate::caps::{CallCx, Caller, HasCall, Unit};
 use crate::store::{Store, Txn, TxnError};
 
 type Answer<T> = Result<T, HostError>;
@@ -38,14 +38,20 @@ impl HasData for KvCap {
     type Data<'a> = KvView<'a>;
 }
 
-impl CallCx {
-    pub fn kv(&mut self) -> KvView<'_> {
-        let (caller, env, txn) = self.split();
-        KvView {
-            caller,
-            txn,
-            db: &env.db,
-        }
+plugin_sees_errors!(KvView<'_>);
+
+impl Unit for KvCap {
+    fn view(call: &mut CallCx) -> KvView<'_> {
+            let (caller, env, txn) = call.split();
+            KvView {
+                caller,
+                txn,
+                db: &env.services.db,
+            }
+    }
+
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::kv::add_to_linker::<T, Self>(linker, |s| Self::view(s.call()))
     }
 }
 

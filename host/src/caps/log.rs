@@ -1,11 +1,11 @@
 //! `log`: plugin log lines through `tracing`, tagged with plugin and
 //! request id.
 
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::log::{Host, Level};
 use crate::capability::Capability;
-use crate::caps::{CallCx, Caller};
+use crate::caps::{CallCx, Caller, HasCall, Unit};
 
 /// Longest message kept; the rest is cut.
 const MAX_LINE: usize = 8 << 10;
@@ -33,11 +33,15 @@ impl HasData for LogCap {
     type Data<'a> = LogView<'a>;
 }
 
-impl CallCx {
-    pub fn log(&mut self) -> LogView<'_> {
-        LogView {
-            caller: self.split().0,
-        }
+impl Unit for LogCap {
+    fn view(call: &mut CallCx) -> LogView<'_> {
+            LogView {
+                caller: call.split().0,
+            }
+    }
+
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::log::add_to_linker::<T, Self>(linker, |s| Self::view(s.call()))
     }
 }
 

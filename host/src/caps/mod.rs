@@ -5,19 +5,59 @@
 //! capability the plugin does not hold returns `error::denied` to the
 //! plugin; it never traps.
 
-pub mod config;
-pub mod crypto;
-pub mod docker;
-pub mod dokku;
-pub mod events;
-pub mod http_out;
-pub mod jobs;
-pub mod kv;
-pub mod log;
+//! Each is a [`Unit`]: its view of a call and its interface linked to
+//! that view live in its module; [`units!`] lists the modules, which is
+//! all this file knows of them; the host services they share are
+//! [`Services`].
+
+/// The plugin sees a capability's `types.error` as it is; a trap ends
+/// the call. Each view whose interface returns that error says so with
+/// this macro, in its own module.
+macro_rules! plugin_sees_errors {
+    ($($view:ty),*) => {$(
+        impl crate::bindings::types::Host for $view {
+            fn convert_error(
+                &mut self,
+                err: crate::bindings::HostError,
+            ) -> wasmtime::Result<crate::bindings::types::Error> {
+                err.downcast()
+            }
+        }
+    )*};
+}
+
+/// The capability modules, each with its [`Unit`]: declares the modules
+/// and links every one of them ([`link`]).
+macro_rules! units {
+    ($($module:ident :: $unit:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// Link every capability interface, each to its own view of the
+        /// call.
+        pub fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+            $(<$module::$unit as Unit>::link(linker)?;)*
+            Ok(())
+        }
+    };
+}
+
+units!(
+    config::ConfigCap,
+    crypto::CryptoCap,
+    docker::DockerCap,
+    dokku::DokkuCap,
+    events::EventsCap,
+    http_out::HttpOutCap,
+    jobs::JobsCap,
+    kv::KvCap,
+    log::LogCap,
+);
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::types::{Error as WitError, Manifest};
 use crate::capability::{CapSet, Capability};
@@ -30,19 +70,15 @@ pub trait HasCall: Send + 'static {
     fn call(&mut self) -> &mut CallCx;
 }
 
-/// Link every capability interface, each to its own view of the call.
-pub fn link<T: HasCall>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
-    use crate::bindings as b;
-    b::config::add_to_linker::<T, config::ConfigCap>(linker, |s| s.call().config())?;
-    b::crypto::add_to_linker::<T, crypto::CryptoCap>(linker, |s| s.call().crypto())?;
-    b::docker::add_to_linker::<T, docker::DockerCap>(linker, |s| s.call().docker())?;
-    b::dokku::add_to_linker::<T, dokku::DokkuCap>(linker, |s| s.call().dokku())?;
-    b::events::add_to_linker::<T, events::EventsCap>(linker, |s| s.call().events())?;
-    b::http_out::add_to_linker::<T, http_out::HttpOutCap>(linker, |s| s.call().http_out())?;
-    b::jobs::add_to_linker::<T, jobs::JobsCap>(linker, |s| s.call().jobs())?;
-    b::kv::add_to_linker::<T, kv::KvCap>(linker, |s| s.call().kv())?;
-    b::log::add_to_linker::<T, log::LogCap>(linker, |s| s.call().log())?;
-    Ok(())
+/// A capability as a unit: what it sees of a call (its view, wasmtime's
+/// `HasData` pattern), and its WIT interface linked to that view.
+pub trait Unit: HasData {
+    /// This capability's view of `call`.
+    fn view(call: &mut CallCx) -> Self::Data<'_>;
+
+    /// Add this capability's interface to `linker`, each call served by
+    /// [`Unit::view`] of the store's call.
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()>;
 }
 
 /// The text of a `denied` error, for interfaces with their own error type.
@@ -55,21 +91,14 @@ pub(crate) fn denied_text(e: &WitError) -> String {
     }
 }
 
-/// Everything a plugin's calls share: its identity, grants and settings.
+/// Everything a plugin's calls share: its identity, grants and settings,
+/// and the host's services.
 pub struct PluginEnv {
     pub name: String,
     pub asked: CapSet,
     pub granted: CapSet,
     pub settings: BTreeMap<String, String>,
-    pub db: Arc<Store>,
-    pub keys: Arc<crypto::KeyVault>,
-    pub dokku: DokkuConfig,
-    pub http: Arc<http_out::HttpOut>,
-    pub docker: Arc<docker::Docker>,
-    pub events: Arc<events::Events>,
-    /// The CPU lanes long-running work takes turns on (see `lanes`): a
-    /// call's wasm, and CPU-heavy work the host does for it (hashing).
-    pub lanes: Arc<crate::lanes::Lanes>,
+    pub services: Services,
 }
 
 /// The host services behind the capabilities, made once and shared by
@@ -82,6 +111,8 @@ pub struct Services {
     pub http: Arc<http_out::HttpOut>,
     pub docker: Arc<docker::Docker>,
     pub events: Arc<events::Events>,
+    /// The CPU lanes long-running work takes turns on (see `lanes`): a
+    /// call's wasm, and CPU-heavy work the host does for it (hashing).
     pub lanes: Arc<Lanes>,
 }
 
@@ -126,27 +157,12 @@ impl PluginEnv {
     /// The environment a plugin is described in, before its manifest is
     /// known: no capability (`describe` must not call any).
     pub fn describing(services: &Services, name: &str) -> PluginEnv {
-        let Services {
-            db,
-            keys,
-            dokku,
-            http,
-            docker,
-            events,
-            lanes,
-        } = services.clone();
         PluginEnv {
             name: name.to_string(),
             asked: CapSet::default(),
             granted: CapSet::default(),
             settings: BTreeMap::new(),
-            db,
-            keys,
-            dokku,
-            http,
-            docker,
-            events,
-            lanes,
+            services: services.clone(),
         }
     }
 }
@@ -350,26 +366,3 @@ impl Caller<'_> {
         Err(WitError::Denied(why))
     }
 }
-
-/// The plugin sees a capability's `types.error` as it is; a trap ends
-/// the call. For every view whose interface returns that error.
-macro_rules! plugin_sees_errors {
-    ($($view:ty),*) => {$(
-        impl crate::bindings::types::Host for $view {
-            fn convert_error(
-                &mut self,
-                err: crate::bindings::HostError,
-            ) -> wasmtime::Result<WitError> {
-                err.downcast()
-            }
-        }
-    )*};
-}
-
-plugin_sees_errors!(
-    config::ConfigView<'_>,
-    crypto::CryptoView<'_>,
-    events::EventsView<'_>,
-    jobs::JobsView<'_>,
-    kv::KvView<'_>
-);

@@ -159,12 +159,12 @@ impl Docker {
             let sink = match record.sink {
                 SinkSpec::Topic(topic) if env.granted.contains(Capability::Events) => {
                     EventSink::Publish {
-                        events: env.events.clone(),
+                        events: env.services.events.clone(),
                         topic,
                     }
                 }
                 SinkSpec::Job(kind) if env.granted.contains(Capability::Jobs) => EventSink::Jobs {
-                    db: env.db.clone(),
+                    db: env.services.db.clone(),
                     kind,
                 },
                 _ => continue,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::Method;
 use serde::{Deserialize, Serialize};
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
 use super::framing::{JsonLines, LogFrames};
 use super::{Docker, Engine, EventSink, LogSpec, unreachable_text};
@@ -18,7 +18,7 @@ use crate::bindings::docker::{
 use crate::capability::Capability;
 use crate::caps::events::Events;
 use crate::caps::http_out::HttpOut;
-use crate::caps::{CallCx, Caller, OpenStream, Opened};
+use crate::caps::{CallCx, Caller, HasCall, OpenStream, Opened, Unit};
 use crate::store::Store;
 
 /// `name[:tag]` into name and tag (`latest` when absent); a `:` inside
@@ -119,17 +119,21 @@ impl HasData for DockerCap {
     type Data<'a> = DockerView<'a>;
 }
 
-impl CallCx {
-    pub fn docker(&mut self) -> DockerView<'_> {
-        let (caller, env, _, opened) = self.split_streams();
-        DockerView {
-            caller,
-            docker: &env.docker,
-            http: &env.http,
-            events: &env.events,
-            db: &env.db,
-            opened,
-        }
+impl Unit for DockerCap {
+    fn view(call: &mut CallCx) -> DockerView<'_> {
+            let (caller, env, _, opened) = call.split_streams();
+            DockerView {
+                caller,
+                docker: &env.services.docker,
+                http: &env.services.http,
+                events: &env.services.events,
+                db: &env.services.db,
+                opened,
+            }
+    }
+
+    fn link<T: HasCall>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        crate::bindings::docker::add_to_linker::<T, Self>(linker, |s| Self::view(s.call()))
     }
 }
 
