@@ -140,8 +140,8 @@ struct NewApp {
 }
 
 /// `POST /applications/create?start=&forcePull=`.
-pub fn create(req: &Request) -> HttpResult {
-    let mut me = (*req.identity::<User>()?).clone();
+pub fn create(req: &Request, me: &User) -> HttpResult {
+    let mut me = me.clone();
     let start = flag(req, "start", false)?;
     let pull = flag(req, "forcePull", false)?;
     let new: NewApp = crate::body(req)?;
@@ -193,8 +193,7 @@ struct Listed<'a> {
 }
 
 /// `GET /applications/list`: the applications you can access.
-pub fn list(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn list(_: &Request, me: &User) -> HttpResult {
     let mut apps = Vec::new();
     for id in me.applications.keys() {
         if let Some(app) = id
@@ -221,9 +220,8 @@ pub fn list(req: &Request) -> HttpResult {
 }
 
 /// `GET /applications/list/{app}?count=`: deployments, newest first.
-pub fn history(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
-    let app = app_for(req, &me, ACCESS)?;
+pub fn history(req: &Request, me: &User) -> HttpResult {
+    let app = app_for(req, me, ACCESS)?;
     let count = match req.query("count") {
         None | Some("") => usize::MAX,
         Some(n) => n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -241,19 +239,18 @@ pub fn history(req: &Request) -> HttpResult {
 }
 
 /// `POST /applications/start/{app}`.
-pub fn start(req: &Request) -> HttpResult {
-    start_or_stop(req, Op::Start)
+pub fn start(req: &Request, me: &User) -> HttpResult {
+    start_or_stop(req, me, Op::Start)
 }
 
 /// `POST /applications/stop/{app}`: on a failure the instances already
 /// stopped are started again.
-pub fn stop(req: &Request) -> HttpResult {
-    start_or_stop(req, Op::Stop)
+pub fn stop(req: &Request, me: &User) -> HttpResult {
+    start_or_stop(req, me, Op::Stop)
 }
 
-fn start_or_stop(req: &Request, op: Op) -> HttpResult {
-    let me = req.identity::<User>()?;
-    let mut app = app_for(req, &me, MODIFY)?;
+fn start_or_stop(req: &Request, me: &User, op: Op) -> HttpResult {
+    let mut app = app_for(req, me, MODIFY)?;
     app.running = op == Op::Start;
     save(&app)?;
     stream(task(&app, op)?)
@@ -262,10 +259,9 @@ fn start_or_stop(req: &Request, op: Op) -> HttpResult {
 /// `POST|PUT /applications/revert/{app}?target=&forcePull=`: deploy again
 /// what deployment `target` ran (an id, or -N: N versions before the
 /// current one; default -1), as a new deployment.
-pub fn revert(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn revert(req: &Request, me: &User) -> HttpResult {
     let pull = flag(req, "forcePull", false)?;
-    let mut app = app_for(req, &me, MODIFY)?;
+    let mut app = app_for(req, me, MODIFY)?;
     let wanted = req
         .query("target")
         .filter(|t| !t.is_empty())
@@ -294,7 +290,7 @@ pub fn revert(req: &Request) -> HttpResult {
             &format!("application {} has no deployment {wanted}", app.name),
         )
     })?;
-    let deployment = deploy_new(&mut app, &me, target.command.clone())?;
+    let deployment = deploy_new(&mut app, me, target.command.clone())?;
     save(&app)?;
     stream(deploy_task(&app, &deployment, app.running, pull)?)
 }
@@ -314,12 +310,11 @@ struct Update {
 /// ones lose their container; with no change at all the current
 /// deployment is deployed everywhere again. `restart` (default: whether
 /// the application is running) starts what was deployed.
-pub fn update(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
-    let mut app = app_for(req, &me, MODIFY)?;
+pub fn update(req: &Request, me: &User) -> HttpResult {
+    let mut app = app_for(req, me, MODIFY)?;
     let restart = flag(req, "restart", app.running)?;
     let update: Update = crate::body(req)?;
-    let added = resolve(&me, &update.add)?;
+    let added = resolve(me, &update.add)?;
     let mut removed = Vec::new();
     for name in &update.remove {
         let address = match beacons::find_instance(name)? {
@@ -345,7 +340,7 @@ pub fn update(req: &Request) -> HttpResult {
         Some(command) => {
             let command = inherit_image(command, &current(&app)?)?;
             deploy_to = app.instances.clone();
-            deploy_new(&mut app, &me, command)?
+            deploy_new(&mut app, me, command)?
         }
         None => {
             if update.add.is_empty() && update.remove.is_empty() {

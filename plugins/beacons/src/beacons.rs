@@ -151,8 +151,8 @@ fn valid_alias(alias: &str) -> Result<(), Response> {
 /// `POST /beacons/create {Address, Token, Alias}`: the beacon's instances
 /// are fetched first; if that fails nothing is stored (500; 400 for an
 /// address this host may not call).
-pub fn create(req: &Request) -> HttpResult {
-    let mut me = (*req.identity::<User>()?).clone();
+pub fn create(req: &Request, me: &User) -> HttpResult {
+    let mut me = me.clone();
     let new: NewBeacon = crate::body(req)?;
     let address = new.address.trim().trim_end_matches('/').to_string();
     if address.is_empty() || new.alias.is_empty() {
@@ -202,27 +202,25 @@ fn string_body(req: &Request, what: &str) -> Result<String, Response> {
 }
 
 /// `PUT /beacons/token/{beacon}`: needs modify.
-pub fn token(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn token(req: &Request, me: &User) -> HttpResult {
     let mut beacon = find(req.param("beacon").unwrap_or(""))?.ok_or_else(unknown_beacon)?;
-    require(&me, &beacon, MODIFY)?;
+    require(me, &beacon, MODIFY)?;
     beacon.token = string_body(req, "token")?;
     kv::set_json(&beacon_key(&beacon.address), &beacon)?;
     ok()
 }
 
 /// `PUT /beacons/user/{beacon}/{email}`, body the level (default 0).
-pub fn grant(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn grant(req: &Request, me: &User) -> HttpResult {
     let beacon = find(req.param("beacon").unwrap_or(""))?.ok_or_else(unknown_beacon)?;
-    let mut user = users::visible(&me, req.param("email").unwrap_or(""))?;
+    let mut user = users::visible(me, req.param("email").unwrap_or(""))?;
     let level: i64 = if req.body().iter().all(u8::is_ascii_whitespace) {
         ACCESS
     } else {
         serde_json::from_slice(req.body())
             .map_err(|_| fail(400, "request", "the body must be a level: 0, 1, 2 or -1"))?
     };
-    users::set_level(&me, &mut user, Kind::Beacon, &beacon.address, level)?;
+    users::set_level(me, &mut user, Kind::Beacon, &beacon.address, level)?;
     users::save(&user)?;
     ok()
 }
@@ -235,8 +233,7 @@ struct Listed<'a> {
 }
 
 /// `GET /beacons/list`: the beacons you can access.
-pub fn list(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn list(_: &Request, me: &User) -> HttpResult {
     let mut beacons = Vec::new();
     for address in me.beacons.keys() {
         if let Some(beacon) = kv::get_json::<Beacon>(&beacon_key(address))? {
@@ -255,11 +252,10 @@ pub fn list(req: &Request) -> HttpResult {
 
 /// `GET /beacons/list/{beacon}?refresh=`: its instances, `[]` without
 /// access.
-pub fn instances(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn instances(req: &Request, me: &User) -> HttpResult {
     let refresh = crate::flag(req, "refresh", false)?;
     let beacon = find(req.param("beacon").unwrap_or(""))?;
-    let Some(mut beacon) = beacon.filter(|b| require(&me, b, ACCESS).is_ok()) else {
+    let Some(mut beacon) = beacon.filter(|b| require(me, b, ACCESS).is_ok()) else {
         return Ok(Response::json(200, &[0u8; 0]));
     };
     if refresh {
@@ -269,10 +265,9 @@ pub fn instances(req: &Request) -> HttpResult {
 }
 
 /// `PUT /beacons/refresh/{beacon}`: fetch its instances again.
-pub fn refresh(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn refresh(req: &Request, me: &User) -> HttpResult {
     let mut beacon = find(req.param("beacon").unwrap_or(""))?.ok_or_else(unknown_beacon)?;
-    require(&me, &beacon, ACCESS)?;
+    require(me, &beacon, ACCESS)?;
     refetch(&mut beacon)?;
     Ok(Response::json(200, &beacon.instances))
 }
@@ -280,17 +275,16 @@ pub fn refresh(req: &Request) -> HttpResult {
 /// `PUT /aliases/{alias}`, body the address as a JSON string: an instance
 /// or beacon you can access. An alias in use may only be moved by someone
 /// who can access what it stands for now.
-pub fn alias_put(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn alias_put(req: &Request, me: &User) -> HttpResult {
     let name = req.param("alias").unwrap_or("");
     valid_alias(name)?;
     let address = string_body(req, "address")?;
     let accessible = |address: &str| -> Result<Option<bool>, Response> {
         if let Some((beacon, _)) = find_instance(address)? {
-            return Ok(Some(require(&me, &beacon, ACCESS).is_ok()));
+            return Ok(Some(require(me, &beacon, ACCESS).is_ok()));
         }
         match kv::get_json::<Beacon>(&beacon_key(address))? {
-            Some(beacon) => Ok(Some(require(&me, &beacon, ACCESS).is_ok())),
+            Some(beacon) => Ok(Some(require(me, &beacon, ACCESS).is_ok())),
             None => Ok(None),
         }
     };
@@ -327,8 +321,7 @@ pub fn alias_put(req: &Request) -> HttpResult {
 /// `/d/{instance}/{docker path}`: a Docker API call on an instance. The
 /// instance is the longest leading part of the path that is an instance
 /// address or alias.
-pub fn docker(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn docker(req: &Request, me: &User) -> HttpResult {
     let rest = req.param("target").unwrap_or("");
     let segments: Vec<&str> = rest.split('/').collect();
     let mut found = None;
@@ -345,7 +338,7 @@ pub fn docker(req: &Request) -> HttpResult {
             &format!("no instance matches `{rest}`"),
         ));
     };
-    require(&me, &beacon, ACCESS)?;
+    require(me, &beacon, ACCESS)?;
     match Target::new(&beacon, &instance) {
         Target::Local { endpoint } => Ok(Response::proxy_docker(&endpoint, &path, None)),
         // What must stream or switch protocols goes through the host as

@@ -38,13 +38,11 @@ impl Plugin for Beacons {
     fn router() -> Router {
         let p = |path: &str| format!("{PREFIX}{path}");
         let lighthouse = Scope::new().errors(failure);
-        let logged_in = Scope::new().guard(auth::session);
-        let agent = Scope::new().guard(agent::check);
         Router::new()
             .scope(lighthouse, |r| {
                 r.post("beacons.login", &p("/login"), auth::login)
                     .get("beacons.logout", &p("/logout"), auth::logout)
-                    .scope(logged_in, |r| {
+                    .guard(auth::session, |r| {
                         r.get("beacons.users.list", &p("/users/list"), user_routes::list)
                             .post(
                                 "beacons.users.create",
@@ -123,7 +121,7 @@ impl Plugin for Beacons {
                             )
                             .route("beacons.api.unknown", "*", &p("/{rest...}"), unknown)
                     })
-                    .scope(agent, |r| {
+                    .guard(agent::check, |r| {
                         r.get("beacons.agent.vms", "/vms", agent::vms).route(
                             "beacons.agent.docker",
                             "*",

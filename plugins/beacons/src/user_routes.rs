@@ -9,8 +9,7 @@ use crate::users::{Kind, OWNER, User, key, load, save, set_level, view, visible}
 use crate::{beacons, fail, ok};
 
 /// `GET /users/list`: the emails you can see.
-pub fn list(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn list(_: &Request, me: &User) -> HttpResult {
     let mut emails = Vec::new();
     for item in kv::scan("user/") {
         let (_, value) = item?;
@@ -24,9 +23,8 @@ pub fn list(req: &Request) -> HttpResult {
 }
 
 /// `GET /users/{email}`.
-pub fn get(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
-    let user = visible(&me, req.param("email").unwrap_or(""))?;
+pub fn get(req: &Request, me: &User) -> HttpResult {
+    let user = visible(me, req.param("email").unwrap_or(""))?;
     Ok(Response::json(200, &view(&user)))
 }
 
@@ -42,9 +40,8 @@ struct Update {
 }
 
 /// `PUT /users/{email}`: every change is checked before any is stored.
-pub fn update(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
-    let mut user = visible(&me, req.param("email").unwrap_or(""))?;
+pub fn update(req: &Request, me: &User) -> HttpResult {
+    let mut user = visible(me, req.param("email").unwrap_or(""))?;
     let update: Update = crate::body(req)?;
     if let Some(level) = update.auth_level {
         if level < 0 {
@@ -71,18 +68,12 @@ pub fn update(req: &Request) -> HttpResult {
     for (name, level) in update.beacons {
         let beacon = beacons::find(&name)?
             .ok_or_else(|| fail(400, "databases", "databases: given key not found"))?;
-        set_level(&me, &mut user, Kind::Beacon, &beacon.address, level)?;
+        set_level(me, &mut user, Kind::Beacon, &beacon.address, level)?;
     }
     for (name, level) in update.applications {
         let app = crate::apps::find(&name)?
             .ok_or_else(|| fail(400, "databases", "databases: given key not found"))?;
-        set_level(
-            &me,
-            &mut user,
-            Kind::Application,
-            &app.id.to_string(),
-            level,
-        )?;
+        set_level(me, &mut user, Kind::Application, &app.id.to_string(), level)?;
     }
     // The requester may have changed their own record.
     save(&user)?;
@@ -97,8 +88,7 @@ struct NewUser {
 }
 
 /// `POST /users/create`: needs AuthLevel >= 1; the new user has level 0.
-pub fn create(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn create(req: &Request, me: &User) -> HttpResult {
     if me.auth_level < 1 {
         return Err(fail(
             403,

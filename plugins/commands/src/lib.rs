@@ -41,13 +41,15 @@ impl Plugin for Commands {
     }
 
     fn router() -> Router {
-        let keys = Scope::new().errors(status_error).guard(authenticate);
+        let dokku_api = Scope::new().errors(status_error);
         Router::new()
-            .scope(keys, |r| {
-                r.get("commands.list", "/commands", list)
-                    .post("commands.create", "/commands", create)
-                    .get("commands.show", "/commands/{token}", show)
-                    .get("commands.retry", "/commands/{token}/retry", retry)
+            .scope(dokku_api, |r| {
+                r.guard(authenticate, |r| {
+                    r.get("commands.list", "/commands", list)
+                        .post("commands.create", "/commands", create)
+                        .get("commands.show", "/commands/{token}", show)
+                        .get("commands.retry", "/commands/{token}/retry", retry)
+                })
             })
             .describe(include_str!("../openapi.json"))
     }

@@ -45,11 +45,11 @@ impl Plugin for Droplets {
                 r.post("user.auth", &path("/user/auth"), auth)
                     .post("user.refresh", &path("/user/auth/refresh"), refresh)
                     .route("not-found", "*", &path("/{rest...}"), not_found)
-                    .scope(Scope::new().guard(viewer), |r| {
+                    .guard(viewer, |r| {
                         r.delete("user.revoke", &path("/user/auth/revoke/{user}"), revoke)
                             .get("droplet.list", &path("/droplet/list"), droplet::list)
                     })
-                    .scope(Scope::new().guard(manager), |r| {
+                    .guard(manager, |r| {
                         r.post("droplet.add", &path("/droplet/add"), droplet::add)
                             .patch(
                                 "droplet.stop",
@@ -72,7 +72,7 @@ impl Plugin for Droplets {
                                 droplet::delete,
                             )
                     })
-                    .scope(Scope::new().guard(owner), |r| {
+                    .guard(owner, |r| {
                         r.get("user.setup", &path("/user/auth/setup/{user}"), setup)
                             .get("user.list", &path("/user/list"), user_list)
                             .post("user.add", &path("/user/add"), user_add)
@@ -405,8 +405,7 @@ fn refresh(req: &Request) -> HttpResult {
     issue_tokens(&mut user)
 }
 
-fn revoke(req: &Request) -> HttpResult {
-    let me = req.identity::<Caller>()?;
+fn revoke(req: &Request, me: &Caller) -> HttpResult {
     let name = req.param("user").unwrap_or_default();
     if name != me.name && me.group != Group::Owner {
         return Err(fail(401, 904, "User not authorised"));
@@ -511,8 +510,7 @@ fn user_add(req: &Request) -> HttpResult {
     users_response()
 }
 
-fn user_delete(req: &Request) -> HttpResult {
-    let me = req.identity::<Caller>()?;
+fn user_delete(req: &Request, me: &Caller) -> HttpResult {
     let name = req.param("user").unwrap_or_default();
     let mut user = load_user(name)?.ok_or_else(|| fail(400, 903, "User not found"))?;
     if name == me.name {

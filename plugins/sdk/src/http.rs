@@ -1,47 +1,24 @@
 //! Requests and responses.
 
-use std::any::Any;
-use std::cell::RefCell;
-use std::rc::Rc;
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bindings::berth::plugin::types;
 
 /// What a handler returns: a response either way. The `Err` side lets `?`
-/// turn failures into error responses (see the `From` impls on [`Response`]).
+/// turn failures into error responses (see the `From` impls on
+/// [`Response`]), which the router renders in the route's error format.
 pub type HttpResult = Result<Response, Response>;
 
 /// One HTTP request routed to this plugin.
 #[derive(Debug, Clone)]
 pub struct Request {
     inner: types::Request,
-    identity: Identity,
-}
-
-/// What the route's guard proved about the caller (see
-/// [`crate::Scope::guard`]).
-#[derive(Clone, Default)]
-struct Identity(RefCell<Option<Rc<dyn Any>>>);
-
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let known = self.0.borrow().is_some();
-        f.write_str(if known {
-            "Identity(..)"
-        } else {
-            "Identity(none)"
-        })
-    }
 }
 
 impl From<types::Request> for Request {
     fn from(inner: types::Request) -> Self {
-        Request {
-            inner,
-            identity: Identity::default(),
-        }
+        Request { inner }
     }
 }
 
@@ -65,29 +42,6 @@ impl Request {
     /// The id of the matched route.
     pub fn route(&self) -> &str {
         &self.inner.route
-    }
-
-    /// What the guard of the route's scope returned (the caller's
-    /// identity, say): `T` is the type of its `Ok` value. A route without
-    /// such a guard answers 500 in the scope's error format.
-    pub fn identity<T: 'static>(&self) -> Result<Rc<T>, Response> {
-        let found = self.identity.0.borrow().clone();
-        found
-            .and_then(|who| who.downcast::<T>().ok())
-            .ok_or_else(|| {
-                crate::router::render(
-                    500,
-                    &format!(
-                        "route `{}` has no guard that gives a {}",
-                        self.route(),
-                        std::any::type_name::<T>()
-                    ),
-                )
-            })
-    }
-
-    pub(crate) fn set_identity(&self, who: Rc<dyn Any>) {
-        *self.identity.0.borrow_mut() = Some(who);
     }
 
     /// The client's `ip:port`.
@@ -268,6 +222,9 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Set when the host should do something other than send this.
     special: Option<Special>,
+    /// Set by [`Response::failure`]: the message the router renders in
+    /// the route's error format.
+    failure: Option<String>,
 }
 
 impl Response {
@@ -278,6 +235,7 @@ impl Response {
             headers: Vec::new(),
             body: Vec::new(),
             special: None,
+            failure: None,
         }
     }
 
@@ -382,10 +340,32 @@ impl Response {
         Response::json(status, &serde_json::json!({ "error": message }))
     }
 
-    /// An error in the format of the route being handled (its scope's
-    /// [`crate::Scope::errors`]; [`Response::error`]'s outside any).
+    /// An error in the format of the route being handled: the router
+    /// renders `message` with its scope's [`crate::Scope::errors`] when the
+    /// handler returns it (headers added here are kept). Until then, and
+    /// outside any such scope, it is [`Response::error`]'s body.
     pub fn failure(status: u16, message: &str) -> Self {
-        crate::router::render(status, message)
+        let mut r = Response::error(status, message);
+        r.failure = Some(message.to_string());
+        r
+    }
+
+    /// This response in the error format `render`, if it is a
+    /// [`Response::failure`]: `render`'s status, headers and body, and the
+    /// failure's other headers (`retry-after`, say).
+    pub(crate) fn rendered(self, render: fn(u16, &str) -> Response) -> Response {
+        let Some(message) = &self.failure else {
+            return self;
+        };
+        let mut rendered = render(self.status, message);
+        for (name, value) in self.headers {
+            let set = |(n, _): &(String, String)| n.eq_ignore_ascii_case(&name);
+            if !name.eq_ignore_ascii_case("content-type") && !rendered.headers.iter().any(set) {
+                rendered.headers.push((name, value));
+            }
+        }
+        rendered.failure = None;
+        rendered
     }
 
     /// Set a header, replacing the values it had (names match in any

@@ -70,7 +70,7 @@ mod host {
     #[cfg(not(target_arch = "wasm32"))]
     pub use crate::testing::raw::{config, crypto, docker, dokku, events, http_out, jobs, kv, log};
 }
-pub use router::{Handler, Render, Router, Scope};
+pub use router::{Given, Guard, Guarded, GuardedHandler, Handler, Plain, Render, Router, Scope};
 
 /// The generated bindings for the `berth:plugin` world. Most plugins never
 /// need these directly; the modules of this crate wrap them.

@@ -1,8 +1,6 @@
-//! Route ids to handler functions, in scopes that share an error format
-//! and a guard.
+//! Route ids to handler functions, in scopes that share an error format,
+//! and behind typed guards.
 
-use std::any::Any;
-use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::bindings::berth::plugin::types;
@@ -17,16 +15,15 @@ pub type Handler = fn(&Request) -> HttpResult;
 /// own format.
 pub type Render = fn(u16, &str) -> Response;
 
-/// A scope's guard, type-erased: what it proves about the caller, or the
+/// A guard: what it proves about the caller (their identity, say), or the
 /// answer that turns the caller away.
-type Guard = Rc<dyn Fn(&Request) -> Result<Rc<dyn Any>, Response>>;
+pub type Guard<T> = fn(&Request) -> Result<T, Response>;
 
 /// What routes registered in a [`Router::scope`] share: the format of their
-/// error bodies, and a guard run before each of their handlers.
-#[derive(Clone, Default)]
+/// error bodies.
+#[derive(Clone, Copy, Default)]
 pub struct Scope {
     errors: Option<Render>,
-    guard: Option<Guard>,
 }
 
 impl Scope {
@@ -36,49 +33,135 @@ impl Scope {
     }
 
     /// Render this scope's errors with `render`: host failures and bad
-    /// input met with `?`, and [`Response::failure`].
+    /// input met with `?`, a guard's refusals, and [`Response::failure`].
     pub fn errors(mut self, render: Render) -> Scope {
         self.errors = Some(render);
         self
     }
 
-    /// Run `check` before every handler of the scope: its `Err` answers
-    /// the request instead; its `Ok` value (the caller's identity, say) is
-    /// what the handler gets from [`Request::identity`]. A guard of an
-    /// inner scope replaces the outer one.
-    pub fn guard<T: 'static>(mut self, check: fn(&Request) -> Result<T, Response>) -> Scope {
-        self.guard = Some(Rc::new(move |req: &Request| {
-            check(req).map(|who| Rc::new(who) as Rc<dyn Any>)
-        }));
-        self
-    }
-
     /// This scope inside `outer`: what it leaves unset comes from `outer`.
-    fn within(self, outer: &Scope) -> Scope {
+    fn within(self, outer: Scope) -> Scope {
         Scope {
             errors: self.errors.or(outer.errors),
-            guard: self.guard.or_else(|| outer.guard.clone()),
         }
     }
 }
+
+/// A route's handler with its guard, if any, run before it.
+type Call = Rc<dyn Fn(&Request) -> HttpResult>;
 
 struct Route {
     id: String,
     method: String,
     path: String,
-    handler: Handler,
+    call: Call,
     scope: Scope,
 }
 
-thread_local! {
-    /// The error format of the route being handled (see [`Scope::errors`]).
-    static ERRORS: Cell<Render> = Cell::new(Response::error);
+/// A handler of a route behind a guard of `T`: either a plain [`Handler`],
+/// or `fn(&Request, &T) -> HttpResult`, which gets what the guard proved.
+/// (`M` tells the two apart; it is inferred.)
+pub trait GuardedHandler<T, M>: 'static {
+    /// Handle `req` from the caller the guard let through as `who`.
+    fn call(&self, req: &Request, who: &T) -> HttpResult;
 }
 
-/// An error response in the format of the route being handled: what the
-/// SDK's conversions (`?` on a host error, bad query or body) answer.
-pub(crate) fn render(status: u16, message: &str) -> Response {
-    ERRORS.with(|errors| errors.get())(status, message)
+/// The [`GuardedHandler`] marker of a handler that does not need the
+/// guard's value.
+pub struct Plain;
+
+/// The [`GuardedHandler`] marker of a handler that gets the guard's value.
+pub struct Given;
+
+impl<T, F: Fn(&Request) -> HttpResult + 'static> GuardedHandler<T, Plain> for F {
+    fn call(&self, req: &Request, _: &T) -> HttpResult {
+        self(req)
+    }
+}
+
+impl<T, F: Fn(&Request, &T) -> HttpResult + 'static> GuardedHandler<T, Given> for F {
+    fn call(&self, req: &Request, who: &T) -> HttpResult {
+        self(req, who)
+    }
+}
+
+/// Routes registered behind a guard (see [`Router::guard`]): the guard runs
+/// before each of their handlers, and its `Err` answers instead.
+pub struct Guarded<T> {
+    router: Router,
+    check: Guard<T>,
+}
+
+impl<T: 'static> Guarded<T> {
+    /// Serve `method` requests on `path` with `handler` behind this guard.
+    pub fn route<M>(
+        mut self,
+        id: &str,
+        method: &str,
+        path: &str,
+        handler: impl GuardedHandler<T, M>,
+    ) -> Self {
+        let check = self.check;
+        // The guard runs again with the handler when a conflict makes the
+        // call run again: its reads belong to the transaction the
+        // handler's writes commit in.
+        let call: Call = Rc::new(move |req: &Request| {
+            let who = check(req)?;
+            handler.call(req, &who)
+        });
+        self.router.push(id, method, path, call);
+        self
+    }
+
+    /// A `GET` route.
+    pub fn get<M>(self, id: &str, path: &str, handler: impl GuardedHandler<T, M>) -> Self {
+        self.route(id, "GET", path, handler)
+    }
+
+    /// A `POST` route.
+    pub fn post<M>(self, id: &str, path: &str, handler: impl GuardedHandler<T, M>) -> Self {
+        self.route(id, "POST", path, handler)
+    }
+
+    /// A `PUT` route.
+    pub fn put<M>(self, id: &str, path: &str, handler: impl GuardedHandler<T, M>) -> Self {
+        self.route(id, "PUT", path, handler)
+    }
+
+    /// A `PATCH` route.
+    pub fn patch<M>(self, id: &str, path: &str, handler: impl GuardedHandler<T, M>) -> Self {
+        self.route(id, "PATCH", path, handler)
+    }
+
+    /// A `DELETE` route.
+    pub fn delete<M>(self, id: &str, path: &str, handler: impl GuardedHandler<T, M>) -> Self {
+        self.route(id, "DELETE", path, handler)
+    }
+
+    /// Register the routes `routes` adds behind `check` instead of this
+    /// guard (a stricter one, say), then carry on behind this one.
+    pub fn guard<U: 'static>(
+        self,
+        check: Guard<U>,
+        routes: impl FnOnce(Guarded<U>) -> Guarded<U>,
+    ) -> Self {
+        let outer = self.check;
+        let router = self.router.guard(check, routes);
+        Guarded {
+            router,
+            check: outer,
+        }
+    }
+
+    /// Register the routes `routes` adds in `scope`, still behind this
+    /// guard, then carry on in the current scope.
+    pub fn scope(self, scope: Scope, routes: impl FnOnce(Guarded<T>) -> Guarded<T>) -> Self {
+        let check = self.check;
+        let router = self
+            .router
+            .scope(scope, |router| routes(Guarded { router, check }).router);
+        Guarded { router, check }
+    }
 }
 
 /// The plugin's routes. The host matches method and path (see the `route`
@@ -103,14 +186,18 @@ impl Router {
     /// `/hello/{name}` or `/files/{rest...}`) with `handler`, under the
     /// route id `id`.
     pub fn route(mut self, id: &str, method: &str, path: &str, handler: Handler) -> Self {
+        self.push(id, method, path, Rc::new(handler));
+        self
+    }
+
+    fn push(&mut self, id: &str, method: &str, path: &str, call: Call) {
         self.routes.push(Route {
             id: id.to_string(),
             method: method.to_ascii_uppercase(),
             path: path.to_string(),
-            handler,
-            scope: self.scope.clone(),
+            call,
+            scope: self.scope,
         });
-        self
     }
 
     /// Register the routes `routes` adds in `scope` (opened inside the
@@ -119,21 +206,54 @@ impl Router {
     /// ```no_run
     /// # use berth_sdk::{HttpResult, Request, Response, Router, Scope};
     /// # fn fail(status: u16, message: &str) -> Response { Response::error(status, message) }
-    /// # struct User;
-    /// # fn signed_in(req: &Request) -> Result<User, Response> { Ok(User) }
-    /// # fn list(req: &Request) -> HttpResult { Ok(Response::new(200)) }
     /// # fn login(req: &Request) -> HttpResult { Ok(Response::new(200)) }
+    /// # fn status(req: &Request) -> HttpResult { Ok(Response::new(200)) }
     /// let router = Router::new().scope(Scope::new().errors(fail), |r| {
-    ///     r.post("login", "/login", login)
-    ///         .scope(Scope::new().guard(signed_in), |r| r.get("list", "/things", list))
+    ///     r.post("login", "/login", login).get("status", "/status", status)
     /// });
     /// ```
     pub fn scope(mut self, scope: Scope, routes: impl FnOnce(Router) -> Router) -> Self {
-        let inner = scope.within(&self.scope);
+        let inner = scope.within(self.scope);
         let outer = std::mem::replace(&mut self.scope, inner);
         let mut router = routes(self);
         router.scope = outer;
         router
+    }
+
+    /// Register the routes `routes` adds behind the guard `check`, then
+    /// carry on without it. `check` runs before each of their handlers:
+    /// its `Err` answers the request instead (rendered in the scope's error
+    /// format if it is a [`Response::failure`]); its `Ok` value is what a
+    /// handler of the form `fn(&Request, &T) -> HttpResult` gets.
+    ///
+    /// ```no_run
+    /// # use berth_sdk::{HttpResult, Request, Response, Router};
+    /// struct User(String);
+    ///
+    /// fn signed_in(req: &Request) -> Result<User, Response> {
+    ///     let name = req.header("x-user").ok_or_else(|| Response::failure(401, "sign in"))?;
+    ///     Ok(User(name.to_string()))
+    /// }
+    ///
+    /// fn whoami(_: &Request, me: &User) -> HttpResult {
+    ///     Ok(Response::text(200, &me.0))
+    /// }
+    /// # fn list(req: &Request) -> HttpResult { Ok(Response::new(200)) }
+    ///
+    /// let router = Router::new().guard(signed_in, |r| {
+    ///     r.get("me", "/me", whoami).get("list", "/things", list)
+    /// });
+    /// ```
+    pub fn guard<T: 'static>(
+        self,
+        check: Guard<T>,
+        routes: impl FnOnce(Guarded<T>) -> Guarded<T>,
+    ) -> Self {
+        routes(Guarded {
+            router: self,
+            check,
+        })
+        .router
     }
 
     /// A `GET` route.
@@ -265,21 +385,9 @@ impl Router {
         let Some(route) = self.routes.iter().find(|r| r.id == request.route()) else {
             return Response::error(404, &format!("no handler for route `{}`", request.route()));
         };
-        ERRORS.with(|errors| errors.set(route.scope.errors.unwrap_or(Response::error)));
-        let response = crate::kv::rerun_on_conflict(|| {
-            // The guard runs again with the handler: its reads belong to
-            // the transaction the handler's writes commit in.
-            if let Some(guard) = &route.scope.guard {
-                match guard(&request) {
-                    Ok(who) => request.set_identity(who),
-                    Err(turned_away) => return turned_away,
-                }
-            }
-            (route.handler)(&request).unwrap_or_else(|e| e)
-        });
-        // Nothing of this call is left for the next on a reused instance.
-        ERRORS.with(|errors| errors.set(Response::error));
-        response
+        let response =
+            crate::kv::rerun_on_conflict(|| (route.call)(&request).unwrap_or_else(|e| e));
+        response.rendered(route.scope.errors.unwrap_or(Response::error))
     }
 
     pub(crate) fn manifest_routes(&self) -> Vec<types::Route> {
@@ -627,8 +735,7 @@ mod tests {
         }
     }
 
-    fn whoami(req: &Request) -> HttpResult {
-        let user = req.identity::<User>()?;
+    fn whoami(_: &Request, user: &User) -> HttpResult {
         Ok(Response::json(200, &json!({ "user": user.0 })))
     }
 
@@ -647,12 +754,10 @@ mod tests {
             .scope(Scope::new().errors(ours), |r| {
                 r.get("query", "/query", bad_query)
                     .get("host", "/host", host_error)
-                    .get("unguarded", "/unguarded", whoami)
-                    .scope(Scope::new().guard(signed_in), |r| {
+                    .guard(signed_in, |r| {
                         r.get("me", "/me", whoami)
-                            .scope(Scope::new().guard(admin), |r| {
-                                r.get("root", "/root", whoami)
-                            })
+                            .get("me.query", "/me/query", bad_query)
+                            .guard(admin, |r| r.get("root", "/root", whoami))
                     })
             })
             .get("after", "/after", bad_query)
@@ -696,8 +801,13 @@ mod tests {
         );
         let root = scoped().dispatch(request("root", &[("user", "root")]));
         assert_eq!(body(&root)["user"], "root");
-        let none = scoped().dispatch(request("unguarded", &[("user", "ann")]));
-        assert_eq!(none.status, 500, "no guard, no identity");
-        assert_eq!(body(&none)["ours"], true);
+        let plain = scoped().dispatch(request("me.query", &[("user", "ann")]));
+        assert_eq!(
+            (plain.status, body(&plain)["ours"].clone()),
+            (400, json!(true)),
+            "a plain handler behind a guard, erring in the scope's format"
+        );
+        let away = scoped().dispatch(request("me.query", &[]));
+        assert_eq!(away.status, 401, "its guard runs first");
     }
 }

@@ -225,8 +225,8 @@ pub fn action_cancel(req: &Request) -> HttpResult {
 
 /// Retry a failed service or stack action: run the same operation again
 /// as a new action.
-pub fn action_retry(req: &Request) -> HttpResult {
-    let user = req.identity::<Caller>()?.0.clone();
+pub fn action_retry(req: &Request, caller: &Caller) -> HttpResult {
+    let user = caller.0.clone();
     let a = find_action(req)?;
     if a.state != ActionState::Failed {
         return Err(fail(

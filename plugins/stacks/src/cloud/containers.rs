@@ -85,8 +85,8 @@ pub fn container_get(req: &Request) -> HttpResult {
     Ok(Response::json(200, &v))
 }
 
-pub(super) fn container_op(req: &Request, verb: &str) -> HttpResult {
-    let user = req.identity::<Caller>()?.0.clone();
+pub(super) fn container_op(req: &Request, caller: &Caller, verb: &str) -> HttpResult {
+    let user = caller.0.clone();
     let (s, c) = find_container(req)?;
     model::follow(&s.endpoint);
     let uri = format!("{CONTAINER_URI}{}/", model::container_uuid(&c.id));
@@ -136,17 +136,17 @@ pub(super) fn container_op(req: &Request, verb: &str) -> HttpResult {
     })
 }
 
-pub fn container_start(req: &Request) -> HttpResult {
-    container_op(req, "start")
+pub fn container_start(req: &Request, caller: &Caller) -> HttpResult {
+    container_op(req, caller, "start")
 }
-pub fn container_stop(req: &Request) -> HttpResult {
-    container_op(req, "stop")
+pub fn container_stop(req: &Request, caller: &Caller) -> HttpResult {
+    container_op(req, caller, "stop")
 }
-pub fn container_redeploy(req: &Request) -> HttpResult {
-    container_op(req, "redeploy")
+pub fn container_redeploy(req: &Request, caller: &Caller) -> HttpResult {
+    container_op(req, caller, "redeploy")
 }
-pub fn container_terminate(req: &Request) -> HttpResult {
-    container_op(req, "terminate")
+pub fn container_terminate(req: &Request, caller: &Caller) -> HttpResult {
+    container_op(req, caller, "terminate")
 }
 
 pub fn container_logs(req: &Request) -> HttpResult {

@@ -2,7 +2,7 @@
 //! `/api/audit/v1/`, Basic auth with `username:apikey`.
 
 use berth_sdk::{
-    Framing, HttpResult, Request, Response, Router, Scope, docker, docker::DockerError,
+    Framing, Guarded, HttpResult, Request, Response, Router, Scope, docker, docker::DockerError,
 };
 use serde_json::json;
 
@@ -17,7 +17,7 @@ use crate::cloud::infra::{
     az_list, infra_write, node_get, node_list, nodecluster_get, nodecluster_list, nodetype_get,
     nodetype_list, provider_get, provider_list, region_get, region_list,
 };
-use crate::cloud::keys::authenticate;
+use crate::cloud::keys::{Caller, authenticate};
 use crate::cloud::services::{
     service_create, service_get, service_list, service_logs, service_redeploy, service_scale,
     service_start, service_stop, service_terminate, service_update,
@@ -99,7 +99,6 @@ fn failure(f: Failure) -> Response {
 /// `/api/repo/v1/`.
 pub fn routes(router: Router) -> Router {
     let docker_cloud = Scope::new().errors(fail);
-    let api_key = Scope::new().guard(authenticate);
     router
         .scope(docker_cloud, |r| {
             r.route("cloud.not-found", "*", &app("/{rest...}"), not_found)
@@ -121,7 +120,7 @@ pub fn routes(router: Router) -> Router {
                     "/api/repo/v1/{rest...}",
                     not_found,
                 )
-                .scope(api_key, |r| audit_routes(infra_routes(app_routes(r))))
+                .guard(authenticate, |r| audit_routes(infra_routes(app_routes(r))))
         })
         .describe(include_str!("../../cloud.json"))
 }
@@ -146,7 +145,7 @@ fn infra(path: &str) -> String {
 }
 
 /// Services, stacks and containers (`/api/app/v1/`).
-fn app_routes(r: Router) -> Router {
+fn app_routes(r: Guarded<Caller>) -> Guarded<Caller> {
     r.get("cloud.service.list", &app("/service"), service_list)
         .post("cloud.service.create", &app("/service"), service_create)
         .get("cloud.service.get", &app("/service/{uuid}"), service_get)
@@ -250,7 +249,7 @@ fn app_routes(r: Router) -> Router {
 
 /// Nodes, node clusters and what the infra API listed of providers
 /// (`/api/infra/v1/`).
-fn infra_routes(r: Router) -> Router {
+fn infra_routes(r: Guarded<Caller>) -> Guarded<Caller> {
     r.get("cloud.node.list", &infra("/node"), node_list)
         .get("cloud.node.get", &infra("/node/{uuid}"), node_get)
         .delete("cloud.node.terminate", &infra("/node/{uuid}"), infra_write)
@@ -316,7 +315,7 @@ fn infra_routes(r: Router) -> Router {
 }
 
 /// Actions and the event stream (`/api/audit/v1/`).
-fn audit_routes(r: Router) -> Router {
+fn audit_routes(r: Guarded<Caller>) -> Guarded<Caller> {
     r.get("cloud.action.list", &audit("/action"), action_list)
         .get("cloud.action.get", &audit("/action/{uuid}"), action_get)
         .get(

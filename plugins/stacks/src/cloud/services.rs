@@ -297,8 +297,8 @@ pub fn service_update(req: &Request) -> HttpResult {
     Ok(Response::json(200, &service_json(&s)))
 }
 
-pub(super) fn service_op(req: &Request, op: Op) -> HttpResult {
-    let user = req.identity::<Caller>()?.0.clone();
+pub(super) fn service_op(req: &Request, caller: &Caller, op: Op) -> HttpResult {
+    let user = caller.0.clone();
     let mut s = find_service(req)?;
     model::follow(&s.endpoint);
     let uri = s.uri();
@@ -316,20 +316,20 @@ pub(super) fn capitalise(s: &str) -> String {
         .unwrap_or_default()
 }
 
-pub fn service_start(req: &Request) -> HttpResult {
-    service_op(req, Op::Start)
+pub fn service_start(req: &Request, caller: &Caller) -> HttpResult {
+    service_op(req, caller, Op::Start)
 }
-pub fn service_stop(req: &Request) -> HttpResult {
-    service_op(req, Op::Stop)
+pub fn service_stop(req: &Request, caller: &Caller) -> HttpResult {
+    service_op(req, caller, Op::Stop)
 }
-pub fn service_scale(req: &Request) -> HttpResult {
-    service_op(req, Op::Scale)
+pub fn service_scale(req: &Request, caller: &Caller) -> HttpResult {
+    service_op(req, caller, Op::Scale)
 }
-pub fn service_redeploy(req: &Request) -> HttpResult {
-    service_op(req, Op::Redeploy)
+pub fn service_redeploy(req: &Request, caller: &Caller) -> HttpResult {
+    service_op(req, caller, Op::Redeploy)
 }
-pub fn service_terminate(req: &Request) -> HttpResult {
-    service_op(req, Op::Terminate)
+pub fn service_terminate(req: &Request, caller: &Caller) -> HttpResult {
+    service_op(req, caller, Op::Terminate)
 }
 
 pub fn service_logs(req: &Request) -> HttpResult {

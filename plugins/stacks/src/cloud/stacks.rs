@@ -113,8 +113,8 @@ pub fn stack_update(req: &Request) -> HttpResult {
     Ok(Response::json(200, &render_stack(&stack)))
 }
 
-pub(super) fn stack_op(req: &Request, op: Op) -> HttpResult {
-    let user = req.identity::<Caller>()?.0.clone();
+pub(super) fn stack_op(req: &Request, caller: &Caller, op: Op) -> HttpResult {
+    let user = caller.0.clone();
     let mut stack = find_stack(req)?;
     model::follow(&stack.endpoint);
     let uri = stack.uri();
@@ -125,17 +125,17 @@ pub(super) fn stack_op(req: &Request, op: Op) -> HttpResult {
     })
 }
 
-pub fn stack_start(req: &Request) -> HttpResult {
-    stack_op(req, Op::Start)
+pub fn stack_start(req: &Request, caller: &Caller) -> HttpResult {
+    stack_op(req, caller, Op::Start)
 }
-pub fn stack_stop(req: &Request) -> HttpResult {
-    stack_op(req, Op::Stop)
+pub fn stack_stop(req: &Request, caller: &Caller) -> HttpResult {
+    stack_op(req, caller, Op::Stop)
 }
-pub fn stack_redeploy(req: &Request) -> HttpResult {
-    stack_op(req, Op::Redeploy)
+pub fn stack_redeploy(req: &Request, caller: &Caller) -> HttpResult {
+    stack_op(req, caller, Op::Redeploy)
 }
-pub fn stack_terminate(req: &Request) -> HttpResult {
-    stack_op(req, Op::Terminate)
+pub fn stack_terminate(req: &Request, caller: &Caller) -> HttpResult {
+    stack_op(req, caller, Op::Terminate)
 }
 
 pub fn stack_export(req: &Request) -> HttpResult {

@@ -480,12 +480,11 @@ pub(super) fn can_use(user: &User, e: &Endpoint) -> Result<bool, Response> {
     }
 }
 
-pub fn endpoint_list(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
+pub fn endpoint_list(_: &Request, user: &User) -> HttpResult {
     let list: Vec<Endpoint> = model::scan("p/endpoint/")?;
     let mut shown = Vec::new();
     for e in &list {
-        if can_use(&user, e)? {
+        if can_use(user, e)? {
             shown.push(e.render());
         }
     }
@@ -501,14 +500,12 @@ pub(super) fn find_endpoint(req: &Request, user: &User) -> Result<Endpoint, Resp
     Ok(e)
 }
 
-pub fn endpoint_get(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    Ok(Response::json(200, &find_endpoint(req, &user)?.render()))
+pub fn endpoint_get(req: &Request, user: &User) -> HttpResult {
+    Ok(Response::json(200, &find_endpoint(req, user)?.render()))
 }
 
-pub fn endpoint_update(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    let mut e = find_endpoint(req, &user)?;
+pub fn endpoint_update(req: &Request, user: &User) -> HttpResult {
+    let mut e = find_endpoint(req, user)?;
     let change: EndpointUpdate = payload(req)?;
     if let Some(url) = change.url.filter(|u| !u.is_empty() && *u != e.url) {
         return Err(fail(
@@ -548,18 +545,16 @@ pub fn endpoint_update(req: &Request) -> HttpResult {
 }
 
 /// `PUT /api/endpoints/{id}/access`: who may use the endpoint.
-pub fn endpoint_access(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    let mut e = find_endpoint(req, &user)?;
+pub fn endpoint_access(req: &Request, user: &User) -> HttpResult {
+    let mut e = find_endpoint(req, user)?;
     let access: Access = payload(req)?;
     access.apply(&mut e.authorized_users, &mut e.authorized_teams)?;
     kv::set_json(&endpoint_key(e.id), &e)?;
     Ok(Response::json(200, &e.render()))
 }
 
-pub fn endpoint_delete(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    let e = find_endpoint(req, &user)?;
+pub fn endpoint_delete(req: &Request, user: &User) -> HttpResult {
+    let e = find_endpoint(req, user)?;
     if e.docker.starts_with("portainer-") {
         docker::remove_endpoint(&e.docker).map_err(|err| {
             fail(
@@ -576,13 +571,12 @@ pub fn endpoint_delete(req: &Request) -> HttpResult {
 
 /// `/api/endpoints/{id}/docker/{path...}`: the engine's API, through the
 /// host's proxy, once the caller may use the endpoint.
-pub fn docker_proxy(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    let e = find_endpoint(req, &user)?;
+pub fn docker_proxy(req: &Request, user: &User) -> HttpResult {
+    let e = find_endpoint(req, user)?;
     e.ready()?;
     let path = format!("/{}", req.param("path").unwrap_or_default());
     if sends_registry_auth(req.method(), unversioned(&path))
-        && let Some(auth) = registry_auth(req, &user)?
+        && let Some(auth) = registry_auth(req, user)?
     {
         docker::set_proxy_header("x-registry-auth", &auth).map_err(|e| {
             fail(
@@ -593,7 +587,7 @@ pub fn docker_proxy(req: &Request) -> HttpResult {
         })?;
     }
     if user.role != ADMIN
-        && let Some(answer) = restricted(req, &user, &e, &path)?
+        && let Some(answer) = restricted(req, user, &e, &path)?
     {
         return Ok(answer);
     }
@@ -618,16 +612,16 @@ pub fn docker_proxy(req: &Request) -> HttpResult {
 /// instance (made with `POST .../docker/containers/{id}/exec`), as
 /// Portainer 1.x's web UI opens it. The host starts the exec hijacked
 /// (`{"Tty": true}`) and bridges it to the WebSocket.
-pub fn websocket_exec(req: &Request) -> HttpResult {
-    let (endpoint, id) = console_target(req, true)?;
+pub fn websocket_exec(req: &Request, user: &User) -> HttpResult {
+    let (endpoint, id) = console_target(req, user, true)?;
     let path = format!("/exec/{id}/start");
     Ok(Response::proxy_docker(&endpoint.docker, &path, Some("")))
 }
 
 /// `GET /api/websocket/attach?token=&endpointId=&id=`: a console attached
 /// to a container's stdin, stdout and stderr.
-pub fn websocket_attach(req: &Request) -> HttpResult {
-    let (endpoint, id) = console_target(req, false)?;
+pub fn websocket_attach(req: &Request, user: &User) -> HttpResult {
+    let (endpoint, id) = console_target(req, user, false)?;
     let path = format!("/containers/{id}/attach");
     let query = "stream=1&stdin=1&stdout=1&stderr=1";
     Ok(Response::proxy_docker(&endpoint.docker, &path, Some(query)))
@@ -636,8 +630,7 @@ pub fn websocket_attach(req: &Request) -> HttpResult {
 /// The endpoint and the (hexadecimal) id a console route names (an exec
 /// instance's, or a container's), checked as Portainer 1.x checked them,
 /// and against resource controls for a user who is not an administrator.
-fn console_target(req: &Request, exec: bool) -> Result<(Endpoint, String), Response> {
-    let user = req.identity::<User>()?;
+fn console_target(req: &Request, user: &User, exec: bool) -> Result<(Endpoint, String), Response> {
     let id = req.query("id").unwrap_or_default();
     if id.is_empty() {
         return Err(fail(400, "Invalid query parameter: id", ""));
@@ -654,7 +647,7 @@ fn console_target(req: &Request, exec: bool) -> Result<(Endpoint, String), Respo
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| fail(400, "Invalid query parameter: endpointId", ""))?;
     let endpoint = stack_endpoint(endpoint_id)?;
-    if !can_use(&user, &endpoint)? {
+    if !can_use(user, &endpoint)? {
         return Err(fail(403, "Permission denied to access endpoint", ""));
     }
     let websocket = req
@@ -668,7 +661,7 @@ fn console_target(req: &Request, exec: bool) -> Result<(Endpoint, String), Respo
         ));
     }
     endpoint.ready()?;
-    console_allowed(&user, &endpoint, id, exec)?;
+    console_allowed(user, &endpoint, id, exec)?;
     Ok((endpoint, id.to_string()))
 }
 
@@ -718,9 +711,8 @@ fn take_snapshot(mut e: Endpoint) -> Result<(), Response> {
 }
 
 /// `POST /api/endpoints/{id}/snapshot` (administrators).
-pub fn endpoint_snapshot(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    take_snapshot(find_endpoint(req, &user)?)?;
+pub fn endpoint_snapshot(req: &Request, user: &User) -> HttpResult {
+    take_snapshot(find_endpoint(req, user)?)?;
     Ok(Response::new(204))
 }
 

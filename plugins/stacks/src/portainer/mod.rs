@@ -4,7 +4,7 @@
 //! either key work.
 
 use base64::Engine as _;
-use berth_sdk::{Request, Response, Router, Scope, gojson, kv};
+use berth_sdk::{Guarded, Request, Response, Router, Scope, gojson, kv};
 use serde_json::{Value, json};
 
 use crate::model::{Failure, Op, PortainerStack, Stack};
@@ -38,7 +38,7 @@ use crate::portainer::templates::{
 };
 use crate::portainer::tokens::{token_create, token_delete, token_list};
 use crate::portainer::users::{
-    admin, admin_check, admin_init, auth, authenticate, user_create, user_delete, user_get,
+    User, admin, admin_check, admin_init, auth, authenticate, user_create, user_delete, user_get,
     user_list, user_memberships, user_password_check, user_update,
 };
 use crate::portainer::webhooks::{webhook_create, webhook_delete, webhook_list, webhook_trigger};
@@ -145,13 +145,11 @@ fn b64url(bytes: &[u8]) -> String {
 /// a signed-in user, and those for an administrator.
 pub fn routes(router: Router) -> Router {
     let portainer = Scope::new().errors(failure);
-    let signed_in = Scope::new().guard(authenticate);
-    let admin = Scope::new().guard(self::admin);
     router
         .scope(portainer, |r| {
             public_routes(r)
-                .scope(signed_in, signed_in_routes)
-                .scope(admin, admin_routes)
+                .guard(authenticate, signed_in_routes)
+                .guard(admin, admin_routes)
         })
         .describe(include_str!("../../portainer.json"))
 }
@@ -187,7 +185,7 @@ fn public_routes(r: Router) -> Router {
 }
 
 /// What a signed-in user may call (each handler checks its own access).
-fn signed_in_routes(r: Router) -> Router {
+fn signed_in_routes(r: Guarded<User>) -> Guarded<User> {
     r.get("portainer.users.get", "/api/users/{id}", user_get)
         .put("portainer.users.update", "/api/users/{id}", user_update)
         .post(
@@ -293,7 +291,7 @@ fn signed_in_routes(r: Router) -> Router {
 }
 
 /// What only an administrator may call.
-fn admin_routes(r: Router) -> Router {
+fn admin_routes(r: Guarded<User>) -> Guarded<User> {
     r.get("portainer.settings.get", "/api/settings", settings_get)
         .put(
             "portainer.settings.update",

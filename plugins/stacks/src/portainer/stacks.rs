@@ -112,8 +112,7 @@ impl Payload for StackUpdate {
     }
 }
 
-pub fn stack_create(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
+pub fn stack_create(req: &Request, user: &User) -> HttpResult {
     let kind: u8 = req
         .query("type")
         .and_then(|t| t.parse().ok())
@@ -177,7 +176,7 @@ pub fn stack_create(req: &Request) -> HttpResult {
         return Err(fail(400, "Invalid request payload", "Invalid Swarm ID"));
     }
     let endpoint = load_endpoint(endpoint_id)?.ok_or_else(|| not_found("an endpoint"))?;
-    if !can_use(&user, &endpoint)? {
+    if !can_use(user, &endpoint)? {
         return Err(fail(403, "Access denied to resource", "endpoint"));
     }
     let defs = stackfile::parse_compose(&content, &env)
@@ -207,7 +206,7 @@ pub fn stack_create(req: &Request) -> HttpResult {
     }
     kv::set(&stack_key(stack.id), stack.uuid.as_bytes())?;
     if user.role != ADMIN {
-        own(&user, STACK, &stack.name)?;
+        own(user, STACK, &stack.name)?;
     }
     Ok(Response::json(200, &render_stack(&stack)))
 }
@@ -254,13 +253,12 @@ pub(super) fn find_stack(req: &Request, user: &User) -> Result<Stack, Response> 
     Ok(st)
 }
 
-pub fn stack_list(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
+pub fn stack_list(_: &Request, user: &User) -> HttpResult {
     let mut list = Vec::new();
     for entry in kv::scan("p/stack/") {
         let (_, uuid) = entry?;
         if let Some(st) = model::load_stack(&String::from_utf8_lossy(&uuid))?
-            && may_see(&user, &st)?
+            && may_see(user, &st)?
         {
             list.push(render_stack(&st));
         }
@@ -268,21 +266,18 @@ pub fn stack_list(req: &Request) -> HttpResult {
     Ok(Response::json(200, &list))
 }
 
-pub fn stack_get(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    Ok(Response::json(200, &render_stack(&find_stack(req, &user)?)))
+pub fn stack_get(req: &Request, user: &User) -> HttpResult {
+    Ok(Response::json(200, &render_stack(&find_stack(req, user)?)))
 }
 
-pub fn stack_file(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    let st = find_stack(req, &user)?;
+pub fn stack_file(req: &Request, user: &User) -> HttpResult {
+    let st = find_stack(req, user)?;
     let file = st.portainer.map(|p| p.file).unwrap_or_default();
     Ok(Response::json(200, &json!({ "StackFileContent": file })))
 }
 
-pub fn stack_update(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    let mut st = find_stack(req, &user)?;
+pub fn stack_update(req: &Request, user: &User) -> HttpResult {
+    let mut st = find_stack(req, user)?;
     let body: StackUpdate = payload(req)?;
     let content = body.stack_file_content;
     let env = env_of(body.env)?;
@@ -297,12 +292,11 @@ pub fn stack_update(req: &Request) -> HttpResult {
     Ok(Response::json(200, &render_stack(&st)))
 }
 
-pub fn stack_delete(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
+pub fn stack_delete(req: &Request, user: &User) -> HttpResult {
     if req.query("external") == Some("true") {
-        return external_stack_delete(req, &user);
+        return external_stack_delete(req, user);
     }
-    let mut st = find_stack(req, &user)?;
+    let mut st = find_stack(req, user)?;
     if st.state != State::Terminated {
         model::run_stack(&mut st, Op::Terminate).map_err(stack_failure)?;
     }
@@ -344,13 +338,12 @@ fn engine_id(endpoint: &str) -> Option<String> {
 /// It keeps its id, and its resource control follows a new name. A
 /// deploy that fails leaves the stack where it was; moving under the
 /// same name onto the engine it already runs on is refused (409).
-pub fn stack_migrate(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
-    let mut old = find_stack(req, &user)?;
+pub fn stack_migrate(req: &Request, user: &User) -> HttpResult {
+    let mut old = find_stack(req, user)?;
     let body: StackMigrate = payload(req)?;
     let p = old.portainer.clone().ok_or_else(|| not_found("a stack"))?;
     let target = load_endpoint(body.endpoint_id)?.ok_or_else(|| not_found("an endpoint"))?;
-    if !can_use(&user, &target)? {
+    if !can_use(user, &target)? {
         return Err(fail(403, "Access denied to resource", "endpoint"));
     }
     let name = if body.name.is_empty() {

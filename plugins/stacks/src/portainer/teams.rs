@@ -114,9 +114,8 @@ fn must_manage(user: &User, team: u64, err: &str) -> Result<(), Response> {
 }
 
 /// `GET /api/teams`: every team to an admin, a user's own teams to them.
-pub fn team_list(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
-    let mine = teams_of(&me)?;
+pub fn team_list(_: &Request, me: &User) -> HttpResult {
+    let mine = teams_of(me)?;
     let list: Vec<Team> = teams()?
         .into_iter()
         .filter(|t| me.role == ADMIN || mine.contains(&t.id))
@@ -150,10 +149,9 @@ fn find_team(req: &Request) -> Result<Team, Response> {
 }
 
 /// The route's team, to a user who may manage it.
-fn managed_team(req: &Request) -> Result<Team, Response> {
-    let me = req.identity::<User>()?;
+fn managed_team(req: &Request, me: &User) -> Result<Team, Response> {
     let team = find_team(req)?;
-    if !manages(&me, team.id)? {
+    if !manages(me, team.id)? {
         return Err(fail(
             403,
             "Access denied to team",
@@ -163,8 +161,8 @@ fn managed_team(req: &Request) -> Result<Team, Response> {
     Ok(team)
 }
 
-pub fn team_get(req: &Request) -> HttpResult {
-    Ok(Response::json(200, &managed_team(req)?))
+pub fn team_get(req: &Request, me: &User) -> HttpResult {
+    Ok(Response::json(200, &managed_team(req, me)?))
 }
 
 pub fn team_update(req: &Request) -> HttpResult {
@@ -188,8 +186,8 @@ pub fn team_delete(req: &Request) -> HttpResult {
 }
 
 /// `GET /api/teams/{id}/memberships`.
-pub fn team_memberships(req: &Request) -> HttpResult {
-    let team = managed_team(req)?;
+pub fn team_memberships(req: &Request, me: &User) -> HttpResult {
+    let team = managed_team(req, me)?;
     let list: Vec<Membership> = memberships()?
         .into_iter()
         .filter(|m| m.team_id == team.id)
@@ -225,11 +223,10 @@ fn check_membership(body: &MembershipBody, except: Option<u64>) -> Result<(), Re
 }
 
 /// `POST /api/team_memberships`: administrators, and leaders of the team.
-pub fn membership_create(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn membership_create(req: &Request, me: &User) -> HttpResult {
     let body: MembershipBody = payload(req)?;
     must_manage(
-        &me,
+        me,
         body.team_id,
         "Permission denied to manage team memberships",
     )?;
@@ -251,13 +248,12 @@ fn find_membership(req: &Request) -> Result<Membership, Response> {
 /// `PUT /api/team_memberships/{id}`: administrators, and leaders of both
 /// the membership's team and the team it moves to, who cannot change
 /// its role.
-pub fn membership_update(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn membership_update(req: &Request, me: &User) -> HttpResult {
     let body: MembershipBody = payload(req)?;
     let old = find_membership(req)?;
     let id = old.id;
     for team in [old.team_id, body.team_id] {
-        must_manage(&me, team, "Permission denied to update the membership")?;
+        must_manage(me, team, "Permission denied to update the membership")?;
     }
     if me.role != ADMIN && i64::from(old.role) != body.role {
         return Err(fail(
@@ -279,10 +275,9 @@ pub fn membership_update(req: &Request) -> HttpResult {
 
 /// `DELETE /api/team_memberships/{id}`: administrators, and leaders of
 /// the membership's team.
-pub fn membership_delete(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn membership_delete(req: &Request, me: &User) -> HttpResult {
     let m = find_membership(req)?;
-    must_manage(&me, m.team_id, "Permission denied to delete the membership")?;
+    must_manage(me, m.team_id, "Permission denied to delete the membership")?;
     kv::delete(&membership_key(m.id))?;
     Ok(Response::new(204))
 }

@@ -276,8 +276,7 @@ fn external(url: &str) -> Result<Vec<Template>, Response> {
 
 /// `GET /api/templates`: those an administrator keeps, or the
 /// `TemplatesURL`'s; `administrator_only` ones to administrators alone.
-pub fn template_list(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn template_list(_: &Request, me: &User) -> HttpResult {
     let url = templates_url()?;
     let all = if url.is_empty() {
         stored()?

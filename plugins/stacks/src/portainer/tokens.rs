@@ -96,8 +96,7 @@ impl Payload for NewToken {
 }
 
 /// A user acting on their own tokens (or an admin, to list and revoke).
-fn owner(req: &Request, admin_may: bool) -> Result<User, Response> {
-    let me = req.identity::<User>()?;
+fn owner(req: &Request, me: &User, admin_may: bool) -> Result<User, Response> {
     let user = find_user(req)?;
     if me.id != user.id && !(admin_may && me.role == ADMIN) {
         return Err(fail(
@@ -109,8 +108,8 @@ fn owner(req: &Request, admin_may: bool) -> Result<User, Response> {
     Ok(user)
 }
 
-pub fn token_create(req: &Request) -> HttpResult {
-    let user = owner(req, false)?;
+pub fn token_create(req: &Request, me: &User) -> HttpResult {
+    let user = owner(req, me, false)?;
     let body: NewToken = payload(req)?;
     if !password_matches(req, &user, &body.password)? {
         return Err(fail(
@@ -134,14 +133,14 @@ pub fn token_create(req: &Request) -> HttpResult {
     ))
 }
 
-pub fn token_list(req: &Request) -> HttpResult {
-    let user = owner(req, true)?;
+pub fn token_list(req: &Request, me: &User) -> HttpResult {
+    let user = owner(req, me, true)?;
     let list: Vec<Value> = keys_of(user.id)?.iter().map(|(_, k)| k.render()).collect();
     Ok(Response::json(200, &list))
 }
 
-pub fn token_delete(req: &Request) -> HttpResult {
-    let user = owner(req, true)?;
+pub fn token_delete(req: &Request, me: &User) -> HttpResult {
+    let user = owner(req, me, true)?;
     let id: u64 = req
         .param("keyId")
         .and_then(|k| k.parse().ok())

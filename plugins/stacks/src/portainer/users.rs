@@ -303,8 +303,7 @@ pub(super) fn id_param(req: &Request) -> Result<u64, Response> {
 /// `GET /api/users`: every user to an administrator; to anyone else,
 /// the users who are not administrators (1.x's `FilterUsers`), so team
 /// leaders can pick members.
-pub fn user_list(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn user_list(_: &Request, me: &User) -> HttpResult {
     let list: Vec<Value> = users()?
         .iter()
         .filter(|u| me.role == ADMIN || u.role != ADMIN)
@@ -315,9 +314,8 @@ pub fn user_list(req: &Request) -> HttpResult {
 
 /// `POST /api/users`: administrators, and team leaders, who may create
 /// users but not administrators.
-pub fn user_create(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
-    if me.role != ADMIN && !leads_a_team(&me)? {
+pub fn user_create(req: &Request, me: &User) -> HttpResult {
+    if me.role != ADMIN && !leads_a_team(me)? {
         return Err(fail(
             403,
             "Permission denied to create user",
@@ -341,8 +339,7 @@ pub(super) fn find_user(req: &Request) -> Result<User, Response> {
     load_user(id)?.ok_or_else(|| not_found("a user"))
 }
 
-pub fn user_get(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn user_get(req: &Request, me: &User) -> HttpResult {
     let user = find_user(req)?;
     if me.role != ADMIN && me.id != user.id {
         return Err(fail(403, "Access denied to resource", ""));
@@ -350,8 +347,7 @@ pub fn user_get(req: &Request) -> HttpResult {
     Ok(Response::json(200, &user.render()))
 }
 
-pub fn user_update(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn user_update(req: &Request, me: &User) -> HttpResult {
     let mut user = find_user(req)?;
     if me.role != ADMIN && me.id != user.id {
         return Err(fail(
@@ -380,8 +376,7 @@ pub fn user_update(req: &Request) -> HttpResult {
 
 /// `POST /api/users/{id}/passwd`: whether `Password` is the user's own
 /// (the UI asks before a password change). The user themself or an admin.
-pub fn user_password_check(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn user_password_check(req: &Request, me: &User) -> HttpResult {
     let user = find_user(req)?;
     if me.role != ADMIN && me.id != user.id {
         return Err(fail(
@@ -397,8 +392,7 @@ pub fn user_password_check(req: &Request) -> HttpResult {
 
 /// `GET /api/users/{id}/memberships`: the user's team memberships, to the
 /// user themself or an admin.
-pub fn user_memberships(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn user_memberships(req: &Request, me: &User) -> HttpResult {
     let id = id_param(req)?;
     if me.role != ADMIN && me.id != id {
         return Err(fail(
@@ -414,8 +408,7 @@ pub fn user_memberships(req: &Request) -> HttpResult {
     Ok(Response::json(200, &list))
 }
 
-pub fn user_delete(req: &Request) -> HttpResult {
-    let me = req.identity::<User>()?;
+pub fn user_delete(req: &Request, me: &User) -> HttpResult {
     let user = find_user(req)?;
     if user.id == me.id {
         return Err(fail(403, "Cannot remove your own user account", ""));

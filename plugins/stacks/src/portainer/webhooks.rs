@@ -83,11 +83,10 @@ fn stack_by_id(id: &str) -> Result<Option<Stack>, Response> {
     model::load_stack(&uuid).map_err(Response::from)
 }
 
-pub fn webhook_create(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
+pub fn webhook_create(req: &Request, user: &User) -> HttpResult {
     let body: NewWebhook = payload(req)?;
     let endpoint = load_endpoint(body.endpoint_id)?.ok_or_else(|| not_found("an endpoint"))?;
-    if !can_use(&user, &endpoint)? {
+    if !can_use(user, &endpoint)? {
         return Err(fail(403, "Permission denied to access endpoint", ""));
     }
     let kind = body.kind as u8;
@@ -104,7 +103,7 @@ pub fn webhook_create(req: &Request) -> HttpResult {
         })?;
     } else {
         let stack = stack_by_id(&body.resource_id)?.ok_or_else(|| not_found("a stack"))?;
-        if !may_see(&user, &stack)? {
+        if !may_see(user, &stack)? {
             return Err(fail(403, "Access denied to resource", ""));
         }
     }
@@ -131,8 +130,7 @@ pub fn webhook_create(req: &Request) -> HttpResult {
 
 /// `GET /api/webhooks?filters={"ResourceID":...,"EndpointID":...}`: the
 /// webhooks on endpoints the caller may use.
-pub fn webhook_list(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
+pub fn webhook_list(req: &Request, user: &User) -> HttpResult {
     #[derive(Deserialize, Default)]
     #[serde(default)]
     struct Filters {
@@ -156,18 +154,17 @@ pub fn webhook_list(req: &Request) -> HttpResult {
         if !wanted {
             continue;
         }
-        if may_use_endpoint(&user, w.endpoint_id)? {
+        if may_use_endpoint(user, w.endpoint_id)? {
             shown.push(w.render());
         }
     }
     Ok(Response::json(200, &shown))
 }
 
-pub fn webhook_delete(req: &Request) -> HttpResult {
-    let user = req.identity::<User>()?;
+pub fn webhook_delete(req: &Request, user: &User) -> HttpResult {
     let id = id_param(req)?;
     let w: Webhook = kv::get_json(&webhook_key(id))?.ok_or_else(|| not_found("a webhook"))?;
-    if !may_use_endpoint(&user, w.endpoint_id)? {
+    if !may_use_endpoint(user, w.endpoint_id)? {
         return Err(fail(403, "Permission denied to access endpoint", ""));
     }
     kv::delete(&webhook_key(id))?;
