@@ -62,14 +62,10 @@ pub use http::{Framing, HttpResult, Request, Response, percent_encode};
 
 /// The capability functions the modules above call: the host's imports in
 /// a component, the test host's ([`testing`]) in a native build.
-mod host {
-    #[cfg(target_arch = "wasm32")]
-    pub use crate::bindings::berth::plugin::{
-        config, crypto, docker, dokku, events, http_out, jobs, kv, log,
-    };
-    #[cfg(not(target_arch = "wasm32"))]
-    pub use crate::testing::raw::{config, crypto, docker, dokku, events, http_out, jobs, kv, log};
-}
+#[cfg(target_arch = "wasm32")]
+use crate::bindings::berth::plugin as host;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::testing::raw as host;
 pub use router::{Given, Guard, Guarded, GuardedHandler, Handler, Plain, Render, Router, Scope};
 
 /// The generated bindings for the `berth:plugin` world. Most plugins never
