@@ -214,6 +214,10 @@ pub struct LimitsConfig {
 pub struct PluginConfig {
     #[serde(default)]
     pub grants: Vec<String>,
+    /// For a wasi:http component: the path it is mounted under (its
+    /// requests are those under it), `/NAME` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     #[serde(flatten)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -365,6 +369,19 @@ impl Config {
                 }
             }
         }
+        for (name, plugin) in &self.plugins {
+            if let Some(route) = &plugin.route {
+                let literal = route.starts_with('/')
+                    && !route.contains(['{', '}', '?', '#'])
+                    && (route == "/" || !route.ends_with('/'));
+                if !literal || route.split('/').nth(1) == Some("_berth") {
+                    return Err(ConfigError::Invalid(format!(
+                        "[plugins.{name}] route must be a path such as \"/{name}\" (starting \
+                         with `/`, no trailing `/`, no `{{`, not under /_berth), not `{route}`"
+                    )));
+                }
+            }
+        }
         let limits = std::iter::once(("defaults".to_string(), &self.defaults.limits)).chain(
             self.plugins
                 .iter()
@@ -476,6 +493,12 @@ impl Config {
         caps.sort();
         caps.dedup();
         caps
+    }
+
+    /// The path the wasi:http component `name` is mounted under.
+    pub fn route(&self, name: &str) -> String {
+        let own = self.plugins.get(name).and_then(|p| p.route.clone());
+        own.unwrap_or_else(|| format!("/{name}"))
     }
 
     /// Limits in force for plugin `name`.
@@ -611,6 +634,19 @@ mod tests {
     }
 
     #[test]
+    fn a_wasi_http_component_is_mounted_under_its_name_or_its_route() {
+        let c = parse("[plugins.api]\nroute = \"/v1/api\"\n").unwrap();
+        assert_eq!(c.route("api"), "/v1/api");
+        assert_eq!(c.route("greet"), "/greet");
+        assert_eq!(
+            parse("[plugins.all]\nroute = \"/\"\n")
+                .unwrap()
+                .route("all"),
+            "/"
+        );
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_reason() {
         let cases = [
             ("listen = 5", "invalid type"),
@@ -629,6 +665,10 @@ mod tests {
                 "tls_cert and tls_key must be given together",
             ),
             ("[plugins.a]\nmemory_mib = 100000", "memory_mib is at most"),
+            ("[plugins.a]\nroute = \"api\"", "route must be a path"),
+            ("[plugins.a]\nroute = \"/api/\"", "route must be a path"),
+            ("[plugins.a]\nroute = \"/api/{x}\"", "route must be a path"),
+            ("[plugins.a]\nroute = \"/_berth/a\"", "route must be a path"),
             ("= broken", "not valid TOML"),
             (
                 "[plugins.a.setting_files]\nt = \"/nonexistent/t.json\"",

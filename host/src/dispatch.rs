@@ -17,10 +17,11 @@ use crate::answer::{self, Responded};
 use crate::app::App;
 use crate::bindings::{Outcome, Request};
 use crate::budget::Reserved;
-use crate::invoke::{Finished, Handle, Invocation, invoke};
+use crate::invoke::{Finished, Handle, Invocation, invoke, serve_http};
 use crate::plugins::Mounted;
 use crate::router::{Found, percent_decode};
 use crate::runtime::CallError;
+use crate::runtime::wasi_http::response_body;
 use crate::web::{Body, BoxError, Response, error};
 
 /// Handle one request end to end. `peer` is the connection's address; the
@@ -170,6 +171,25 @@ async fn call(
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
+    if plugin.pre.is_http() {
+        let body = admitted.body.bytes();
+        let rest = params.into_iter().next().map(|(_, rest)| rest);
+        let request = for_component(app, parts, body, rest, client);
+        let tls = app.config.tls().is_some();
+        let runtime = app.plugins.runtime();
+        let served = serve_http(
+            runtime,
+            &plugin,
+            request,
+            tls,
+            request_id.to_string(),
+            deadline.into_std(),
+        );
+        return match served.await {
+            Ok(served) => served.response.map(response_body),
+            Err(e) => failed(&plugin, e, request_id),
+        };
+    }
     let request = Request {
         id: request_id.to_string(),
         method: parts.method.as_str().to_string(),
@@ -252,6 +272,70 @@ async fn call(
             .await
         }
     }
+}
+
+/// A request as a wasi:http component gets it: the client's, with the
+/// headers Spin adds (the part of the path after the component's route in
+/// `spin-path-info`, and so on; any the client sent are dropped).
+fn for_component(
+    app: &App,
+    parts: http::request::Parts,
+    body: Bytes,
+    rest: Option<String>,
+    client: SocketAddr,
+) -> http::Request<Bytes> {
+    let mut request = http::Request::from_parts(parts, body);
+    let headers = request.headers_mut();
+    let spin: Vec<_> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("spin-"))
+        .cloned()
+        .collect();
+    for name in spin {
+        headers.remove(name);
+    }
+    let rest = rest.unwrap_or_default();
+    let full_path = request.uri().path();
+    let route = full_path
+        .strip_suffix(rest.as_str())
+        .unwrap_or(full_path)
+        .trim_end_matches('/')
+        .to_string();
+    let scheme = if app.config.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("localhost")
+        .to_string();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let spin = [
+        ("spin-path-info", format!("/{rest}")),
+        (
+            "spin-full-url",
+            format!("{scheme}://{host}{path_and_query}"),
+        ),
+        ("spin-matched-route", format!("{route}/...")),
+        ("spin-raw-component-route", format!("{route}/...")),
+        ("spin-component-route", route.clone()),
+        ("spin-base-path", "/".to_string()),
+        ("spin-client-addr", client.to_string()),
+    ];
+    for (name, value) in spin {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            request.headers_mut().insert(name, value);
+        }
+    }
+    request
 }
 
 /// What admission gives a request: its body, and one of the plugin's call

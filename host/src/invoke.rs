@@ -10,7 +10,7 @@ use tracing::{Instrument, Span};
 use crate::bindings::{Outcome, Request};
 use crate::caps::{CallCx, Opened};
 use crate::plugins::Mounted;
-use crate::runtime::{CallError, Called, Runtime};
+use crate::runtime::{CallError, Called, Runtime, Served};
 use crate::store::{StoreError, Txn};
 
 /// One call to make: which export with what (`call`), for whom
@@ -243,4 +243,24 @@ pub async fn invoke<C: Call>(
         opened,
         writes,
     })
+}
+
+/// Serve `request` with the wasi:http component `plugin`: its call
+/// context (no transaction: such a component has no KV) and the instance
+/// metric; the runtime returns the instance to its pool when the
+/// component's handler returns.
+pub async fn serve_http(
+    runtime: &Runtime,
+    plugin: &Mounted,
+    request: http::Request<bytes::Bytes>,
+    tls: bool,
+    request_id: String,
+    deadline: Instant,
+) -> Result<Served, CallError> {
+    let cx = CallCx::new(plugin.env.clone(), request_id, None, deadline);
+    let served = runtime
+        .serve_http(&plugin.pre, cx, &plugin.limits, request, tls)
+        .await?;
+    plugin.metrics.instantiated(served.instantiate);
+    Ok(served)
 }

@@ -25,7 +25,7 @@ use crate::config::{Config, Limits};
 use crate::metrics::{Metrics, PluginMetrics};
 use crate::openapi;
 use crate::router::{self, Pattern};
-use crate::runtime::{Linked, Runtime};
+use crate::runtime::{Linked, Prepared, Runtime};
 
 /// A file is loaded once it has not been modified for this long, so a
 /// plugin being copied in is not read half-written.
@@ -241,15 +241,16 @@ impl Plugins {
         }
 
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-        let describe_env = Arc::new(PluginEnv::describing(
-            &self.services,
-            &stem.unwrap_or_default(),
-        ));
-        let manifest = self
-            .runtime
-            .describe(&prepared.pre, describe_env, &self.config.limits(""))
-            .await
-            .map_err(|e| format!("describe failed: {e}"))?;
+        let stem = stem.unwrap_or_default();
+        let manifest = if prepared.pre.is_http() {
+            http_manifest(&stem, &prepared, &self.config)
+        } else {
+            let describe_env = Arc::new(PluginEnv::describing(&self.services, &stem));
+            self.runtime
+                .describe(&prepared.pre, describe_env, &self.config.limits(""))
+                .await
+                .map_err(|e| format!("describe failed: {e}"))?
+        };
         let routes = check_manifest(&manifest)?;
 
         let name = manifest.name.clone();
@@ -378,6 +379,7 @@ impl Plugins {
             .map(|m| {
                 serde_json::json!({
                     "name": m.manifest.name,
+                    "world": if m.pre.is_http() { "wasi:http/proxy" } else { "berth:plugin" },
                     "version": m.manifest.version,
                     "description": m.manifest.description,
                     "file": m.file.display().to_string(),
@@ -473,6 +475,33 @@ impl Plugins {
         })
     }
 }
+
+/// The manifest of a wasi:http component, which has no `describe`: named
+/// by its file, it takes every request under its route (`/NAME`, or
+/// `[plugins.NAME] route`), and asks for `http-out` if it imports the
+/// outgoing handler.
+fn http_manifest(name: &str, prepared: &Prepared, config: &Config) -> Manifest {
+    let base = config.route(name);
+    let base = base.trim_end_matches('/');
+    Manifest {
+        name: name.to_string(),
+        version: format!("sha256:{}", &prepared.hash[..12]),
+        description: "a wasi:http/incoming-handler component".to_string(),
+        routes: vec![crate::bindings::types::Route {
+            id: HTTP_ROUTE.to_string(),
+            method: "*".to_string(),
+            path: format!("{base}/{{path...}}"),
+        }],
+        capabilities: match prepared.pre.sends_requests() {
+            true => vec![Capability::HttpOut.name().to_string()],
+            false => Vec::new(),
+        },
+        openapi: None,
+    }
+}
+
+/// The id of a wasi:http component's one route.
+pub const HTTP_ROUTE: &str = "http";
 
 /// The prefix route `r` is the fallback of: a `*` route on literal
 /// segments then `{rest...}`.

@@ -432,6 +432,7 @@ pub async fn call_bearer(
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+pub mod components;
 pub mod docker;
 pub mod dokkud;
 pub mod nginx;

@@ -78,6 +78,14 @@ pub struct Withheld {
 }
 
 impl Admitted {
+    /// The bytes the plugin reads, shared: none of a withheld body.
+    pub fn bytes(&self) -> Bytes {
+        match self {
+            Admitted::Whole(bytes) => bytes.clone(),
+            Admitted::Withheld(_) => Bytes::new(),
+        }
+    }
+
     /// The bytes the plugin reads: none of a withheld body.
     pub fn for_plugin(&self) -> &[u8] {
         match self {

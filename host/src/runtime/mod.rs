@@ -6,6 +6,7 @@
 
 mod stderr;
 mod warm;
+pub mod wasi_http;
 
 use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
@@ -15,7 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{
     Component, ComponentExportIndex, ComponentNamedList, Instance, InstancePre, Lift, Linker,
@@ -26,6 +30,10 @@ use wasmtime::{
     StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyIndices;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use self::stderr::Tail;
 pub use self::warm::IDLE_TIMEOUT;
@@ -55,6 +63,10 @@ const SWEEP_TICKS: u32 = 200;
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// For wasi:http components: the implementation's state, and where
+    /// their own requests go.
+    http: WasiHttpCtx,
+    outbound: wasi_http::Outbound,
     limits: Limiter,
     timed_out: bool,
     /// When the current call began.
@@ -69,6 +81,16 @@ pub struct HostState {
 impl caps::HasCall for HostState {
     fn call(&mut self) -> &mut CallCx {
         &mut self.call
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
     }
 }
 
@@ -229,7 +251,10 @@ pub fn reap() {
 /// The engine, the linker and the compile cache.
 pub struct Runtime {
     engine: Engine,
+    /// Berth plugins: WASI and the capabilities.
     linker: Linker<HostState>,
+    /// wasi:http components: WASI and wasi:http.
+    http_linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     stop_ticker: Arc<AtomicBool>,
     /// What a call running wasm past a tick must hold (see `lanes`).
@@ -279,6 +304,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         caps::link(&mut linker)?;
+        let mut http_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
@@ -317,6 +345,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            http_linker,
             cache_dir,
             stop_ticker,
             lanes: Lanes::for_workers(workers),
@@ -339,11 +368,23 @@ impl Runtime {
             anyhow::bail!("not a WebAssembly file (no \\0asm header)");
         }
         let (component, cached) = self.compile(wasm, &hash)?;
-        self.check_contract(&component)?;
-        let pre = self.linker.instantiate_pre(&component)?;
-        let pre = Linked::new(pre).map_err(|e| {
-            anyhow::anyhow!("its exports do not match the {WIT_PACKAGE}@{WIT_VERSION} world: {e:#}")
-        })?;
+        let pre = if wasi_http::is_handler(&component) {
+            let sends = wasi_http::sends_requests(&component);
+            let pre = self
+                .http_linker
+                .instantiate_pre(&component)
+                .map_err(|e| anyhow::anyhow!("it exports wasi:http/incoming-handler but {e:#}"))?;
+            Linked::http(pre, sends)?
+        } else {
+            self.check_contract(&component)?;
+            let pre = self.linker.instantiate_pre(&component)?;
+            Linked::new(pre).map_err(|e| {
+                anyhow::anyhow!(
+                    "its exports do not match the {WIT_PACKAGE}@{WIT_VERSION} world \
+                     (nor is it a wasi:http/incoming-handler): {e:#}"
+                )
+            })?
+        };
         self.pools.add(&pre.pool);
         Ok(Prepared { pre, hash, cached })
     }
@@ -410,12 +451,23 @@ impl Runtime {
         limits: &Limits,
     ) -> Result<Warm, CallError> {
         let stderr = Tail::new(STDERR_CAP);
-        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let mut wasi = WasiCtxBuilder::new();
+        if pre.is_http() {
+            // What a wasi:http component prints is its log.
+            let plugin: Arc<str> = Arc::from(call.plugin.name.as_str());
+            wasi.stdout(Tail::new(0).logging(plugin.clone(), "stdout"));
+            wasi.stderr(stderr.clone().logging(plugin, "stderr"));
+        } else {
+            wasi.stderr(stderr.clone());
+        }
+        let wasi = wasi.build();
         let lane = LaneSlot::default();
         let moving = Arc::new(AtomicBool::new(false));
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            outbound: wasi_http::Outbound(None),
             limits: Limiter {
                 limits: StoreLimitsBuilder::new()
                     .memory_size(limits.memory_bytes as usize)
@@ -505,7 +557,9 @@ impl Runtime {
             None,
             Instant::now() + limits.deadline,
         );
-        let called = self.call(pre, &pre.describe, cx, limits, false, ()).await?;
+        let called = self
+            .call(pre, &pre.plugin()?.describe, cx, limits, false, ())
+            .await?;
         Ok(called.value)
     }
 
@@ -517,7 +571,7 @@ impl Runtime {
         limits: &Limits,
         request: Request,
     ) -> Result<Called<Outcome>, CallError> {
-        self.call(pre, &pre.handle, cx, limits, true, (request,))
+        self.call(pre, &pre.plugin()?.handle, cx, limits, true, (request,))
             .await
     }
 
@@ -529,7 +583,8 @@ impl Runtime {
         limits: &Limits,
         args: Vec<String>,
     ) -> Result<Called<Result<String, String>>, CallError> {
-        self.call(pre, &pre.admin, cx, limits, true, (args,)).await
+        self.call(pre, &pre.plugin()?.admin, cx, limits, true, (args,))
+            .await
     }
 
     /// Call `run-job`.
@@ -541,8 +596,15 @@ impl Runtime {
         kind: String,
         payload: Vec<u8>,
     ) -> Result<Called<JobResult>, CallError> {
-        self.call(pre, &pre.run_job, cx, limits, true, (kind, payload))
-            .await
+        self.call(
+            pre,
+            &pre.plugin()?.run_job,
+            cx,
+            limits,
+            true,
+            (kind, payload),
+        )
+        .await
     }
 
     /// Call `export` of `pre` with `params`: on an idle instance of `pre`
@@ -561,26 +623,9 @@ impl Runtime {
         P: ComponentNamedList + Lower + Send + Sync + 'static,
         (R,): ComponentNamedList + Lift + Send + Sync + 'static,
     {
-        let started = Instant::now();
         let reusable = reusable && limits.instance_reuse > 1;
-        let (mut warm, instantiate) = match reusable.then(|| pre.pool.take()).flatten() {
-            Some(mut warm) => {
-                warm.stderr.clear();
-                let state = warm.store.data_mut();
-                state.call = cx;
-                state.timed_out = false;
-                warm.store.set_epoch_deadline(1);
-                (warm, None)
-            }
-            None => {
-                let warm = self.instantiate(pre, cx, limits).await?;
-                (warm, Some(started.elapsed()))
-            }
-        };
-        warm.calls += 1;
-        warm.store.data_mut().started = Instant::now();
+        let (mut warm, instantiate) = self.warm(pre, cx, limits, reusable).await?;
         let moving = warm.store.data().moving.clone();
-        moving.store(false, Ordering::Relaxed);
         let func = export
             .get(&mut warm.store, &warm.instance)
             .ok_or_else(|| CallError::Instantiate("an export is missing".into()))?;
@@ -643,20 +688,144 @@ impl Runtime {
                 });
             }
             Err(_) if state.timed_out => Err(CallError::Timeout(limits.deadline)),
-            Err(trap) => {
-                let output = warm.stderr.take();
-                tracing::warn!(plugin = %state.call.plugin.name, stderr = %output, "plugin trapped: {trap:#}");
-                let reason = match trap.downcast_ref::<wasmtime::Trap>() {
-                    Some(t) => t.to_string(),
-                    None => format!("{trap:#}"),
-                };
-                Err(CallError::Trap(reason))
-            }
+            Err(trap) => Err(trapped(&mut warm, trap)),
         };
         if large {
             self.tear_down_on_a_lane(warm.store);
         }
         result
+    }
+
+    /// An instance of `pre` for the call `cx`: an idle one when `reusable`
+    /// and the pool has one, else a new one (and how long making it took).
+    async fn warm(
+        &self,
+        pre: &Linked,
+        cx: CallCx,
+        limits: &Limits,
+        reusable: bool,
+    ) -> Result<(Warm, Option<Duration>), CallError> {
+        let started = Instant::now();
+        let (mut warm, instantiate) = match reusable.then(|| pre.pool.take()).flatten() {
+            Some(mut warm) => {
+                warm.stderr.clear();
+                let state = warm.store.data_mut();
+                state.call = cx;
+                state.timed_out = false;
+                warm.store.set_epoch_deadline(1);
+                (warm, None)
+            }
+            None => {
+                let warm = self.instantiate(pre, cx, limits).await?;
+                (warm, Some(started.elapsed()))
+            }
+        };
+        warm.calls += 1;
+        let state = warm.store.data_mut();
+        state.started = Instant::now();
+        state.outbound = wasi_http::Outbound(pre.is_http().then(|| state.call.plugin.clone()));
+        state.moving.store(false, Ordering::Relaxed);
+        Ok((warm, instantiate))
+    }
+
+    /// Serve `request` with the wasi:http component `pre`: its response
+    /// once the component sets it, its body streamed from the component
+    /// while it writes it, within the call's deadline. The instance goes
+    /// back to the pool (or is torn down) when the component's handler
+    /// returns.
+    pub async fn serve_http(
+        &self,
+        pre: &Linked,
+        cx: CallCx,
+        limits: &Limits,
+        request: http::Request<Bytes>,
+        tls: bool,
+    ) -> Result<Served, CallError> {
+        let Exports::Http { proxy, .. } = &pre.exports else {
+            return Err(CallError::Instantiate("not a wasi:http component".into()));
+        };
+        let reusable = limits.instance_reuse > 1;
+        let (mut warm, instantiate) = self.warm(pre, cx, limits, reusable).await?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let request = request.map(|body| {
+            Full::new(body).map_err(
+                |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+            )
+        });
+        let state = warm.store.data_mut();
+        let resources = state
+            .http()
+            .new_incoming_request(if tls { Scheme::Https } else { Scheme::Http }, request)
+            .and_then(|req| Ok((req, state.http().new_response_outparam(sender)?)));
+        let (req, out) = resources.map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let handler = proxy
+            .load(&mut warm.store, &warm.instance)
+            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let moving = warm.store.data().moving.clone();
+        let lanes = self.lanes.clone();
+        let pool = pre.pool.clone();
+        let limits = *limits;
+        let running = async move {
+            let result = handler
+                .wasi_http_incoming_handler()
+                .call_handle(&mut warm.store, req, out)
+                .await;
+            (warm, result)
+        };
+        let task = tokio::spawn(
+            async move {
+                let (mut warm, result) = lanes
+                    .run_call(&moving, running)
+                    .await
+                    .map_err(CallError::Trap)?;
+                let state = warm.store.data_mut();
+                state.lane.clear();
+                let outcome = match result {
+                    Ok(()) => Ok(()),
+                    Err(_) if state.timed_out => Err(CallError::Timeout(limits.deadline)),
+                    Err(trap) => Err(trapped(&mut warm, trap)),
+                };
+                let state = warm.store.data();
+                let again = outcome.is_ok()
+                    && reusable
+                    && warm.calls < limits.instance_reuse
+                    && state.limits.memory as u64 <= limits.memory_bytes / 4;
+                let large = state.limits.grown > LANE_MEMORY;
+                let spent = match again {
+                    true => Retiring::Again {
+                        warm,
+                        pool,
+                        keep: limits.max_concurrent as usize,
+                    },
+                    false if large => {
+                        let plugin: Arc<str> = Arc::from(state.call.plugin.name.as_str());
+                        tokio::spawn(async move { lanes.run(&plugin, move || drop(warm)).await });
+                        Retiring::Gone
+                    }
+                    false => Retiring::Done(warm.store),
+                };
+                Spent(spent).retire();
+                outcome
+            }
+            .instrument(tracing::Span::current()),
+        );
+        match receiver.await {
+            Ok(Ok(response)) => Ok(Served {
+                response,
+                instantiate,
+            }),
+            Ok(Err(code)) => Err(CallError::Trap(format!(
+                "the component answered with an error: {code:?}"
+            ))),
+            // The component returned (or failed) without setting a response.
+            Err(_) => match task.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(CallError::Trap(
+                    "the component returned without setting a response".into(),
+                )),
+                Err(e) => Err(CallError::Trap(format!("the call's task failed: {e}"))),
+            },
+        }
     }
 
     /// Tear down a store whose memory grew past [`LANE_MEMORY`] in its
@@ -669,18 +838,52 @@ impl Runtime {
     }
 }
 
+/// A trap in `warm`'s call, logged with what the plugin wrote to stderr.
+fn trapped(warm: &mut Warm, trap: wasmtime::Error) -> CallError {
+    let output = warm.stderr.take();
+    let plugin = &warm.store.data().call.plugin.name;
+    tracing::warn!(plugin = %plugin, stderr = %output, "plugin trapped: {trap:#}");
+    let reason = match trap.downcast_ref::<wasmtime::Trap>() {
+        Some(t) => t.to_string(),
+        None => format!("{trap:#}"),
+    };
+    CallError::Trap(reason)
+}
+
+/// What a wasi:http component answered.
+pub struct Served {
+    pub response: http::Response<HyperOutgoingBody>,
+    /// How long instantiation took (none for a reused instance).
+    pub instantiate: Option<Duration>,
+}
+
 /// A linked plugin version: what each call instantiates, and the exports
 /// Berth calls, found and type-checked once here rather than on every
 /// instantiation.
 #[derive(Clone)]
 pub struct Linked {
     pre: InstancePre<HostState>,
+    exports: Exports,
+    /// Instances of this version kept between calls.
+    pool: Arc<Pool>,
+}
+
+/// What Berth calls in a linked component.
+#[derive(Clone)]
+enum Exports {
+    /// A component of the `berth:plugin` world.
+    Plugin(PluginExports),
+    /// A wasi:http handler; `sends` when it imports the outgoing handler.
+    Http { proxy: ProxyIndices, sends: bool },
+}
+
+/// The exports of the `berth:plugin` world.
+#[derive(Clone)]
+struct PluginExports {
     describe: Export<(), (Manifest,)>,
     handle: Export<(Request,), (Outcome,)>,
     admin: Export<(Vec<String>,), (Result<String, String>,)>,
     run_job: Export<(String, Vec<u8>), (JobResult,)>,
-    /// Instances of this version kept between calls.
-    pool: Arc<Pool>,
 }
 
 /// What `run-job` returns: done, or why not.
@@ -692,15 +895,49 @@ impl Linked {
         self.pool.len()
     }
 
+    /// Whether this is a wasi:http component rather than a Berth plugin.
+    pub fn is_http(&self) -> bool {
+        matches!(self.exports, Exports::Http { .. })
+    }
+
+    /// Whether this wasi:http component may send requests of its own.
+    pub fn sends_requests(&self) -> bool {
+        matches!(self.exports, Exports::Http { sends: true, .. })
+    }
+
     fn new(pre: InstancePre<HostState>) -> anyhow::Result<Linked> {
         Ok(Linked {
-            describe: Export::find(&pre, "describe")?,
-            handle: Export::find(&pre, "handle")?,
-            admin: Export::find(&pre, "admin")?,
-            run_job: Export::find(&pre, "run-job")?,
+            exports: Exports::Plugin(PluginExports {
+                describe: Export::find(&pre, "describe")?,
+                handle: Export::find(&pre, "handle")?,
+                admin: Export::find(&pre, "admin")?,
+                run_job: Export::find(&pre, "run-job")?,
+            }),
             pool: Arc::default(),
             pre,
         })
+    }
+
+    fn http(pre: InstancePre<HostState>, sends: bool) -> anyhow::Result<Linked> {
+        Ok(Linked {
+            exports: Exports::Http {
+                proxy: ProxyIndices::new(&pre)?,
+                sends,
+            },
+            pool: Arc::default(),
+            pre,
+        })
+    }
+
+    /// The Berth plugin exports, or the error of calling one on a
+    /// wasi:http component.
+    fn plugin(&self) -> Result<&PluginExports, CallError> {
+        match &self.exports {
+            Exports::Plugin(plugin) => Ok(plugin),
+            Exports::Http { .. } => Err(CallError::Instantiate(
+                "a wasi:http component has no Berth plugin exports".into(),
+            )),
+        }
     }
 }
 

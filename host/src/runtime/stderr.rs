@@ -1,6 +1,8 @@
 //! A plugin's stderr: the last few KiB it wrote, kept for the log line of a
-//! trap. Writing never fails, however much is written: a reused instance
-//! writes across many calls, and a full pipe would make `eprintln!` panic.
+//! trap, and for a wasi:http component (whose prints are its log) each
+//! line logged. Writing never fails, however much is written: a reused
+//! instance writes across many calls, and a full pipe would make
+//! `eprintln!` panic.
 
 use std::io;
 use std::pin::Pin;
@@ -16,6 +18,35 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 pub struct Tail {
     cap: usize,
     kept: Arc<Mutex<Vec<u8>>>,
+    lines: Option<Arc<Lines>>,
+}
+
+/// A stream whose lines are logged, tagged with the plugin.
+struct Lines {
+    plugin: Arc<str>,
+    stream: &'static str,
+    /// The line being written.
+    partial: Mutex<Vec<u8>>,
+}
+
+/// Longest line logged; a longer one is logged in pieces.
+const MAX_LINE: usize = 8 << 10;
+
+impl Lines {
+    fn write(&self, bytes: &[u8]) {
+        let mut partial = self.partial.lock().unwrap_or_else(|e| e.into_inner());
+        for &b in bytes {
+            if b != b'\n' {
+                partial.push(b);
+            }
+            if b == b'\n' || partial.len() >= MAX_LINE {
+                let line = String::from_utf8_lossy(&partial);
+                let line = line.trim_end_matches('\r');
+                tracing::info!(target: "plugin", plugin = %self.plugin, stream = self.stream, "{line}");
+                partial.clear();
+            }
+        }
+    }
 }
 
 impl Tail {
@@ -23,7 +54,19 @@ impl Tail {
         Tail {
             cap,
             kept: Arc::default(),
+            lines: None,
         }
+    }
+
+    /// This tail, with every line written also logged for `plugin` as
+    /// its `stream` (`stdout`, `stderr`).
+    pub fn logging(mut self, plugin: Arc<str>, stream: &'static str) -> Tail {
+        self.lines = Some(Arc::new(Lines {
+            plugin,
+            stream,
+            partial: Mutex::default(),
+        }));
+        self
     }
 
     /// What was written since the last `take`, as text, and forget it.
@@ -38,6 +81,9 @@ impl Tail {
     }
 
     fn keep(&self, bytes: &[u8]) {
+        if let Some(lines) = &self.lines {
+            lines.write(bytes);
+        }
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let bytes = &bytes[bytes.len().saturating_sub(self.cap)..];
         let over = (kept.len() + bytes.len()).saturating_sub(self.cap);
