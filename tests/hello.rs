@@ -1,16 +1,73 @@
 //! The hello plugin end to end: routes, params, JSON, the KV counter and
-//! its durability, the admin command, the host's own routes.
+//! its durability, the admin command, the host's own routes. The tests of
+//! hello's behaviour run against each build of it: the Rust one bundled
+//! with Berth, and the Python one (`examples/hello-py`, with the Python
+//! SDK, built here with componentize-py).
 
 mod support;
+
+use std::path::Path;
 
 use support::{Berth, client, get_json, get_text, post_json};
 
 const CONFIG: &str = "watch_interval_ms = 50\n";
 
-#[tokio::test]
-async fn hello_routes_answer_and_the_counter_survives_a_restart() {
+/// A build of hello.
+#[derive(Clone, Copy)]
+enum Build {
+    /// The Rust one, bundled with Berth.
+    Rust,
+    /// examples/hello-py.
+    Python,
+}
+
+impl Build {
+    /// Berth in `dir` serving this build of hello (dropped into its plugins
+    /// folder, alone, unless it is the bundled one).
+    async fn start(self, dir: &Path) -> Berth {
+        let wasm = match self {
+            Build::Rust => return Berth::start(dir, CONFIG),
+            Build::Python => tokio::task::spawn_blocking(support::components::py_hello),
+        };
+        let wasm = wasm.await.unwrap();
+        let plugins = dir.join("data/plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let target = plugins.join("hello.wasm");
+        if !target.exists() {
+            support::drop_file(&wasm, &target);
+        }
+        Berth::start(dir, &format!("install_bundled = false\n{CONFIG}"))
+    }
+}
+
+/// Each of these tests, once per build of hello.
+macro_rules! for_each_build {
+    ($($test:ident),* $(,)?) => {
+        mod rust {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(super::Build::Rust).await
+            })*
+        }
+        mod python {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(super::Build::Python).await
+            })*
+        }
+    };
+}
+
+for_each_build!(
+    hello_routes_answer_and_the_counter_survives_a_restart,
+    more_requests_than_the_pool_has_instances_all_succeed,
+    kill_9_right_after_acknowledged_writes_loses_nothing,
+    berth_run_reaches_the_plugins_admin_export,
+);
+
+async fn hello_routes_answer_and_the_counter_survives_a_restart(build: Build) {
     let dir = tempfile::tempdir().unwrap();
-    let mut berth = Berth::start(dir.path(), CONFIG);
+    let mut berth = build.start(dir.path()).await;
     let c = client();
 
     let (status, body) = get_json(&c, &berth.url("/hello/J%C3%BCrgen")).await;
@@ -59,7 +116,7 @@ async fn hello_routes_answer_and_the_counter_survives_a_restart() {
         "first start compiles"
     );
     assert!(berth.stop(), "SIGTERM gives a clean exit");
-    let berth = Berth::start(dir.path(), CONFIG);
+    let berth = build.start(dir.path()).await;
     let log = berth.log();
     assert!(
         log.contains("compile_cache=\"hit\""),
@@ -71,10 +128,9 @@ async fn hello_routes_answer_and_the_counter_survives_a_restart() {
 
 /// A call's store is torn down after its response is sent: every one must
 /// still go back to the pool, or requests past its size would fail.
-#[tokio::test]
-async fn more_requests_than_the_pool_has_instances_all_succeed() {
+async fn more_requests_than_the_pool_has_instances_all_succeed(build: Build) {
     let dir = tempfile::tempdir().unwrap();
-    let berth = Berth::start(dir.path(), CONFIG);
+    let berth = build.start(dir.path()).await;
     let c = client();
     let total = berth::runtime::POOL_INSTANCES as usize + 200;
     let mut failed = Vec::new();
@@ -99,10 +155,9 @@ async fn more_requests_than_the_pool_has_instances_all_succeed() {
     assert!(metrics.contains(&served), "metrics lack `{served}`");
 }
 
-#[tokio::test]
-async fn kill_9_right_after_acknowledged_writes_loses_nothing() {
+async fn kill_9_right_after_acknowledged_writes_loses_nothing(build: Build) {
     let dir = tempfile::tempdir().unwrap();
-    let mut berth = Berth::start(dir.path(), CONFIG);
+    let mut berth = build.start(dir.path()).await;
     let c = client();
     // Concurrent writers, so commits are grouped; every 200 must survive.
     let mut tasks = Vec::new();
@@ -126,17 +181,16 @@ async fn kill_9_right_after_acknowledged_writes_loses_nothing() {
     }
     berth.kill9();
 
-    let berth = Berth::start(dir.path(), CONFIG);
+    let berth = build.start(dir.path()).await;
     for (writer, count) in acknowledged.iter().enumerate() {
         let (_, body) = get_json(&c, &berth.url(&format!("/hello/w{writer}/visits"))).await;
         assert_eq!(body["visits"], *count, "writer {writer}");
     }
 }
 
-#[tokio::test]
-async fn berth_run_reaches_the_plugins_admin_export() {
+async fn berth_run_reaches_the_plugins_admin_export(build: Build) {
     let dir = tempfile::tempdir().unwrap();
-    let berth = Berth::start(dir.path(), CONFIG);
+    let berth = build.start(dir.path()).await;
     let c = client();
     post_json(&c, &berth.url("/hello/cli/visits")).await;
     post_json(&c, &berth.url("/hello/cli/visits")).await;

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// `tests/components` in the source tree.
 fn sources() -> PathBuf {
@@ -82,35 +82,60 @@ pub fn py_http() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let work = work();
-            let venv = work.join("componentize-py");
-            let tool = venv.join("bin/componentize-py");
-            if !tool.exists() {
-                run(
-                    Command::new("python3").args(["-m", "venv"]).arg(&venv),
-                    "python3 -m venv",
-                );
-                run(
-                    Command::new(venv.join("bin/pip"))
-                        .args(["install", "--quiet", "-r"])
-                        .arg(sources().join("py-http/requirements.txt")),
-                    "pip install componentize-py",
-                );
-            }
-            let out = work.join("py-http.wasm");
-            run(
-                Command::new(&tool)
-                    .arg("-d")
-                    .arg(sources().join("wit"))
-                    .args(["-w", "http", "componentize", "-p"])
-                    .arg(sources().join("py-http"))
-                    .arg("app")
-                    .arg("-o")
-                    .arg(&out)
-                    .current_dir(&work),
-                "componentize-py",
-            );
-            out
+            let wit = sources().join("wit");
+            let app = [sources().join("py-http")];
+            componentize_py(&wit, "http", &app, "py-http.wasm")
         })
         .clone()
+}
+
+/// `examples/hello-py` with the Python SDK (`plugins/sdk-py`), as a
+/// Berth plugin.
+pub fn py_hello() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let app = [root.join("examples/hello-py"), root.join("plugins/sdk-py")];
+            componentize_py(&root.join("wit"), "plugin", &app, "hello-py.wasm")
+        })
+        .clone()
+}
+
+/// `app` (the module `app` on the Python path `paths`) built against the
+/// world `world` of the WIT in `wit`, with componentize-py at the version
+/// in tests/components/py-http/requirements.txt, into `file`.
+fn componentize_py(wit: &Path, world: &str, paths: &[PathBuf], file: &str) -> PathBuf {
+    // One venv, made by the first build.
+    static VENV: Mutex<()> = Mutex::new(());
+    let _venv = VENV.lock().unwrap_or_else(|e| e.into_inner());
+    let work = work();
+    let venv = work.join("componentize-py");
+    let tool = venv.join("bin/componentize-py");
+    if !tool.exists() {
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        );
+        run(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "-r"])
+                .arg(sources().join("py-http/requirements.txt")),
+            "pip install componentize-py",
+        );
+    }
+    let out = work.join(file);
+    let mut command = Command::new(&tool);
+    command
+        .arg("-d")
+        .arg(wit)
+        .args(["-w", world, "componentize"]);
+    for path in paths {
+        command.arg("-p").arg(path);
+    }
+    run(
+        command.arg("app").arg("-o").arg(&out).current_dir(&work),
+        "componentize-py",
+    );
+    out
 }
