@@ -1,8 +1,9 @@
 //! The hello plugin end to end: routes, params, JSON, the KV counter and
 //! its durability, the admin command, the host's own routes. The tests of
 //! hello's behaviour run against each build of it: the Rust one bundled
-//! with Berth, and the Python one (`examples/hello-py`, with the Python
-//! SDK, built here with componentize-py).
+//! with Berth, the Python one (`examples/hello-py`, built here with
+//! componentize-py) and the JavaScript one (`examples/hello-js`, built
+//! here with componentize-js).
 
 mod support;
 
@@ -19,6 +20,8 @@ enum Build {
     Rust,
     /// examples/hello-py.
     Python,
+    /// examples/hello-js.
+    JavaScript,
 }
 
 impl Build {
@@ -28,6 +31,7 @@ impl Build {
         let wasm = match self {
             Build::Rust => return Berth::start(dir, CONFIG),
             Build::Python => tokio::task::spawn_blocking(support::components::py_hello),
+            Build::JavaScript => tokio::task::spawn_blocking(support::components::js_hello),
         };
         let wasm = wasm.await.unwrap();
         let plugins = dir.join("data/plugins");
@@ -53,6 +57,12 @@ macro_rules! for_each_build {
             $(#[tokio::test]
             async fn $test() {
                 super::$test(super::Build::Python).await
+            })*
+        }
+        mod javascript {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(super::Build::JavaScript).await
             })*
         }
     };

@@ -1,8 +1,9 @@
 //! Components from other toolchains, built by the tests from the
-//! registries' packages at the versions pinned in `tests/components/`
-//! (npm's package-lock.json, pip's requirements.txt), never committed:
-//! JavaScript with componentize-js, Python with componentize-py. Each is
-//! built once per test binary, in cargo's temporary folder for tests.
+//! registries' packages, never committed: JavaScript with componentize-js
+//! (npm, as plugins/sdk-js/package-lock.json pins it), Python with
+//! componentize-py (PyPI, as tests/components/py-http/requirements.txt
+//! pins it). Each is built once per test binary, in cargo's temporary
+//! folder for tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +12,11 @@ use std::sync::{Mutex, OnceLock};
 /// `tests/components` in the source tree.
 fn sources() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/components")
+}
+
+/// The repository.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Where the tools and the built components live.
@@ -32,19 +38,30 @@ fn run(command: &mut Command, what: &str) {
     );
 }
 
-/// Copy `from` (a folder) to `to`, replacing what was there but keeping
-/// `to/node_modules`.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
+/// A folder with componentize-js installed as plugins/sdk-js pins it
+/// (`npm ci`), and the build scripts copied beside it.
+fn js_tools() -> PathBuf {
+    static READY: OnceLock<PathBuf> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let tools = work().join("js-tools");
+            std::fs::create_dir_all(&tools).unwrap();
+            let sdk = root().join("plugins/sdk-js");
+            for file in ["package.json", "package-lock.json"] {
+                std::fs::copy(sdk.join(file), tools.join(file)).unwrap();
+            }
+            std::fs::copy(sdk.join("build.mjs"), tools.join("plugin-build.mjs")).unwrap();
+            let http_build = sources().join("js-http/build.mjs");
+            std::fs::copy(http_build, tools.join("http-build.mjs")).unwrap();
+            run(
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&tools),
+                "npm ci (componentize-js)",
+            );
+            tools
+        })
+        .clone()
 }
 
 /// `tests/components/js-http` as a wasi:http component (a fetch-event
@@ -53,23 +70,36 @@ pub fn js_http() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let work = work();
-            copy_tree(&sources().join("wit"), &work.join("wit"));
-            let dir = work.join("js-http");
-            copy_tree(&sources().join("js-http"), &dir);
-            run(
-                Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                    .current_dir(&dir),
-                "npm ci (componentize-js)",
-            );
-            let out = work.join("js-http.wasm");
+            let tools = js_tools();
+            let out = work().join("js-http.wasm");
             run(
                 Command::new("node")
-                    .arg("build.mjs")
+                    .arg(tools.join("http-build.mjs"))
                     .arg(&out)
-                    .current_dir(&dir),
-                "componentize-js",
+                    .arg(sources().join("js-http"))
+                    .current_dir(&tools),
+                "componentize-js (js-http)",
+            );
+            out
+        })
+        .clone()
+}
+
+/// `examples/hello-js` with the JavaScript SDK, as a Berth plugin.
+pub fn js_hello() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let tools = js_tools();
+            let out = work().join("hello-js.wasm");
+            run(
+                Command::new("node")
+                    .arg(tools.join("plugin-build.mjs"))
+                    .arg(root().join("examples/hello-js/component.js"))
+                    .arg(&out)
+                    .env("BERTH_REPO", root())
+                    .current_dir(&tools),
+                "componentize-js (hello-js)",
             );
             out
         })
@@ -95,9 +125,11 @@ pub fn py_hello() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let app = [root.join("examples/hello-py"), root.join("plugins/sdk-py")];
-            componentize_py(&root.join("wit"), "plugin", &app, "hello-py.wasm")
+            let app = [
+                root().join("examples/hello-py"),
+                root().join("plugins/sdk-py"),
+            ];
+            componentize_py(&root().join("wit"), "plugin", &app, "hello-py.wasm")
         })
         .clone()
 }

@@ -251,7 +251,8 @@ pub fn reap() {
 /// The engine, the linker and the compile cache.
 pub struct Runtime {
     engine: Engine,
-    /// Berth plugins: WASI and the capabilities.
+    /// Berth plugins: WASI, wasi:http (for language runtimes' own
+    /// outgoing requests) and the capabilities.
     linker: Linker<HostState>,
     /// wasi:http components: WASI and wasi:http.
     http_linker: Linker<HostState>,
@@ -303,6 +304,9 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // Language runtimes (StarlingMonkey's `fetch`) import wasi:http:
+        // its outgoing requests go where `http-out` lets them.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         caps::link(&mut linker)?;
         let mut http_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)?;
@@ -723,7 +727,7 @@ impl Runtime {
         warm.calls += 1;
         let state = warm.store.data_mut();
         state.started = Instant::now();
-        state.outbound = wasi_http::Outbound(pre.is_http().then(|| state.call.plugin.clone()));
+        state.outbound = wasi_http::Outbound(Some(state.call.plugin.clone()));
         state.moving.store(false, Ordering::Relaxed);
         Ok((warm, instantiate))
     }

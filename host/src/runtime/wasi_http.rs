@@ -42,9 +42,11 @@ pub fn sends_requests(component: &Component) -> bool {
     imports.any(|(name, _)| name.starts_with(OUTGOING_HANDLER))
 }
 
-/// What the wasi:http implementation asks of the host for one call: its
-/// requests go out through the plugin's `http-out` grant, the operator's
-/// allow-list and the client every `http-out` call uses.
+/// What the wasi:http implementation asks of the host for one call (of a
+/// wasi:http component, or of a plugin whose language runtime sends
+/// requests through wasi:http, as JavaScript's `fetch` does): its requests
+/// go out through the plugin's `http-out` grant, the operator's allow-list
+/// and the client every `http-out` call uses.
 pub struct Outbound(pub Option<Arc<PluginEnv>>);
 
 /// A future the wasi:http implementation awaits alongside a response.

@@ -1,4 +1,6 @@
-// node build.mjs OUT.wasm: app.js as a wasi:http/proxy component.
+// node build.mjs OUT.wasm [DIR]: DIR/app.js (DIR: this folder) as a
+// wasi:http/proxy component, with componentize-js as pinned in
+// plugins/sdk-js/package-lock.json.
 //
 // componentize-js 0.23's engine (StarlingMonkey) exports
 // wasi:http/incoming-handler@0.2.10, so the world it is built against is
@@ -10,8 +12,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const out = process.argv[2];
-if (!out) throw new Error("usage: node build.mjs OUT.wasm");
-const here = new URL(".", import.meta.url).pathname;
+if (!out) throw new Error("usage: node build.mjs OUT.wasm [DIR]");
+const here = process.argv[3] ?? new URL(".", import.meta.url).pathname;
 const wit = await mkdtemp(join(tmpdir(), "berth-js-wit-"));
 try {
   await cp(join(here, "../wit"), wit, { recursive: true });
