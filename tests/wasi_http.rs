@@ -7,11 +7,10 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::{Berth, admin_view, client, drop_file, get_json, get_text, plugin_wasm, poll};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -36,37 +35,6 @@ async fn mount_file(berth: &Berth, wasm: &std::path::Path, name: &str, probe: &s
 
 /// Only the plugins a test drops in.
 const ALONE: &str = "install_bundled = false\nwatch_interval_ms = 50\n";
-
-/// A local server that answers every request with `hello from upstream`
-/// and counts the connections it accepted.
-async fn upstream() -> (u16, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = "hello from upstream";
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    (port, accepted)
-}
 
 #[tokio::test]
 async fn a_component_mounts_under_its_route_and_sees_the_request_as_spin_gives_it() {
@@ -149,7 +117,7 @@ async fn a_component_mounts_under_its_route_and_sees_the_request_as_spin_gives_i
 
 #[tokio::test]
 async fn outgoing_requests_need_the_grant_and_the_allow_list() {
-    let (port, accepted) = upstream().await;
+    let (port, accepted) = support::upstream("hello from upstream").await;
     let dir = tempfile::tempdir().unwrap();
     let config = "install_bundled = false\nwatch_interval_ms = 50\n\n\
                   [http_out]\nallow = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1\"]\n\n\
@@ -353,7 +321,7 @@ async fn components_built_with_componentize_js_and_componentize_py_mount_and_ans
     })
     .await
     .unwrap();
-    let (port, accepted) = upstream().await;
+    let (port, accepted) = support::upstream("hello from upstream").await;
     let dir = tempfile::tempdir().unwrap();
     let config = "install_bundled = false\nwatch_interval_ms = 50\n\n\
                   [http_out]\nallow = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1\"]\n\n\

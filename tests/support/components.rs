@@ -134,6 +134,20 @@ pub fn py_hello() -> PathBuf {
         .clone()
 }
 
+/// `examples/linkcheck-py` with the Python SDK, as a Berth plugin.
+pub fn py_linkcheck() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let app = [
+                root().join("examples/linkcheck-py"),
+                root().join("plugins/sdk-py"),
+            ];
+            componentize_py(&root().join("wit"), "plugin", &app, "linkcheck-py.wasm")
+        })
+        .clone()
+}
+
 /// `app` (the module `app` on the Python path `paths`) built against the
 /// world `world` of the WIT in `wit`, with componentize-py at the version
 /// in tests/components/py-http/requirements.txt, into `file`.

@@ -15,13 +15,13 @@ See README.md beside this package for the build command."""
 
 from typing import Callable, Dict, List, Optional
 
-from . import config, kv, log
+from . import config, http_out, jobs, kv, log
 from ._host import HostError
 from .router import Failure, Request, Response, Router, Scope
 
 __all__ = [
     "Failure", "HostError", "Plugin", "Request", "Response", "Router", "Scope",
-    "config", "kv", "log",
+    "config", "http_out", "jobs", "kv", "log",
 ]
 
 

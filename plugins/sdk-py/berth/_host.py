@@ -5,6 +5,8 @@ test host's (`berth.testing`) in plain Python."""
 try:
     from componentize_py_types import Err as _Err
     from wit_world.imports import config as _config
+    from wit_world.imports import http_out as _http_out
+    from wit_world.imports import jobs as _jobs
     from wit_world.imports import kv as _kv
     from wit_world.imports import log as _log
 
@@ -30,7 +32,9 @@ class HostError(Exception):
 
 
 def _kind(error) -> str:
-    return type(error).__name__.removeprefix("Error_").lower()
+    """`Error_Conflict` -> `conflict`, `HttpError_TooLarge` -> `too-large`."""
+    name = type(error).__name__.split("_", 1)[-1]
+    return "".join("-" + c.lower() if c.isupper() else c for c in name).lstrip("-")
 
 
 def call(module: str, function: str, *args):
@@ -39,11 +43,21 @@ def call(module: str, function: str, *args):
         from . import testing
 
         return testing.raw(module, function, *args)
-    target = {"kv": _kv, "config": _config, "log": _log}[module]
+    target = {
+        "kv": _kv, "config": _config, "log": _log, "jobs": _jobs, "http_out": _http_out,
+    }[module]
     try:
         return getattr(target, function)(*args)
     except _Err as e:
         raise HostError(_kind(e.value), getattr(e.value, "value", "")) from None
+
+
+def outgoing(method, url, headers, body, timeout_ms):
+    """The WIT record of an outgoing request (the test host takes a tuple)."""
+    if not IN_COMPONENT:
+        return (method, url, list(headers), bytes(body), timeout_ms)
+    return _http_out.Outgoing(method=method, url=url, headers=list(headers),
+                              body=bytes(body), timeout_ms=timeout_ms)
 
 
 def log_level(name: str):

@@ -16,10 +16,11 @@ _conflicted = False
 RERUNS = 64
 
 
-def _noted(function: str, *args):
+def _noted(function: str, *args, module: str = "kv"):
+    """A host call in the call's transaction, noting a conflict."""
     global _conflicted
     try:
-        return call("kv", function, *args)
+        return call(module, function, *args)
     except HostError as e:
         if e.kind == "conflict":
             _conflicted = True

@@ -18,6 +18,11 @@ from ._host import HostError
 _active: Optional["TestHost"] = None
 
 
+class _Incoming:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+
 class Page:
     def __init__(self, entries, next):
         self.entries, self.next = entries, next
@@ -33,6 +38,12 @@ class TestHost:
         self._rolled_back = False
         self._sequences: Dict[str, int] = {}
         self.runs = 0
+        #: Jobs queued by committed calls: (kind, payload, delay_ms).
+        self.jobs: List[Tuple[str, bytes, int]] = []
+        self._queued: List[Tuple[str, bytes, int]] = []
+        #: Answers outbound requests: (method, url, headers, body) ->
+        #: (status, headers, body), or raises HostError.
+        self.http = _no_http
 
     def conflicts(self, n: int) -> "TestHost":
         """The next `n` KV calls answer `conflict`."""
@@ -67,7 +78,7 @@ class TestHost:
 
     def _in_call(self, run, keep):
         global _active
-        _active, self._writes, self._rolled_back = self, {}, False
+        _active, self._writes, self._rolled_back, self._queued = self, {}, False, []
         try:
             answer = run()
             if not self._rolled_back and keep(answer):
@@ -76,6 +87,7 @@ class TestHost:
                         self.store.pop(key, None)
                     else:
                         self.store[key] = value
+                self.jobs.extend(self._queued)
             return answer
         finally:
             _active, self._writes = None, None
@@ -123,10 +135,14 @@ class TestHost:
             more = len(entries) > limit
             return Page(page, page[-1][0] if more else None)
         if function == "restart":
-            self._writes, self._rolled_back = {}, False
+            self._writes, self._rolled_back, self._queued = {}, False, []
             self.runs += 1
             return None
         raise HostError("invalid", f"kv.{function} is not in the test host")
+
+
+def _no_http(method, url, headers, body):
+    raise HostError("denied", "no outbound HTTP in this test host")
 
 
 def raw(module: str, function: str, *args):
@@ -141,6 +157,15 @@ def raw(module: str, function: str, *args):
     if module == "log":
         host.logs.append(args)
         return None
+    if module == "jobs":
+        if host._rolled_back:
+            raise HostError("conflict", "this call's transaction was rolled back")
+        host._queued.append(args)
+        return len(host.jobs) + len(host._queued)
+    if module == "http_out":
+        method, url, headers, body, _ = args[0]
+        status, answer_headers, answer_body = host.http(method, url, headers, body)
+        return _Incoming(status, answer_headers, answer_body)
     raise HostError("denied", f"{module} is not in the test host")
 
 

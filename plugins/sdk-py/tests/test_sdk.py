@@ -126,3 +126,46 @@ class HelloTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def load(example: str):
+    """examples/EXAMPLE/app.py as a module of its own."""
+    import importlib.util
+
+    path = HERE.parents[2] / "examples" / example / "app.py"
+    spec = importlib.util.spec_from_file_location(f"{example.replace('-', '_')}_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class LinkcheckTests(unittest.TestCase):
+    def setUp(self):
+        self.linkcheck = load("linkcheck-py").plugin
+
+    def test_a_check_is_queued_then_done_or_failed_by_its_job(self):
+        self.assertEqual(self.linkcheck.router.check_description(), [])
+        host = TestHost()
+        answer = host.call(self.linkcheck, "POST", "/checks", b'{"url": "http://up.example/x"}')
+        self.assertEqual((answer.status, answer.json_body()["state"]), (202, "queued"))
+        self.assertEqual([(kind, json.loads(payload)) for kind, payload, _ in host.jobs],
+                         [("check", {"id": 1})])
+        seen = []
+        host.http = lambda method, url, headers, body: seen.append(url) or (200, [], b"hello")
+        host.job(self.linkcheck, "check", host.jobs[0][1])
+        self.assertEqual(seen, ["http://up.example/x"])
+        check = host.call(self.linkcheck, "GET", "/checks/1").json_body()
+        self.assertEqual((check["state"], check["status"], check["bytes"]), ("done", 200, 5))
+
+        def refuse(method, url, headers, body):
+            raise HostError("refused", "host `far.example` is not in the allow-list")
+
+        host.call(self.linkcheck, "POST", "/checks", b'{"url": "http://far.example/"}')
+        host.http = refuse
+        host.job(self.linkcheck, "check", host.jobs[1][1])
+        check = host.call(self.linkcheck, "GET", "/checks/2").json_body()
+        self.assertEqual(check["state"], "failed")
+        self.assertIn("allow-list", check["error"])
+        self.assertEqual(host.admin(self.linkcheck, ["count"]), "2 checks")
+        bad = host.call(self.linkcheck, "POST", "/checks", b'{"url": "ftp://x"}')
+        self.assertEqual(bad.status, 400)
