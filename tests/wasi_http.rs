@@ -113,6 +113,17 @@ async fn a_component_mounts_under_its_route_and_sees_the_request_as_spin_gives_i
         "it imports the outgoing handler"
     );
     assert_eq!(greet["capabilities"]["granted"], serde_json::json!([]));
+
+    // `berth plugins check` knows one too, named by its file.
+    let file = berth.plugins_dir().join("greet.wasm");
+    let out = berth.cli(&["plugins", "check", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("name:    greet sha256:") && text.contains("asked:   http-out"),
+        "{text}"
+    );
+    assert!(text.contains("/greet/{path...}"), "{text}");
 }
 
 #[tokio::test]

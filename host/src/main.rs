@@ -553,21 +553,27 @@ async fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<ExitCo
             return Ok(ExitCode::FAILURE);
         }
     };
-    let dir = tempdir_for_check()?;
-    let db = berth::store::Store::open(&dir.join("check.redb"))?;
-    let services = berth::caps::Services::new(config, db, runtime.lanes())?;
-    let env = Arc::new(berth::caps::PluginEnv::describing(&services, "check"));
-    let manifest = match runtime
-        .describe(&prepared.pre, env, &config.limits(""))
-        .await
-    {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("{}: refused: describe failed: {e}", file.display());
-            return Ok(ExitCode::FAILURE);
+    let manifest = if prepared.pre.is_http() {
+        // A wasi:http component is named by its file, as when mounted.
+        let name = file.file_stem().unwrap_or_default().to_string_lossy();
+        berth::plugins::http_manifest(&name, &prepared, config)
+    } else {
+        let dir = tempdir_for_check()?;
+        let db = berth::store::Store::open(&dir.join("check.redb"))?;
+        let services = berth::caps::Services::new(config, db, runtime.lanes())?;
+        let env = Arc::new(berth::caps::PluginEnv::describing(&services, "check"));
+        let described = runtime
+            .describe(&prepared.pre, env, &config.limits(""))
+            .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        match described {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("{}: refused: describe failed: {e}", file.display());
+                return Ok(ExitCode::FAILURE);
+            }
         }
     };
-    let _ = std::fs::remove_dir_all(&dir);
     if let Err(reason) = berth::plugins::check_manifest(&manifest) {
         eprintln!("{}: refused: {reason}", file.display());
         return Ok(ExitCode::FAILURE);

@@ -480,7 +480,7 @@ impl Plugins {
 /// by its file, it takes every request under its route (`/NAME`, or
 /// `[plugins.NAME] route`), and asks for `http-out` if it imports the
 /// outgoing handler.
-fn http_manifest(name: &str, prepared: &Prepared, config: &Config) -> Manifest {
+pub fn http_manifest(name: &str, prepared: &Prepared, config: &Config) -> Manifest {
     let base = config.route(name);
     let base = base.trim_end_matches('/');
     Manifest {
