@@ -8,6 +8,7 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use support::{Berth, client, get_json, get_text, post_json};
 
@@ -25,8 +26,10 @@ enum Build {
 }
 
 impl Build {
-    /// Berth in `dir` serving this build of hello (dropped into its plugins
-    /// folder, alone, unless it is the bundled one).
+    /// Berth in `dir` serving this build of hello: the bundled one, or
+    /// this one alone, dropped into the plugins folder once Berth runs
+    /// (compiling a language runtime can take longer than a start may) and
+    /// waited for; a restart finds it there, compiled in the cache.
     async fn start(self, dir: &Path) -> Berth {
         let wasm = match self {
             Build::Rust => return Berth::start(dir, CONFIG),
@@ -34,13 +37,20 @@ impl Build {
             Build::JavaScript => tokio::task::spawn_blocking(support::components::js_hello),
         };
         let wasm = wasm.await.unwrap();
-        let plugins = dir.join("data/plugins");
-        std::fs::create_dir_all(&plugins).unwrap();
-        let target = plugins.join("hello.wasm");
+        let berth = Berth::start(dir, &format!("install_bundled = false\n{CONFIG}"));
+        let target = berth.plugins_dir().join("hello.wasm");
         if !target.exists() {
             support::drop_file(&wasm, &target);
+            // Asked of the host, not of hello: its request counts stay
+            // the test's own.
+            let c = client();
+            support::poll(Duration::from_secs(600), "hello to mount", || async {
+                let view = support::admin_view(&c, &berth, "/_berth/plugins").await;
+                names(&view).contains(&"hello").then_some(())
+            })
+            .await;
         }
-        Berth::start(dir, &format!("install_bundled = false\n{CONFIG}"))
+        berth
     }
 }
 

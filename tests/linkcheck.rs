@@ -16,14 +16,18 @@ async fn a_check_is_fetched_by_its_job_through_the_allow_list() {
         .unwrap();
     let (port, _) = support::upstream("hello there").await;
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("data/plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    drop_file(&wasm, &plugins.join("linkcheck.wasm"));
     let config = "install_bundled = false\nwatch_interval_ms = 50\n\n\
                   [http_out]\nallow = [\"127.0.0.1\"]\nallow_private = [\"127.0.0.1\"]\n\n\
                   [plugins.linkcheck]\ngrants = [\"kv\", \"jobs\", \"http-out\"]\n";
     let berth = Berth::start(dir.path(), config);
     let c = client();
+    // Dropped in once Berth runs: compiling Python takes a while.
+    drop_file(&wasm, &berth.plugins_dir().join("linkcheck.wasm"));
+    poll(Duration::from_secs(600), "linkcheck to mount", || async {
+        let r = c.get(berth.url("/checks")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
 
     let mut ids = Vec::new();
     for url in [

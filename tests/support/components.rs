@@ -2,8 +2,9 @@
 //! registries' packages, never committed: JavaScript with componentize-js
 //! (npm, as plugins/sdk-js/package-lock.json pins it), Python with
 //! componentize-py (PyPI, as tests/components/py-http/requirements.txt
-//! pins it). Each is built once per test binary, in cargo's temporary
-//! folder for tests.
+//! pins it). Each is built in cargo's temporary folder for tests, once for
+//! the contents of what it is built from: later test binaries and CI's
+//! later passes use that build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +25,48 @@ fn work() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("components");
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// `name` as `build(out)` builds it from `inputs` (files and folders),
+/// once for their contents.
+fn cached(name: &str, inputs: &[PathBuf], build: impl FnOnce(&Path)) -> PathBuf {
+    let out = work().join(format!("{name}-{}.wasm", fingerprint(inputs)));
+    if !out.exists() {
+        let partial = out.with_extension("partial");
+        build(&partial);
+        std::fs::rename(&partial, &out).unwrap();
+    }
+    out
+}
+
+/// A hash of the names and contents of the files under `inputs`
+/// (installed packages and caches left out).
+fn fingerprint(inputs: &[PathBuf]) -> String {
+    use sha2::{Digest, Sha256};
+    fn walk(path: &Path, files: &mut Vec<PathBuf>) {
+        let name = path.file_name().unwrap_or_default();
+        if name == "node_modules" || name == "__pycache__" {
+            return;
+        }
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                walk(&entry.unwrap().path(), files);
+            }
+        } else {
+            files.push(path.to_path_buf());
+        }
+    }
+    let mut files = Vec::new();
+    for input in inputs {
+        walk(input, &mut files);
+    }
+    files.sort();
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.to_string_lossy().as_bytes());
+        hash.update(std::fs::read(&file).unwrap());
+    }
+    hex::encode(hash.finalize())[..16].to_string()
 }
 
 fn run(command: &mut Command, what: &str) {
@@ -53,12 +96,17 @@ fn js_tools() -> PathBuf {
             std::fs::copy(sdk.join("build.mjs"), tools.join("plugin-build.mjs")).unwrap();
             let http_build = sources().join("js-http/build.mjs");
             std::fs::copy(http_build, tools.join("http-build.mjs")).unwrap();
-            run(
-                Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                    .current_dir(&tools),
-                "npm ci (componentize-js)",
-            );
+            let lock = [sdk.join("package-lock.json")];
+            let installed = tools.join(format!("installed-{}", fingerprint(&lock)));
+            if !installed.exists() {
+                run(
+                    Command::new("npm")
+                        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                        .current_dir(&tools),
+                    "npm ci (componentize-js)",
+                );
+                std::fs::write(&installed, b"").unwrap();
+            }
             tools
         })
         .clone()
@@ -71,16 +119,21 @@ pub fn js_http() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let tools = js_tools();
-            let out = work().join("js-http.wasm");
-            run(
-                Command::new("node")
-                    .arg(tools.join("http-build.mjs"))
-                    .arg(&out)
-                    .arg(sources().join("js-http"))
-                    .current_dir(&tools),
-                "componentize-js (js-http)",
-            );
-            out
+            let inputs = [
+                sources().join("js-http"),
+                sources().join("wit"),
+                root().join("plugins/sdk-js/package-lock.json"),
+            ];
+            cached("js-http", &inputs, |out| {
+                run(
+                    Command::new("node")
+                        .arg(tools.join("http-build.mjs"))
+                        .arg(out)
+                        .arg(sources().join("js-http"))
+                        .current_dir(&tools),
+                    "componentize-js (js-http)",
+                )
+            })
         })
         .clone()
 }
@@ -91,17 +144,22 @@ pub fn js_hello() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let tools = js_tools();
-            let out = work().join("hello-js.wasm");
-            run(
-                Command::new("node")
-                    .arg(tools.join("plugin-build.mjs"))
-                    .arg(root().join("examples/hello-js/component.js"))
-                    .arg(&out)
-                    .env("BERTH_REPO", root())
-                    .current_dir(&tools),
-                "componentize-js (hello-js)",
-            );
-            out
+            let inputs = [
+                root().join("examples/hello-js"),
+                root().join("plugins/sdk-js"),
+                root().join("wit"),
+            ];
+            cached("hello-js", &inputs, |out| {
+                run(
+                    Command::new("node")
+                        .arg(tools.join("plugin-build.mjs"))
+                        .arg(root().join("examples/hello-js/component.js"))
+                        .arg(out)
+                        .env("BERTH_REPO", root())
+                        .current_dir(&tools),
+                    "componentize-js (hello-js)",
+                )
+            })
         })
         .clone()
 }
@@ -112,9 +170,11 @@ pub fn py_http() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let wit = sources().join("wit");
-            let app = [sources().join("py-http")];
-            componentize_py(&wit, "http", &app, "py-http.wasm")
+            let (wit, app) = (sources().join("wit"), sources().join("py-http"));
+            let inputs = [wit.clone(), app.clone()];
+            cached("py-http", &inputs, |out| {
+                componentize_py(&wit, "http", std::slice::from_ref(&app), out)
+            })
         })
         .clone()
 }
@@ -123,55 +183,59 @@ pub fn py_http() -> PathBuf {
 /// Berth plugin.
 pub fn py_hello() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let app = [
-                root().join("examples/hello-py"),
-                root().join("plugins/sdk-py"),
-            ];
-            componentize_py(&root().join("wit"), "plugin", &app, "hello-py.wasm")
-        })
-        .clone()
+    BUILT.get_or_init(|| py_plugin("hello-py")).clone()
 }
 
 /// `examples/linkcheck-py` with the Python SDK, as a Berth plugin.
 pub fn py_linkcheck() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let app = [
-                root().join("examples/linkcheck-py"),
-                root().join("plugins/sdk-py"),
-            ];
-            componentize_py(&root().join("wit"), "plugin", &app, "linkcheck-py.wasm")
-        })
-        .clone()
+    BUILT.get_or_init(|| py_plugin("linkcheck-py")).clone()
+}
+
+/// `examples/EXAMPLE` with the Python SDK, as a Berth plugin.
+fn py_plugin(example: &str) -> PathBuf {
+    let app = [
+        root().join("examples").join(example),
+        root().join("plugins/sdk-py"),
+    ];
+    let wit = root().join("wit");
+    let inputs = [app[0].clone(), app[1].clone(), wit.clone(), requirements()];
+    cached(example, &inputs, |out| {
+        componentize_py(&wit, "plugin", &app, out)
+    })
+}
+
+/// The componentize-py version the tests use, pinned.
+fn requirements() -> PathBuf {
+    sources().join("py-http/requirements.txt")
 }
 
 /// `app` (the module `app` on the Python path `paths`) built against the
-/// world `world` of the WIT in `wit`, with componentize-py at the version
-/// in tests/components/py-http/requirements.txt, into `file`.
-fn componentize_py(wit: &Path, world: &str, paths: &[PathBuf], file: &str) -> PathBuf {
+/// world `world` of the WIT in `wit`, with componentize-py as
+/// [`requirements`] pins it (in a venv of the tests' own), into `out`.
+fn componentize_py(wit: &Path, world: &str, paths: &[PathBuf], out: &Path) {
     // One venv, made by the first build.
     static VENV: Mutex<()> = Mutex::new(());
     let _venv = VENV.lock().unwrap_or_else(|e| e.into_inner());
     let work = work();
     let venv = work.join("componentize-py");
-    let tool = venv.join("bin/componentize-py");
-    if !tool.exists() {
+    let installed = venv.join(format!("installed-{}", fingerprint(&[requirements()])));
+    if !installed.exists() {
         run(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
             "python3 -m venv",
         );
         run(
             Command::new(venv.join("bin/pip"))
                 .args(["install", "--quiet", "-r"])
-                .arg(sources().join("py-http/requirements.txt")),
+                .arg(requirements()),
             "pip install componentize-py",
         );
+        std::fs::write(&installed, b"").unwrap();
     }
-    let out = work.join(file);
-    let mut command = Command::new(&tool);
+    let mut command = Command::new(venv.join("bin/componentize-py"));
     command
         .arg("-d")
         .arg(wit)
@@ -180,8 +244,7 @@ fn componentize_py(wit: &Path, world: &str, paths: &[PathBuf], file: &str) -> Pa
         command.arg("-p").arg(path);
     }
     run(
-        command.arg("app").arg("-o").arg(&out).current_dir(&work),
+        command.arg("app").arg("-o").arg(out).current_dir(&work),
         "componentize-py",
     );
-    out
 }
