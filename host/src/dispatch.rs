@@ -174,8 +174,8 @@ async fn call(
     if plugin.pre.is_http() {
         let body = admitted.body.bytes();
         let rest = params.into_iter().next().map(|(_, rest)| rest);
-        let request = for_component(app, parts, body, rest, client);
         let tls = app.config.tls().is_some();
+        let request = for_component(parts, body, rest, client, tls);
         let runtime = app.plugins.runtime();
         let served = serve_http(
             runtime,
@@ -278,11 +278,11 @@ async fn call(
 /// headers Spin adds (the part of the path after the component's route in
 /// `spin-path-info`, and so on; any the client sent are dropped).
 fn for_component(
-    app: &App,
     parts: http::request::Parts,
     body: Bytes,
     rest: Option<String>,
     client: SocketAddr,
+    tls: bool,
 ) -> http::Request<Bytes> {
     let mut request = http::Request::from_parts(parts, body);
     let headers = request.headers_mut();
@@ -301,11 +301,7 @@ fn for_component(
         .unwrap_or(full_path)
         .trim_end_matches('/')
         .to_string();
-    let scheme = if app.config.tls().is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if tls { "https" } else { "http" };
     let host = request
         .headers()
         .get(header::HOST)

@@ -207,7 +207,7 @@ pub struct Spent(Retiring);
 
 enum Retiring {
     Done(Store<HostState>),
-    /// Torn down elsewhere already (see `Runtime::tear_down_on_a_lane`).
+    /// Torn down elsewhere already (see `tear_down_on_a_lane`).
     Gone,
     Again {
         warm: Warm,
@@ -666,23 +666,7 @@ impl Runtime {
                     txn.after_commit(std::mem::take(&mut state.call.deferred));
                 }
                 let opened = std::mem::take(&mut state.call.opened);
-                // An instance is kept only while it has calls left and its
-                // memory stays within a quarter of its cap.
-                let again = reusable
-                    && warm.calls < limits.instance_reuse
-                    && state.limits.memory as u64 <= limits.memory_bytes / 4;
-                let spent = match again {
-                    true => Retiring::Again {
-                        warm,
-                        pool: pre.pool.clone(),
-                        keep: limits.max_concurrent as usize,
-                    },
-                    false if large => {
-                        self.tear_down_on_a_lane(warm.store);
-                        Retiring::Gone
-                    }
-                    false => Retiring::Done(warm.store),
-                };
+                let spent = retiring(warm, reusable, limits, &pre.pool, &self.lanes);
                 return Ok(Called {
                     value,
                     txn,
@@ -695,7 +679,7 @@ impl Runtime {
             Err(trap) => Err(trapped(&mut warm, trap)),
         };
         if large {
-            self.tear_down_on_a_lane(warm.store);
+            tear_down_on_a_lane(&self.lanes, warm.store);
         }
         result
     }
@@ -789,26 +773,8 @@ impl Runtime {
                     Err(_) if state.timed_out => Err(CallError::Timeout(limits.deadline)),
                     Err(trap) => Err(trapped(&mut warm, trap)),
                 };
-                let state = warm.store.data();
-                let again = outcome.is_ok()
-                    && reusable
-                    && warm.calls < limits.instance_reuse
-                    && state.limits.memory as u64 <= limits.memory_bytes / 4;
-                let large = state.limits.grown > LANE_MEMORY;
-                let spent = match again {
-                    true => Retiring::Again {
-                        warm,
-                        pool,
-                        keep: limits.max_concurrent as usize,
-                    },
-                    false if large => {
-                        let plugin: Arc<str> = Arc::from(state.call.plugin.name.as_str());
-                        tokio::spawn(async move { lanes.run(&plugin, move || drop(warm)).await });
-                        Retiring::Gone
-                    }
-                    false => Retiring::Done(warm.store),
-                };
-                Spent(spent).retire();
+                let again = reusable && outcome.is_ok();
+                Spent(retiring(warm, again, &limits, &pool, &lanes)).retire();
                 outcome
             }
             .instrument(tracing::Span::current()),
@@ -831,15 +797,43 @@ impl Runtime {
             },
         }
     }
+}
 
-    /// Tear down a store whose memory grew past [`LANE_MEMORY`] in its
-    /// plugin's turn on a CPU lane (`Lanes::run`): giving back that many
-    /// pages is the kernel's work, done for the plugin.
-    fn tear_down_on_a_lane(&self, store: Store<HostState>) {
-        let lanes = self.lanes.clone();
-        let plugin: Arc<str> = Arc::from(store.data().call.plugin.name.as_str());
-        tokio::spawn(async move { lanes.run(&plugin, move || drop(store)).await });
+/// How a finished call's instance retires: back to `pool` if it may serve
+/// again (`again`, calls left, and its memory within a quarter of its
+/// cap), torn down on a lane if it grew large, else dropped later.
+fn retiring(
+    warm: Warm,
+    again: bool,
+    limits: &Limits,
+    pool: &Arc<Pool>,
+    lanes: &Arc<Lanes>,
+) -> Retiring {
+    let state = warm.store.data();
+    let again = again
+        && warm.calls < limits.instance_reuse
+        && state.limits.memory as u64 <= limits.memory_bytes / 4;
+    if again {
+        return Retiring::Again {
+            warm,
+            pool: pool.clone(),
+            keep: limits.max_concurrent as usize,
+        };
     }
+    if state.limits.grown > LANE_MEMORY {
+        tear_down_on_a_lane(lanes, warm.store);
+        return Retiring::Gone;
+    }
+    Retiring::Done(warm.store)
+}
+
+/// Tear down a store whose memory grew past [`LANE_MEMORY`] in its
+/// plugin's turn on a CPU lane (`Lanes::run`): giving back that many pages
+/// is the kernel's work, done for the plugin.
+fn tear_down_on_a_lane(lanes: &Arc<Lanes>, store: Store<HostState>) {
+    let lanes = lanes.clone();
+    let plugin: Arc<str> = Arc::from(store.data().call.plugin.name.as_str());
+    tokio::spawn(async move { lanes.run(&plugin, move || drop(store)).await });
 }
 
 /// A trap in `warm`'s call, logged with what the plugin wrote to stderr.
